@@ -68,9 +68,8 @@ class Graph:
         return [n for n in self.nodes if n.is_compute]
 
     def users(self, name: str) -> list[Node]:
-        """Nodes that read ``name``, in topological order."""
-        succ = set(self._nx.successors(name))
-        return [n for n in self.nodes if n.name in succ]
+        """Nodes that read ``name``, by program order."""
+        return sorted((self.node(n) for n in self._nx.successors(name)), key=lambda n: n.order_key)
 
     def input_types(self, node: Node) -> tuple[TensorType, ...]:
         return tuple(self.node(i).type for i in node.inputs)
@@ -149,6 +148,29 @@ class Graph:
             u = self.node(user)
             self.set_inputs(user, [new if i == old else i for i in u.inputs])
         self.outputs = [new if o == old else o for o in self.outputs]
+
+    def substitute(self, old: str, new: str) -> None:
+        """Put node ``new`` in the place of ``old``: readers move over, ``old`` goes, ``new`` takes its name.
+
+        The usual end of a rewrite: names that users and tables know stay stable.
+        """
+        self.replace_all_uses(old, new)
+        self.erase(old)
+        self.rename(new, old)
+
+    def rename(self, name: str, new_name: str) -> None:
+        if new_name in self._nx:
+            raise GraphError(f"cannot rename {name!r} to {new_name!r}: that name is taken")
+        node = self.node(name)
+        nx.relabel_nodes(self._nx, {name: new_name}, copy=False)
+        node.name = new_name
+        for user in self._nx.successors(new_name):
+            u = self.node(user)
+            u.inputs = tuple(new_name if i == name else i for i in u.inputs)
+        if name in self.params:
+            self.params[new_name] = self.params.pop(name)
+        self.outputs = [new_name if o == name else o for o in self.outputs]
+        self._order_cache = None
 
     def erase(self, name: str) -> None:
         """Remove a node that nothing reads any more."""

@@ -1,0 +1,119 @@
+"""The 200 real ImageNet sample images and SqueezeNet's preprocessing of them.
+
+The images live in ``data_root()/imagenet/samples/`` with ``labels.tsv`` beside them (see
+the data README). Preprocessing follows the README word for word, because the accuracy
+figure it quotes (ONNX Runtime, 65.0 %) was measured with it: short side to 256 with
+Pillow's bilinear filter, centre crop 224, BGR, 0-255 minus the per-channel mean
+(104, 117, 123), NCHW float32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dyno_compile.datasets.location import data_root
+from dyno_compile.errors import InputError
+
+__all__ = ["SQUEEZENET_MEAN_BGR", "load_image", "load_samples", "preprocess_squeezenet", "samples_dir",
+           "squeezenet_batch"]
+
+#: Per-channel mean subtracted from 0-255 BGR pixels (Caffe convention of the model zoo).
+SQUEEZENET_MEAN_BGR = (104.0, 117.0, 123.0)
+RESIZE_SHORT = 256
+CROP = 224
+
+
+def samples_dir() -> Path:
+    """``data_root()/imagenet/samples``, refusing a missing folder with what to do."""
+    folder = data_root() / "imagenet" / "samples"
+    if not folder.is_dir():
+        raise InputError(f"ImageNet sample folder {folder} does not exist; set DYNO_DATA to the folder "
+                         "holding imagenet/samples/")
+    return folder
+
+
+def load_samples(limit: int | None = None) -> tuple[list[str], np.ndarray]:
+    """File names (in ``labels.tsv`` order) and their class indices 0-999 as int64.
+
+    ``limit`` keeps only the first ``limit`` samples, for quick runs.
+    """
+    if limit is not None and limit < 0:
+        raise InputError(f"limit must be >= 0 or None, got {limit}")
+    folder = samples_dir()
+    names, labels = _read_labels(folder / "labels.tsv")
+    names, labels = names[:limit], labels[:limit]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"{folder}: labels.tsv lists {len(missing)} image(s) that are missing, e.g. {missing[0]!r}")
+    return names, np.asarray(labels, dtype=np.int64)
+
+
+def _read_labels(path: Path) -> tuple[list[str], list[int]]:
+    """Parse ``file<TAB>class_index<TAB>wnid`` lines, skipping ``#`` comments."""
+    if not path.is_file():
+        raise InputError(f"label file {path} does not exist")
+    names, labels = [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        try:
+            label = int(fields[1])
+        except (IndexError, ValueError):
+            raise InputError(f"{path}:{lineno}: expected 'file<TAB>class_index<TAB>wnid', got {line!r}") from None
+        if not 0 <= label < 1000:
+            raise InputError(f"{path}:{lineno}: class index {label} is outside 0-999")
+        names.append(fields[0])
+        labels.append(label)
+    return names, labels
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grayscale and CMYK JPEGs exist in ImageNet); bad files raise InputError."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = samples_dir() / path
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"image {path} cannot be decoded (corrupt or not an image): {exc}") from exc
+
+
+def preprocess_squeezenet(image: Image.Image | str | Path) -> np.ndarray:
+    """One image as SqueezeNet's input: float32 [1, 3, 224, 224], BGR, 0-255 minus mean."""
+    img = image if isinstance(image, Image.Image) else load_image(image)
+    img = _centre_crop(_resize_short_side(img.convert("RGB"), RESIZE_SHORT), CROP)
+    bgr = np.asarray(img, dtype=np.float32)[:, :, ::-1]
+    bgr = bgr - np.asarray(SQUEEZENET_MEAN_BGR, dtype=np.float32)
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1)[None])
+
+
+def squeezenet_batch(names: Sequence[str | Path]) -> np.ndarray:
+    """Several images preprocessed and stacked: float32 [N, 3, 224, 224]."""
+    if not names:
+        return np.zeros((0, 3, CROP, CROP), np.float32)
+    return np.concatenate([preprocess_squeezenet(n) for n in names])
+
+
+def _resize_short_side(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is ``size``, keeping the aspect ratio (torchvision's rounding)."""
+    w, h = img.size
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    return img.resize(new, Image.Resampling.BILINEAR)
+
+
+def _centre_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w < size or h < size:
+        raise InputError(f"image of size {w}x{h} is smaller than the {size}x{size} crop")
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))

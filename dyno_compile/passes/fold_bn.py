@@ -1,0 +1,119 @@
+"""Fold batch norm, and any per-channel affine op, into the conv or dense layer before it.
+
+At inference a batch norm is ``y * s + t`` per output channel, and so are the bias adds
+and scales that frontends emit as separate ``add``/``mul``/``sub``/``div`` nodes. When the
+producer is a ``conv2d`` or ``dense`` read by nothing else, the affine op merges into its
+weights (``W * s``) and bias (``b * s + t``), removing a full pass over the activation.
+
+Before: ``%c = conv2d(%x, %w); %y = batch_norm(%c, %g, %b, %m, %v)``
+After:  ``%y = conv2d(%x, %w_folded, %b_folded)``
+
+Declines (leaves the node) when the producer has other readers, is a graph output, or
+the operand is not a weight that varies only along the output-channel axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dyno_compile.ir import CONST_OP, Graph, Node
+from dyno_compile.ir.ops import channel_axis
+
+_FOLDABLE_PRODUCERS = ("conv2d", "dense")
+
+
+def fold_bn(graph: Graph) -> Graph:
+    graph = graph.copy()
+    changed = True
+    while changed:
+        changed = any([_fold_into_producer(graph, node) for node in graph.compute_nodes if node.name in graph])
+    return graph
+
+
+def _fold_into_producer(graph: Graph, node: Node) -> bool:
+    if node.op not in ("batch_norm", "add", "sub", "mul", "div"):
+        return False
+    producer_pos = 1 if node.op in ("add", "mul") and graph.node(node.inputs[1]).op in _FOLDABLE_PRODUCERS else 0
+    producer = graph.node(node.inputs[producer_pos])
+    if (producer.op not in _FOLDABLE_PRODUCERS or producer.name in graph.outputs
+            or len(graph.users(producer.name)) != 1 or producer.type != node.type
+            or any(graph.node(i).op != CONST_OP for i in producer.inputs[1:])):
+        return False
+    affine = _affine(graph, node, producer, producer_pos)
+    if affine is None:
+        return False
+    old_weights = producer.inputs[1:]
+    weight, bias = _fold(graph, producer, *affine)
+    folded = graph.add(producer.op, [producer.inputs[0], weight, bias], producer.attrs, after=node.name)
+    graph.replace_all_uses(node.name, folded.name)
+    graph.erase(node.name)
+    graph.substitute(producer.name, folded.name)
+    _take_names(graph, old_weights, (weight, bias), producer.name)
+    return True
+
+
+def _take_names(graph: Graph, old: tuple[str, ...], new: tuple[str, str], layer: str) -> None:
+    """Give the folded weights the names of the ones they replace (``conv1.weight``), or
+    ``<layer>.weight``/``<layer>.bias`` when the old ones are still read elsewhere."""
+    for i, (new_name, suffix) in enumerate(zip(new, ("weight", "bias"))):
+        target = old[i] if i < len(old) and not graph.users(old[i]) else f"{layer}.{suffix}"
+        if i < len(old) and not graph.users(old[i]):
+            graph.erase(old[i])
+        if target not in graph:
+            graph.rename(new_name, target)
+
+
+def _out_axis(producer: Node) -> int:
+    return channel_axis(producer.attrs["data_layout"]) if producer.op == "conv2d" else len(producer.shape) - 1
+
+
+def _channel_vector(graph: Graph, name: str, producer: Node) -> np.ndarray | None:
+    """The weight ``name`` as a per-output-channel float64 vector, or None if it is not one."""
+    if graph.node(name).op != CONST_OP:
+        return None
+    value = np.asarray(graph.params[name], dtype=np.float64)
+    rank, axis = len(producer.shape), _out_axis(producer)
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != axis):
+        return None
+    return np.broadcast_to(value.reshape(-1), (producer.shape[axis],)).copy()
+
+
+def _affine(graph: Graph, node: Node, producer: Node, producer_pos: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) such that ``node(producer) == producer * scale + shift`` per channel."""
+    if node.op == "batch_norm":
+        if node.attrs["axis"] % len(node.shape) != _out_axis(producer):
+            return None
+        vecs = [_channel_vector(graph, n, producer) for n in node.inputs[1:]]
+        if any(v is None for v in vecs):
+            return None
+        gamma, beta, mean, var = vecs
+        scale = gamma / np.sqrt(var + node.attrs["epsilon"])
+        return scale, beta - mean * scale
+    if node.op in ("sub", "div") and producer_pos != 0:
+        return None
+    v = _channel_vector(graph, node.inputs[1 - producer_pos], producer)
+    if v is None or (node.op == "div" and not np.all(v)):
+        return None
+    ones, zeros = np.ones_like(v), np.zeros_like(v)
+    if node.op == "add":
+        return ones, v
+    if node.op == "sub":
+        return ones, -v
+    return (v, zeros) if node.op == "mul" else (1.0 / v, zeros)
+
+
+def _fold(graph: Graph, producer: Node, scale: np.ndarray, shift: np.ndarray) -> tuple[str, str]:
+    w = graph.params[producer.inputs[1]]
+    out_axis = producer.attrs["kernel_layout"].index("O") if producer.op == "conv2d" else 0
+    shape = [1] * w.ndim
+    shape[out_axis] = -1
+    new_w = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
+    channels = scale.shape[0]
+    old_b = (np.asarray(graph.params[producer.inputs[2]], dtype=np.float64) if len(producer.inputs) > 2
+             else np.zeros(channels))
+    new_b = (old_b * scale + shift).astype(w.dtype)
+    weight = graph.add_const(f"{producer.name}.weight", new_w, after=producer.inputs[1])
+    bias = graph.add_const(f"{producer.name}.bias", new_b, after=producer.inputs[1])
+    return weight.name, bias.name

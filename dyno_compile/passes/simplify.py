@@ -1,0 +1,140 @@
+"""Rewrite frontend idioms into the IR's canonical ops (peephole rules, to a fixed point).
+
+Rules, each one small and each declining (leaving the graph as it is) when it does not
+match exactly:
+
+- ``identity(x)``, ``reshape(x)`` to x's own shape, ``mul(x, 1)`` -> ``x``;
+- ``reshape(reshape(x))`` -> one reshape;
+- ``reshape`` of ``[N, ...]`` to ``[N, rest]`` -> ``flatten`` (batch-size agnostic);
+- ``broadcast_to`` read only by broadcasting binary ops that give the same shape without
+  it -> bypassed (the copy is never materialised);
+- ``div(reduce_sum(x, H and W), H*W)`` or ``reduce_mean`` over H and W of a 4-D tensor ->
+  ``global_avg_pool2d`` (NCHW or NHWC);
+- ``mul(x, a)`` then ``div(., b)`` with scalar weights -> ``mul(x, a / b)``.
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Callable
+
+import numpy as np
+
+from dyno_compile.ir import CONST_OP, Graph, Node
+from dyno_compile.ir.ops.elementwise import BINARY_OPS
+
+#: A rule rewrites around one node and says whether it did.
+Rule = Callable[[Graph, Node], bool]
+
+
+def simplify(graph: Graph) -> Graph:
+    graph = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.compute_nodes:
+            if node.name in graph and any(rule(graph, node) for rule in _RULES):
+                changed = True
+    return graph
+
+
+def _replace(graph: Graph, node: Node, replacement: str) -> bool:
+    graph.replace_all_uses(node.name, replacement)
+    graph.erase(node.name)
+    return True
+
+
+def _scalar(graph: Graph, name: str) -> float | None:
+    """The value of a single-element weight, else None."""
+    value = graph.params.get(name) if graph.node(name).op == CONST_OP else None
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _drop_identity(graph: Graph, node: Node) -> bool:
+    src = graph.node(node.inputs[0]) if node.inputs else None
+    if src is None or src.type != node.type:
+        return False
+    if node.op in ("identity", "reshape") or (node.op == "mul" and _scalar(graph, node.inputs[1]) == 1.0):
+        return _replace(graph, node, src.name)
+    return False
+
+
+def _merge_reshapes(graph: Graph, node: Node) -> bool:
+    if node.op != "reshape" or graph.node(node.inputs[0]).op != "reshape":
+        return False
+    inner = graph.node(node.inputs[0])
+    merged = graph.add("reshape", inner.inputs, {"shape": node.shape}, after=node.name)
+    return _replace(graph, node, merged.name)
+
+
+def _reshape_to_flatten(graph: Graph, node: Node) -> bool:
+    src = graph.node(node.inputs[0]) if node.op == "reshape" else None
+    if src is None or len(src.shape) < 3 or node.shape != (src.shape[0], prod(src.shape[1:])):
+        return False
+    flat = graph.add("flatten", [src.name], {"axis": 1}, after=node.name)
+    return _replace(graph, node, flat.name)
+
+
+def _bypass_broadcast(graph: Graph, node: Node) -> bool:
+    if node.op != "broadcast_to" or node.name in graph.outputs:
+        return False
+    users = graph.users(node.name)
+    src = node.inputs[0]
+    for user in users:
+        if user.op not in BINARY_OPS:
+            return False
+        shapes = [graph.node(src if i == node.name else i).shape for i in user.inputs]
+        if tuple(np.broadcast_shapes(*shapes)) != user.shape:
+            return False
+    for user in users:
+        graph.set_inputs(user.name, [src if i == node.name else i for i in user.inputs])
+    graph.erase(node.name)
+    return True
+
+
+def _global_avg_pool(graph: Graph, node: Node) -> bool:
+    if node.op == "div":
+        total = graph.node(node.inputs[0])
+        if total.op != "reduce_sum":
+            return False
+        src = graph.node(total.inputs[0])
+        if _scalar(graph, node.inputs[1]) != _spatial_size(src, total.attrs["axes"]):
+            return False
+    elif node.op == "reduce_mean":
+        total, src = node, graph.node(node.inputs[0])
+    else:
+        return False
+    layout = _layout_of_axes(src, total.attrs["axes"])
+    if layout is None:
+        return False
+    pool = graph.add("global_avg_pool2d", [src.name], {"layout": layout, "keepdims": total.attrs["keepdims"]},
+                     name="global_avg_pool", after=node.name)
+    return _replace(graph, node, pool.name)
+
+
+def _layout_of_axes(src: Node, axes: tuple[int, ...]) -> str | None:
+    if len(src.shape) != 4:
+        return None
+    return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(sorted(a % 4 for a in axes)))
+
+
+def _spatial_size(src: Node, axes: tuple[int, ...]) -> float | None:
+    return float(prod(src.shape[a] for a in axes)) if _layout_of_axes(src, axes) else None
+
+
+def _merge_scalar_mul_div(graph: Graph, node: Node) -> bool:
+    if node.op != "div":
+        return False
+    b = _scalar(graph, node.inputs[1])
+    prev = graph.node(node.inputs[0])
+    if b is None or prev.op != "mul" or len(graph.users(prev.name)) != 1:
+        return False
+    a = _scalar(graph, prev.inputs[1])
+    if a is None or graph.node(prev.inputs[1]).shape != graph.node(node.inputs[1]).shape:
+        return False
+    factor = graph.add_const("literal", np.asarray(a / b, dtype=graph.params[prev.inputs[1]].dtype))
+    merged = graph.add("mul", [prev.inputs[0], factor.name], after=node.name)
+    return _replace(graph, node, merged.name)
+
+
+_RULES: tuple[Rule, ...] = (_drop_identity, _merge_reshapes, _reshape_to_flatten, _bypass_broadcast,
+                            _global_avg_pool, _merge_scalar_mul_div)

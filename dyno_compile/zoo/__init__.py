@@ -1,0 +1,131 @@
+"""Model zoo: plain JAX CNNs with PyTorch-named weights, ready for the JAX frontend.
+
+Every model is ``fn(params, x) -> logits`` with ``params`` a flat ``dict[str, np.ndarray]``
+keyed by PyTorch ``state_dict`` names and ``x`` NCHW float32, written only with the
+primitives the frontend translates (see :mod:`dyno_compile.zoo.layers`). ImageNet models
+come with seeded random weights (no trained weights are shipped); the CIFAR-10 ResNets
+load their real trained weights from ``data_root()/cifar10``.
+
+Usage::
+
+    m = get_model("resnet20")                 # real weights, input [1, 3, 32, 32]
+    logits = jax.jit(m.fn)(m.params, m.random_input())
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from dyno_compile.errors import InputError
+from dyno_compile.zoo import cifar_resnet, mobilenet_v2, resnet, vgg16
+from dyno_compile.zoo.layers import Params, ParamSpec, init_params
+from dyno_compile.zoo.weights import load_weights
+
+__all__ = ["RANDOM", "ZooModel", "get_model", "list_models", "param_specs"]
+
+RANDOM = "random"
+"""``weights=RANDOM`` asks for seeded random weights even where real ones exist.
+
+To load a file literally named ``random``, pass it as a ``Path``.
+"""
+
+ModelFn = Callable[[Params, "np.ndarray"], "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A model ready to run or import: its function, weights and the input it expects.
+
+    ``real_weights`` is True when the weights were loaded from a file (trained), False
+    when drawn from ``seed``; ``weights_source`` says which file or seed, for reports.
+    """
+
+    name: str
+    fn: ModelFn
+    params: dict[str, np.ndarray]
+    input_shape: tuple[int, int, int, int]
+    num_classes: int
+    description: str
+    real_weights: bool
+    weights_source: str
+
+    def random_input(self, seed: int = 0) -> np.ndarray:
+        """A standard-normal float32 input of ``input_shape``: roughly what preprocessing yields."""
+        return np.random.default_rng(seed).standard_normal(self.input_shape, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: ModelFn
+    specs: Callable[[], dict[str, ParamSpec]]
+    input_chw: tuple[int, int, int]
+    num_classes: int
+    description: str
+    default_weights: Callable[[], Path] | None = None
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "resnet18": _Entry(resnet.resnet18, partial(resnet.param_specs, resnet.RESNET18), resnet.INPUT_CHW,
+                       resnet.NUM_CLASSES, "torchvision ResNet-18 (BasicBlock), ImageNet 224x224, 11.7 M params"),
+    "resnet50": _Entry(resnet.resnet50, partial(resnet.param_specs, resnet.RESNET50), resnet.INPUT_CHW,
+                       resnet.NUM_CLASSES, "torchvision ResNet-50 v1.5 (Bottleneck), ImageNet 224x224, 25.6 M params"),
+    "mobilenet_v2": _Entry(mobilenet_v2.mobilenet_v2, mobilenet_v2.param_specs, mobilenet_v2.INPUT_CHW,
+                           mobilenet_v2.NUM_CLASSES, "torchvision MobileNetV2 (width 1.0, ReLU6), ImageNet 224x224, "
+                           "3.5 M params"),
+    "vgg16": _Entry(vgg16.vgg16, vgg16.param_specs, vgg16.INPUT_CHW, vgg16.NUM_CLASSES,
+                    "torchvision VGG16 (no BN), ImageNet 224x224, 138 M params"),
+    "resnet20": _Entry(cifar_resnet.resnet20, partial(cifar_resnet.param_specs, 20), cifar_resnet.INPUT_CHW,
+                       cifar_resnet.NUM_CLASSES, "CIFAR-10 ResNet-20 (option-A shortcuts), 32x32, 0.27 M params",
+                       partial(cifar_resnet.weights_path, 20)),
+    "resnet56": _Entry(cifar_resnet.resnet56, partial(cifar_resnet.param_specs, 56), cifar_resnet.INPUT_CHW,
+                       cifar_resnet.NUM_CLASSES, "CIFAR-10 ResNet-56 (option-A shortcuts), 32x32, 0.86 M params",
+                       partial(cifar_resnet.weights_path, 56)),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`get_model`, in registry order."""
+    return list(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+
+
+def param_specs(name: str) -> dict[str, ParamSpec]:
+    """Shapes and initialisers of ``name``'s parameters, without materialising any array."""
+    return _entry(name).specs()
+
+
+def get_model(name: str, *, batch: int = 1, seed: int = 0, weights: str | Path | None = None,
+              random_bn: bool = False) -> ZooModel:
+    """Build ``name`` with input batch ``batch``.
+
+    ``weights``: ``None`` uses the model's real trained weights where the zoo has them
+    (resnet20, resnet56) and seeded random ones otherwise; :data:`RANDOM` forces seeded
+    random weights; any other string or path is an ``.npz`` of ``state_dict`` arrays,
+    checked key by key. ``random_bn`` draws random BN statistics instead of torchvision's
+    fresh (identity) ones, so BN folding is exercised with non-trivial values; it only
+    affects random weights.
+    """
+    entry = _entry(name)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"{name}: batch must be a positive integer, got {batch!r}")
+    specs = entry.specs()
+    if weights is None and entry.default_weights is not None:
+        weights = entry.default_weights()
+    if weights is None or (isinstance(weights, str) and weights == RANDOM):
+        params, real, source = init_params(specs, seed, random_bn=random_bn), False, \
+            f"random(seed={seed}, random_bn={random_bn})"
+    else:
+        params, real, source = load_weights(weights, specs, name), True, str(weights)
+    return ZooModel(name=name, fn=entry.fn, params=params, input_shape=(batch, *entry.input_chw),
+                    num_classes=entry.num_classes, description=entry.description, real_weights=real,
+                    weights_source=source)
