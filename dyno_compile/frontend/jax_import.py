@@ -17,7 +17,7 @@ import jax.extend as jex
 import numpy as np
 
 from dyno_compile.errors import FrontendError, UnsupportedOpError
-from dyno_compile.frontend.jax_rules import RULES, NAMED_CALLS, Emitter
+from dyno_compile.frontend.jax_rules import NAMED_CALLS, RULES, Emitter, describe
 from dyno_compile.ir import Graph
 
 _CALL_PRIMITIVES = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
@@ -60,48 +60,42 @@ def from_jax(fn: Callable[..., Any], params: Any, *example_inputs: Any, name: st
     return graph
 
 
-def _translate(emit: Emitter, jaxpr: jex.core.Jaxpr, model: str) -> list[str]:
-    """Translate each equation; returns the IR names of the jaxpr's outputs."""
+def _translate(emit: Emitter, jaxpr: jex.core.Jaxpr, model: str, calls: tuple = ()) -> list[str]:
+    """Translate each equation; returns the IR names of the jaxpr's outputs.
+
+    ``calls`` are the enclosing call equations of an inlined jaxpr, for error locations.
+    """
     for eqn in jaxpr.eqns:
         ins = [emit.read(v) for v in eqn.invars]
-        outs = _translate_eqn(emit, eqn, ins, model)
+        outs = _translate_eqn(emit, eqn, ins, model, calls)
         for var, out in zip(eqn.outvars, outs):
             emit.bind(var, out)
     return [emit.read(v) for v in jaxpr.outvars]
 
 
-def _translate_eqn(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str], model: str) -> list[str]:
+def _translate_eqn(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str], model: str, calls: tuple) -> list[str]:
     prim = eqn.primitive.name
     if prim in _CALL_PRIMITIVES:
         inner = eqn.params[_CALL_PRIMITIVES[prim]]
         named = NAMED_CALLS.get(eqn.params.get("name", ""))
         if named is not None and len(ins) == 1 and len(eqn.outvars) == 1:
             return [emit.op(named, ins)]
-        return _inline(emit, inner, ins, model)
+        return _inline(emit, inner, ins, model, (*calls, eqn))
     rule = RULES.get(prim)
     if rule is None:
-        raise UnsupportedOpError(prim, _where(eqn), source=f"JAX model {model!r}",
+        raise UnsupportedOpError(prim, describe(eqn, *calls), source=f"JAX model {model!r}",
                                  hint="rewrite it with supported lax/jnp operations or add a translation rule")
     return rule(emit, eqn, ins)
 
 
-def _inline(emit: Emitter, inner: Any, ins: list[str], model: str) -> list[str]:
+def _inline(emit: Emitter, inner: Any, ins: list[str], model: str, calls: tuple) -> list[str]:
     jaxpr = getattr(inner, "jaxpr", inner)
     for var, value in zip(jaxpr.constvars, getattr(inner, "consts", ())):
         emit.bind(var, emit.graph.add_const("captured", np.asarray(value)).name)
     for var, name in zip(jaxpr.invars, ins):
         emit.bind(var, name)
-    return _translate(emit, jaxpr, model)
+    return _translate(emit, jaxpr, model, calls)
 
 
 def _param_name(path: tuple) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".") or "param"
-
-
-def _where(eqn: jex.core.JaxprEqn) -> str:
-    try:  # JAX keeps user source lines only in a private module; degrade to no location.
-        frame = jax._src.source_info_util.user_frame(eqn.source_info)  # noqa: SLF001
-        loc = f"{frame.file_name}:{frame.start_line}"
-    except Exception:  # noqa: BLE001
-        loc = "unknown location"
-    return f"{eqn.outvars[0]} ({loc})"

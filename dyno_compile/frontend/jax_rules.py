@@ -67,8 +67,26 @@ def _is_literal(var: Any, value: float) -> bool:
     return isinstance(var, jex.core.Literal) and np.ndim(var.val) == 0 and float(var.val) == value
 
 
+def describe(eqn: jex.core.JaxprEqn, *enclosing: jex.core.JaxprEqn) -> str:
+    """Where an equation came from, for error messages: user source line and output type.
+
+    Equations inlined from a nested call often carry no line; the innermost enclosing
+    call that has one is used instead.
+    """
+    where = ""
+    for candidate in (eqn, *reversed(enclosing)):
+        try:  # JAX keeps source lines only in a private module; degrade to no location.
+            from jax._src import source_info_util
+            where = source_info_util.summarize(candidate.source_info)
+        except Exception:  # noqa: BLE001
+            where = ""
+        if where:
+            break
+    return f"{where or 'unknown location'} -> {eqn.outvars[0].aval.str_short()}"
+
+
 def _unsupported(eqn: jex.core.JaxprEqn, why: str) -> UnsupportedOpError:
-    return UnsupportedOpError(eqn.primitive.name, str(eqn.outvars[0]), source="JAX model", hint=why)
+    return UnsupportedOpError(eqn.primitive.name, describe(eqn), source="JAX model", hint=why)
 
 
 # ------------------------------------------------------------------ elementwise
@@ -95,6 +113,9 @@ def _convert(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]
     dtype = np.dtype(eqn.params["new_dtype"]).name
     if emit.graph.node(ins[0]).dtype == dtype:
         return ins
+    value = emit.const_value(ins[0])
+    if value is not None and value.size == 1:  # a converted literal is just a literal
+        return [emit.graph.add_const("literal", value.astype(dtype)).name]
     return [emit.op("cast", ins, {"dtype": dtype})]
 
 

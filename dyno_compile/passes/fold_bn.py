@@ -85,10 +85,10 @@ def _affine(graph: Graph, node: Node, producer: Node, producer_pos: int) -> tupl
     if node.op == "batch_norm":
         if node.attrs["axis"] % len(node.shape) != _out_axis(producer):
             return None
-        vecs = [_channel_vector(graph, n, producer) for n in node.inputs[1:]]
-        if any(v is None for v in vecs):
+        channels = producer.shape[_out_axis(producer)]
+        if any(graph.node(n).op != CONST_OP or graph.node(n).shape != (channels,) for n in node.inputs[1:]):
             return None
-        gamma, beta, mean, var = vecs
+        gamma, beta, mean, var = (np.asarray(graph.params[n], np.float64) for n in node.inputs[1:])
         scale = gamma / np.sqrt(var + node.attrs["epsilon"])
         return scale, beta - mean * scale
     if node.op in ("sub", "div") and producer_pos != 0:

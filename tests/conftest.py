@@ -1,0 +1,41 @@
+"""Shared test helpers: tiny graphs and a relative-error check."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+
+from dyno_compile.ir import Graph
+
+
+def rel_err(a, b) -> float:
+    """Max abs error relative to the reference's scale (max abs value)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def conv_bn_relu_graph(rng: np.random.Generator, *, residual: bool = False) -> Graph:
+    """x -> conv -> batch_norm -> relu (-> conv -> add x -> relu if residual)."""
+    g = Graph("tiny")
+    g.add_input("x", (2, 4, 8, 8))
+    g.add_const("w1", rng.normal(size=(4, 4, 3, 3)).astype(np.float32))
+    bn = [g.add_const(f"bn.{k}", rng.uniform(0.5, 1.5, 4).astype(np.float32)).name
+          for k in ("gamma", "beta", "mean", "var")]
+    c = g.add("conv2d", ["x", "w1"], {"padding": ((1, 1), (1, 1))}, name="conv1")
+    b = g.add("batch_norm", [c.name, *bn], name="bn1")
+    r = g.add("relu", [b.name], name="relu1")
+    if residual:
+        g.add_const("w2", rng.normal(size=(4, 4, 3, 3)).astype(np.float32))
+        c2 = g.add("conv2d", [r.name, "w2"], {"padding": ((1, 1), (1, 1))}, name="conv2")
+        s = g.add("add", [c2.name, "x"], name="add")
+        r = g.add("relu", [s.name], name="relu2")
+    g.set_outputs([r.name])
+    return g
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,160 @@
+"""Each pass alone, checked through the reference interpreter before and after."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import conv_bn_relu_graph, rel_err
+from dyno_compile.errors import GraphError
+from dyno_compile.ir import Graph, Interpreter, validate
+from dyno_compile.passes import (annotate_costs, eliminate_dead_code, find_cuts, fold_bn, fold_constants,
+                                 infer_shapes, run_passes, simplify)
+
+X = np.random.default_rng(1).normal(size=(2, 4, 8, 8)).astype(np.float32)
+
+
+def _ops(g: Graph) -> list[str]:
+    return [n.op for n in g.compute_nodes]
+
+
+@pytest.mark.parametrize("p", [fold_constants, simplify, fold_bn, eliminate_dead_code, annotate_costs])
+def test_every_pass_preserves_meaning_and_leaves_input_untouched(rng, p):
+    g = conv_bn_relu_graph(rng, residual=True)
+    before = [(n.name, n.op, n.inputs) for n in g.nodes]
+    h = p(g)
+    validate(h)
+    assert [(n.name, n.op, n.inputs) for n in g.nodes] == before
+    assert rel_err(Interpreter(h)(X), Interpreter(g)(X)) <= 1e-5
+
+
+def test_fold_bn_removes_batch_norm_into_conv(rng):
+    g = conv_bn_relu_graph(rng)
+    h = fold_bn(g)
+    assert _ops(h) == ["conv2d", "relu"]
+    assert h.node("conv1").inputs == ("x", "w1", "conv1.bias")
+    assert rel_err(Interpreter(h)(X), Interpreter(g)(X)) <= 1e-5
+
+
+def test_fold_bn_folds_chains_of_channel_affine_ops(rng):
+    g = Graph()
+    g.add_input("x", (1, 3, 5, 5))
+    g.add_const("w", rng.normal(size=(6, 3, 3, 3)).astype(np.float32))
+    g.add_const("m", rng.normal(size=(1, 6, 1, 1)).astype(np.float32))
+    g.add_const("s", rng.uniform(1, 2, size=(6, 1, 1)).astype(np.float32))
+    g.add_const("t", np.float32(0.5))
+    y = g.add("conv2d", ["x", "w"], name="conv").name
+    for op, operand in (("sub", "m"), ("div", "s"), ("mul", "s"), ("add", "t")):
+        y = g.add(op, [y, operand]).name
+    g.set_outputs([y])
+    h = fold_bn(g)
+    assert _ops(h) == ["conv2d"]
+    x = rng.normal(size=(1, 3, 5, 5)).astype(np.float32)
+    assert rel_err(Interpreter(h)(x), Interpreter(g)(x)) <= 1e-5
+
+
+def test_fold_bn_declines_when_conv_has_other_readers(rng):
+    g = conv_bn_relu_graph(rng)
+    g.set_outputs(["relu1", "conv1"])
+    assert _ops(fold_bn(g)) == _ops(g)
+
+
+def test_fold_bn_declines_non_channel_operand(rng):
+    g = Graph()
+    g.add_input("x", (1, 2, 4, 4))
+    g.add_const("w", rng.normal(size=(2, 2, 1, 1)).astype(np.float32))
+    g.add_const("spatial", rng.normal(size=(1, 1, 4, 4)).astype(np.float32))
+    c = g.add("conv2d", ["x", "w"])
+    g.set_outputs([g.add("mul", [c.name, "spatial"]).name])
+    assert _ops(fold_bn(g)) == ["conv2d", "mul"]
+
+
+def test_fold_constants_evaluates_weight_arithmetic(rng):
+    g = Graph()
+    g.add_input("x", (2, 4))
+    g.add_const("v", rng.uniform(1, 2, 4).astype(np.float32))
+    r = g.add("rsqrt", ["v"])
+    m = g.add("mul", ["x", r.name])
+    g.set_outputs([m.name])
+    h = fold_constants(g)
+    assert _ops(h) == ["mul"]
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    np.testing.assert_allclose(Interpreter(h)(x), Interpreter(g)(x), rtol=1e-6)
+
+
+def test_dead_code_elimination_drops_unread_nodes_but_keeps_inputs(rng):
+    g = conv_bn_relu_graph(rng)
+    g.add("sigmoid", ["relu1"], name="unused")
+    g.add_input("extra", (3,))
+    h = eliminate_dead_code(g)
+    assert "unused" not in h and "extra" in h
+    assert len(h.compute_nodes) == len(g.compute_nodes) - 1
+
+
+def test_simplify_recognises_global_average_pool(rng):
+    g = Graph()
+    g.add_input("x", (1, 3, 4, 4))
+    s = g.add("reduce_sum", ["x"], {"axes": (2, 3), "keepdims": False})
+    g.add_const("n", np.float32(16))
+    g.set_outputs([g.add("div", [s.name, "n"]).name])
+    h = eliminate_dead_code(simplify(g))
+    assert _ops(h) == ["global_avg_pool2d"]
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(Interpreter(h)(x), Interpreter(g)(x), rtol=1e-6)
+
+
+def test_simplify_declines_a_mean_with_the_wrong_divisor():
+    g = Graph()
+    g.add_input("x", (1, 3, 4, 4))
+    s = g.add("reduce_sum", ["x"], {"axes": (2, 3), "keepdims": False})
+    g.add_const("n", np.float32(15))
+    g.set_outputs([g.add("div", [s.name, "n"]).name])
+    assert _ops(simplify(g)) == ["reduce_sum", "div"]
+
+
+def test_simplify_bypasses_broadcasts_into_binary_ops(rng):
+    g = Graph()
+    g.add_input("x", (2, 3, 4, 4))
+    g.add_const("b", rng.normal(size=(1, 3, 1, 1)).astype(np.float32))
+    bc = g.add("broadcast_to", ["b"], {"shape": (2, 3, 4, 4)})
+    g.set_outputs([g.add("add", ["x", bc.name]).name])
+    h = simplify(g)
+    assert _ops(h) == ["add"]
+
+
+def test_infer_shapes_rebatches_a_graph(rng):
+    g = run_passes(conv_bn_relu_graph(rng, residual=True))
+    h = infer_shapes(g, {"x": (5, 4, 8, 8)})
+    assert h.node(h.outputs[0]).shape == (5, 4, 8, 8)
+    x = rng.normal(size=(5, 4, 8, 8)).astype(np.float32)
+    assert np.asarray(Interpreter(h)(x)).shape == (5, 4, 8, 8)
+    with pytest.raises(GraphError, match="no input"):
+        infer_shapes(g, {"y": (1,)})
+
+
+def test_annotate_costs_counts_conv_macs_and_bytes(rng):
+    g = annotate_costs(conv_bn_relu_graph(rng))
+    conv = g.node("conv1")
+    assert conv.meta["macs"] == 2 * 4 * 8 * 8 * (4 * 3 * 3)
+    assert conv.meta["weight_bytes"] == 4 * 4 * 3 * 3 * 4
+    assert conv.meta["in_bytes"] == conv.meta["out_bytes"] == 2 * 4 * 8 * 8 * 4
+
+
+def test_find_cuts_reports_both_tensors_inside_a_residual_block(rng):
+    g = run_passes(conv_bn_relu_graph(rng, residual=True))
+    cuts = find_cuts(g)
+    assert [c.kind for c in cuts] == ["cloud-only"] + ["split"] * 4 + ["device-only"]
+    by_after = {c.after: c for c in cuts}
+    act = 2 * 4 * 8 * 8 * 4
+    assert cuts[0].tensors == ("x",) and cuts[0].nbytes == act
+    assert set(by_after["relu1"].tensors) == {"x", "relu1"} and by_after["relu1"].nbytes == 2 * act
+    assert by_after["add"].tensors == ("add",) and by_after["add"].nbytes == act
+    assert cuts[-1].tensors == () and cuts[-1].nbytes == 0
+
+
+def test_pipeline_names_the_failing_pass(rng):
+    def breaks(graph: Graph) -> Graph:
+        graph = graph.copy()
+        graph.outputs = []
+        return graph
+    with pytest.raises(GraphError, match="pass breaks failed \\(passes run before it: fold_constants\\)"):
+        run_passes(conv_bn_relu_graph(rng), [fold_constants, breaks])
