@@ -158,3 +158,12 @@ def test_pipeline_names_the_failing_pass(rng):
         return graph
     with pytest.raises(GraphError, match="pass breaks failed \\(passes run before it: fold_constants\\)"):
         run_passes(conv_bn_relu_graph(rng), [fold_constants, breaks])
+
+
+def test_infer_shapes_refuses_a_node_that_pins_the_batch():
+    g = Graph()
+    g.add_input("x", (1, 4))
+    s = g.add("slice", ["x"], {"starts": (0, 0), "limits": (1, 4)})  # keeps only the first row
+    g.set_outputs([g.add("add", ["x", s.name]).name])
+    with pytest.raises(GraphError, match="'slice' \\(slice\\) pins the batch size"):
+        infer_shapes(g, {"x": (3, 4)})

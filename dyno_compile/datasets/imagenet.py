@@ -80,8 +80,6 @@ def _read_labels(path: Path) -> tuple[list[str], list[int]]:
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grayscale and CMYK JPEGs exist in ImageNet); bad files raise InputError."""
     path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = samples_dir() / path
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -101,10 +99,14 @@ def preprocess_squeezenet(image: Image.Image | str | Path) -> np.ndarray:
 
 
 def squeezenet_batch(names: Sequence[str | Path]) -> np.ndarray:
-    """Several images preprocessed and stacked: float32 [N, 3, 224, 224]."""
+    """Several images preprocessed and stacked: float32 [N, 3, 224, 224].
+
+    Relative names (as ``load_samples`` returns them) are read from ``samples_dir()``.
+    """
     if not names:
         return np.zeros((0, 3, CROP, CROP), np.float32)
-    return np.concatenate([preprocess_squeezenet(n) for n in names])
+    folder = samples_dir()
+    return np.concatenate([preprocess_squeezenet(folder / n) for n in names])
 
 
 def _resize_short_side(img: Image.Image, size: int) -> Image.Image:

@@ -66,6 +66,8 @@ def _translate(emit: Emitter, jaxpr: jex.core.Jaxpr, model: str, calls: tuple = 
     ``calls`` are the enclosing call equations of an inlined jaxpr, for error locations.
     """
     for eqn in jaxpr.eqns:
+        if not calls:  # inlined equations keep the scope of the call they came from
+            emit.scope = str(eqn.source_info.name_stack).replace("/", ".")
         ins = [emit.read(v) for v in eqn.invars]
         outs = _translate_eqn(emit, eqn, ins, model, calls)
         for var, out in zip(eqn.outvars, outs):

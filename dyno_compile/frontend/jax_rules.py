@@ -32,6 +32,8 @@ class Emitter:
         self.graph = graph
         self._env: dict[Any, str] = {}
         self._literals: dict[tuple, str] = {}
+        #: ``jax.named_scope`` (or Flax module path) of the equation being translated.
+        self.scope = ""
 
     def bind(self, var: Any, name: str) -> None:
         self._env[var] = name
@@ -55,12 +57,13 @@ class Emitter:
         return self.graph.params.get(name)
 
     def _name_for(self, op: str, weight: str) -> str:
-        """Name weight-carrying ops after their weight (``layer1.0.conv1``), others by op."""
+        """Name weight-carrying ops after their weight (``layer1.0.conv1``), others by scope and op
+        (``layer1.0.relu``), so tables and cut points read like the user's model."""
         if op in ("conv2d", "dense") and weight in self.graph.params:
             for suffix in _WEIGHT_SUFFIXES:
                 if weight.endswith(suffix):
                     return weight[: -len(suffix)]
-        return op
+        return f"{self.scope}.{op}" if self.scope else op
 
 
 def _is_literal(var: Any, value: float) -> bool:
@@ -162,8 +165,9 @@ def _concatenate(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[
 
 def _slice(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
     p = eqn.params
-    return [emit.op("slice", ins, {"starts": p["start_indices"], "limits": p["limit_indices"],
-                                   "strides": p["strides"]})]
+    shape = emit.graph.node(ins[0]).shape
+    limits = tuple(None if lim == dim else lim for lim, dim in zip(p["limit_indices"], shape))
+    return [emit.op("slice", ins, {"starts": p["start_indices"], "limits": limits, "strides": p["strides"]})]
 
 
 def _pad(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:

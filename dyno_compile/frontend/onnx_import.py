@@ -84,11 +84,17 @@ def _load(path_or_model: str | PathLike[str] | onnx.ModelProto) -> tuple[onnx.Mo
 
 
 def _check(model: onnx.ModelProto, source: str) -> None:
-    """Run the ONNX checker: a file truncated at a field boundary parses but is not a model."""
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError) as exc:
-        raise FrontendError(f"{source}: not a valid ONNX model (truncated or corrupt?): {exc}") from exc
+    """Refuse what parses but is no model: a file cut at a top-level field boundary parses.
+
+    Deliberately not ``onnx.checker.check_model``: it refuses models that ONNX Runtime runs
+    (graph outputs declared without a shape, for one). Dangling tensor names and missing
+    attributes are caught node by node during conversion.
+    """
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise FrontendError(f"{source}: not an ONNX model (no IR version or no graph); the file is truncated "
+                            "or corrupt")
+    if not model.graph.output:
+        raise FrontendError(f"{source}: the ONNX graph declares no outputs")
     if model.graph.sparse_initializer:
         raise FrontendError(f"{source}: sparse initializers are not supported; densify them first")
 
@@ -97,7 +103,8 @@ def _opset(model: onnx.ModelProto, source: str) -> int:
     for entry in model.opset_import:
         if entry.domain in _DEFAULT_DOMAINS:
             return int(entry.version)
-    raise FrontendError(f"{source}: the model imports no version of the default ONNX operator set")
+    raise FrontendError(f"{source}: the model imports no version of the default ONNX operator set "
+                        "(truncated or corrupt file?)")
 
 
 def _refuse_unsupported(graph: onnx.GraphProto, source: str) -> None:
@@ -295,6 +302,9 @@ def _convert(ctx: _Context, node: OnnxNode) -> None:
     except (GraphError, ValueError) as exc:
         raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) cannot be translated: {exc}") \
             from exc
+    except KeyError as exc:
+        raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) lacks the required attribute "
+                            f"{exc}") from exc
     if result is None:  # the converter bound its outputs itself (Constant)
         return
     ctx.tensors[node.outputs[0]] = result

@@ -70,10 +70,11 @@ def forward(depth: int, params: Params, x: jax.Array) -> jax.Array:
     """Logits [N, 10] for NCHW ``x`` of 32x32, preprocessed as ``datasets.cifar10``."""
     y = jax.nn.relu(conv_bn(x, params, "conv1", "bn1", padding=1))
     for name, in_planes, planes, stride in _blocks(depth):
-        shortcut = y if stride == 1 and in_planes == planes else _option_a_shortcut(y, planes)
-        z = jax.nn.relu(conv_bn(y, params, f"{name}.conv1", f"{name}.bn1", stride=stride, padding=1))
-        z = conv_bn(z, params, f"{name}.conv2", f"{name}.bn2", padding=1)
-        y = jax.nn.relu(z + shortcut)
+        with jax.named_scope(name):  # names the block's nodes in the IR (layer1.0.relu)
+            shortcut = y if stride == 1 and in_planes == planes else _option_a_shortcut(y, planes)
+            z = jax.nn.relu(conv_bn(y, params, f"{name}.conv1", f"{name}.bn1", stride=stride, padding=1))
+            z = conv_bn(z, params, f"{name}.conv2", f"{name}.bn2", padding=1)
+            y = jax.nn.relu(z + shortcut)
     return dense(global_avg_pool(y), params, "linear")
 
 

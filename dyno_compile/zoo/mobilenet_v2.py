@@ -94,6 +94,7 @@ def mobilenet_v2(params: Params, x: jax.Array) -> jax.Array:
     """Logits [N, classes] for NCHW ``x``."""
     y = jax.nn.relu6(conv_bn(x, params, "features.0.0", "features.0.1", stride=2, padding=1))
     for blk in _blocks():
-        y = _inverted_residual(params, y, blk)
+        with jax.named_scope(blk.name):  # names the block's nodes in the IR (features.2.add)
+            y = _inverted_residual(params, y, blk)
     y = jax.nn.relu6(conv_bn(y, params, f"{_LAST}.0", f"{_LAST}.1"))
     return dense(global_avg_pool(y), params, "classifier.1")

@@ -92,10 +92,11 @@ def forward(cfg: ResNetConfig, params: Params, x: jax.Array) -> jax.Array:
     y = max_pool(y, 3, 2, padding=1)
     block = _bottleneck if cfg.bottleneck else _basic_block
     for name, inplanes, planes, stride in _blocks(cfg):
-        shortcut = y
-        if _has_downsample(cfg, inplanes, planes, stride):
-            shortcut = conv_bn(y, params, f"{name}.downsample.0", f"{name}.downsample.1", stride=stride)
-        y = jax.nn.relu(block(params, y, name, stride) + shortcut)
+        with jax.named_scope(name):  # names the block's nodes in the IR (layer1.0.relu)
+            shortcut = y
+            if _has_downsample(cfg, inplanes, planes, stride):
+                shortcut = conv_bn(y, params, f"{name}.downsample.0", f"{name}.downsample.1", stride=stride)
+            y = jax.nn.relu(block(params, y, name, stride) + shortcut)
     return dense(global_avg_pool(y), params, "fc")
 
 

@@ -44,9 +44,14 @@ def broadcast_to(x: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
 
 
 @register_op("slice", attrs={"starts": REQUIRED, "limits": REQUIRED, "strides": None})
-def slice_(x: jax.Array, *, starts: tuple[int, ...], limits: tuple[int, ...],
+def slice_(x: jax.Array, *, starts: tuple[int, ...], limits: tuple[int | None, ...],
            strides: tuple[int, ...] | None) -> jax.Array:
-    return lax.slice(x, starts, limits, strides)
+    """``x[start:limit:stride]`` per axis; a ``None`` limit runs to the end, so a slice that
+    keeps a whole axis (the batch) stays valid when that axis is resized."""
+    if not len(starts) == len(limits) == x.ndim or (strides is not None and len(strides) != x.ndim):
+        raise ValueError(f"slice needs one start, limit and stride per axis of a rank-{x.ndim} tensor")
+    steps = strides or (1,) * x.ndim
+    return x[tuple(slice(s, l, st) for s, l, st in zip(starts, limits, steps))]
 
 
 def _reduction(fn):

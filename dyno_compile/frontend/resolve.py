@@ -1,0 +1,59 @@
+"""Turn a MODEL argument (zoo name, ``.onnx`` path, or ``module:function``) into a Graph.
+
+``module:function`` names a JAX model of the user's: calling ``function()`` with no
+arguments returns ``(fn, params, example_input)``, where ``fn(params, x)`` is the model.
+This keeps the CLI free of any guessing about how a user's weights are made.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from dyno_compile.errors import FrontendError, InputError
+from dyno_compile.frontend.jax_import import from_jax
+from dyno_compile.frontend.onnx_import import from_onnx
+from dyno_compile.ir import Graph
+from dyno_compile import zoo
+
+
+def load_model(spec: str, *, batch: int = 1) -> Graph:
+    """Import the model that ``spec`` names, with input batch ``batch`` where it can be chosen."""
+    if spec.endswith(".onnx") or Path(spec).is_file():
+        return _load_onnx(Path(spec), batch)
+    if ":" in spec:
+        return _load_jax_entry_point(spec)
+    if spec in zoo.list_models():
+        model = zoo.get_model(spec, batch=batch)
+        return from_jax(model.fn, model.params, model.random_input(), name=spec)
+    raise InputError(f"model {spec!r} is not a zoo model ({', '.join(zoo.list_models())}), "
+                     "an existing .onnx file, or module:function")
+
+
+def _load_onnx(path: Path, batch: int) -> Graph:
+    if not path.is_file():
+        raise FrontendError(f"{path}: no such ONNX file")
+    graph = from_onnx(path)
+    if batch != 1:
+        shapes = {n.name: (batch, *n.shape[1:]) for n in graph.inputs}
+        graph = from_onnx(path, input_shapes=shapes)
+    return graph
+
+
+def _load_jax_entry_point(spec: str) -> Graph:
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FrontendError(f"{spec}: cannot import module {module_name!r}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise FrontendError(f"{spec}: module {module_name!r} has no callable {attr!r}")
+    made = factory()
+    if not (isinstance(made, tuple) and len(made) == 3 and callable(made[0])):
+        raise FrontendError(f"{spec}: {attr}() must return (fn, params, example_input), got {type(made).__name__}")
+    fn, params, example = made
+    return from_jax(fn, params, example, name=attr)
