@@ -54,7 +54,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs: no wrapping
     layers = Table(title=f"{report['model']}: layers", title_justify="left")
     for col in ("#", "name", "op", "output", "MMACs", "weights KiB", "out KiB"):
         layers.add_column(col, justify="right" if col not in ("name", "op") else "left")

@@ -1,7 +1,8 @@
 """Turn a MODEL argument (zoo name, ``.onnx`` path, or ``module:function``) into a Graph.
 
 ``module:function`` names a JAX model of the user's: calling ``function()`` with no
-arguments returns ``(fn, params, example_input)``, where ``fn(params, x)`` is the model.
+arguments returns ``(fn, params, example_input)``, where ``fn(params, x)`` is the model;
+the example's first axis is the batch, which ``batch`` replaces.
 This keeps the CLI free of any guessing about how a user's weights are made.
 """
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+
+import jax
+import numpy as np
 
 from dyno_compile.errors import FrontendError, InputError
 from dyno_compile.frontend.jax_import import from_jax
@@ -22,7 +26,7 @@ def load_model(spec: str, *, batch: int = 1) -> Graph:
     if spec.endswith(".onnx") or Path(spec).is_file():
         return _load_onnx(Path(spec), batch)
     if ":" in spec:
-        return _load_jax_entry_point(spec)
+        return _load_jax_entry_point(spec, batch)
     if spec in zoo.list_models():
         model = zoo.get_model(spec, batch=batch)
         return from_jax(model.fn, model.params, model.random_input(), name=spec)
@@ -40,7 +44,7 @@ def _load_onnx(path: Path, batch: int) -> Graph:
     return graph
 
 
-def _load_jax_entry_point(spec: str) -> Graph:
+def _load_jax_entry_point(spec: str, batch: int) -> Graph:
     module_name, _, attr = spec.partition(":")
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -56,4 +60,8 @@ def _load_jax_entry_point(spec: str) -> Graph:
     if not (isinstance(made, tuple) and len(made) == 3 and callable(made[0])):
         raise FrontendError(f"{spec}: {attr}() must return (fn, params, example_input), got {type(made).__name__}")
     fn, params, example = made
-    return from_jax(fn, params, example, name=attr)
+    shape = np.shape(example)
+    if not shape:
+        raise FrontendError(f"{spec}: the example input must have a batch axis, got a scalar")
+    rebatched = jax.ShapeDtypeStruct((batch, *shape[1:]), getattr(example, "dtype", np.float32))
+    return from_jax(fn, params, rebatched, name=getattr(fn, "__name__", attr))
