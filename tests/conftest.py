@@ -5,10 +5,22 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from dyno_compile.datasets import data_root
 from dyno_compile.ir import Graph
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ``../shared/data``; missing data fails the test loudly instead of skipping it,
+    so a run without the real data cannot pass unnoticed."""
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"real data {path} is missing; the test suite needs ../shared/data (or DYNO_DATA)")
+    return path
 
 
 def rel_err(a, b) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dyno_compile.datasets import data_root
+from conftest import shared_data
 from dyno_compile.datasets.imagenet import (SQUEEZENET_MEAN_BGR, load_samples, preprocess_squeezenet,
                                             squeezenet_batch)
 from dyno_compile.errors import InputError
@@ -15,13 +15,7 @@ from dyno_compile.errors import InputError
 
 @pytest.fixture
 def shared_samples() -> Path:
-    try:
-        folder = data_root() / "imagenet" / "samples"
-    except InputError as exc:
-        pytest.skip(f"shared data not available: {exc}")
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not available")
-    return folder
+    return shared_data("imagenet", "samples")
 
 
 def test_load_samples_reads_all_200_labels(shared_samples: Path) -> None:

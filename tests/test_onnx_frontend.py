@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dyno_compile.datasets import data_root
-from dyno_compile.errors import FrontendError, InputError, UnsupportedOpError
+from conftest import shared_data
+from dyno_compile.errors import FrontendError, UnsupportedOpError
 from dyno_compile.frontend.onnx_import import from_onnx, resolve_reshape
 from dyno_compile.ir import Interpreter, validate
 
@@ -327,13 +327,7 @@ def test_missing_file_raises_frontend_error(tmp_path: Path) -> None:
 
 # ====================================================================== real model: SqueezeNet 1.1 fp16
 def squeezenet_path() -> Path:
-    try:
-        path = data_root() / "imagenet" / "squeezenet1.1_fp16.onnx"
-    except InputError as exc:
-        pytest.skip(f"shared data not available: {exc}")
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return path
+    return shared_data("imagenet", "squeezenet1.1_fp16.onnx")
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1e-4, 0.5, 0.999])
