@@ -1,0 +1,123 @@
+"""Segments, split and pack insertion: every cut of resnet20 (real weights) against the whole
+model and against a NumPy reference of the same input-specific quantization."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from dyno_compile import zoo
+from dyno_compile.errors import GraphError
+from dyno_compile.frontend.jax_import import from_jax
+from dyno_compile.ir import Graph, Interpreter
+from dyno_compile.ir.ops.quant import bitpack, bitunpack, dequantize, quant_range, quantize
+from dyno_compile.passes import find_cuts, run_passes
+from dyno_compile.passes.insert_pack import insert_pack
+from dyno_compile.passes.segment import segment
+from dyno_compile.passes.split import split
+
+
+@lru_cache(maxsize=None)
+def _resnet20() -> tuple[Graph, np.ndarray]:
+    m = zoo.get_model("resnet20")
+    return run_passes(from_jax(m.fn, m.params, m.random_input())), m.random_input(seed=3)
+
+
+def _run(graph: Graph, *args) -> tuple:
+    out = Interpreter(graph, jit=False)(*args)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _fake_quant(x: np.ndarray, bits: int, granularity: str, axis: int = 1) -> np.ndarray:
+    """Independent NumPy statement of the documented formula."""
+    x = x.astype(np.float32)
+    axes = tuple(range(x.ndim)) if granularity == "tensor" else tuple(a for a in range(x.ndim) if a != axis)
+    lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
+    scale = np.where(hi == lo, np.float32(1), (hi - lo) * np.float32(1 / (2**bits - 1))).astype(np.float32)
+    q = np.clip(np.round((x - lo) * (np.float32(1) / scale)), 0, 2**bits - 1)
+    return (q.astype(np.float32) * scale + lo).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 9, 12, 16])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_quant_ops_match_numpy_reference_and_pack_exactly(rng, bits, granularity):
+    x = np.maximum(rng.normal(size=(2, 5, 3, 7)), 0).astype(np.float32)
+    x[1, 2] = 0.7  # a constant channel
+    attrs = {"bits": bits, "granularity": granularity, "axis": 1}
+    r = quant_range(x, **attrs)
+    q = quantize(x, r, **attrs)
+    np.testing.assert_array_equal(dequantize(q, r, granularity=granularity, axis=1), _fake_quant(x, bits, granularity))
+    packed = bitpack(q, bits=bits)
+    assert packed.shape == ((x.size * bits + 7) // 8,)
+    np.testing.assert_array_equal(bitunpack(packed, bits=bits, shape=x.shape), q)
+
+
+def test_bitpack_layout_is_lsb_first_stream():
+    codes = np.array([1, 2, 3, 0, 7], np.uint8)  # 3 bits each: 001 010 011 000 111
+    stream = "".join(format(int(c), "03b")[::-1] for c in codes)  # LSB first
+    stream += "0" * (-len(stream) % 8)
+    expected = [int(stream[i:i + 8][::-1], 2) for i in range(0, len(stream), 8)]
+    np.testing.assert_array_equal(bitpack(codes, bits=3), np.array(expected, np.uint8))
+
+
+def test_segments_chain_to_the_whole_model():
+    graph, x = _resnet20()
+    segs = segment(graph, [c.position for c in find_cuts(graph)])
+    assert len(segs) == len(graph.compute_nodes)
+    env = {"x": x}
+    for s in segs:
+        env.update(zip(s.outputs, _run(s.graph, *[env[i] for i in s.inputs])))
+    assert rel_err(env[graph.outputs[0]], _run(graph, x)[0]) <= 1e-5
+
+
+def test_segment_rejects_out_of_range_cuts():
+    graph, _ = _resnet20()
+    with pytest.raises(GraphError, match="out of range"):
+        segment(graph, [999])
+
+
+def test_every_float32_split_equals_the_unsplit_model():
+    graph, x = _resnet20()
+    ref = _run(graph, x)[0]
+    for cut in find_cuts(graph):
+        model = split(graph, cut.position)
+        sent = _run(model.device, x)
+        if model.cloud is None:
+            assert rel_err(sent[0], ref) <= 1e-6
+            continue
+        assert [n.name for n in model.cloud.inputs] == list(cut.tensors)
+        assert sum(np.asarray(s).nbytes for s in sent) == cut.nbytes
+        assert rel_err(_run(model.cloud, *sent)[0], ref) <= 1e-5, cut
+
+
+@pytest.mark.parametrize("bits", ["float16", 8, 4, 2])
+def test_every_packed_split_equals_the_reference_with_the_same_quantization(bits):
+    graph, x = _resnet20()
+    for cut in find_cuts(graph)[:-1]:
+        plain = split(graph, cut.position)
+        crossing = _run(plain.device, x)
+        if bits == "float16":
+            received = [c.astype(np.float16).astype(np.float32) for c in map(np.asarray, crossing)]
+        else:
+            received = [_fake_quant(np.asarray(c), bits, "tensor") for c in crossing]
+        expected = _run(plain.cloud, *received)[0]
+        packed = insert_pack(plain, bits)
+        sent = _run(packed.device, x)
+        if bits != "float16":  # the packed payload is the dense size
+            assert sum(np.asarray(s).size for s in sent[0::2]) == sum(
+                (np.asarray(c).size * bits + 7) // 8 for c in crossing)
+        assert rel_err(_run(packed.cloud, *sent)[0], expected) <= 1e-4, (bits, cut.position)
+
+
+def test_per_channel_packing_and_bad_widths():
+    graph, x = _resnet20()
+    plain = split(graph, 20)
+    crossing = _run(plain.device, x)
+    expected = _run(plain.cloud, *[_fake_quant(np.asarray(c), 4, "channel") for c in crossing])[0]
+    packed = insert_pack(plain, 4, granularity="channel")
+    assert rel_err(_run(packed.cloud, *_run(packed.device, x))[0], expected) <= 1e-4
+    for bad in (0, 17, "int8"):
+        with pytest.raises(GraphError, match="bits must be"):
+            insert_pack(plain, bad)
