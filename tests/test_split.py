@@ -35,7 +35,8 @@ def _fake_quant(x: np.ndarray, bits: int, granularity: str, axis: int = 1) -> np
     x = x.astype(np.float32)
     axes = tuple(range(x.ndim)) if granularity == "tensor" else tuple(a for a in range(x.ndim) if a != axis)
     lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
-    scale = np.where(hi == lo, np.float32(1), (hi - lo) * np.float32(1 / (2**bits - 1))).astype(np.float32)
+    scale = ((hi - lo) * np.float32(1 / (2**bits - 1))).astype(np.float32)
+    scale = np.where(scale < np.float32(2.0**-126), np.float32(1), scale).astype(np.float32)
     q = np.clip(np.round((x - lo) * (np.float32(1) / scale)), 0, 2**bits - 1)
     return (q.astype(np.float32) * scale + lo).astype(np.float32)
 

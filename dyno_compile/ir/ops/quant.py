@@ -6,7 +6,7 @@ Exactly, in float32 and in this order (the NumPy reference in ``dyno_compile.pac
 and the TVM kernels compute the same, bit for bit)::
 
     lo, hi = min(x), max(x)                      # over the reduced axes
-    scale  = (hi - lo) * float32(1 / (2**bits - 1))   # 1.0 where hi == lo (constant input)
+    scale  = (hi - lo) * float32(1 / (2**bits - 1))   # 1.0 where below 2**-126 (constant input)
     q      = clip(round_half_even((x - lo) * (1 / scale)), 0, 2**bits - 1)
     x'     = q * scale + lo
 
@@ -58,7 +58,9 @@ def quant_range(x: jax.Array, *, bits: int, granularity: str, axis: int) -> jax.
     # A multiply, not a division by a constant: XLA rewrites that division into a
     # reciprocal multiply anyway, so stating it keeps every implementation bit-identical.
     scale = (hi - lo) * jnp.float32(1 / (2**bits - 1))
-    scale = jnp.where(hi == lo, jnp.float32(1.0), scale)
+    # A (near-)constant input has no usable range: codes 0 and dequantisation to lo. The
+    # test is "scale below the smallest normal float32" since XLA flushes subnormals to 0.
+    scale = jnp.where(scale < jnp.float32(2.0**-126), jnp.float32(1.0), scale)
     return jnp.stack([lo, scale])
 
 

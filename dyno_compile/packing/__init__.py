@@ -1,0 +1,76 @@
+"""DynO's data packing for the tensors crossing a cut, and the wire format that carries them.
+
+A cut tensor is quantised with the range of *this* input (:mod:`.quantize`), its b-bit codes
+are packed densely (:mod:`.bitpack`), optionally compressed losslessly (:mod:`.codec`), and
+framed with a header that fully describes the payload (:mod:`.frame`). The compiler uses
+:func:`encode` to measure bytes per cut and config; the device client encodes, the cloud
+server decodes. Everything here is NumPy and stdlib only, so both sides can import it
+without TVM or JAX.
+
+``PackError`` is defined here, before the submodules are imported, because every submodule
+raises it: importing any of them loads this file first, so the name already exists.
+"""
+from __future__ import annotations
+
+from dyno_compile.errors import DynoError
+
+
+class PackError(DynoError):
+    """Data could not be packed or a frame could not be unpacked.
+
+    ``field`` names the frame field or argument at fault (``"magic"``, ``"tensor[1].dims"``,
+    ``"bits"``) so a server can log and count rejections by cause without parsing text.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        #: The message without the field, so an outer layer can re-raise it under a longer
+        #: field path (``"tensor[1]." + field``).
+        self.detail = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+from dyno_compile.packing.bitpack import LAYOUTS, pack, packed_nbytes, unpack  # noqa: E402
+from dyno_compile.packing.codec import CODECS, compress, decompress, default_level  # noqa: E402
+from dyno_compile.packing.frame import (  # noqa: E402
+    DEFAULT_MAX_BYTES,
+    FORMAT_VERSION,
+    MAGIC,
+    Frame,
+    PackConfig,
+    TensorHeader,
+    decode,
+    encode,
+)
+from dyno_compile.packing.quantize import (  # noqa: E402
+    GRANULARITIES,
+    PASSTHROUGH_MODES,
+    QuantParams,
+    dequantize,
+    quantize,
+)
+
+__all__ = [
+    "CODECS",
+    "DEFAULT_MAX_BYTES",
+    "FORMAT_VERSION",
+    "GRANULARITIES",
+    "LAYOUTS",
+    "MAGIC",
+    "PASSTHROUGH_MODES",
+    "Frame",
+    "PackConfig",
+    "PackError",
+    "QuantParams",
+    "TensorHeader",
+    "compress",
+    "decode",
+    "decompress",
+    "default_level",
+    "dequantize",
+    "encode",
+    "pack",
+    "packed_nbytes",
+    "quantize",
+    "unpack",
+]
