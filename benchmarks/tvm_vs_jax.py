@@ -1,0 +1,96 @@
+"""Batch-1 CPU latency: TVM (tuning-free schedule) vs ``jax.jit`` of the zoo function.
+
+Both use the same cores (``--threads``, default: all this process may use; fewer pins
+the process to that many cores, which both XLA's and TVM's pools follow; TVM also gets
+``TVM_NUM_THREADS``). Each side is warmed up, then timed as the median of ``--repeat``
+repeats of at least ``--min-ms`` each (TVM: ``time_evaluator``; JAX: the same loop by
+hand with ``block_until_ready``). Timings on a shared VM vary 10-15 % from run to run;
+compare the ratios printed by one run.
+
+    .venv/bin/python benchmarks/tvm_vs_jax.py                  # resnet20 and resnet18
+    .venv/bin/python benchmarks/tvm_vs_jax.py resnet20 --no-schedule
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", default=["resnet20", "resnet18"])
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--min-ms", type=int, default=300)
+    p.add_argument("--no-schedule", action="store_true", help="also time TVM's unscheduled default build")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = _parse()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.threads < len(cores):  # both runtimes size their pools from the cores they may use
+        os.sched_setaffinity(0, cores[:args.threads])
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import numpy as np
+
+    from dyno_compile import zoo
+    from dyno_compile.frontend.jax_import import from_jax
+    from dyno_compile.ir import Interpreter
+    from dyno_compile.passes import run_passes
+    from dyno_compile.targets import HostRunner, compile_graph, get_target
+
+    def time_jax(fn, *xs) -> float:
+        for _ in range(3):
+            fn(*xs).block_until_ready()
+        t0 = time.perf_counter()
+        fn(*xs).block_until_ready()
+        one = max(time.perf_counter() - t0, 1e-6)
+        number = max(1, int(args.min_ms / 1e3 / one))
+        results = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn(*xs).block_until_ready()
+            results.append((time.perf_counter() - t0) / number)
+        return float(np.median(results))
+
+    host = get_target("host")
+    print(f"host: {host.target}, threads {args.threads}")
+    rows = []
+    for name in args.models:
+        m = zoo.get_model(name)
+        x = m.random_input(1)
+        t0 = time.perf_counter()
+        g = run_passes(from_jax(m.fn, m.params, m.random_input()))
+        t_import = time.perf_counter() - t0
+        variants = [("tvm", True)] + ([("tvm-default", False)] if args.no_schedule else [])
+        jax_fn = jax.jit(m.fn)
+        params = jax.device_put(m.params)
+        xj = jax.device_put(x)
+        t_jax = time_jax(jax_fn, params, xj)
+        ref = np.asarray(Interpreter(g)(x))
+        for label, sched in variants:
+            c = compile_graph(g, host, schedule=sched)
+            runner = HostRunner(c)
+            y = runner([x])[0]
+            err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+            t_tvm = float(np.median(runner.time([x], repeat=args.repeat, min_repeat_ms=args.min_ms)))
+            comp = ", ".join(f"{k} {v:.2f}" for k, v in c.timings.items())
+            print(f"{name:10s} {label:12s} {t_tvm * 1e3:9.3f} ms   jax {t_jax * 1e3:9.3f} ms   "
+                  f"tvm/jax {t_tvm / t_jax:5.2f}   rel err {err:.1e}   compile s: {comp} (import {t_import:.2f})")
+            if c.schedule_report is not None and c.schedule_report.fallbacks:
+                print(f"  schedule fallbacks: {c.schedule_report.fallbacks}")
+            rows.append((name, label, t_tvm, t_jax))
+    print("\nsummary (ms):")
+    for name, label, t_tvm, t_jax in rows:
+        print(f"  {name:10s} {label:12s} tvm {t_tvm * 1e3:9.3f}  jax {t_jax * 1e3:9.3f}  ratio {t_tvm / t_jax:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
