@@ -119,6 +119,18 @@ def test_per_channel_packing_and_bad_widths():
     expected = _run(plain.cloud, *[_fake_quant(np.asarray(c), 4, "channel") for c in crossing])[0]
     packed = insert_pack(plain, 4, granularity="channel")
     assert rel_err(_run(packed.cloud, *_run(packed.device, x))[0], expected) <= 1e-4
-    for bad in (0, 17, "int8"):
+    for bad in (0, 17, "int8", True):
         with pytest.raises(GraphError, match="bits must be"):
             insert_pack(plain, bad)
+
+
+@pytest.mark.parametrize("bits", ["float16", 1, 6, 8, 16])
+def test_standalone_pack_and_unpack_kernels_round_trip(rng, bits):
+    from dyno_compile.ir import TensorType
+    from dyno_compile.passes.insert_pack import pack_graph, unpack_graph
+    t = TensorType((1, 8, 5, 5), "float32")
+    x = np.maximum(rng.normal(size=t.shape), 0).astype(np.float32)
+    wire = _run(pack_graph(t, bits, granularity="channel"), x)
+    back = _run(unpack_graph(t, bits, granularity="channel"), *wire)[0]
+    expected = x.astype(np.float16).astype(np.float32) if bits == "float16" else _fake_quant(x, bits, "channel")
+    np.testing.assert_allclose(back, expected, rtol=1e-6, atol=1e-6)

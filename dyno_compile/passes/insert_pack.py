@@ -16,52 +16,79 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dyno_compile.errors import GraphError
-from dyno_compile.ir import Graph
+from dyno_compile.ir import Graph, TensorType
 from dyno_compile.passes.split import SplitModel
 
 FLOAT_MODES = ("float16", "float32")
+Bits = int | str
 
 
-def insert_pack(model: SplitModel, bits: int | str, *, granularity: str = "tensor", axis: int = 1) -> SplitModel:
+def check_bits(bits: Bits) -> Bits:
+    if bits not in FLOAT_MODES and not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 16):
+        raise GraphError(f"bits must be 1..16, 'float16' or 'float32', got {bits!r}")
+    return bits
+
+
+def insert_pack(model: SplitModel, bits: Bits, *, granularity: str = "tensor", axis: int = 1) -> SplitModel:
+    check_bits(bits)
     if bits == "float32" or model.cloud is None:
         return model
-    if bits != "float16" and not (isinstance(bits, int) and 1 <= bits <= 16):
-        raise GraphError(f"bits must be 1..16, 'float16' or 'float32', got {bits!r}")
     device, cloud = model.device.copy(), model.cloud.copy()
     sends = []
     for slot, t in enumerate(model.cut.tensors):
-        if bits == "float16":
-            sends.append(device.add("send", [device.add("cast", [t], {"dtype": "float16"}, name=f"{t}.half").name],
-                                    {"cut": model.cut.position, "slot": slot}, name=f"{t}.half.send").name)
-            _receive_half(cloud, t)
-        else:
-            q = {"bits": bits, "granularity": granularity, "axis": axis}
-            rng = device.add("quant_range", [t], q, name=f"{t}.range")
-            codes = device.add("quantize", [t, rng.name], q, name=f"{t}.codes")
-            packed = device.add("bitpack", [codes.name], {"bits": bits}, name=f"{t}.packed")
-            for k, part in enumerate((packed.name, rng.name)):
-                sends.append(device.add("send", [part], {"cut": model.cut.position, "slot": 2 * slot + k},
-                                        name=f"{part}.send").name)
-            _receive_quantized(cloud, t, bits, rng.type, granularity, axis)
+        parts = emit_pack(device, t, bits, granularity=granularity, axis=axis)
+        sends += [device.add("send", [part], {"cut": model.cut.position, "slot": len(parts) * slot + k},
+                             name=f"{part}.send").name for k, part in enumerate(parts)]
+        original = cloud.node(t)
+        value = emit_receive(cloud, t, original.type, bits, granularity=granularity, axis=axis)
+        cloud.substitute(t, value)
     device.set_outputs(sends)
     for old in model.device.outputs:
         device.erase(old)
     return replace(model, device=device, cloud=cloud)
 
 
-def _receive_half(cloud: Graph, t: str) -> None:
-    original = cloud.node(t)
-    half = cloud.add_input(f"{t}.half", original.shape, "float16")
-    cloud.substitute(t, cloud.add("cast", [half.name], {"dtype": original.dtype}).name)
+def emit_pack(graph: Graph, t: str, bits: Bits, *, granularity: str = "tensor", axis: int = 1) -> list[str]:
+    """Add the device-side nodes that pack ``t``; returns what is sent, in wire order."""
+    if bits == "float16":
+        return [graph.add("cast", [t], {"dtype": "float16"}, name=f"{t}.half").name]
+    q = {"bits": bits, "granularity": granularity, "axis": axis}
+    rng = graph.add("quant_range", [t], q, name=f"{t}.range")
+    codes = graph.add("quantize", [t, rng.name], q, name=f"{t}.codes")
+    return [graph.add("bitpack", [codes.name], {"bits": bits}, name=f"{t}.packed").name, rng.name]
 
 
-def _receive_quantized(cloud: Graph, t: str, bits: int, range_type, granularity: str, axis: int) -> None:
-    original = cloud.node(t)
-    nbytes = (original.type.size * bits + 7) // 8
-    packed = cloud.add_input(f"{t}.packed", (nbytes,), "uint8")
-    rng = cloud.add_input(f"{t}.range", range_type.shape, range_type.dtype)
-    codes = cloud.add("bitunpack", [packed.name], {"bits": bits, "shape": original.shape}, name=f"{t}.codes")
-    value = cloud.add("dequantize", [codes.name, rng.name], {"granularity": granularity, "axis": axis})
+def emit_receive(graph: Graph, t: str, original: TensorType, bits: Bits, *, granularity: str = "tensor",
+                 axis: int = 1) -> str:
+    """Add cloud-side inputs for what ``emit_pack`` sends and the nodes rebuilding ``t``;
+    returns the rebuilt value (of ``original``'s type)."""
+    if bits == "float16":
+        half = graph.add_input(f"{t}.half", original.shape, "float16")
+        value = graph.add("cast", [half.name], {"dtype": "float32"})
+    else:
+        nbytes = (original.size * bits + 7) // 8
+        range_shape = (2,) if granularity == "tensor" else (2, original.shape[axis])
+        packed = graph.add_input(f"{t}.packed", (nbytes,), "uint8")
+        rng = graph.add_input(f"{t}.range", range_shape, "float32")
+        codes = graph.add("bitunpack", [packed.name], {"bits": bits, "shape": original.shape}, name=f"{t}.codes")
+        value = graph.add("dequantize", [codes.name, rng.name], {"granularity": granularity, "axis": axis})
     if value.dtype != original.dtype:
-        value = cloud.add("cast", [value.name], {"dtype": original.dtype})
-    cloud.substitute(t, value.name)
+        value = graph.add("cast", [value.name], {"dtype": original.dtype})
+    return value.name
+
+
+def pack_graph(tensor: TensorType, bits: Bits, *, granularity: str = "tensor", axis: int = 1,
+               name: str = "pack") -> Graph:
+    """A standalone device kernel: one tensor in, what goes on the wire out."""
+    graph = Graph(name)
+    graph.add_input("x", tensor.shape, tensor.dtype)
+    graph.set_outputs(emit_pack(graph, "x", check_bits(bits), granularity=granularity, axis=axis))
+    return graph
+
+
+def unpack_graph(tensor: TensorType, bits: Bits, *, granularity: str = "tensor", axis: int = 1,
+                 name: str = "unpack") -> Graph:
+    """A standalone cloud kernel: what came off the wire in, the tensor out."""
+    graph = Graph(name)
+    graph.set_outputs([emit_receive(graph, "x", tensor, check_bits(bits), granularity=granularity, axis=axis)])
+    return graph

@@ -1,0 +1,1 @@
+"""Artifacts: the compiled device and cloud libraries, weights and tables, on disk."""
