@@ -1,18 +1,24 @@
-"""Command line: ``python -m dyno_compile inspect MODEL [--json]``."""
+"""Command line: ``python -m dyno_compile inspect MODEL`` and ``build MODEL --out DIR``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from dyno_compile.artifact.build import build_artifact
+from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.passes import run_passes
+from dyno_compile.passes.insert_pack import check_bits
+from dyno_compile.targets import get_target, list_targets
 from dyno_compile.zoo import list_models
 
 
@@ -37,13 +43,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-cuts", action="store_true",
                    help="list every cut point (default: single-tensor cuts and the two ends)")
     p.set_defaults(run=_inspect)
+
+    b = sub.add_parser("build", help="compile the device and cloud libraries of a model into an artifact")
+    b.add_argument("model", metavar="MODEL", nargs="?", default="resnet20",
+                   help="zoo name, .onnx file or module:function (default: resnet20, real CIFAR-10 weights)")
+    b.add_argument("--device", action="append", metavar="TARGET",
+                   help=f"device target(s), repeatable (default arm64; known: {', '.join(list_targets())})")
+    b.add_argument("--cloud", action="append", metavar="TARGET", help="cloud target(s), repeatable (default cuda)")
+    b.add_argument("--out", metavar="DIR", help="artifact directory (default out/MODEL)")
+    b.add_argument("--cuts", choices=("single", "all"), default="single",
+                   help="candidate cuts: single-tensor cuts and both ends (default), or every position")
+    b.add_argument("--bits", default=",".join(map(str, DEFAULT_BITS)),
+                   help="transfer widths to build kernels for: 1-16, float16, float32 (comma-separated)")
+    b.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
+                   help="quantization range per tensor or per channel")
+    b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
+    b.set_defaults(run=_build)
     return parser
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
     if args.batch < 1:
         raise DynoError(f"--batch must be at least 1, got {args.batch}")
-    graph = run_passes(load_model(args.model, batch=args.batch))
+    return run_passes(load_model(args.model, batch=args.batch))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    graph = _load(args)
     report = inspect_report(graph)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
@@ -78,3 +105,36 @@ def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
                   f"{t['weight_bytes'] / 2**20:.2f} MiB weights; {t['cuts']} cut points, "
                   f"{t['single_tensor_cuts']} crossing a single tensor"
                   + ("" if all_cuts else " (shown; --all-cuts lists every one)"), highlight=False)
+
+
+def _parse_bits(text: str) -> list:
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        out.append(int(item) if item.isdigit() else item)
+    return [check_bits(b) for b in out]
+
+
+def _build(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    bits = _parse_bits(args.bits)
+    device, cloud = args.device or ["arm64"], args.cloud or ["cuda"]
+    for t in device + cloud:
+        get_target(t)  # fail before any work on a misspelt target
+    t0 = time.perf_counter()
+    with console.status(f"importing and optimising {args.model}") as status:
+        graph = _load(args)
+        plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity)
+        out = Path(args.out or Path("out") / graph.name)
+        root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud,
+                                     overwrite=args.overwrite, progress=status.update)
+    table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")
+    for col in ("side", "target", "functions", "compile s", "MiB"):
+        table.add_column(col, justify="left" if col in ("side", "target") else "right")
+    for lib in built:
+        size = (root / lib.path).stat().st_size / 2**20
+        table.add_row(lib.side, lib.target, str(lib.functions), f"{lib.seconds:.1f}", f"{size:.1f}")
+    Console().print(table)
+    Console().print(f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
+                    f"{len(plan.device_functions) - len(plan.segments)} pack kernels; "
+                    f"built in {time.perf_counter() - t0:.0f} s", highlight=False)
+    return 0

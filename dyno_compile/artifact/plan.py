@@ -1,0 +1,84 @@
+"""What a build compiles: the segment chain and the pack/unpack kernels of every candidate cut.
+
+Pure data, no TVM: both sides get the same segments (any cut can run at any time) plus
+their half of the cut kernels — ``pack_*`` on the device, ``unpack_*`` in the cloud. One
+kernel serves every crossing tensor of its shape, dtype and bit width, so a ResNet's
+many cuts of equal shape share a handful of kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from dyno_compile.errors import DynoError
+from dyno_compile.ir import Graph, TensorType
+from dyno_compile.passes import CutPoint, find_cuts
+from dyno_compile.passes.insert_pack import Bits, check_bits, pack_graph, unpack_graph
+from dyno_compile.passes.segment import Segment, segment
+
+DEFAULT_BITS: tuple[Bits, ...] = ("float32", "float16", 16, 8, 4, 2)
+
+
+@dataclass
+class BuildPlan:
+    graph: Graph
+    cuts: list[CutPoint]
+    segments: list[Segment]
+    bits: tuple[Bits, ...]
+    granularity: str
+    device_functions: dict[str, Graph] = field(default_factory=dict)
+    cloud_functions: dict[str, Graph] = field(default_factory=dict)
+    cut_table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def candidate_cuts(graph: Graph, which: str = "single") -> list[CutPoint]:
+    """``"single"``: cuts crossing one tensor, plus cloud-only and device-only (DynO's layer
+    outputs); ``"all"``: every position."""
+    cuts = find_cuts(graph)
+    if which == "all":
+        return cuts
+    if which != "single":
+        raise DynoError(f"cut selection must be 'single' or 'all', got {which!r}")
+    return [c for c in cuts if c.kind != "split" or c.single_tensor]
+
+
+def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Bits] = DEFAULT_BITS,
+               granularity: str = "tensor") -> BuildPlan:
+    bits = tuple(check_bits(b) for b in bits)
+    every = find_cuts(graph)
+    cuts = [every[p] for p in sorted({0, len(every) - 1, *(c.position for c in cuts)})]  # both ends always
+    segments = segment(graph, [c.position for c in cuts])
+    plan = BuildPlan(graph, cuts, segments, bits, granularity)
+    for s in segments:
+        plan.device_functions[f"segment_{s.index}"] = s.graph
+        plan.cloud_functions[f"segment_{s.index}"] = s.graph
+    for k, cut in enumerate(plan.cuts):
+        plan.cut_table.append(_cut_entry(plan, k, cut))
+    return plan
+
+
+def kernel_key(t: TensorType, bits: Bits) -> str:
+    return f"{t.dtype}_{'x'.join(map(str, t.shape))}_{bits}"
+
+
+def _cut_entry(plan: BuildPlan, index: int, cut: CutPoint) -> dict[str, Any]:
+    """One row of the cut table: which segments each side runs and which kernels pack the tensors."""
+    entry = {**cut.to_dict(), "device_segments": list(range(index)),
+             "cloud_segments": list(range(index, len(plan.segments))), "kernels": {}}
+    if cut.kind == "device-only":
+        return entry
+    for b in plan.bits:
+        if b == "float32":
+            continue
+        names = []
+        for t in cut.tensors:
+            ttype = plan.graph.node(t).type
+            key = kernel_key(ttype, b)
+            if f"pack_{key}" not in plan.device_functions:
+                plan.device_functions[f"pack_{key}"] = pack_graph(ttype, b, granularity=plan.granularity,
+                                                                  name=f"pack_{key}")
+                plan.cloud_functions[f"unpack_{key}"] = unpack_graph(ttype, b, granularity=plan.granularity,
+                                                                     name=f"unpack_{key}")
+            names.append({"tensor": t, "pack": f"pack_{key}", "unpack": f"unpack_{key}"})
+        entry["kernels"][str(b)] = names
+    return entry
