@@ -76,11 +76,12 @@ def load_artifact(root: str | os.PathLike, *, expect_model_hash: str | None = No
 
 
 def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "float32", *,
-              target: str = "host") -> np.ndarray:
+              target: str = "host", record: dict[str, Any] | None = None) -> np.ndarray:
     """Run cut ``position`` at ``bits`` with both sides' host libraries, in this process.
 
     The device runs its segments and packs each crossing tensor; the packed values are
-    what would go on the wire; the cloud unpacks them and runs the rest.
+    what would go on the wire; the cloud unpacks them and runs the rest. ``record``, if
+    given, receives the crossing tensors (``"crossing"``) and the wire values (``"wire"``).
     """
     cut = artifact.cut(position)
     device, cloud = artifact.runner("device", target), artifact.runner("cloud", target)
@@ -95,6 +96,9 @@ def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "flo
             raise ArtifactError(f"{artifact.root}: bits {bits!r} not built; built: {artifact.manifest['bits']}") from None
         for k in kernels:
             wire = device.run(k["pack"], [env[k["tensor"]]])
+            if record is not None:
+                record.setdefault("crossing", {})[k["tensor"]] = env[k["tensor"]]
+                record.setdefault("wire", {})[k["tensor"]] = wire
             env[k["tensor"]] = cloud.run(k["unpack"], wire)[0]
     _run_segments(artifact, cloud, cut["cloud_segments"], env)
     return env[artifact.manifest["outputs"][0]["name"]]
