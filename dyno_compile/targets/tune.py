@@ -21,17 +21,19 @@ Usage::
 
 A records directory holds MetaSchedule's JSON database (``database_workload.json``,
 ``database_tuning_record.json``), ``dyno_tuning.json`` (the target the records were
-measured on, the TVM version, the tuning-free schedule's time per function, and a
-history of runs) and MetaSchedule's logs (``logs/``). An artifact ships
-:data:`RECORD_FILES`; :func:`records_fingerprint` digests them and lists the workload
+measured on, the TVM version, the tuning-free and best-record times per function that
+decide which records apply, and a history of runs) and MetaSchedule's logs (``logs/``).
+An artifact ships :data:`RECORD_FILES`; :func:`records_fingerprint` digests them and lists the workload
 hashes, and :func:`match_records` tells, function by function, which functions of a
 module have records.
 
-**Tuned or tuning-free, per function.** ``tune`` also measures the tuning-free schedule
-(:mod:`dyno_compile.targets.schedule`) of each function with the same builder and
-runner as the candidates, and ``apply_records`` applies a record only where it beat
-that time; elsewhere the function is left to the tuning-free schedule. A small budget
-therefore never makes a build slower than the tuning-free one (within measurement noise).
+**Tuned or tuning-free, per function.** ``tune`` times the tuning-free schedule
+(:mod:`dyno_compile.targets.schedule`) of every function before tuning (to skip functions
+too small to matter) and, after tuning, times it again side by side with each function's
+best record, with the builder and runner the candidates use; ``apply_records`` applies a
+record only where it won that comparison, and leaves the other functions to the
+tuning-free schedule. A small budget therefore does not make a build slower than the
+tuning-free one (within measurement noise).
 
 **Resumable.** ``trials`` is the total budget for the module's functions in the
 directory, counting the records already there: a second ``tune`` with the same budget
@@ -40,13 +42,15 @@ search seeds its population from the stored best records.
 
 Two measured costs are avoided (``../shared/docs/tvm-0.27-notes.md``):
 
-* MetaSchedule's tuning context imports ``tvm.s_tir.tensor_intrin``, 35-80 s here, most
-  of it registering CUDA tensor-core intrinsics. For CPU targets the package is replaced
-  by a lazy one that registers only the CPU intrinsics (x86, ARM, RISC-V, Hexagon; 3-5 s)
-  and imports any other submodule (``.cuda``) when it is imported by name.
-* The local builder imports the same package in every fresh worker process (it starts a
-  fresh pool per batch); candidates here are built by :func:`_build_candidate`, the
-  default build without that import (the worker imports this module instead: ~2 s).
+* MetaSchedule's tuning context imports ``tvm.s_tir.tensor_intrin`` (34 s on this 2-core
+  machine, 60-80 s in the notes), mostly registering CUDA tensor-core intrinsics. ``tune``
+  installs a lazy package instead that registers only the CPU intrinsics (x86, ARM,
+  RISC-V, Hexagon: 3-5 s) and imports any other submodule (``.cuda``) when it is
+  imported by name (``_light_tensor_intrinsics``; ``light_intrinsics=False`` opts out).
+* The local builder imports the same package in every fresh worker process, and starts
+  a fresh pool per batch; candidates here are built by :func:`_build_candidate`, the
+  default build without that import (the workers import this module instead). A batch of
+  four small builds on two workers took 6.5 s this way, 32-55 s with the default build.
 """
 from __future__ import annotations
 
@@ -209,6 +213,14 @@ def _prim_funcs(mod) -> list[tuple[Any, Any]]:
     from tvm import tirx
 
     return [(gv, f) for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+
+
+def _is_cut_kernel(func) -> bool:
+    """Quantize/pack kernels of a split graph: ``lower.schedule_cut_kernels`` schedules them."""
+    from dyno_compile.targets import lower
+
+    attr = getattr(lower, "CUT_KERNEL_ATTR", None)
+    return attr is not None and func.attrs is not None and attr in func.attrs
 
 
 def _is_scheduled(func) -> bool:
@@ -668,8 +680,9 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
          light_intrinsics: bool = True) -> TuneResult:
     """Tune the fused functions of ``mod`` with MetaSchedule; records go to ``work_dir``.
 
-    ``mod`` is the fused module (after the ``"zero"`` pipeline; see :func:`fused_module`).
-    ``trials`` is the total number of measured candidates for its functions *including*
+    ``mod`` is the fused module (after the ``"zero"`` pipeline; see :func:`fused_module`);
+    functions already scheduled and cut kernels (quantize, pack, ...: they have their own
+    schedules) are not tuned. ``trials`` is the total number of measured candidates for its functions *including*
     the records already in ``work_dir``: only the difference runs (nothing when the
     directory already holds that many). ``trials_per_task`` caps each function's total
     the same way (tasks at the cap are skipped; MetaSchedule caps the others per run).
@@ -712,7 +725,7 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
         best = _best_per_workload(workloads, records)
 
     tasks = [t for t in extract_tasks(mod, tvm_target, module_equality=_MODULE_EQUALITY)
-             if not t.mod.attrs.get("tirx.is_scheduled", False)]
+             if not t.mod.attrs.get("tirx.is_scheduled", False) and not _is_cut_kernel(t.dispatched[0]["main"])]
     names = [t.task_name for t in tasks]
     hashes = {n: _workload_hash_mod(t.dispatched[0]) for n, t in zip(names, tasks)}
     before = sum(counts.get(hashes[n], 0) for n in names)
