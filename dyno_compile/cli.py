@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
                    help="quantization range per tensor or per channel")
     b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    b.add_argument("--records", metavar="DIR",
+                   help="MetaSchedule records for the host target (from targets.tune); shipped in the artifact")
     b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
     b.set_defaults(run=_build)
     return parser
@@ -126,7 +128,7 @@ def _build(args: argparse.Namespace) -> int:
         plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity)
         out = Path(args.out or Path("out") / graph.name)
         root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud,
-                                     overwrite=args.overwrite, progress=status.update)
+                                     overwrite=args.overwrite, records=args.records, progress=status.update)
     table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")
     for col in ("side", "target", "functions", "compile s", "MiB"):
         table.add_column(col, justify="left" if col in ("side", "target") else "right")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
 from dyno_compile.targets import get_target
 from dyno_compile.targets.compile import compile_functions, export
+from dyno_compile.targets.tune import records_fingerprint
 
 Progress = Callable[[str], None]
 
@@ -50,7 +52,11 @@ def model_hash(graph: Graph) -> str:
 
 def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequence[str] = ("arm64",),
                    cloud_targets: Sequence[str] = ("cuda",), overwrite: bool = False,
+                   records: str | Path | None = None,
                    progress: Progress = lambda msg: None) -> tuple[Path, list[LibraryBuild]]:
+    """Compile and write the artifact. ``records``: a MetaSchedule records directory (from
+    ``targets.tune``) for the host target; its winning records are applied to the host
+    libraries and the directory ships in the artifact under ``tuning/host``."""
     sides = {"device": _with_host(device_targets), "cloud": _with_host(cloud_targets)}
     functions = {"device": plan.device_functions, "cloud": plan.cloud_functions}
     built: list[LibraryBuild] = []
@@ -63,13 +69,17 @@ def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequ
                 spec = get_target(name)
                 progress(f"compiling {side} library for {spec.name} ({len(functions[side])} functions)")
                 t = time.perf_counter()
-                module = compile_functions(functions[side], spec)
+                module = compile_functions(functions[side], spec, records=records if spec.is_host else None)
                 rel = f"{side}/{spec.name}.so"
                 export(module, root / rel)
                 built.append(LibraryBuild(side, spec.name, rel, time.perf_counter() - t, len(functions[side])))
                 libraries[rel] = {"side": side, "target": spec.name, "target_spec": _spec_dict(spec),
                                   "module": module.describe()}
-        write_manifest(root, _manifest(plan, libraries))
+        tuning = {}
+        if records is not None:
+            shutil.copytree(records, root / "tuning" / "host")
+            tuning["host"] = records_fingerprint(records)
+        write_manifest(root, {**_manifest(plan, libraries), "tuning": tuning})
     return Path(out_dir), built
 
 

@@ -98,7 +98,7 @@ def _schedule_gpu(mod, tvm_target):
 
 
 def _build(mod, spec: TargetSpec, timings: dict[str, float], *, schedule: bool = True,
-           schedule_config: Any = None):
+           schedule_config: Any = None, records: str | os.PathLike | None = None):
     """Fuse, schedule and build a lowered (and bound) Relax module: ``(executable, report)``.
 
     Cut kernels (quantize, pack, ... :func:`lower.schedule_cut_kernels`) get their own
@@ -123,6 +123,9 @@ def _build(mod, spec: TargetSpec, timings: dict[str, float], *, schedule: bool =
         mod, report = _schedule_gpu(mod, tvm_target)
     elif schedule:
         mod, cut = schedule_cut_kernels(mod, tvm_target)
+        if records is not None:  # tuned records first; _schedule_cpu skips the functions they scheduled
+            from dyno_compile.targets.tune import apply_records
+            mod = apply_records(mod, spec, records)
         mod, report = _schedule_cpu(mod, tvm_target, spec, schedule_config)
         report.functions.update(cut)
     timings["schedule"] = time.perf_counter() - t
@@ -143,7 +146,8 @@ def _bind(mod, func_name: str, weight_vars: Sequence[Any], tensors: Sequence[Any
 
 
 def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weights: bool = True,
-                  schedule: bool = True, schedule_config: Any = None) -> Compiled:
+                  schedule: bool = True, schedule_config: Any = None,
+                  records: str | os.PathLike | None = None) -> Compiled:
     """Compile ``graph`` for ``target``.
 
     ``bind_weights=True`` embeds the weights as constants (folded at compile time: weight
@@ -173,7 +177,7 @@ def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weigh
                     [tvm.runtime.tensor(_contiguous(graph.params[n])) for n in low.weight_names])
     timings["bind"] = time.perf_counter() - t
 
-    ex, report = _build(mod, spec, timings, schedule=schedule, schedule_config=schedule_config)
+    ex, report = _build(mod, spec, timings, schedule=schedule, schedule_config=schedule_config, records=records)
     timings["total"] = time.perf_counter() - t_all
 
     types = {n.name: n.type for n in graph.nodes}
@@ -340,7 +344,7 @@ def _jsonable(value: Any) -> Any:
 
 def compile_functions(graphs: Mapping[str, Graph], target: TargetSpec | str = "host", *,
                       bind_weights: bool = True, schedule: bool = True, schedule_config: Any = None,
-                      name: str = "module") -> CompiledModule:
+                      name: str = "module", records: str | os.PathLike | None = None) -> CompiledModule:
     """Compile several graphs into ONE module with one Relax function per name.
 
     For example the segments of a model (``segment_0`` ...), and the pack/unpack functions
@@ -385,7 +389,7 @@ def compile_functions(graphs: Mapping[str, Graph], target: TargetSpec | str = "h
             mod = _bind(mod, fname, low.weight_vars, [tensors[n] for n in low.weight_names])
     timings["bind"] = time.perf_counter() - t
 
-    ex, report = _build(mod, spec, timings, schedule=schedule, schedule_config=schedule_config)
+    ex, report = _build(mod, spec, timings, schedule=schedule, schedule_config=schedule_config, records=records)
     timings["total"] = time.perf_counter() - t_all
 
     functions = {}
