@@ -20,8 +20,10 @@ from dyno_compile.targets.spec import TargetError, TargetSpec, get_target, host_
 
 os.environ.setdefault("TVM_NUM_THREADS", str(host_cpu_count()))
 
-from dyno_compile.targets.compile import Compiled, HostRunner, compile_graph, export, run  # noqa: E402
+from dyno_compile.targets.compile import (Compiled, CompiledModule, FunctionInfo, HostRunner,  # noqa: E402
+                                          ModuleRunner, TensorSpec, compile_functions, compile_graph, export, run)
 from dyno_compile.targets.lower import LoweringError, supported_ops, to_relax  # noqa: E402
 
-__all__ = ["Compiled", "HostRunner", "LoweringError", "TargetError", "TargetSpec", "compile_graph", "export",
+__all__ = ["Compiled", "CompiledModule", "FunctionInfo", "ModuleRunner", "TensorSpec", "compile_functions",
+           "HostRunner", "LoweringError", "TargetError", "TargetSpec", "compile_graph", "export",
            "get_target", "host_cpu_count", "list_targets", "run", "supported_ops", "to_relax"]
