@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 SHAPES = ((1, 16, 32, 32), (1, 64, 56, 56), (1, 256, 28, 28))
 
@@ -51,6 +50,7 @@ def main() -> int:
     from dyno_compile import packing
     from dyno_compile.ir import Graph
     from dyno_compile.targets.compile import ModuleRunner, compile_functions
+    from timing import median_seconds
 
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes]
     gran = args.granularity
@@ -83,19 +83,7 @@ def main() -> int:
           f"TVM threads {threads}, granularity {gran}")
 
     def time_numpy(fn) -> float:
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-7)
-        number = max(1, int(args.min_ms / 1e3 / one))
-        results = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            results.append((time.perf_counter() - t0) / number)
-        return float(np.median(results))
+        return median_seconds(fn, repeat=args.repeat, min_ms=args.min_ms)
 
     def time_tvm(name, inputs) -> float:
         return runner.time(name, inputs, repeat=args.repeat, min_repeat_ms=args.min_ms)

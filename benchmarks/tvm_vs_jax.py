@@ -43,21 +43,7 @@ def main() -> int:
     from dyno_compile.ir import Interpreter
     from dyno_compile.passes import run_passes
     from dyno_compile.targets import HostRunner, compile_graph, get_target
-
-    def time_jax(fn, *xs) -> float:
-        for _ in range(3):
-            fn(*xs).block_until_ready()
-        t0 = time.perf_counter()
-        fn(*xs).block_until_ready()
-        one = max(time.perf_counter() - t0, 1e-6)
-        number = max(1, int(args.min_ms / 1e3 / one))
-        results = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn(*xs).block_until_ready()
-            results.append((time.perf_counter() - t0) / number)
-        return float(np.median(results))
+    from timing import median_seconds
 
     host = get_target("host")
     print(f"host: {host.target}, threads {args.threads}")
@@ -72,7 +58,8 @@ def main() -> int:
         jax_fn = jax.jit(m.fn)
         params = jax.device_put(m.params)
         xj = jax.device_put(x)
-        t_jax = time_jax(jax_fn, params, xj)
+        t_jax = median_seconds(lambda: jax_fn(params, xj).block_until_ready(), repeat=args.repeat,
+                               min_ms=args.min_ms)
         ref = np.asarray(Interpreter(g)(x))
         for label, sched in variants:
             c = compile_graph(g, host, schedule=sched)
