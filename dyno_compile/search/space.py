@@ -1,0 +1,97 @@
+"""The configuration space DynO searches, and what one configuration measures.
+
+A configuration is everything the device and the cloud must agree on for one request:
+where to cut, how to code the crossing tensors (width, range granularity) and how to
+ship them (bit layout, lossless codec). An :class:`Evaluation` holds the four
+bandwidth-independent measures of a configuration — device time, cloud time, bytes on the
+wire and accuracy — so the run-time selector can rank a Pareto set of them under any
+live bandwidth, round-trip time and load without measuring anything again.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dyno_compile.errors import InputError
+
+FLOAT_BITS = ("float32", "float16")
+LAYOUTS = ("stream", "bitplane")
+CODECS = ("none", "lz4", "zstd")
+GRANULARITIES = ("tensor", "channel")
+
+
+def bits_key(bits: int | str) -> str:
+    """Bits as the artifact's cut table spells them: ``"8"``, ``"float16"``."""
+    text = str(bits)
+    if text in FLOAT_BITS or (text.isdigit() and 1 <= int(text) <= 16):
+        return text
+    raise InputError(f"bits must be 1..16, 'float16' or 'float32', got {bits!r}")
+
+
+def bits_value(bits: int | str) -> int | str:
+    """Bits as the passes and the packing library take them: ``8``, ``"float16"``."""
+    text = bits_key(bits)
+    return text if text in FLOAT_BITS else int(text)
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    """One point of the space. ``cut`` is a cut position of the artifact's cut table; for
+    float widths ``granularity`` is irrelevant and kept at ``"tensor"``; for the
+    device-only cut nothing is sent and only ``cut`` matters."""
+
+    cut: int
+    bits: str = "float32"
+    granularity: str = "tensor"
+    layout: str = "stream"
+    codec: str = "none"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", bits_key(self.bits))
+        for name, allowed in (("granularity", GRANULARITIES), ("layout", LAYOUTS), ("codec", CODECS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def label(self) -> str:
+        return f"cut {self.cut} {self.bits}b {self.granularity} {self.layout} {self.codec}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return cls(**{k: d[k] for k in ("cut", "bits", "granularity", "layout", "codec") if k in d})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The measures of one configuration, per request (batch 1).
+
+    ``device_s``: device segments before the cut, the pack kernels and the codec's encode;
+    ``cloud_s``: the codec's decode, the unpack kernels and the segments after the cut;
+    ``bytes``: mean size of the real wire frame over the calibration set (0 for
+    device-only); ``accuracy``: top-1 on the calibration labels (agreement with the float
+    model where there are no labels); ``agreement``: top-1 agreement with the float model.
+    ``sources`` says where each figure came from (``"measured:host"``,
+    ``"measured:rpc:<key>"``, ``"estimated:roofline:<target>"``) so nothing estimated is
+    ever shown as measured.
+    """
+
+    config: Config
+    device_s: float
+    cloud_s: float
+    bytes: float
+    accuracy: float
+    agreement: float
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "device_s": self.device_s, "cloud_s": self.cloud_s,
+                "bytes": self.bytes, "accuracy": self.accuracy, "agreement": self.agreement,
+                "sources": dict(self.sources)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+        return cls(Config.from_dict(d["config"]), float(d["device_s"]), float(d["cloud_s"]), float(d["bytes"]),
+                   float(d["accuracy"]), float(d["agreement"]), dict(d.get("sources", {})))
