@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from dyno_compile.artifact.archive import write_archive
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
     b.add_argument("--records", metavar="DIR",
                    help="MetaSchedule records for the host target (from targets.tune); shipped in the artifact")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
+    b.add_argument("--archive", metavar="FILE",
+                   help="also write the artifact as one .tar.gz file (opens like the directory)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory (and archive)")
     b.set_defaults(run=_build)
     return parser
 
@@ -122,6 +125,8 @@ def _build(args: argparse.Namespace) -> int:
     device, cloud = args.device or ["arm64"], args.cloud or ["cuda"]
     for t in device + cloud:
         get_target(t)  # fail before any work on a misspelt target
+    if args.archive and Path(args.archive).exists() and not args.overwrite:
+        raise DynoError(f"{args.archive} already exists; choose another --archive or pass --overwrite")
     t0 = time.perf_counter()
     with console.status(f"importing and optimising {args.model}") as status:
         graph = _load(args)
@@ -139,4 +144,7 @@ def _build(args: argparse.Namespace) -> int:
     Console().print(f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
                     f"{len(plan.device_functions) - len(plan.segments)} pack kernels; "
                     f"built in {time.perf_counter() - t0:.0f} s", highlight=False)
+    if args.archive:
+        archive = write_archive(root, args.archive, overwrite=args.overwrite)
+        Console().print(f"archive {archive} ({archive.stat().st_size / 2**20:.1f} MiB)", highlight=False)
     return 0

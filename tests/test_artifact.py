@@ -152,3 +152,43 @@ def test_build_cli_refuses_unknown_target(tmp_path):
                           "--out", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "pdp11" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_one_file_archive_opens_like_the_directory(built, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    from dyno_compile.artifact.archive import write_archive
+
+    monkeypatch.setenv("DYNO_CACHE", str(tmp_path / "cache"))
+    _, root, _ = built
+    archive = write_archive(root, tmp_path / "resnet20.tar.gz")
+    assert write_archive(root, tmp_path / "again.tar.gz").read_bytes() == archive.read_bytes()  # reproducible
+    with pytest.raises(ArtifactError, match="already exists"):
+        write_archive(root, archive)
+    art = load_artifact(archive)
+    assert art.root.is_relative_to(tmp_path / "cache") and art.model_hash == load_artifact(root).model_hash
+    x = zoo.get_model("resnet20").random_input(seed=2)
+    np.testing.assert_array_equal(run_split(art, x, art.cuts[5]["position"], "4"),
+                                  run_split(load_artifact(root), x, art.cuts[5]["position"], "4"))
+    assert load_artifact(archive).root == art.root  # unpacked once, reused
+
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ArtifactError, match="not a plain file inside"):
+        load_artifact(evil)
+    assert not (tmp_path / "escape.txt").exists()
+
+    damaged = tmp_path / "damaged.tar.gz"
+    blob = bytearray(archive.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError):
+        load_artifact(damaged)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ArtifactError, match="neither an artifact directory nor an artifact archive"):
+        load_artifact(tmp_path / "notes.txt")

@@ -1,4 +1,4 @@
-"""Open a built artifact: verified manifest, the cut table, and runners for each library.
+"""Open a built artifact (a directory or its one-file archive): verified manifest, the cut table, and runners for each library.
 
 Opening needs only the TVM runtime (``tvm.runtime.load_module`` and the Relax VM) and
 NumPy; it verifies every file's checksum first, and refuses an artifact whose model hash
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from dyno_compile.artifact.archive import open_archive
 from dyno_compile.artifact.store import ArtifactError, read_manifest
 
 
@@ -65,9 +66,12 @@ class Artifact:
 
 
 def load_artifact(root: str | os.PathLike, *, expect_model_hash: str | None = None) -> Artifact:
+    """Open an artifact directory, or a one-file archive of one (``build --archive``)."""
     root = Path(root)
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: no such artifact directory")
+    if root.is_file():
+        root = open_archive(root)
+    elif not root.is_dir():
+        raise ArtifactError(f"{root}: no such artifact directory or archive")
     manifest = read_manifest(root)
     if expect_model_hash is not None and manifest.get("model_hash") != expect_model_hash:
         raise ArtifactError(f"{root}: built for model {manifest.get('model_hash', '?')[:12]}, expected "
