@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,12 +14,17 @@ from rich.table import Table
 
 from dyno_compile.artifact.archive import write_archive
 from dyno_compile.artifact.build import build_artifact
+from dyno_compile.artifact.load import load_artifact
+from dyno_compile.artifact.store import amend
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.passes import run_passes
 from dyno_compile.passes.insert_pack import check_bits
+from dyno_compile.search.calibration import PRESETS, default_calibration, load_calibration
+from dyno_compile.search.pipeline import DEFAULT_SHARE, SearchOptions, finish_with_search
+from dyno_compile.search.study import DEFAULT_SAMPLER, SAMPLERS
 from dyno_compile.targets import get_target, list_targets
 from dyno_compile.zoo import list_models
 
@@ -64,8 +70,42 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--archive", metavar="FILE",
                    help="also write the artifact as one .tar.gz file (opens like the directory)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory (and archive)")
+    b.add_argument("--no-search", action="store_true",
+                   help="skip profiling and the search (the artifact then has no Pareto set)")
+    _search_options(b)
     b.set_defaults(run=_build)
+
+    s = sub.add_parser("search", help="profile an artifact, search its configurations and store the Pareto set in it")
+    s.add_argument("artifact", metavar="ARTIFACT", help="artifact directory (from build)")
+    _search_options(s)
+    s.set_defaults(run=_search)
     return parser
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("search (profiles, accuracy, Pareto set)")
+    g.add_argument("--calibration", metavar="PATH",
+                   help="calibration data: an .npz (x, optional y) or a folder of images (optional labels.tsv); "
+                        "default: the real shared data that fits the model")
+    g.add_argument("--preprocess", choices=sorted(PRESETS), help="preprocessing of raw calibration images")
+    g.add_argument("--calibration-limit", type=int, metavar="N", help="use the first N calibration samples")
+    g.add_argument("--no-labels", action="store_true",
+                   help="ignore calibration labels: accuracy is agreement with the float model")
+    g.add_argument("--budget", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy loss allowed, in points of top-1 (default 1.0)")
+    g.add_argument("--evaluations", type=int, metavar="N",
+                   help=f"configurations to measure (default {100 * DEFAULT_SHARE:.0f} %% of the space)")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna storage: sqlite:///file.db (default: beside the artifact) or postgresql://... "
+                        "for many workers")
+    g.add_argument("--study", metavar="NAME", help="study name (default: model, hash and targets); resumes if present")
+    g.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="Optuna sampler")
+    g.add_argument("--seed", type=int, default=0, help="sampler seed (give each worker its own)")
+    g.add_argument("--profile-device", metavar="TARGET",
+                   help="device target whose times the search uses (default: the first non-host device target)")
+    g.add_argument("--profile-cloud", metavar="TARGET", help="cloud target whose times the search uses")
+    g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure the device side on a TVM RPC server")
+    g.add_argument("--rpc-key", metavar="KEY", help="the device's key at the RPC tracker")
 
 
 def _load(args: argparse.Namespace):
@@ -85,8 +125,12 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdout_console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs: no wrapping
+
+
 def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
-    console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs: no wrapping
+    console = _stdout_console()
     layers = Table(title=f"{report['model']}: layers", title_justify="left")
     for col in ("#", "name", "op", "output", "MMACs", "weights KiB", "out KiB"):
         layers.add_column(col, justify="right" if col not in ("name", "op") else "left")
@@ -130,21 +174,82 @@ def _build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with console.status(f"importing and optimising {args.model}") as status:
         graph = _load(args)
-        plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity)
         out = Path(args.out or Path("out") / graph.name)
-        root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud,
-                                     overwrite=args.overwrite, records=args.records, progress=status.update)
+        finish = None
+        if not args.no_search:  # bad calibration data fails here, before anything is compiled
+            options = _options(args, args.model, graph.inputs[0].shape)
+            finish = finish_with_search(options, default_storage=_storage_beside(out), progress=status.update)
+        plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity)
+        root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud, overwrite=args.overwrite,
+                                     records=args.records, finish=finish, progress=status.update)
     table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")
     for col in ("side", "target", "functions", "compile s", "MiB"):
         table.add_column(col, justify="left" if col in ("side", "target") else "right")
     for lib in built:
         size = (root / lib.path).stat().st_size / 2**20
         table.add_row(lib.side, lib.target, str(lib.functions), f"{lib.seconds:.1f}", f"{size:.1f}")
-    Console().print(table)
-    Console().print(f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
+    _stdout_console().print(table)
+    _stdout_console().print(f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
                     f"{len(plan.device_functions) - len(plan.segments)} pack kernels; "
                     f"built in {time.perf_counter() - t0:.0f} s", highlight=False)
+    if finish is not None:
+        _print_search(load_artifact(root))
     if args.archive:
         archive = write_archive(root, args.archive, overwrite=args.overwrite)
-        Console().print(f"archive {archive} ({archive.stat().st_size / 2**20:.1f} MiB)", highlight=False)
+        _stdout_console().print(f"archive {archive} ({archive.stat().st_size / 2**20:.1f} MiB)", highlight=False)
     return 0
+
+
+def _storage_beside(out: Path) -> str:
+    """The default study database: next to the artifact, so rebuilding resumes the study."""
+    return f"sqlite:///{out.resolve().parent / (out.name + '.study.db')}"
+
+
+def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions:
+    if args.calibration:
+        calibration = load_calibration(args.calibration, input_shape=input_shape, preprocess=args.preprocess,
+                                       limit=args.calibration_limit, labels=not args.no_labels)
+    else:
+        calibration = default_calibration(model, input_shape)
+        if args.calibration_limit:
+            calibration = calibration.head(args.calibration_limit)
+        if args.no_labels:
+            calibration = replace(calibration, labels=None)
+    for t in filter(None, (args.profile_device, args.profile_cloud)):
+        get_target(t)
+    return SearchOptions(calibration, accuracy_budget=args.budget, device_target=args.profile_device,
+                         cloud_target=args.profile_cloud, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                         evaluations=args.evaluations, storage=args.storage, study_name=args.study,
+                         sampler=args.sampler, seed=args.seed)
+
+
+def _search(args: argparse.Namespace) -> int:
+    if Path(args.artifact).is_file():
+        raise DynoError(f"{args.artifact}: search stores its result in the artifact; give the artifact directory, "
+                        "not an archive (re-archive it afterwards with build --archive)")
+    artifact = load_artifact(args.artifact)
+    options = _options(args, artifact.manifest["model"], artifact.manifest["inputs"][0]["shape"])
+    with Console(stderr=True).status("searching") as status:
+        amend(artifact.root, finish_with_search(options, default_storage=_storage_beside(artifact.root),
+                                                progress=status.update))
+    _print_search(load_artifact(artifact.root))
+    return 0
+
+
+def _print_search(artifact) -> None:
+    s = artifact.manifest["search"]
+    table = Table(title=f"{artifact.manifest['model']}: Pareto set ({len(s['pareto'])} of {s['evaluated']} "
+                        f"configurations measured, space {s['space_size']}; budget {s['accuracy_budget']} points)",
+                  title_justify="left")
+    for col in ("cut", "bits", "granularity", "layout", "codec", "device ms", "cloud ms", "KiB", s["metric"]):
+        table.add_column(col, justify="right" if col not in ("granularity", "layout", "codec") else "left")
+    for e in sorted(s["pareto"], key=lambda e: (e["config"]["cut"], e["bytes"])):
+        c = e["config"]
+        table.add_row(str(c["cut"]), c["bits"], c["granularity"], c["layout"], c["codec"],
+                      f"{e['device_s'] * 1e3:.3f}", f"{e['cloud_s'] * 1e3:.3f}", f"{e['bytes'] / 1024:.2f}",
+                      f"{100 * e['accuracy']:.2f} %")
+    console = _stdout_console()
+    console.print(table)
+    console.print(f"float model: {100 * s['baseline_accuracy']:.2f} % {s['metric']} on {s['calibration']['samples']} "
+                  f"samples ({s['calibration']['source']}); times: {s['profiles']['device']}, "
+                  f"{s['profiles']['cloud']}; plots in {artifact.root / 'search'}", highlight=False, markup=False)

@@ -8,6 +8,7 @@ Layout of ``OUT``::
     model.json, model.npz    the optimised IR graph and its weights (for JAX simulation)
     device/<target>.so       segment_* and pack_* functions, weights bound in
     cloud/<target>.so        segment_* and unpack_* functions, weights bound in
+    search/                  profiles, Pareto set and plots, when built with a search
 
 The host CPU target is always built for both sides, so every artifact runs locally.
 """
@@ -30,6 +31,7 @@ from dyno_compile.targets.compile import compile_functions, export
 from dyno_compile.targets.tune import records_fingerprint
 
 Progress = Callable[[str], None]
+Finish = Callable[[Path], dict]
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,16 @@ def model_hash(graph: Graph) -> str:
 
 def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequence[str] = ("arm64",),
                    cloud_targets: Sequence[str] = ("cuda",), overwrite: bool = False,
-                   records: str | Path | None = None,
+                   records: str | Path | None = None, finish: Finish | None = None,
                    progress: Progress = lambda msg: None) -> tuple[Path, list[LibraryBuild]]:
     """Compile and write the artifact. ``records``: a MetaSchedule records directory (from
     ``targets.tune``) for the host target; its winning records are applied to the host
-    libraries and the directory ships in the artifact under ``tuning/host``."""
+    libraries and the directory ships in the artifact under ``tuning/host``.
+
+    ``finish(root)`` runs on the complete but not yet published artifact (it opens with
+    ``load_artifact``), may add files under ``root`` and returns manifest entries to add:
+    how ``build`` profiles and searches before anyone can see the artifact, so a failed
+    search leaves no artifact behind rather than one without its Pareto set."""
     sides = {"device": _with_host(device_targets), "cloud": _with_host(cloud_targets)}
     functions = {"device": plan.device_functions, "cloud": plan.cloud_functions}
     built: list[LibraryBuild] = []
@@ -79,7 +86,10 @@ def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequ
         if records is not None:
             shutil.copytree(records, root / "tuning" / "host")
             tuning["host"] = records_fingerprint(records)
-        write_manifest(root, {**_manifest(plan, libraries), "tuning": tuning})
+        manifest = {**_manifest(plan, libraries), "tuning": tuning}
+        write_manifest(root, manifest)
+        if finish is not None:
+            write_manifest(root, {**manifest, **finish(root)})
     return Path(out_dir), built
 
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from dyno_compile.errors import DynoError
 
@@ -48,6 +48,7 @@ def staging(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         raise ArtifactError(f"{out} already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the published artifact from a server's user
     try:
         yield tmp
         if out.exists():
@@ -61,6 +62,17 @@ def staging(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def amend(root: str | os.PathLike, change: Callable[[Path], dict[str, Any]]) -> None:
+    """Change a published artifact as a whole: ``change`` works on a verified copy, adds or
+    replaces files and returns manifest entries to set; the copy then replaces ``root``.
+    Readers see the old artifact or the new one, never a mix."""
+    manifest = read_manifest(root)
+    with staging(root, overwrite=True) as tmp:
+        shutil.copytree(root, tmp, dirs_exist_ok=True)
+        kept = {k: v for k, v in manifest.items() if k not in ("format", "version", "files")}
+        write_manifest(tmp, {**kept, **change(tmp)})
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

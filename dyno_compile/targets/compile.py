@@ -563,7 +563,7 @@ class ModuleRunner:
             raise InputError(f"ModuleRunner takes a CompiledModule (use CompiledModule.from_description(desc, lib) "
                              f"for a loaded library), got {type(module).__name__}")
         loaded = not isinstance(module.executable, tvm.runtime.Executable)  # a library loaded from a file
-        if not loaded and device is None and not module.target.is_host and not _gpu_here(module.target):
+        if not loaded and device is None and not module.target.is_host and not gpu_available(module.target):
             raise TargetError(f"module {module.name!r} was compiled for {module.target.name!r}, which does not run "
                               "on this machine; export it and run it on the device")
         self.module = module
@@ -632,7 +632,8 @@ class ModuleRunner:
         return float(np.median(timer(function).results))
 
 
-def _gpu_here(spec: TargetSpec) -> bool:
+def gpu_available(spec: TargetSpec) -> bool:
+    """Whether a GPU target can run on this machine (a CUDA driver and device are present)."""
     if not spec.is_gpu:
         return False
     try:

@@ -1,0 +1,204 @@
+"""Profile, measure and search one artifact, and store the Pareto set inside it.
+
+This is where the search's parts meet: the libraries' times (measured on this host, over
+TVM RPC on a real board, or estimated for a named target and labelled so), the bytes of
+real frames, and accuracy simulated in JAX on calibration data, combined into one
+:class:`Evaluation` per configuration; an Optuna study then finds the Pareto set. The
+result goes under ``search/`` in the artifact and into its manifest (``"search"``), where
+the run-time selector reads it.
+
+Device time is the device segments and pack kernels plus the codec's encode; cloud time
+the codec's decode, the unpack kernels and the cloud segments. The codec runs on a host
+CPU at each end and is always measured on this machine (labelled ``measured:host``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.errors import InputError
+from dyno_compile.search.accuracy import AccuracySimulator
+from dyno_compile.search.calibration import CalibrationSet
+from dyno_compile.search.estimate import estimate_library
+from dyno_compile.search.plots import plot_pareto, plot_per_cut
+from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
+from dyno_compile.search.rpc import profile_library_rpc
+from dyno_compile.search.space import Config, Evaluation, bits_value
+from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, run_search
+from dyno_compile.search.pareto import SearchSpace
+from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
+from dyno_compile.targets import get_target
+from dyno_compile.targets.compile import gpu_available
+
+Progress = Callable[[str], None]
+SEARCH_DIR = "search"
+#: Share of the configuration space the search evaluates unless told otherwise: the
+#: issue's bar (>= 95 % of the exhaustive hypervolume) is met at this share on resnet20.
+DEFAULT_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search an artifact. ``device_target``/``cloud_target``: whose times the
+    search optimises (default: the first non-host target built for that side, else the
+    host); a target that does not run here is estimated from the host measurement, unless
+    ``rpc_tracker`` and ``rpc_key`` name a server to measure the device side on.
+    ``evaluations``: distinct configurations to measure (default a quarter of the space).
+    ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact)."""
+
+    calibration: CalibrationSet
+    accuracy_budget: float = 1.0
+    device_target: str | None = None
+    cloud_target: str | None = None
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    evaluations: int | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: str = DEFAULT_SAMPLER
+    seed: int = 0
+    byte_samples: int = DEFAULT_SAMPLES
+
+    def __post_init__(self) -> None:
+        if (self.rpc_tracker is None) != (self.rpc_key is None):
+            raise InputError("RPC profiling needs both a tracker address and a key (--rpc-tracker, --rpc-key)")
+        if not self.accuracy_budget >= 0:
+            raise InputError(f"the accuracy budget is points of top-1 loss >= 0, got {self.accuracy_budget!r}")
+
+
+class ArtifactEvaluator:
+    """Evaluates configurations of one artifact from its profiles, real frames and JAX."""
+
+    def __init__(self, artifact: Artifact, device: LibraryProfile, cloud: LibraryProfile,
+                 simulator: AccuracySimulator, wire: WireBytes) -> None:
+        self.artifact, self.device, self.cloud, self.simulator, self.wire = artifact, device, cloud, simulator, wire
+        self.metric = "top-1" if simulator.calibration.labels is not None else "agreement with float"
+
+    def __call__(self, config: Config) -> Evaluation:
+        device_s, cloud_s, sources = config_times(self.artifact, self.device, self.cloud, config)
+        cost = self.wire.measure(config)
+        accuracy, agreement = self.simulator.evaluate(config.cut, bits_value(config.bits), config.granularity)
+        sources = {**sources, "codec_s": "measured:host", "bytes": f"measured:frames:{cost.samples}",
+                   "accuracy": f"simulated:jax:{self.metric}"}
+        return Evaluation(config, device_s + cost.encode_s, cloud_s + cost.decode_s, cost.bytes, accuracy,
+                          agreement, sources)
+
+
+def space_of(artifact: Artifact) -> SearchSpace:
+    """Every configuration the artifact can run: its cuts, the widths it has kernels for,
+    its granularity, both bit layouts and every codec."""
+    cuts = [c["position"] for c in artifact.cuts]
+    device_only = next(c["position"] for c in artifact.cuts if c["kind"] == "device-only")
+    return SearchSpace(tuple(cuts), tuple(artifact.manifest["bits"]), (artifact.manifest["granularity"],),
+                       device_only_cut=device_only)
+
+
+def _default_target(artifact: Artifact, side: str) -> str:
+    built = [lib["target"] for lib in artifact.manifest["libraries"].values() if lib["side"] == side]
+    return next((t for t in built if t != "host"), "host")
+
+
+def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOptions,
+                  progress: Progress) -> list[LibraryProfile]:
+    """The profiles of one side: the host measurement always, then the chosen target's
+    (measured over RPC, measured here where it runs, or estimated from the host), last."""
+    progress(f"profiling the {side} library on this host")
+    host = profile_library(artifact, side, "host")
+    spec = get_target(target)
+    if spec.is_host:
+        return [host]
+    if side == "device" and options.rpc_tracker:
+        progress(f"profiling the {side} library for {spec.name} over RPC ({options.rpc_key}@{options.rpc_tracker})")
+        return [host, profile_library_rpc(artifact, side, spec.name, tracker=options.rpc_tracker,
+                                          key=options.rpc_key)]
+    if gpu_available(spec):
+        progress(f"profiling the {side} library on this machine's GPU ({spec.name})")
+        return [host, profile_library(artifact, side, spec.name)]
+    return [host, estimate_library(artifact, host, spec)]
+
+
+def search(artifact: Artifact, options: SearchOptions, *, default_storage: str | None = None,
+           progress: Progress = lambda msg: None) -> tuple[SearchResult, list[LibraryProfile], ArtifactEvaluator]:
+    """Profile both sides, then run the study; the result and every profile taken."""
+    device_target = options.device_target or _default_target(artifact, "device")
+    cloud_target = options.cloud_target or _default_target(artifact, "cloud")
+    device = side_profiles(artifact, "device", device_target, options, progress)
+    cloud = side_profiles(artifact, "cloud", cloud_target, options, progress)
+    progress(f"simulating accuracy on {len(options.calibration)} calibration samples")
+    simulator = AccuracySimulator(artifact.graph, options.calibration, [c["position"] for c in artifact.cuts])
+    evaluator = ArtifactEvaluator(artifact, device[-1], cloud[-1], simulator,
+                                  WireBytes(simulator, samples=options.byte_samples))
+    space = space_of(artifact)
+    size = len(space.configs())
+    budget = options.evaluations or max(1, math.ceil(DEFAULT_SHARE * size))
+    name = options.study_name or (f"{artifact.manifest['model']}-{artifact.model_hash[:12]}-{device[-1].target}-"
+                                  f"{cloud[-1].target}-{artifact.manifest['granularity']}")
+    progress(f"searching {budget} of {size} configurations (study {name})")
+    result = run_search(space, _reporting(evaluator, progress, budget), n_trials=4 * budget, max_evaluations=budget,
+                        accuracy_budget=options.accuracy_budget, baseline_accuracy=simulator.float_accuracy,
+                        storage=options.storage or default_storage, study_name=name, sampler=options.sampler,
+                        seed=options.seed)
+    return result, device + cloud, evaluator
+
+
+def _reporting(evaluator: ArtifactEvaluator, progress: Progress, budget: int) -> Callable[[Config], Evaluation]:
+    count = 0
+
+    def evaluate(config: Config) -> Evaluation:
+        nonlocal count
+        count += 1
+        progress(f"measuring configuration {count}/{budget}: {config.label}")
+        return evaluator(config)
+    return evaluate
+
+
+def write_search(root: Path, result: SearchResult, profiles: list[LibraryProfile], evaluator: ArtifactEvaluator,
+                 space: SearchSpace) -> dict[str, Any]:
+    """Write ``search/`` under ``root``; the manifest's ``"search"`` entry."""
+    folder = root / SEARCH_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    objectives = result.objectives
+    (folder / "evaluations.json").write_text(json.dumps([e.to_dict() for e in result.evaluations], indent=1))
+    (folder / "profiles.json").write_text(json.dumps([p.to_dict() for p in profiles], indent=1))
+    plot_pareto(result.evaluations, objectives, folder / "pareto.png")
+    plot_per_cut(result.evaluations, folder / "per_cut.png")
+    calibration = evaluator.simulator.calibration
+    return {"search": {
+        "pareto": [e.to_dict() for e in result.pareto],
+        "baseline_accuracy": result.baseline_accuracy,
+        "accuracy_budget": result.accuracy_budget,
+        "metric": evaluator.metric,
+        "calibration": {"source": calibration.source, "samples": len(calibration)},
+        "profiles": {"device": evaluator.device.label, "cloud": evaluator.cloud.label},
+        "space": space.to_dict(),
+        "space_size": len(space.configs()),
+        "evaluated": result.n_evaluated,
+        "study": {"name": result.study_name, "storage": _redacted(result.storage)},
+    }}
+
+
+def _redacted(url: str) -> str:
+    """A storage URL without its password: the manifest travels with the artifact."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (":memory:")
+        return url
+
+
+def finish_with_search(options: SearchOptions, *, default_storage: str | None = None,
+                       progress: Progress = lambda msg: None) -> Callable[[Path], dict[str, Any]]:
+    """A ``finish`` step for :func:`~dyno_compile.artifact.build.build_artifact` and
+    :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the result."""
+    def finish(root: Path) -> dict[str, Any]:
+        artifact = load_artifact(root)
+        result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)
+        return write_search(root, result, profiles, evaluator, space_of(artifact))
+    return finish
