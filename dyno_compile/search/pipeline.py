@@ -27,9 +27,9 @@ from dyno_compile.search.calibration import CalibrationSet
 from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
-from dyno_compile.search.rpc import profile_library_rpc
+from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
 from dyno_compile.search.space import Config, Evaluation, bits_value
-from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, run_search
+from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storage, run_search
 from dyno_compile.search.pareto import SearchSpace
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
 from dyno_compile.targets import get_target
@@ -110,12 +110,12 @@ def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOpt
     progress(f"profiling the {side} library on this host")
     host = profile_library(artifact, side, "host")
     spec = get_target(target)
-    if spec.is_host:
-        return [host]
     if side == "device" and options.rpc_tracker:
         progress(f"profiling the {side} library for {spec.name} over RPC ({options.rpc_key}@{options.rpc_tracker})")
         return [host, profile_library_rpc(artifact, side, spec.name, tracker=options.rpc_tracker,
                                           key=options.rpc_key)]
+    if spec.is_host:
+        return [host]
     if gpu_available(spec):
         progress(f"profiling the {side} library on this machine's GPU ({spec.name})")
         return [host, profile_library(artifact, side, spec.name)]
@@ -193,10 +193,23 @@ def _redacted(url: str) -> str:
         return url
 
 
+def preflight(options: SearchOptions, default_storage: str | None) -> None:
+    """Fail in seconds, before minutes of compiling, on a storage that cannot be opened or
+    an RPC tracker that cannot be reached or has no server with the key."""
+    open_storage(options.storage or default_storage)
+    if options.rpc_tracker:
+        keys = tracker_keys(options.rpc_tracker)
+        if options.rpc_key not in keys:
+            raise RPCError(f"TVM RPC tracker {options.rpc_tracker} has no server with key {options.rpc_key!r}; "
+                           f"registered keys: {sorted(keys) or 'none'}")
+
+
 def finish_with_search(options: SearchOptions, *, default_storage: str | None = None,
                        progress: Progress = lambda msg: None) -> Callable[[Path], dict[str, Any]]:
     """A ``finish`` step for :func:`~dyno_compile.artifact.build.build_artifact` and
-    :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the result."""
+    :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the
+    result. Checks storage and RPC first (:func:`preflight`)."""
+    preflight(options, default_storage)
     def finish(root: Path) -> dict[str, Any]:
         artifact = load_artifact(root)
         result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)

@@ -1,0 +1,266 @@
+"""Accuracy of every (cut, width, granularity) on real calibration data, simulated in JAX.
+
+For one configuration the cloud sees, per request, the crossing tensors quantised with
+*that request's* range (DynO's input-specific rule) and dequantised; everything else is
+the float model. So the simulator runs the float model once up to each cut, keeps those
+activations, and per configuration only rounds them with the IR's own cut ops
+(``quant_range``, ``quantize``, ``dequantize``: the same meaning the split graphs have)
+and runs the rest of the model. Bit packing and the lossless codec are skipped: both are
+exact, so they cannot change a prediction.
+
+Every sample is a batch-1 request; batches of them run as ``jax.vmap`` over the batch-1
+graph, so the per-request range stays per request and the graph needs no rewriting. The
+model is cut into the chain of segments between the candidate cuts (the same chain a
+build compiles), each jitted once: the activations at a cut come from the nearest cached
+earlier cut through the segments in between, and the rest of the model from a cut is
+the tail of that chain. Cached activations are bounded by ``cache_bytes`` (least
+recently used go first), so 224x224 models with hundreds of images fit in a few GB.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+from typing import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dyno_compile.artifact.plan import candidate_cuts
+from dyno_compile.errors import InputError
+from dyno_compile.ir import Graph, evaluate, get_op
+from dyno_compile.passes import CutPoint, find_cuts
+from dyno_compile.passes.segment import segment
+from dyno_compile.search.calibration import CalibrationSet, check_fits
+from dyno_compile.search.space import GRANULARITIES, bits_key, bits_value
+
+__all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "fewest_bits", "round_trip"]
+
+#: Bound on cached cut activations (the cut being used may come on top of it).
+DEFAULT_CACHE_BYTES = 1 << 30
+#: NCHW's channel axis: the one ``insert_pack`` and ``PackConfig`` use by default.
+CHANNEL_AXIS = 1
+Arrays = tuple[np.ndarray, ...]
+
+
+def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor") -> jax.Array:
+    """What the cloud rebuilds from one request's tensor ``x`` sent at ``bits``: the cut ops
+    of :mod:`dyno_compile.passes.insert_pack`, less the (lossless) bit packing."""
+    if bits == "float32":
+        return x
+    cast = get_op("cast").impl
+    if bits == "float16":
+        return cast(cast(cast(x, dtype="float16"), dtype="float32"), dtype=str(x.dtype))
+    attrs = {"bits": bits, "granularity": granularity, "axis": CHANNEL_AXIS}
+    rng = get_op("quant_range").impl(x, **attrs)
+    codes = get_op("quantize").impl(x, rng, **attrs)
+    return cast(get_op("dequantize").impl(codes, rng, granularity=granularity, axis=CHANNEL_AXIS), dtype=str(x.dtype))
+
+
+@partial(jax.jit, static_argnames=("bits", "granularity"))
+def _round_trip_batch(xs: tuple[jax.Array, ...], bits: int | str, granularity: str) -> tuple[jax.Array, ...]:
+    """``round_trip`` per sample of a batch: each request keeps its own range."""
+    one = jax.vmap(partial(round_trip, bits=bits, granularity=granularity))
+    return tuple(one(x) for x in xs)
+
+
+class AccuracySimulator:
+    """Top-1 accuracy and agreement with the float model, per (cut, bits, granularity).
+
+    ``cuts``: the candidate cuts (CutPoints or positions; default the build's
+    :func:`candidate_cuts`); cloud-only and device-only are always included. ``batch``:
+    samples per jitted call. Results are cached, so asking twice costs nothing. Memory:
+    the calibration set, at most ``cache_bytes`` of cached activations plus the cut in use,
+    and one batch in flight (measured: mobilenet_v2 at 224x224 on 200 images, whose largest
+    cut holds 963 MB, peaks at 3.6 GB resident).
+    """
+
+    def __init__(self, graph: Graph, calibration: CalibrationSet, cuts: Iterable[CutPoint | int] | None = None, *,
+                 batch: int = 64, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        _check_graph(graph, calibration)
+        for name, value, low in (("batch", batch, 1), ("cache_bytes", cache_bytes, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        every = find_cuts(graph)
+        chosen = candidate_cuts(graph) if cuts is None else cuts
+        positions = sorted({0, len(every) - 1, *(_position(c, every, graph) for c in chosen)})
+        self.graph, self.calibration, self.cache_bytes = graph, calibration, cache_bytes
+        self.cuts: list[CutPoint] = [every[p] for p in positions]
+        self._index = {p: k for k, p in enumerate(positions)}
+        self._chain = segment(graph, positions)
+        self._batch = min(batch, len(calibration))
+        self._segment_fns: dict[int, Callable[[tuple], tuple]] = {}
+        self._inputs: Arrays = (calibration.x[:, None].astype(graph.inputs[0].dtype, copy=False),)
+        self._cache: OrderedDict[int, Arrays] = OrderedDict()
+        self._predictions: dict[tuple[int, str, str], np.ndarray] = {}
+        self._float: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def float_predictions(self) -> np.ndarray:
+        """The float model's top-1 class per sample, computed once."""
+        if self._float is None:
+            self._float = self._predict(0, self._inputs, lambda xs: xs)
+        return self._float
+
+    @property
+    def float_accuracy(self) -> float:
+        return self._score(self.float_predictions)[0]
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of cut activations held now (the input is the calibration set itself)."""
+        return sum(a.nbytes for arrays in self._cache.values() for a in arrays)
+
+    def cut(self, position: int) -> CutPoint:
+        return self.cuts[self._chain_index(position)]
+
+    def activations(self, position: int) -> Arrays:
+        """The float tensors crossing cut ``position``, one array ``[N, *tensor_shape]`` per
+        tensor (sample ``i`` is ``a[i]``, a batch-1 tensor); empty for device-only."""
+        k = self._chain_index(position)
+        position = self.cuts[k].position  # a plain int key, whatever integer type was given
+        if k == 0:
+            return self._inputs
+        if k == len(self._chain):
+            return ()
+        if position in self._cache:
+            self._cache.move_to_end(position)
+            return self._cache[position]
+        start = max((self._index[p] for p in self._cache if self._index[p] < k), default=0)
+        source = self._cache[self.cuts[start].position] if start else self._inputs
+        arrays = self._apply(source, partial(self._run, start, k))
+        self._remember(position, arrays)
+        return arrays
+
+    def predictions(self, position: int, bits: int | str, granularity: str = "tensor") -> np.ndarray:
+        """Top-1 class per sample when cut ``position`` sends its tensors at ``bits``."""
+        key = self._key(position, bits, granularity)
+        if key not in self._predictions:
+            k = self._chain_index(position)
+            if k == len(self._chain):  # device-only: nothing is sent, the float model runs
+                self._predictions[key] = self.float_predictions
+            else:
+                width, gran = bits_value(key[1]), key[2]
+                self._predictions[key] = self._predict(
+                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran))
+        return self._predictions[key]
+
+    def evaluate(self, position: int, bits: int | str, granularity: str = "tensor") -> tuple[float, float]:
+        """``(accuracy, agreement)`` as fractions: top-1 against the labels (agreement where
+        there are none) and top-1 agreement with the float model."""
+        return self._score(self.predictions(position, bits, granularity))
+
+    # ------------------------------------------------------------------ internals
+    def _chain_index(self, position: int) -> int:
+        """Index of ``position`` in the chain: segment k starts there (len(chain) = device-only)."""
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position not in self._index:
+            raise InputError(f"cut {position!r} is not one of the simulator's cuts {sorted(self._index)}")
+        return self._index[int(position)]
+
+    def _key(self, position: int, bits: int | str, granularity: str) -> tuple[int, str, str]:
+        """Cache key; float widths and device-only ignore granularity, so it is normalised away."""
+        self._chain_index(position)
+        key = bits_key(bits)
+        if granularity not in GRANULARITIES:
+            raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if key.startswith("float") or self.cut(position).kind == "device-only":
+            granularity = "tensor"
+        return int(position), key, granularity
+
+    def _segment_fn(self, k: int) -> Callable[[tuple], tuple]:
+        """Segment ``k`` jitted once, vmapped over batch-1 samples, weights as arguments."""
+        if k not in self._segment_fns:
+            seg = self._chain[k]
+            params = {name: jnp.asarray(v) for name, v in seg.graph.params.items()}
+
+            def one(p: dict, xs: tuple) -> tuple:
+                return tuple(evaluate(seg.graph, p, dict(zip(seg.inputs, xs))))
+
+            self._segment_fns[k] = partial(jax.jit(jax.vmap(one, in_axes=(None, 0))), params)
+        return self._segment_fns[k]
+
+    def _run(self, start: int, stop: int, xs: tuple) -> tuple:
+        """Segments ``start..stop-1`` on a batch: from the tensors at cut ``start`` to those at ``stop``."""
+        for k in range(start, stop):
+            xs = self._segment_fn(k)(xs)
+        return xs
+
+    def _predict(self, k: int, arrays: Arrays, transform: Callable[[tuple], tuple]) -> np.ndarray:
+        """Top-1 per sample of the model's first output, from the tensors at chain index ``k``."""
+        end = len(self._chain)
+        (logits,) = self._apply(arrays, lambda xs: self._run(k, end, transform(xs))[:1])
+        return logits.reshape(len(logits), -1).argmax(axis=1)
+
+    def _apply(self, arrays: Arrays, fn: Callable[[tuple], tuple]) -> Arrays:
+        """``fn`` over the samples in batches, results stacked as NumPy ``[N, ...]``. The last
+        batch is padded to full size so that nothing compiles twice."""
+        n, size = len(arrays[0]), self._batch
+        outs: list[np.ndarray] = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            got = fn(tuple(_padded(a[start:stop], size) for a in arrays))
+            if not outs:
+                outs = [np.empty((n, *g.shape[1:]), g.dtype) for g in got]
+            for out, g in zip(outs, got):
+                out[start:stop] = np.asarray(g)[: stop - start]
+        return tuple(outs)
+
+    def _remember(self, position: int, arrays: Arrays) -> None:
+        """Cache ``arrays``, evicting least recently used cuts until within ``cache_bytes``
+        (the newest stays even when larger: it is about to be used)."""
+        self._cache[position] = arrays
+        while len(self._cache) > 1 and self.cached_bytes > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+    def _score(self, predictions: np.ndarray) -> tuple[float, float]:
+        agreement = float(np.mean(predictions == self.float_predictions))
+        labels = self.calibration.labels
+        return (agreement if labels is None else float(np.mean(predictions == labels))), agreement
+
+
+def _padded(a: np.ndarray, size: int) -> np.ndarray:
+    return a if len(a) == size else np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
+
+
+def _check_graph(graph: Graph, calibration: CalibrationSet) -> None:
+    """One input the calibration samples fit, and at least one output to read predictions from."""
+    if len(graph.inputs) != 1 or not graph.outputs:
+        raise InputError(f"model {graph.name!r}: accuracy simulation needs one input and an output, got "
+                         f"{len(graph.inputs)} input(s) and {len(graph.outputs)} output(s)")
+    check_fits(calibration, graph.inputs[0].shape)
+
+
+def _position(cut: CutPoint | int, every: Sequence[CutPoint], graph: Graph) -> int:
+    """A cut's position, refusing one out of range or found on another graph."""
+    position = cut.position if isinstance(cut, CutPoint) else cut
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < len(every):
+        raise InputError(f"model {graph.name!r}: cut {position!r} is out of range 0..{len(every) - 1}")
+    if isinstance(cut, CutPoint) and cut.tensors != every[position].tensors:
+        raise InputError(f"model {graph.name!r}: cut {position} crosses {list(every[position].tensors)}, not "
+                         f"{list(cut.tensors)}; was it found on another graph?")
+    return int(position)
+
+
+def fewest_bits(simulator: AccuracySimulator, cuts: Iterable[CutPoint | int] | None = None, *, budget: float = 1.0,
+                widths: Iterable[int] = range(1, 17), granularity: str = "tensor") -> dict[int, int | None]:
+    """Per cut, the fewest bits whose accuracy stays within ``budget`` percentage points of
+    the float model's (None where no width does): DynO's observation that this differs
+    from cut to cut is what makes the per-cut width worth searching.
+
+    Widths are tried from the fewest up and the first that meets the budget is the
+    answer, so accuracy need not be monotonic in bits for the result to be what it says.
+    Cuts that send nothing (device-only) are left out. Default ``cuts``: all the simulator's.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
+        raise InputError(f"budget must be a finite number of percentage points >= 0, got {budget!r}")
+    given = list(widths)
+    values = [bits_value(w) for w in given]
+    if not values or any(isinstance(v, str) for v in values):
+        raise InputError(f"widths must be integers in 1..16, got {given!r}")
+    tried = sorted(set(values))
+    floor = simulator.float_accuracy - budget / 100 - 1e-12  # float rounding must not fail an exact tie
+    positions = [simulator.cut(c.position if isinstance(c, CutPoint) else c).position
+                 for c in (simulator.cuts if cuts is None else cuts)]
+    return {p: next((w for w in tried if simulator.evaluate(p, w, granularity)[0] >= floor), None)
+            for p in positions if simulator.cut(p).kind != "device-only"}

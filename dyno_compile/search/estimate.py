@@ -1,0 +1,85 @@
+"""Roofline estimates of each function's time on a target with no hardware at hand.
+
+The roofline time of a function on a target is ``max(flop / peak, bytes / bandwidth)``:
+``2 * MACs`` of floating-point work against the target's FP32 peak, and bytes moved against
+its memory bandwidth (:mod:`dyno_compile.targets.spec` gives both). For a segment the
+MACs and bytes are summed over its operators' cost annotations
+(:func:`dyno_compile.passes.annotate_costs`): each operator reads its activations and
+weights and writes its output, as the compiled kernels do between fused groups. The
+pack/unpack kernels do no MACs; they are memory-bound on their input and output bytes.
+
+A roofline is a bound no real kernel reaches, so estimates are *calibrated* with a
+measurement of the same functions on a target that was at hand (usually the host), per
+function: ``estimate = measured * roofline(target) / roofline(measured target)``, that is,
+each function is assumed to reach on the target the fraction of its roofline it reached
+where it was measured. Per function rather than one overall efficiency because measured
+efficiencies differ by orders of magnitude between functions (a large convolution
+segment gets a good fraction of peak; a 2 µs kernel is mostly call overhead), and the
+search compares cuts by exactly these differences; a single efficiency would rank a cut
+of many tiny functions as cheap as its MACs say, which no measurement supports.
+
+What it cannot know: fixed per-call costs (VM dispatch, thread-pool wake-up, and for
+GPUs kernel launch, several µs) are scaled as if they were work, so estimates of tiny
+functions on a much faster target are optimistic; schedules differ per target. Every
+estimate is labelled ``estimated:roofline:<target>`` and names its calibration.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dyno_compile.search.profile import LibraryProfile, ProfileError
+from dyno_compile.targets.spec import TargetSpec, get_target
+
+if TYPE_CHECKING:
+    from dyno_compile.artifact.load import Artifact
+
+
+def function_costs(artifact: Artifact, side: str) -> dict[str, tuple[int, int]]:
+    """``(MACs, bytes moved)`` of every function of the ``side`` library."""
+    from dyno_compile.passes import annotate_costs
+
+    libraries = [lib for lib in artifact.manifest["libraries"].values() if lib["side"] == side]
+    if not libraries:
+        raise ProfileError(f"{artifact.root}: no {side} library")
+    nodes = annotate_costs(artifact.graph).compute_nodes
+    costs = {}
+    for seg in artifact.segments:
+        span = [n.meta for n in nodes[seg["start"]:seg["end"]]]
+        costs[seg["function"]] = (sum(m["macs"] for m in span),
+                                  sum(m["weight_bytes"] + m["in_bytes"] + m["out_bytes"] for m in span))
+    for name, info in libraries[0]["module"]["functions"].items():  # the same functions for every target
+        if name not in costs:  # a pack/unpack kernel: the bytes it reads and writes
+            costs[name] = (0, sum(_nbytes(t) for t in (*info["inputs"], *info["outputs"])))
+    return costs
+
+
+def _nbytes(tensor: dict) -> int:
+    from dyno_compile.targets.compile import TensorSpec
+
+    return TensorSpec.from_dict(tensor).nbytes
+
+
+def roofline_seconds(macs: int, nbytes: int, spec: TargetSpec) -> float:
+    """The roofline time of ``macs`` multiply-accumulates and ``nbytes`` of traffic on ``spec``."""
+    if spec.peak_gflops <= 0 or spec.mem_bandwidth_gbs <= 0:
+        raise ProfileError(f"target {spec.name!r} has no roofline figures (peak_gflops {spec.peak_gflops}, "
+                           f"mem_bandwidth_gbs {spec.mem_bandwidth_gbs})")
+    return max(2 * macs / (spec.peak_gflops * 1e9), nbytes / (spec.mem_bandwidth_gbs * 1e9))
+
+
+def estimate_library(artifact: Artifact, calibration: LibraryProfile, target: str | TargetSpec) -> LibraryProfile:
+    """Estimated seconds per call of every function in ``calibration`` on ``target``, labelled
+    ``estimated:roofline:<target>``. ``calibration`` must be a measurement (host or RPC) of
+    the same side; for its own target the estimate equals it."""
+    if calibration.estimated:
+        raise ProfileError(f"calibrate with a measurement, not an estimate ({calibration.label})")
+    spec, measured_on = get_target(target), get_target(calibration.target)
+    costs = function_costs(artifact, calibration.side)
+    unknown = sorted(set(calibration.seconds) - set(costs))
+    if unknown:
+        raise ProfileError(f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
+                           f"{', '.join(unknown[:5])}; was it measured on another artifact?")
+    seconds = {f: s * roofline_seconds(*costs[f], spec) / roofline_seconds(*costs[f], measured_on)
+               for f, s in calibration.seconds.items()}
+    return LibraryProfile(calibration.side, spec.name, f"estimated:roofline:{spec.name}", seconds,
+                          calibration=calibration.source)
