@@ -23,7 +23,7 @@ from dyno_compile.inspect_report import inspect_report
 from dyno_compile.passes import run_passes
 from dyno_compile.passes.insert_pack import check_bits
 from dyno_compile.search.calibration import PRESETS, default_calibration, load_calibration
-from dyno_compile.search.pipeline import DEFAULT_SHARE, SearchOptions, finish_with_search
+from dyno_compile.search.pipeline import DEFAULT_MINUTES, DEFAULT_SHARE, SearchOptions, finish_with_search
 from dyno_compile.search.study import DEFAULT_SAMPLER, SAMPLERS
 from dyno_compile.targets import get_target, list_targets
 from dyno_compile.zoo import list_models
@@ -95,6 +95,8 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
                    help="accuracy loss allowed, in points of top-1 (default 1.0)")
     g.add_argument("--evaluations", type=int, metavar="N",
                    help=f"configurations to measure (default {100 * DEFAULT_SHARE:.0f} %% of the space)")
+    g.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
+                   help=f"start no measurement after M minutes of searching (default {DEFAULT_MINUTES:g}; 0: no limit)")
     g.add_argument("--storage", metavar="URL",
                    help="Optuna storage: sqlite:///file.db (default: beside the artifact) or postgresql://... "
                         "for many workers")
@@ -202,6 +204,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _storage_beside(out: Path) -> str:
     """The default study database: next to the artifact, so rebuilding resumes the study."""
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{out.resolve().parent / (out.name + '.study.db')}"
 
 
@@ -219,8 +222,8 @@ def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions
         get_target(t)
     return SearchOptions(calibration, accuracy_budget=args.budget, device_target=args.profile_device,
                          cloud_target=args.profile_cloud, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                         evaluations=args.evaluations, storage=args.storage, study_name=args.study,
-                         sampler=args.sampler, seed=args.seed)
+                         evaluations=args.evaluations, minutes=args.minutes or None, storage=args.storage,
+                         study_name=args.study, sampler=args.sampler, seed=args.seed)
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -382,3 +382,12 @@ def test_plots_are_written_as_png(table, tmp_path):
         plot_pareto(table, OBJECTIVES, tmp_path / "missing" / "pareto.png")
     with pytest.raises(InputError, match="no evaluations"):
         plot_per_cut([], tmp_path / "empty.png")
+
+
+def test_a_time_limit_stops_the_search_after_the_running_measurement(space, table, tmp_path):
+    evaluator = CountingTable(table, tmp_path / "measured.txt", delay_s=0.2)
+    start = time.perf_counter()
+    result = run_search(space, evaluator, n_trials=200, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE,
+                        storage=":memory:", seed=0, timeout_s=1.0)
+    assert time.perf_counter() - start < 3.0
+    assert 3 <= result.n_measured == len(evaluator.measured()) <= 7

@@ -237,7 +237,8 @@ def default_calibration(model: str | Path, input_shape: Sequence[int]) -> Calibr
     """The real shared data that fits a model, with labels only where its weights are trained.
 
     ``resnet20``/``resnet56`` (real CIFAR-10 weights): the 932 CIFAR-10 test images, labelled.
-    A SqueezeNet ``.onnx``: the 200 ImageNet samples, SqueezeNet preprocessing, labelled.
+    A SqueezeNet ``.onnx`` (or a model named after one): the 200 ImageNet samples, SqueezeNet
+    preprocessing, labelled.
     Any other 3x224x224 model (the zoo's ImageNet models have random weights): the ImageNet
     samples, torchvision preprocessing, no labels (accuracy is then agreement with the
     float model). Any other 3x32x32 model: CIFAR-10, no labels (its training is unknown).
@@ -246,7 +247,7 @@ def default_calibration(model: str | Path, input_shape: Sequence[int]) -> Calibr
     name = Path(str(model)).name.lower()
     if name in ("resnet20", "resnet56"):
         return load_calibration(data_root() / cifar10.TEST_FILE, input_shape=shape, preprocess="cifar10")
-    if name.endswith(".onnx") and "squeezenet" in name:
+    if "squeezenet" in name:  # the .onnx file, or its artifact (named after the file stem)
         return load_calibration(samples_dir(), input_shape=shape, preprocess="squeezenet")
     if shape[1:] == (3, CROP, CROP):
         return load_calibration(samples_dir(), input_shape=shape, preprocess="imagenet", labels=False)

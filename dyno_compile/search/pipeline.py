@@ -40,6 +40,9 @@ SEARCH_DIR = "search"
 #: Share of the configuration space the search evaluates unless told otherwise: the
 #: issue's bar (>= 95 % of the exhaustive hypervolume) is met at this share on resnet20.
 DEFAULT_SHARE = 0.25
+#: Minutes the study may run unless told otherwise: a 224x224 model's accuracy simulation
+#: costs seconds per configuration on a 2-core CPU, and a build must end in minutes.
+DEFAULT_MINUTES = 8.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class SearchOptions:
     search optimises (default: the first non-host target built for that side, else the
     host); a target that does not run here is estimated from the host measurement, unless
     ``rpc_tracker`` and ``rpc_key`` name a server to measure the device side on.
-    ``evaluations``: distinct configurations to measure (default a quarter of the space).
+    ``evaluations``: distinct configurations to measure (default a quarter of the space);
+    ``minutes``: no new measurement starts after this long (``None``: no limit).
     ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact)."""
 
     calibration: CalibrationSet
@@ -58,6 +62,7 @@ class SearchOptions:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     evaluations: int | None = None
+    minutes: float | None = DEFAULT_MINUTES
     storage: str | None = None
     study_name: str | None = None
     sampler: str = DEFAULT_SAMPLER
@@ -67,6 +72,8 @@ class SearchOptions:
     def __post_init__(self) -> None:
         if (self.rpc_tracker is None) != (self.rpc_key is None):
             raise InputError("RPC profiling needs both a tracker address and a key (--rpc-tracker, --rpc-key)")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"the search time limit must be positive minutes, got {self.minutes!r}")
         if not self.accuracy_budget >= 0:
             raise InputError(f"the accuracy budget is points of top-1 loss >= 0, got {self.accuracy_budget!r}")
 
@@ -142,7 +149,7 @@ def search(artifact: Artifact, options: SearchOptions, *, default_storage: str |
     result = run_search(space, _reporting(evaluator, progress, budget), n_trials=4 * budget, max_evaluations=budget,
                         accuracy_budget=options.accuracy_budget, baseline_accuracy=simulator.float_accuracy,
                         storage=options.storage or default_storage, study_name=name, sampler=options.sampler,
-                        seed=options.seed)
+                        seed=options.seed, timeout_s=options.minutes and 60 * options.minutes)
     return result, device + cloud, evaluator
 
 

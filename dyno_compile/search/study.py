@@ -370,7 +370,7 @@ def _objective(space: SearchSpace, evaluator: Evaluator, objectives: Objectives,
 def run_search(space: SearchSpace, evaluator: Evaluator, *, n_trials: int, accuracy_budget: float,
                baseline_accuracy: float, max_evaluations: int | None = None, storage: str | None = None,
                study_name: str = DEFAULT_STUDY, sampler: str | optuna.samplers.BaseSampler = DEFAULT_SAMPLER,
-               seed: int | None = None, load_if_exists: bool = True,
+               seed: int | None = None, load_if_exists: bool = True, timeout_s: float | None = None,
                connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SearchResult:
     """Run up to ``n_trials`` more trials of the study ``study_name`` and return everything
     it holds (this and earlier runs, all workers).
@@ -380,7 +380,9 @@ def run_search(space: SearchSpace, evaluator: Evaluator, *, n_trials: int, accur
     the evaluator's). ``max_evaluations``: stop early once the study holds this many
     distinct configurations: measuring is what costs, and a sampler that converges repeats
     configurations (free, reused), so a budget is best stated in evaluations with
-    ``n_trials`` as the cap (concurrent workers may each finish one more).
+    ``n_trials`` as the cap (concurrent workers may each finish one more). ``timeout_s``:
+    start no trial after this many seconds (the one running finishes), so a search fits
+    a build's time whatever a measurement costs.
     ``sampler``: ``"tpe"`` (default, see :data:`DEFAULT_SAMPLER`), ``"nsga2"``,
     ``"random"`` or an Optuna sampler.
     Many workers: call this with one ``storage`` URL and ``study_name`` from each process,
@@ -405,7 +407,7 @@ def run_search(space: SearchSpace, evaluator: Evaluator, *, n_trials: int, accur
     _claim_study(study, url, space, objectives)
     limit = min(max_evaluations or math.inf, len(space.configs()))
     if _n_distinct(study) < limit:
-        study.optimize(_objective(space, evaluator, objectives, study), n_trials=n_trials,
+        study.optimize(_objective(space, evaluator, objectives, study), n_trials=n_trials, timeout=timeout_s,
                        callbacks=[_stop_at(limit)])
     return _result(study, url)
 
