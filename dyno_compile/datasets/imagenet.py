@@ -49,7 +49,7 @@ def load_samples(limit: int | None = None) -> tuple[list[str], np.ndarray]:
     if limit is not None and limit < 0:
         raise InputError(f"limit must be >= 0 or None, got {limit}")
     folder = samples_dir()
-    names, labels = _read_labels(folder / "labels.tsv")
+    names, labels = read_labels(folder / "labels.tsv")
     names, labels = names[:limit], labels[:limit]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
@@ -57,7 +57,7 @@ def load_samples(limit: int | None = None) -> tuple[list[str], np.ndarray]:
     return names, np.asarray(labels, dtype=np.int64)
 
 
-def _read_labels(path: Path) -> tuple[list[str], list[int]]:
+def read_labels(path: Path) -> tuple[list[str], list[int]]:
     """Parse ``file<TAB>class_index<TAB>wnid`` lines, skipping ``#`` comments."""
     if not path.is_file():
         raise InputError(f"label file {path} does not exist")
@@ -92,7 +92,7 @@ def load_image(path: str | Path) -> Image.Image:
 def preprocess_squeezenet(image: Image.Image | str | Path) -> np.ndarray:
     """One image as SqueezeNet's input: float32 [1, 3, 224, 224], BGR, 0-255 minus mean."""
     img = image if isinstance(image, Image.Image) else load_image(image)
-    img = _centre_crop(_resize_short_side(img.convert("RGB"), RESIZE_SHORT), CROP)
+    img = centre_crop(resize_short_side(img.convert("RGB"), RESIZE_SHORT), CROP)
     bgr = np.asarray(img, dtype=np.float32)[:, :, ::-1]
     bgr = bgr - np.asarray(SQUEEZENET_MEAN_BGR, dtype=np.float32)
     return np.ascontiguousarray(bgr.transpose(2, 0, 1)[None])
@@ -109,7 +109,7 @@ def squeezenet_batch(names: Sequence[str | Path]) -> np.ndarray:
     return np.concatenate([preprocess_squeezenet(folder / n) for n in names])
 
 
-def _resize_short_side(img: Image.Image, size: int) -> Image.Image:
+def resize_short_side(img: Image.Image, size: int) -> Image.Image:
     """Scale so the shorter side is ``size``, keeping the aspect ratio; the long side rounds to nearest."""
     w, h = img.size
     if w <= h:
@@ -119,7 +119,7 @@ def _resize_short_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize(new, Image.Resampling.BILINEAR)
 
 
-def _centre_crop(img: Image.Image, size: int) -> Image.Image:
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if w < size or h < size:
         raise InputError(f"image of size {w}x{h} is smaller than the {size}x{size} crop")

@@ -26,11 +26,11 @@ from dyno_compile.datasets import cifar10, data_root
 from dyno_compile.datasets.imagenet import (
     CROP,
     RESIZE_SHORT,
-    _centre_crop,
-    _read_labels,
-    _resize_short_side,
+    centre_crop,
     load_image,
     preprocess_squeezenet,
+    read_labels,
+    resize_short_side,
     samples_dir,
 )
 from dyno_compile.errors import InputError
@@ -137,8 +137,8 @@ def _imagenet(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     were trained with, so :func:`cifar10.preprocess` computes exactly that step)."""
     if size[0] != size[1]:
         raise InputError(f"preset 'imagenet' centre-crops a square; the model takes {size[1]}x{size[0]}")
-    resized = _resize_short_side(img, round(size[0] * RESIZE_SHORT / CROP))
-    return cifar10.preprocess(np.asarray(_centre_crop(resized, size[0]))[None])[0]
+    resized = resize_short_side(img, round(size[0] * RESIZE_SHORT / CROP))
+    return cifar10.preprocess(np.asarray(centre_crop(resized, size[0]))[None])[0]
 
 
 #: Preset name -> (function, description for reports).
@@ -222,7 +222,7 @@ def _from_folder(folder: Path, preset: str | None, shape: tuple[int, ...],
     _preset(preset)  # an unknown preset fails before any image is decoded
     tsv = folder / "labels.tsv"
     if tsv.is_file():
-        names, classes = _read_labels(tsv)
+        names, classes = read_labels(tsv)
         y: np.ndarray | None = np.asarray(classes[:limit], dtype=np.int64)
     else:
         names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
