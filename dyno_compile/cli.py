@@ -23,7 +23,13 @@ from dyno_compile.inspect_report import inspect_report
 from dyno_compile.passes import run_passes
 from dyno_compile.passes.insert_pack import check_bits
 from dyno_compile.search.calibration import PRESETS, default_calibration, load_calibration
-from dyno_compile.search.pipeline import DEFAULT_MINUTES, DEFAULT_SHARE, SearchOptions, finish_with_search
+from dyno_compile.search.pipeline import (
+    DEFAULT_MINUTES,
+    DEFAULT_SHARE,
+    SIMULATORS,
+    SearchOptions,
+    finish_with_search,
+)
 from dyno_compile.search.study import DEFAULT_SAMPLER, SAMPLERS
 from dyno_compile.targets import get_target, list_targets
 from dyno_compile.zoo import list_models
@@ -91,6 +97,9 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--calibration-limit", type=int, metavar="N", help="use the first N calibration samples")
     g.add_argument("--no-labels", action="store_true",
                    help="ignore calibration labels: accuracy is agreement with the float model")
+    g.add_argument("--simulate", choices=SIMULATORS, default="auto",
+                   help="run the model in the accuracy simulation with JAX, or with the artifact's compiled host "
+                        "library (much faster for 224x224 models); auto: by model size (default)")
     g.add_argument("--budget", type=float, default=1.0, metavar="POINTS",
                    help="accuracy loss allowed, in points of top-1 (default 1.0)")
     g.add_argument("--evaluations", type=int, metavar="N",
@@ -223,7 +232,7 @@ def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions
     return SearchOptions(calibration, accuracy_budget=args.budget, device_target=args.profile_device,
                          cloud_target=args.profile_cloud, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                          evaluations=args.evaluations, minutes=args.minutes or None, storage=args.storage,
-                         study_name=args.study, sampler=args.sampler, seed=args.seed)
+                         study_name=args.study, sampler=args.sampler, seed=args.seed, simulate=args.simulate)
 
 
 def _search(args: argparse.Namespace) -> int:

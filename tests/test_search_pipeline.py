@@ -143,3 +143,18 @@ def test_bad_search_input_leaves_no_artifact(tmp_path, case):
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert match in proc.stderr.lower() and "Traceback" not in proc.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r20")]
+
+
+def test_simulating_with_the_compiled_host_library_agrees_with_jax(artifact, calibration):
+    """The fast path for large models (segments run by the artifact's TVM host library)
+    predicts as the JAX simulation does; float noise may flip a borderline image at most."""
+    from dyno_compile.search.pipeline import simulator_for
+
+    subset = calibration.head(48)
+    jax_sim, jax_engine = simulator_for(artifact, subset, "jax")
+    tvm_sim, tvm_engine = simulator_for(artifact, subset, "tvm")
+    assert (jax_engine, tvm_engine) == ("jax", "tvm")
+    assert simulator_for(artifact, subset, "auto")[1] == "jax"  # resnet20: 41 M MACs per image
+    for position, bits in ((0, "8"), (17, "4"), (34, "2"), (41, "float16")):
+        mismatched = np.sum(jax_sim.predictions(position, bits) != tvm_sim.predictions(position, bits))
+        assert mismatched <= 1, (position, bits, mismatched)

@@ -41,6 +41,7 @@ DEFAULT_CACHE_BYTES = 1 << 30
 #: NCHW's channel axis: the one ``insert_pack`` and ``PackConfig`` use by default.
 CHANNEL_AXIS = 1
 Arrays = tuple[np.ndarray, ...]
+SegmentRunner = Callable[[int, tuple], tuple]
 
 
 def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor") -> jax.Array:
@@ -73,10 +74,17 @@ class AccuracySimulator:
     the calibration set, at most ``cache_bytes`` of cached activations plus the cut in use,
     and one batch in flight (measured: mobilenet_v2 at 224x224 on 200 images, whose largest
     cut holds 963 MB, peaks at 3.6 GB resident).
+
+    ``segments``: runs segment ``k`` of the chain on a batch instead of JAX —
+    ``segments(k, inputs) -> outputs``, batched ``[B, ...]`` arrays in the segment's input
+    and output order. Quantisation stays in JAX either way. The search passes the
+    artifact's compiled host library here for large models: XLA's CPU convolutions
+    (depthwise above all) ran mobilenet_v2 at 224x224 some ten times slower than TVM's.
     """
 
     def __init__(self, graph: Graph, calibration: CalibrationSet, cuts: Iterable[CutPoint | int] | None = None, *,
-                 batch: int = 64, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 batch: int = 64, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 segments: SegmentRunner | None = None) -> None:
         _check_graph(graph, calibration)
         for name, value, low in (("batch", batch, 1), ("cache_bytes", cache_bytes, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -90,6 +98,7 @@ class AccuracySimulator:
         self._chain = segment(graph, positions)
         self._batch = min(batch, len(calibration))
         self._segment_fns: dict[int, Callable[[tuple], tuple]] = {}
+        self._segments = segments
         self._inputs: Arrays = (calibration.x[:, None].astype(graph.inputs[0].dtype, copy=False),)
         self._cache: OrderedDict[int, Arrays] = OrderedDict()
         self._predictions: dict[tuple[int, str, str], np.ndarray] = {}
@@ -170,6 +179,8 @@ class AccuracySimulator:
 
     def _segment_fn(self, k: int) -> Callable[[tuple], tuple]:
         """Segment ``k`` jitted once, vmapped over batch-1 samples, weights as arguments."""
+        if self._segments is not None:
+            return partial(self._segments, k)
         if k not in self._segment_fns:
             seg = self._chain[k]
             params = {name: jnp.asarray(v) for name, v in seg.graph.params.items()}

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.errors import InputError
+from dyno_compile.passes import annotate_costs
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet
 from dyno_compile.search.estimate import estimate_library
@@ -43,6 +46,10 @@ DEFAULT_SHARE = 0.25
 #: Minutes the study may run unless told otherwise: a 224x224 model's accuracy simulation
 #: costs seconds per configuration on a 2-core CPU, and a build must end in minutes.
 DEFAULT_MINUTES = 8.0
+SIMULATORS = ("auto", "jax", "tvm")
+#: Above this many MACs per image ``"auto"`` simulates with the compiled host library:
+#: resnet20 (41 M) runs fast in JAX; squeezenet (0.35 G) and mobilenet_v2 (0.3 G) do not.
+JAX_MAX_MACS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class SearchOptions:
     ``rpc_tracker`` and ``rpc_key`` name a server to measure the device side on.
     ``evaluations``: distinct configurations to measure (default a quarter of the space);
     ``minutes``: no new measurement starts after this long (``None``: no limit).
-    ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact)."""
+    ``simulate``: what runs the model's segments in the accuracy simulation
+    (:func:`simulator_for`). ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact)."""
 
     calibration: CalibrationSet
     accuracy_budget: float = 1.0
@@ -68,6 +76,7 @@ class SearchOptions:
     sampler: str = DEFAULT_SAMPLER
     seed: int = 0
     byte_samples: int = DEFAULT_SAMPLES
+    simulate: str = "auto"
 
     def __post_init__(self) -> None:
         if (self.rpc_tracker is None) != (self.rpc_key is None):
@@ -82,18 +91,47 @@ class ArtifactEvaluator:
     """Evaluates configurations of one artifact from its profiles, real frames and JAX."""
 
     def __init__(self, artifact: Artifact, device: LibraryProfile, cloud: LibraryProfile,
-                 simulator: AccuracySimulator, wire: WireBytes) -> None:
+                 simulator: AccuracySimulator, wire: WireBytes, engine: str = "jax") -> None:
         self.artifact, self.device, self.cloud, self.simulator, self.wire = artifact, device, cloud, simulator, wire
         self.metric = "top-1" if simulator.calibration.labels is not None else "agreement with float"
+        self.engine = engine
 
     def __call__(self, config: Config) -> Evaluation:
         device_s, cloud_s, sources = config_times(self.artifact, self.device, self.cloud, config)
         cost = self.wire.measure(config)
         accuracy, agreement = self.simulator.evaluate(config.cut, bits_value(config.bits), config.granularity)
         sources = {**sources, "codec_s": "measured:host", "bytes": f"measured:frames:{cost.samples}",
-                   "accuracy": f"simulated:jax:{self.metric}"}
+                   "accuracy": f"simulated:{self.engine}:{self.metric}"}
         return Evaluation(config, device_s + cost.encode_s, cloud_s + cost.decode_s, cost.bytes, accuracy,
                           agreement, sources)
+
+
+def host_segments(artifact: Artifact) -> Callable[[int, tuple], tuple]:
+    """Segment ``k`` of the artifact's chain run by its compiled cloud library for the host,
+    sample by sample (the library is built for batch 1): an accuracy simulator's
+    ``segments``, running exactly the code the cloud runs."""
+    runner = artifact.runner("cloud", "host")
+
+    def run(k: int, inputs: tuple) -> tuple:
+        arrays = [np.asarray(x) for x in inputs]
+        function = artifact.segments[k]["function"]
+        outputs = [runner.run(function, [a[i] for a in arrays]) for i in range(len(arrays[0]))]
+        return tuple(np.stack(column) for column in zip(*outputs))
+    return run
+
+
+def simulator_for(artifact: Artifact, calibration: CalibrationSet, simulate: str) -> tuple[AccuracySimulator, str]:
+    """The accuracy simulator: segments in JAX (``"jax"``), in the artifact's host library
+    (``"tvm"``), or ``"auto"``: JAX up to :data:`JAX_MAX_MACS` per image, TVM above.
+    Returns the simulator and the engine chosen (it labels every accuracy figure)."""
+    if simulate not in SIMULATORS:
+        raise InputError(f"simulate must be one of {SIMULATORS}, got {simulate!r}")
+    if simulate == "auto":
+        macs = sum(n.meta["macs"] for n in annotate_costs(artifact.graph).compute_nodes)
+        simulate = "jax" if macs <= JAX_MAX_MACS else "tvm"
+    positions = [c["position"] for c in artifact.cuts]
+    segments = host_segments(artifact) if simulate == "tvm" else None
+    return AccuracySimulator(artifact.graph, calibration, positions, segments=segments), simulate
 
 
 def space_of(artifact: Artifact) -> SearchSpace:
@@ -136,10 +174,10 @@ def search(artifact: Artifact, options: SearchOptions, *, default_storage: str |
     cloud_target = options.cloud_target or _default_target(artifact, "cloud")
     device = side_profiles(artifact, "device", device_target, options, progress)
     cloud = side_profiles(artifact, "cloud", cloud_target, options, progress)
-    progress(f"simulating accuracy on {len(options.calibration)} calibration samples")
-    simulator = AccuracySimulator(artifact.graph, options.calibration, [c["position"] for c in artifact.cuts])
+    progress(f"simulating accuracy on {len(options.calibration)} calibration samples ({options.simulate})")
+    simulator, engine = simulator_for(artifact, options.calibration, options.simulate)
     evaluator = ArtifactEvaluator(artifact, device[-1], cloud[-1], simulator,
-                                  WireBytes(simulator, samples=options.byte_samples))
+                                  WireBytes(simulator, samples=options.byte_samples), engine)
     space = space_of(artifact)
     size = len(space.configs())
     budget = options.evaluations or max(1, math.ceil(DEFAULT_SHARE * size))
@@ -181,6 +219,7 @@ def write_search(root: Path, result: SearchResult, profiles: list[LibraryProfile
         "baseline_accuracy": result.baseline_accuracy,
         "accuracy_budget": result.accuracy_budget,
         "metric": evaluator.metric,
+        "simulated_with": evaluator.engine,
         "calibration": {"source": calibration.source, "samples": len(calibration)},
         "profiles": {"device": evaluator.device.label, "cloud": evaluator.cloud.label},
         "space": space.to_dict(),
