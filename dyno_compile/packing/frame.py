@@ -22,7 +22,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -122,6 +122,51 @@ class TensorHeader:
 
 
 @dataclass(frozen=True)
+class PackedTensor:
+    """One tensor as it crosses the cut, before the codec: what a compiled pack kernel
+    produces (codes packed in ``layout``, or little-endian floats for a passthrough mode)
+    and what an unpack kernel takes. ``dtype`` and ``shape`` are the original tensor's."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    params: QuantParams
+    layout: str
+    data: bytes
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    def relayout(self, layout: str) -> PackedTensor:
+        """The same codes in ``layout`` (a kernel packs ``"stream"``; the wire may want
+        ``"bitplane"``, whose high planes a codec squeezes better)."""
+        if layout == self.layout or self.params.is_passthrough:
+            return self
+        codes = unpack(self.data, self.params.bits, self.count, self.layout)
+        return replace(self, layout=layout, data=pack(codes, self.params.bits, layout))
+
+    def values(self) -> np.ndarray:
+        """The dequantised float32 tensor (NumPy; bit-identical to the kernels)."""
+        bits = self.params.bits
+        if isinstance(bits, str):
+            codes = np.frombuffer(self.data, dtype=_WIRE_DTYPES[bits])
+        else:
+            codes = unpack(self.data, bits, self.count, self.layout)
+        return dequantize(codes.reshape(self.shape), self.params)
+
+
+@dataclass(frozen=True)
+class PackedFrame:
+    """A validated frame whose payloads are decompressed but not yet unpacked."""
+
+    cut_id: int
+    request_id: int
+    tensors: list[PackedTensor]
+    headers: list[TensorHeader]
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class Frame:
     """A decoded frame: ids, the dequantised float32 tensors, and each tensor's header."""
 
@@ -161,23 +206,48 @@ def _check_uint(value: object, high: int, field: str) -> int:
 
 
 def encode(tensors: Sequence[np.ndarray], config: PackConfig, *, cut_id: int, request_id: int) -> bytes:
-    """Pack the tensors crossing cut ``cut_id`` for request ``request_id`` into one frame.
+    """Quantise, pack and frame the tensors crossing cut ``cut_id`` for request ``request_id``.
 
     Each tensor must be float32 or float16, of rank 0..8. ``request_id`` is a u64 so the
     server can later refuse replays; ``cut_id`` a u32.
     """
     if isinstance(tensors, np.ndarray) or not isinstance(tensors, Sequence):
         raise PackError("pass a list of tensors (e.g. [x]), not a single array", field="tensors")
-    if not 1 <= len(tensors) <= MAX_TENSORS:
-        raise PackError(f"a frame carries 1..{MAX_TENSORS} tensors, got {len(tensors)}", field="tensors")
     if not isinstance(config, PackConfig):
         raise PackError(f"must be a PackConfig, got {type(config).__name__}", field="config")
+    packed = []
+    for i, tensor in enumerate(tensors):
+        with _under(f"tensor[{i}]"):
+            packed.append(pack_tensor(tensor, config))
+    return encode_packed(packed, codec=config.codec, level=config.level, cut_id=cut_id, request_id=request_id)
+
+
+def pack_tensor(tensor: np.ndarray, config: PackConfig) -> PackedTensor:
+    """Quantise and bit-pack one tensor with NumPy (what the device's pack kernel computes)."""
+    x = np.asarray(tensor)
+    as_input(x, "dtype")
+    if x.ndim > MAX_RANK or any(d > _U32_MAX for d in x.shape):
+        raise PackError(f"shape {x.shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
+    codes, params = quantize(x, config.bits, granularity=config.granularity, axis=config.axis)
+    if params.is_passthrough:
+        return PackedTensor(x.dtype, x.shape, params, "stream", codes.astype(_WIRE_DTYPES[params.bits]).tobytes())
+    return PackedTensor(x.dtype, x.shape, params, config.layout, pack(codes, params.bits, config.layout))
+
+
+def encode_packed(tensors: Sequence[PackedTensor], *, codec: str = "none", level: int | None = None,
+                  cut_id: int, request_id: int) -> bytes:
+    """Compress and frame tensors that are already quantised and packed (by a compiled
+    kernel, or :func:`pack_tensor`)."""
+    if not 1 <= len(tensors) <= MAX_TENSORS:
+        raise PackError(f"a frame carries 1..{MAX_TENSORS} tensors, got {len(tensors)}", field="tensors")
+    check_codec(codec, "codec")
+    level = check_level(codec, level, "level")
     cut_id = _check_uint(cut_id, _U32_MAX, "cut_id")
     request_id = _check_uint(request_id, _U64_MAX, "request_id")
     descriptors, payloads = [], []
     for i, tensor in enumerate(tensors):
         with _under(f"tensor[{i}]"):
-            descriptor, payload = _encode_tensor(tensor, config)
+            descriptor, payload = _describe(tensor, codec, level)
         descriptors.append(descriptor)
         payloads.append(payload)
     fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, 0, cut_id, request_id, len(tensors))
@@ -185,27 +255,37 @@ def encode(tensors: Sequence[np.ndarray], config: PackConfig, *, cut_id: int, re
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _encode_tensor(tensor: np.ndarray, config: PackConfig) -> tuple[bytes, bytes]:
-    """One tensor's header bytes and compressed payload."""
-    x = np.asarray(tensor)
-    as_input(x, "dtype")
-    if x.ndim > MAX_RANK or any(d > _U32_MAX for d in x.shape):
-        raise PackError(f"shape {x.shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
-    codes, params = quantize(x, config.bits, granularity=config.granularity, axis=config.axis)
-    if params.is_passthrough:
-        layout, raw = "stream", codes.astype(_WIRE_DTYPES[params.bits]).tobytes()
-    else:
-        layout, raw = config.layout, pack(codes, params.bits, config.layout)
-    payload = compress(raw, config.codec, config.level)
+def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, bytes]:
+    """One tensor's header bytes and compressed payload; checks the parts agree."""
+    if not isinstance(tensor, PackedTensor):
+        raise PackError(f"must be a PackedTensor, got {type(tensor).__name__}", field="tensor")
+    params, raw, shape = tensor.params, bytes(tensor.data), tuple(tensor.shape)
+    if np.dtype(tensor.dtype) not in _DTYPES:
+        raise PackError(f"must be float32 or float16, got {tensor.dtype}", field="dtype")
+    if len(shape) > MAX_RANK or any(d > _U32_MAX for d in shape):
+        raise PackError(f"shape {shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
+    bits = params.bits
+    expected = tensor.count * _WIRE_DTYPES[bits].itemsize if isinstance(bits, str) else packed_nbytes(tensor.count, bits)
+    if len(raw) != expected:
+        raise PackError(f"{len(raw)} bytes for {tensor.count} elements in mode {bits!r}; expected {expected}",
+                        field="data")
+    layout = "stream" if params.is_passthrough else tensor.layout
+    if layout not in LAYOUTS:
+        raise PackError(f"must be one of {LAYOUTS}, got {layout!r}", field="layout")
+    if not params.is_passthrough and params.lo.size != _param_count(bits, params.granularity, params.axis, layout,
+                                                                      shape):
+        raise PackError(f"{params.lo.size} lo/scale pairs do not fit shape {shape} {params.granularity}",
+                        field="params")
+    payload = compress(raw, codec, level)
     if max(len(raw), len(payload)) > _U32_MAX:
         raise PackError(f"payload of {len(raw)} bytes does not fit a u32 length; split the batch",
                         field="payload length")
-    mode = _PASSTHROUGH_CODES[params.bits] if params.is_passthrough else params.bits
+    mode = _PASSTHROUGH_CODES[bits] if params.is_passthrough else bits
     descriptor = b"".join([
-        _SHAPE.pack(_DTYPES.index(x.dtype), x.ndim),
-        struct.pack(f"<{x.ndim}I", *x.shape),
+        _SHAPE.pack(_DTYPES.index(np.dtype(tensor.dtype)), len(shape)),
+        struct.pack(f"<{len(shape)}I", *shape),
         _CODING.pack(mode, GRANULARITIES.index(params.granularity), params.axis, LAYOUTS.index(layout),
-                     CODECS.index(config.codec)),
+                     CODECS.index(codec)),
         params.lo.astype("<f4").tobytes(),
         params.scale.astype("<f4").tobytes(),
         _LENGTHS.pack(len(raw), len(payload)),
@@ -260,7 +340,18 @@ class _Budget:
 
 
 def decode(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Frame:
-    """Parse, validate and unpack one frame; PackError naming the field on any problem.
+    """Parse, validate, decompress and dequantise one frame (see :func:`decode_packed`)."""
+    frame = decode_packed(buf, max_bytes=max_bytes)
+    tensors = []
+    for i, tensor in enumerate(frame.tensors):
+        with _under(f"tensor[{i}]"):
+            tensors.append(tensor.values())
+    return Frame(frame.cut_id, frame.request_id, tensors, frame.headers, nbytes=frame.nbytes)
+
+
+def decode_packed(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> PackedFrame:
+    """Parse, validate and decompress one frame, leaving the codes packed for an unpack
+    kernel; PackError naming the field on any problem.
 
     ``max_bytes`` bounds both the frame's length and the float32 bytes of all the tensors
     it decodes to (so, with the codec bounds, the memory a frame can make us allocate).
@@ -303,9 +394,10 @@ def decode(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_
     tensors, pos = [], reader.pos
     for i, header in enumerate(headers):
         with _under(f"tensor[{i}]"):
-            tensors.append(_decode_payload(view[pos:pos + header.compressed_nbytes], header))
+            raw = decompress(view[pos:pos + header.compressed_nbytes], header.codec, header.raw_nbytes)
+        tensors.append(PackedTensor(header.dtype, header.shape, header.params, header.layout, raw))
         pos += header.compressed_nbytes
-    return Frame(cut_id, request_id, tensors, headers, nbytes=len(view))
+    return PackedFrame(cut_id, request_id, tensors, headers, nbytes=len(view))
 
 
 def _read_tensor_header(reader: _Reader, budget: _Budget) -> TensorHeader:
@@ -369,13 +461,3 @@ def _param_count(bits: Mode, granularity: str, axis: int, layout: str, shape: tu
     if axis >= len(shape):
         raise PackError(f"channel axis {axis} is out of range for rank {len(shape)}", field="axis")
     return shape[axis]
-
-
-def _decode_payload(payload: memoryview, header: TensorHeader) -> np.ndarray:
-    raw = decompress(payload, header.codec, header.raw_nbytes)
-    bits = header.params.bits
-    if isinstance(bits, str):
-        codes = np.frombuffer(raw, dtype=_WIRE_DTYPES[bits])
-    else:
-        codes = unpack(raw, bits, header.count, header.layout)
-    return dequantize(codes.reshape(header.shape), header.params)

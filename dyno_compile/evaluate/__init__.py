@@ -1,0 +1,1 @@
+"""Replaying traces and comparing policies: the evaluation side of dyno-compile."""

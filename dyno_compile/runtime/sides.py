@@ -1,0 +1,143 @@
+"""The two halves of an artifact at run time: the device that runs the first segments and
+packs the cut, and the cloud that unpacks it and runs the rest.
+
+Both sides hold every segment (DynO's skip/transfer/resume), so the device can finish any
+request on its own at any cut: a failed transfer costs the remaining segments, not a
+restart. Each object wraps one Relax VM, which is not thread-safe: use one per thread.
+Only the TVM runtime and NumPy are needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dyno_compile.artifact.load import Artifact
+from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.errors import InputError
+from dyno_compile.packing import PackedTensor, QuantParams, encode_packed
+from dyno_compile.search.space import Config, bits_value
+
+#: Where the activations of one request live between segments, by tensor name.
+Env = dict[str, np.ndarray]
+
+
+class _Side:
+    def __init__(self, artifact: Artifact, side: str, target: str) -> None:
+        self.artifact = artifact
+        self.target = target
+        self.runner = artifact.runner(side, target)
+        self.input_name = artifact.manifest["inputs"][0]["name"]
+        self.output_name = artifact.manifest["outputs"][0]["name"]
+        self.granularity = artifact.manifest.get("granularity", "tensor")
+        self._cuts = {c["position"]: c for c in artifact.cuts}
+
+    def cut(self, position: int) -> dict[str, Any]:
+        try:
+            return self._cuts[position]
+        except KeyError:
+            raise ArtifactError(f"cut {position} is not one of the built cuts {sorted(self._cuts)}") from None
+
+    def run_segments(self, indices: list[int], env: Env) -> None:
+        for i in indices:
+            seg = self.artifact.segments[i]
+            outs = self.runner.run(seg["function"], [env[t] for t in seg["inputs"]])
+            env.update(zip(seg["outputs"], outs))
+
+    def finish(self, env: Env, position: int) -> np.ndarray:
+        """Run the segments after cut ``position`` on this side: the cloud's work, or the
+        device's when it runs alone (device-only, or a failed offload)."""
+        self.run_segments(self.cut(position)["cloud_segments"], env)
+        return env[self.output_name]
+
+    def kernel(self, cut: dict[str, Any], bits: str, tensor: str) -> dict[str, str] | None:
+        """The pack/unpack kernel pair for ``tensor`` at integer width ``bits``, if built."""
+        for k in cut.get("kernels", {}).get(bits, ()):
+            if k["tensor"] == tensor:
+                return k
+        return None
+
+
+class DeviceSide(_Side):
+    """Runs the device segments up to a cut and packs the crossing tensors into a frame."""
+
+    def __init__(self, artifact: Artifact, target: str = "host") -> None:
+        super().__init__(artifact, "device", target)
+        spec = artifact.manifest["inputs"][0]
+        self.input_shape, self.input_dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+
+    def start(self, x: np.ndarray, position: int) -> Env:
+        """Run the segments before cut ``position`` on ``x``."""
+        x = np.asarray(x)
+        if x.shape != self.input_shape:
+            raise InputError(f"input shape {x.shape} does not match the model's {self.input_shape}")
+        env: Env = {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+        self.run_segments(self.cut(position)["device_segments"], env)
+        return env
+
+    def frame(self, env: Env, config: Config, request_id: int) -> bytes:
+        """The cut frame of ``config`` for this request: the compiled pack kernel's codes and
+        range, in the wire's layout, through the codec."""
+        cut = self.cut(config.cut)
+        packed = [self._pack(t, env[t], cut, config) for t in cut["tensors"]]
+        return encode_packed(packed, codec=config.codec, cut_id=config.cut, request_id=request_id)
+
+    def _pack(self, tensor: str, x: np.ndarray, cut: dict[str, Any], config: Config) -> PackedTensor:
+        bits = bits_value(config.bits)
+        if isinstance(bits, str):  # a float passthrough: the cast is the whole kernel
+            wire = np.ascontiguousarray(x, dtype="<f2" if bits == "float16" else "<f4")
+            return PackedTensor(x.dtype, x.shape, QuantParams(bits, "tensor", 0, [], []), "stream", wire.tobytes())
+        kernel = self.kernel(cut, config.bits, tensor)
+        if kernel is None or config.granularity != self.granularity:
+            raise ArtifactError(f"{config.label}: the artifact has no pack kernel for it (built: bits "
+                                f"{self.artifact.manifest['bits']}, granularity {self.granularity})")
+        data, rng = self.runner.run(kernel["pack"], [x])
+        axis = 0 if config.granularity == "tensor" else 1
+        params = QuantParams(bits, config.granularity, axis, rng[0], rng[1])
+        return PackedTensor(x.dtype, x.shape, params, "stream", data.tobytes()).relayout(config.layout)
+
+
+
+class CloudSide(_Side):
+    """Unpacks a cut frame and runs the cloud segments after it.
+
+    Integer codes go through the artifact's compiled unpack kernel (on the GPU when the
+    cloud library is a CUDA build, so only packed bytes cross PCIe); float passthroughs
+    are a cast. A frame that does not fit the cut it names is a :class:`FrameMismatch`.
+    """
+
+    def __init__(self, artifact: Artifact, target: str = "host") -> None:
+        super().__init__(artifact, "cloud", target)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for seg in artifact.segments:
+            info = self.runner.module.function(seg["function"])
+            self._shapes.update((name, tuple(spec.shape)) for name, spec in zip(info.input_names, info.inputs))
+
+    def run(self, position: int, tensors: list[PackedTensor]) -> np.ndarray:
+        cut = self.cut(position)
+        if cut["kind"] == "device-only":
+            raise FrameMismatch(f"cut {position} is device-only: nothing runs in the cloud")
+        names = cut["tensors"]
+        if len(tensors) != len(names):
+            raise FrameMismatch(f"cut {position} crosses {len(names)} tensor(s); the frame has {len(tensors)}")
+        env: Env = {}
+        for name, packed in zip(names, tensors):
+            expected = self._shapes.get(name)
+            if expected is not None and tuple(packed.shape) != expected:
+                raise FrameMismatch(f"cut {position} tensor {name!r} has shape {expected}, the frame {packed.shape}")
+            env[name] = self._unpack(name, packed, cut)
+        return self.finish(env, position)
+
+    def _unpack(self, name: str, packed: PackedTensor, cut: dict[str, Any]) -> np.ndarray:
+        params = packed.params
+        kernel = None if params.is_passthrough else self.kernel(cut, str(params.bits), name)
+        if kernel is None or params.granularity != self.granularity:
+            return packed.values()  # a cast, or a width/granularity without a compiled kernel: NumPy, same formula
+        data = np.frombuffer(packed.relayout("stream").data, dtype=np.uint8)
+        rng = np.stack([params.lo, params.scale]) if params.granularity == "channel" else \
+            np.array([params.lo[0], params.scale[0]], dtype=np.float32)
+        return self.runner.run(kernel["unpack"], [data, rng])[0]
+
+
+class FrameMismatch(InputError):
+    """A well-formed frame that does not fit the artifact's cut (wrong count or shapes)."""
