@@ -1,4 +1,4 @@
-"""Command line: ``python -m dyno_compile inspect MODEL`` and ``build MODEL --out DIR``."""
+"""Command line: ``inspect MODEL``, ``build MODEL --out DIR``, ``search ARTIFACT`` and ``serve ARTIFACT``."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("artifact", metavar="ARTIFACT", help="artifact directory (from build)")
     _search_options(s)
     s.set_defaults(run=_search)
+
+    v = sub.add_parser("serve", help="serve the cloud half of an artifact over gRPC")
+    v.add_argument("artifact", metavar="ARTIFACT", help="artifact directory or archive (from build)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    v.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks a free one)")
+    v.add_argument("--target", help="cloud library to run (default: a CUDA build where a GPU is present, else host)")
+    v.add_argument("--workers", type=int, default=1, help="requests run at once, one VM each (default 1)")
+    v.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting before the server answers OVERLOADED (default 64)")
+    v.add_argument("--max-batch", type=int, default=8, help="queued requests one worker takes at once (default 8)")
+    v.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted, MiB (default 64)")
+    v.add_argument("--token-file", metavar="FILE",
+                   help="require clients to present the token in FILE (or set DYNO_TOKEN); never on the command line")
+    v.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    v.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    v.add_argument("--grace", type=float, default=5.0, help="seconds in-flight requests get at shutdown (default 5)")
+    v.set_defaults(run=_serve)
     return parser
 
 
@@ -265,3 +282,38 @@ def _print_search(artifact) -> None:
     console.print(f"float model: {100 * s['baseline_accuracy']:.2f} % {s['metric']} on {s['calibration']['samples']} "
                   f"samples ({s['calibration']['source']}); times: {s['profiles']['device']}, "
                   f"{s['profiles']['cloud']}; plots in {artifact.root / 'search'}", highlight=False, markup=False)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    import os
+    import signal
+    import threading
+
+    from dyno_compile.runtime.engine import CloudEngine, EngineOptions
+    from dyno_compile.runtime.server import CloudServer, ServerOptions
+
+    token = os.environ.get("DYNO_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise DynoError(f"--token-file {args.token_file}: {e.strerror}") from None
+    artifact = load_artifact(args.artifact)
+    engine = CloudEngine(artifact, EngineOptions(target=args.target, token=token, workers=args.workers,
+                                                 max_request_bytes=int(args.max_request_mb * (1 << 20))))
+    server = CloudServer(engine, ServerOptions(host=args.host, port=args.port, max_queue=args.max_queue,
+                                               max_batch=args.max_batch, tls_cert=args.tls_cert,
+                                               tls_key=args.tls_key, grace_s=args.grace))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    endpoint = server.start()
+    Console(stderr=True).print(f"serving {artifact.manifest.get('model', '?')} ({artifact.model_hash[:12]}) on "
+                               f"{endpoint} with the {engine.target} cloud library, {args.workers} worker(s)"
+                               f"{', token required' if token else ''}", highlight=False)
+    print(endpoint, flush=True)
+    stop.wait()
+    server.stop()
+    Console(stderr=True).print("stopped", highlight=False)
+    return 0

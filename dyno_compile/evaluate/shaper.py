@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -47,6 +47,8 @@ HIGH_WATER = 1024 * 1024
 CONNECT_TIMEOUT_S = 5.0
 #: Seconds start() and stop() wait for the shaper's thread.
 THREAD_TIMEOUT_S = 5.0
+
+_log = logging.getLogger(__name__)
 
 Uplink = UplinkTrace | float | None
 #: A direction's schedule: (due time on the loop's clock, bytes) for a chunk read now.
@@ -86,7 +88,7 @@ class _Unshaped:
     """No rate limit: a chunk is delivered as soon as it is read."""
 
     def __init__(self, free_at: float) -> None:
-        self.busy_until = free_at
+        self.origin = self.busy_until = free_at
 
     def schedule(self, now: float, nbytes: int) -> Segments:
         self.busy_until = max(self.busy_until, now)
@@ -102,7 +104,7 @@ class _RatePacer:
     def __init__(self, rate: float, free_at: float) -> None:
         self._rate = rate
         self._step = max(PACKET_BYTES, math.ceil(rate * 1e-3))
-        self.busy_until = free_at
+        self.origin = self.busy_until = free_at
 
     def schedule(self, now: float, nbytes: int) -> Segments:
         start = max(self.busy_until, now)
@@ -140,7 +142,7 @@ class _TracePacer:
         return int(loops) * self._opps.size + int(np.searchsorted(self._opps, offset, side="left"))
 
     def schedule(self, now: float, nbytes: int) -> Segments:
-        t_ms = (now - self.origin) * 1000.0
+        t_ms = max(now - self.origin, 0.0) * 1000.0  # the trace may start after a backlog
         segments: list[tuple[float, int]] = []
         if self._spare and self._spare_ms - 1 >= t_ms:  # the part-used packet is still to go
             take = min(self._spare, nbytes)
@@ -275,7 +277,6 @@ class LinkShaper:
         self._thread: threading.Thread | None = None
         self._address: tuple[str, int] | None = None
         self._pacer: _Pacer | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -300,10 +301,9 @@ class LinkShaper:
     def uplink_origin(self) -> float:
         """``time.monotonic()`` at which the current uplink's trace time 0 lies (the start,
         or the moment of the last :meth:`set_uplink`), to line expectations up with it."""
-        pacer = self._pacer
-        if pacer is None:
+        if self._pacer is None:
             raise RuntimeError("LinkShaper is not running; call start() first")
-        return pacer.origin if isinstance(pacer, _TracePacer) else pacer.busy_until
+        return self._pacer.origin  # asyncio's default loop clock is time.monotonic()
 
     def start(self) -> tuple[str, int]:
         """Listen and start forwarding; returns the (host, port) to connect to."""
@@ -381,16 +381,10 @@ class LinkShaper:
         ready.set()
         try:
             loop.run_forever()
-            loop.run_until_complete(self._shutdown(server))
+            loop.run_until_complete(_shutdown(server))
         finally:
             loop.close()
-
-    async def _shutdown(self, server: asyncio.base_events.Server) -> None:
-        server.close()
-        for task in self._handlers:
-            task.cancel()
-        if self._handlers:
-            await asyncio.wait(self._handlers, timeout=1.0)
+            self._pacer = None
 
     def _schedule_up(self, now: float, nbytes: int) -> Segments:
         assert self._pacer is not None
@@ -406,23 +400,37 @@ class LinkShaper:
         self._bytes_down += nbytes
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
         server_writer: asyncio.StreamWriter | None = None
+        finished = False
         try:
             server_reader, server_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self._target), CONNECT_TIMEOUT_S)
             up = _Direction(client_reader, server_writer, self._schedule_up, self._count_up)
             down = _Direction(server_reader, client_writer, self._schedule_down, self._count_down)
             await _run_all(up.tasks() + down.tasks())
-        except (OSError, asyncio.TimeoutError):
-            pass  # unreachable target or a connection reset: close both ends
+            finished = True
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly, as Python 3.11's stream callback logs a cancelled handler
+        except Exception as e:  # noqa: BLE001 - unreachable target, a reset: close both ends
+            _log.debug("LinkShaper connection to %s:%s ended: %r", *self._target, e)
         finally:
-            self._handlers.discard(task)
             for writer in (client_writer, server_writer):
-                if writer is not None:
-                    writer.transport.abort()
+                if writer is None:
+                    continue
+                if finished:
+                    writer.close()  # flushes what is still buffered
+                else:
+                    writer.transport.abort()  # drops it: the connection failed or is stopped
+
+
+async def _shutdown(server: asyncio.AbstractServer) -> None:
+    """Stop listening and cancel every task left (each connection's handler aborts its
+    sockets as it is cancelled)."""
+    server.close()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _run_all(coroutines: list[Awaitable[None]]) -> None:
@@ -440,4 +448,3 @@ async def _run_all(coroutines: list[Awaitable[None]]) -> None:
 
 
 __all__ = ["HIGH_WATER", "LinkShaper", "Uplink"]
-_ = time  # time.monotonic() is the loop's clock: see uplink_origin

@@ -10,6 +10,7 @@ from dyno_compile.runtime.selector import (
     LowestLatency,
     Neurosurgeon,
     Onloading,
+    Pinned,
     Policy,
     Prediction,
     Selector,
@@ -18,5 +19,5 @@ from dyno_compile.runtime.selector import (
 )
 
 __all__ = ["POLICIES", "CloudOnly", "Conditions", "Decision", "DeviceOnly", "Fixed8Bit", "HighestThroughput",
-           "LinkEstimator", "LowestLatency", "Neurosurgeon", "Onloading", "Policy", "Prediction", "Selector",
+           "LinkEstimator", "LowestLatency", "Neurosurgeon", "Onloading", "Pinned", "Policy", "Prediction", "Selector",
            "UplinkTrace", "make_policy", "predict"]

@@ -35,7 +35,7 @@ import numpy as np
 
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.link import Conditions
-from dyno_compile.search.space import Evaluation
+from dyno_compile.search.space import Config, Evaluation
 
 #: Default hysteresis: switch only for a score more than 10 % better than the current
 #: choice's. Replaying the four real uplink traces (``benchmarks/selector_decision.py
@@ -214,10 +214,26 @@ class Fixed8Bit(_FixedBaseline):
         return is_device_only(evaluation) or evaluation.config.bits == "8"
 
 
+class Pinned(_FixedBaseline):
+    """One configuration, always: to measure it live (the evaluation's replay check, the
+    loopback accuracy test) or to hold a choice made elsewhere."""
+
+    def __init__(self, config: Config | Mapping[str, Any]) -> None:
+        self.config = config if isinstance(config, Config) else Config.from_dict(dict(config))
+
+    def admits(self, evaluation: Evaluation) -> bool:
+        return evaluation.config == self.config
+
+    @property
+    def name(self) -> str:
+        return f"Pinned({self.config.label})"
+
+
 #: Policies by the names a command line or a configuration file uses.
 POLICIES: dict[str, type[Policy]] = {
     "lowest-latency": LowestLatency, "highest-throughput": HighestThroughput, "onloading": Onloading,
     "device-only": DeviceOnly, "cloud-only": CloudOnly, "neurosurgeon": Neurosurgeon, "fixed-8bit": Fixed8Bit,
+    "pinned": Pinned,
 }
 
 

@@ -18,8 +18,9 @@ from dyno_compile.errors import InputError
 from dyno_compile.packing import PackedTensor, QuantParams, encode_packed
 from dyno_compile.search.space import Config, bits_value
 
-#: Where the activations of one request live between segments, by tensor name.
-Env = dict[str, np.ndarray]
+#: Where the activations of one request live between segments, by tensor name: TVM
+#: tensors on the side's device (no copy to NumPy and back between segments), or arrays.
+Env = dict[str, Any]
 
 
 class _Side:
@@ -29,6 +30,7 @@ class _Side:
         self.runner = artifact.runner(side, target)
         self.input_name = artifact.manifest["inputs"][0]["name"]
         self.output_name = artifact.manifest["outputs"][0]["name"]
+        self.output_shape = tuple(artifact.manifest["outputs"][0]["shape"])
         self.granularity = artifact.manifest.get("granularity", "tensor")
         self._cuts = {c["position"]: c for c in artifact.cuts}
 
@@ -41,14 +43,14 @@ class _Side:
     def run_segments(self, indices: list[int], env: Env) -> None:
         for i in indices:
             seg = self.artifact.segments[i]
-            outs = self.runner.run(seg["function"], [env[t] for t in seg["inputs"]])
+            outs = self.runner.invoke(seg["function"], [env[t] for t in seg["inputs"]])
             env.update(zip(seg["outputs"], outs))
 
     def finish(self, env: Env, position: int) -> np.ndarray:
         """Run the segments after cut ``position`` on this side: the cloud's work, or the
         device's when it runs alone (device-only, or a failed offload)."""
         self.run_segments(self.cut(position)["cloud_segments"], env)
-        return env[self.output_name]
+        return _numpy(env[self.output_name])
 
     def kernel(self, cut: dict[str, Any], bits: str, tensor: str) -> dict[str, str] | None:
         """The pack/unpack kernel pair for ``tensor`` at integer width ``bits``, if built."""
@@ -82,9 +84,10 @@ class DeviceSide(_Side):
         packed = [self._pack(t, env[t], cut, config) for t in cut["tensors"]]
         return encode_packed(packed, codec=config.codec, cut_id=config.cut, request_id=request_id)
 
-    def _pack(self, tensor: str, x: np.ndarray, cut: dict[str, Any], config: Config) -> PackedTensor:
+    def _pack(self, tensor: str, x: Any, cut: dict[str, Any], config: Config) -> PackedTensor:
         bits = bits_value(config.bits)
         if isinstance(bits, str):  # a float passthrough: the cast is the whole kernel
+            x = _numpy(x)
             wire = np.ascontiguousarray(x, dtype="<f2" if bits == "float16" else "<f4")
             return PackedTensor(x.dtype, x.shape, QuantParams(bits, "tensor", 0, [], []), "stream", wire.tobytes())
         kernel = self.kernel(cut, config.bits, tensor)
@@ -94,7 +97,8 @@ class DeviceSide(_Side):
         data, rng = self.runner.run(kernel["pack"], [x])
         axis = 0 if config.granularity == "tensor" else 1
         params = QuantParams(bits, config.granularity, axis, rng[0], rng[1])
-        return PackedTensor(x.dtype, x.shape, params, "stream", data.tobytes()).relayout(config.layout)
+        shape = tuple(int(d) for d in x.shape)
+        return PackedTensor(np.dtype(str(x.dtype)), shape, params, "stream", data.tobytes()).relayout(config.layout)
 
 
 
@@ -136,8 +140,12 @@ class CloudSide(_Side):
         data = np.frombuffer(packed.relayout("stream").data, dtype=np.uint8)
         rng = np.stack([params.lo, params.scale]) if params.granularity == "channel" else \
             np.array([params.lo[0], params.scale[0]], dtype=np.float32)
-        return self.runner.run(kernel["unpack"], [data, rng])[0]
+        return self.runner.invoke(kernel["unpack"], [data, rng])[0]
 
 
 class FrameMismatch(InputError):
     """A well-formed frame that does not fit the artifact's cut (wrong count or shapes)."""
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.numpy()

@@ -1,0 +1,321 @@
+"""The app's side: load an artifact, call :meth:`DeviceClient.infer`, get the answer.
+
+Per request the client asks the :class:`~dyno_compile.runtime.selector.Selector` for a
+configuration under the live conditions, runs the device segments up to its cut, packs
+the crossing tensors into a frame and sends it to a cloud endpoint, which answers with
+the output. Every observation feeds the :class:`LinkEstimator`: the device's own time,
+the server's reported queue and compute time (cloud load), and the time the frame spent
+on the network (uplink bandwidth, once the round trip measured by pings is taken off).
+
+No request is lost to the network. Both sides hold the whole model, so when a transfer
+fails — refused, reset, timed out, an error reply, a reply that does not decode — the
+device runs the remaining segments from the activations it already has. The endpoint
+is then skipped until a background prober's ping gets through (retry interval doubling
+from ``retry_after_s`` to ``max_retry_after_s``). While every endpoint is down the
+client runs device-only, and with no endpoints at all it never needs a server.
+
+The prober also keeps the link estimates fresh when requests do not: an empty ping now
+and then for the round trip, and, while the selector keeps everything on the device (so
+no frame measures the uplink), a padded ping to notice that the uplink has recovered.
+"""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.errors import InputError
+from dyno_compile.runtime.link import Conditions, LinkEstimator
+from dyno_compile.runtime.protocol import (
+    Kind,
+    ProtocolError,
+    Reply,
+    decode_reply,
+    encode_request,
+    model_id,
+)
+from dyno_compile.runtime.selector import Decision, Policy, Selector, is_device_only, make_policy, predict
+from dyno_compile.runtime.sides import DeviceSide
+from dyno_compile.runtime.transport import Transport, TransportError, connect
+from dyno_compile.search.space import Config, Evaluation
+
+#: Frames smaller than this do not sample the uplink: their transfer time is below the
+#: noise of the round trip that is subtracted from it.
+MIN_SAMPLE_BYTES = 1500
+
+
+@dataclass
+class ClientOptions:
+    """How a client behaves. ``policy``: a :class:`Policy` or a name from
+    ``selector.POLICIES`` (with ``policy_options``); ``timeout_s``: the longest a request
+    waits for the cloud before finishing on the device; ``probe_every_s``: how often the
+    prober measures the round trip, and the uplink while nothing else does."""
+
+    policy: str | Policy = "lowest-latency"
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+    tls_ca: str | Path | None = None
+    timeout_s: float = 2.0
+    retry_after_s: float = 0.25
+    max_retry_after_s: float = 10.0
+    probe_every_s: float = 2.0
+    probe_bytes: int = 16384
+    device_target: str = "host"
+    link: LinkEstimator | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "retry_after_s", "max_retry_after_s", "probe_every_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
+        if isinstance(self.probe_bytes, bool) or not isinstance(self.probe_bytes, int) or self.probe_bytes < 0:
+            raise InputError(f"probe_bytes must be an integer >= 0, got {self.probe_bytes!r}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One request: its output, the decision behind it, and where it ended.
+
+    ``where``: ``"cloud"`` (answered by ``endpoint``), ``"device"`` (device-only by
+    choice or because no endpoint was up) or ``"fallback"`` (offloaded, failed, finished
+    on the device; ``error`` says why)."""
+
+    output: np.ndarray
+    decision: Decision
+    where: str
+    latency_s: float
+    bytes_sent: int = 0
+    endpoint: str | None = None
+    error: str | None = None
+    reply: Reply | None = None
+
+
+class _Endpoint:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.up = True
+        self.retry_after_s = 0.0
+        self.next_probe = 0.0
+
+
+class DeviceClient:
+    """One device's view of an artifact and its cloud endpoints. Calls are serialised
+    (one Relax VM); use one client per thread for parallel requests."""
+
+    def __init__(self, artifact: Artifact | str | Path, endpoints: Sequence[str] = (),
+                 options: ClientOptions | None = None, **option_fields: Any) -> None:
+        if options is not None and option_fields:
+            raise InputError("give either options or option keywords, not both")
+        self.options = o = options or ClientOptions(**option_fields)
+        self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        self.device = DeviceSide(self.artifact, o.device_target)
+        self.link = o.link or LinkEstimator()
+        policy = o.policy if isinstance(o.policy, Policy) else make_policy(o.policy, **o.policy_options)
+        self.selector = _selector(self.artifact, policy, needed=bool(endpoints))
+        self.local = _device_only(self.artifact, self.selector)
+        self.model = model_id(self.artifact.model_hash)
+        self._endpoints = [_Endpoint(connect(e, token=o.token, tls_ca=o.tls_ca)) for e in endpoints]
+        self._next = 0
+        self._lock = threading.Lock()        # one request at a time (the VM)
+        self._state = threading.Lock()       # estimator and endpoint state, shared with the prober
+        self._last_uplink_sample = time.monotonic()
+        self._last_rtt_probe = -float("inf")
+        self._closed = threading.Event()
+        self._prober = threading.Thread(target=self._probe_loop, name="dyno-prober", daemon=True)
+        if self._endpoints:
+            self._prober.start()
+
+    # --- the app API -----------------------------------------------------------------
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for ``x`` (the artifact's input shape)."""
+        return self.run(x).output
+
+    def run(self, x: np.ndarray) -> Result:
+        """:meth:`infer`, with the decision and how the request went."""
+        with self._lock:
+            start = time.perf_counter()
+            with self._state:
+                endpoint = self._pick()
+                decision = self.selector.select(self.link.conditions()) if endpoint else self.local
+            config, evaluation = decision.evaluation.config, decision.evaluation
+            env = self.device.start(x, config.cut)
+            if endpoint is None or is_device_only(evaluation):
+                output = self.device.finish(env, config.cut)
+                self._observe_device(time.perf_counter() - start, evaluation)
+                return Result(output, decision, "device", time.perf_counter() - start)
+            request_id = secrets.randbits(64)
+            request = encode_request(self.device.frame(env, config, request_id), model=self.model)
+            device_s = time.perf_counter() - start
+            self._observe_device(device_s, evaluation)
+            sent = time.perf_counter()
+            try:
+                reply = self._call(endpoint, request, request_id)
+            except (TransportError, ProtocolError) as e:
+                self._mark_down(endpoint)
+                output = self.device.finish(env, config.cut)
+                return Result(output, decision, "fallback", time.perf_counter() - start, len(request),
+                              endpoint.transport.endpoint, str(e))
+            network_s = time.perf_counter() - sent
+            self._observe_offload(evaluation, len(request), network_s, reply)
+            return Result(reply.output.reshape(self.device.output_shape), decision, "cloud",
+                          time.perf_counter() - start, len(request), endpoint.transport.endpoint, reply=reply)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._prober.is_alive():
+            self._prober.join()
+        for e in self._endpoints:
+            e.transport.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def endpoints_up(self) -> list[str]:
+        return [e.transport.endpoint for e in self._endpoints if e.up]
+
+    # --- one request ----------------------------------------------------------------------
+
+    def _pick(self) -> _Endpoint | None:
+        """The next endpoint that is up, round robin; None when all are down (or none given)."""
+        for k in range(len(self._endpoints)):
+            endpoint = self._endpoints[(self._next + k) % len(self._endpoints)]
+            if endpoint.up:
+                self._next = (self._next + k + 1) % len(self._endpoints)
+                return endpoint
+        return None
+
+    def _call(self, endpoint: _Endpoint, request: bytes, request_id: int) -> Reply:
+        reply = decode_reply(endpoint.transport.call(request, self.options.timeout_s))
+        if not reply.ok:
+            raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: {reply.message}")
+        expected = int(np.prod(self.device.output_shape))
+        if reply.request_id != request_id or reply.output is None or reply.output.size != expected:
+            raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: the reply does not answer this request")
+        return reply
+
+    def _observe_device(self, seconds: float, evaluation: Evaluation) -> None:
+        if evaluation.device_s > 0 and seconds > 0:
+            with self._state:
+                self.link.observe_device(seconds, evaluation.device_s)
+
+    def _observe_offload(self, evaluation: Evaluation, nbytes: int, network_s: float, reply: Reply) -> None:
+        """Cloud load from the server's own time; uplink from what is left of the wait."""
+        with self._state:
+            if reply.compute_s > 0 and evaluation.cloud_s > 0:
+                self.link.observe_cloud(reply.server_s, evaluation.cloud_s)
+            transfer_s = network_s - reply.server_s - self.link.conditions().rtt_s
+            if nbytes >= MIN_SAMPLE_BYTES and transfer_s > 0:
+                self.link.observe_transfer(nbytes, transfer_s)
+                self._last_uplink_sample = time.monotonic()
+
+    def _mark_down(self, endpoint: _Endpoint) -> None:
+        with self._state:
+            endpoint.up = False
+            endpoint.retry_after_s = self.options.retry_after_s
+            endpoint.next_probe = time.monotonic() + endpoint.retry_after_s
+
+    # --- the prober -----------------------------------------------------------------------
+
+    def _probe_loop(self) -> None:
+        tick = min(0.05, self.options.retry_after_s)
+        while True:
+            now = time.monotonic()
+            for endpoint in self._endpoints:
+                if not endpoint.up and now >= endpoint.next_probe:
+                    self._revive(endpoint)
+            up = [e for e in self._endpoints if e.up]
+            if up and now - self._last_rtt_probe >= self.options.probe_every_s:
+                self._last_rtt_probe = now
+                self._measure_link(up[0], uplink=now - self._last_uplink_sample >= self.options.probe_every_s)
+            if self._closed.wait(tick):
+                return
+
+    def _ping(self, endpoint: _Endpoint, padding: int = 0) -> float:
+        """Seconds for one ping carrying ``padding`` bytes; raises on any failure."""
+        request = encode_request(b"\0" * padding, model=self.model, kind=Kind.PING)
+        start = time.perf_counter()
+        reply = decode_reply(endpoint.transport.call(request, min(self.options.timeout_s, 1.0)))
+        if not reply.ok:
+            raise ProtocolError(reply.status, reply.message)
+        return time.perf_counter() - start - reply.server_s
+
+    def _revive(self, endpoint: _Endpoint) -> None:
+        try:
+            rtt = self._ping(endpoint)
+        except (TransportError, ProtocolError):
+            with self._state:
+                endpoint.retry_after_s = min(2 * endpoint.retry_after_s, self.options.max_retry_after_s)
+                endpoint.next_probe = time.monotonic() + endpoint.retry_after_s
+            return
+        with self._state:
+            self.link.observe_rtt(rtt)
+            endpoint.up = True
+
+    def _measure_link(self, endpoint: _Endpoint, *, uplink: bool) -> None:
+        try:
+            rtt = self._ping(endpoint)
+            padded = self._ping(endpoint, self.options.probe_bytes) if uplink and self.options.probe_bytes else None
+        except (TransportError, ProtocolError):
+            self._mark_down(endpoint)
+            return
+        with self._state:
+            self.link.observe_rtt(rtt)
+            if padded is not None and padded > rtt:
+                self.link.observe_transfer(self.options.probe_bytes, padded - rtt)
+                self._last_uplink_sample = time.monotonic()
+
+
+def _selector(artifact: Artifact, policy: Policy, needed: bool) -> Selector | None:
+    """A selector over the Pareto set, or over every evaluation for the fixed baselines
+    (whose configurations the Pareto set may not hold); None for an artifact without
+    search results when no endpoint needs one."""
+    if "search" not in artifact.manifest and not needed:
+        return None
+    try:
+        return Selector.from_manifest(artifact.manifest, policy)
+    except InputError as narrow:
+        path = artifact.root / "search" / "evaluations.json"
+        if not path.is_file():
+            raise narrow
+        search = artifact.manifest["search"]
+        evaluations = [Evaluation.from_dict(d) for d in json.loads(path.read_text())]
+        return Selector(evaluations, policy, accuracy_baseline=search["baseline_accuracy"],
+                        accuracy_budget=search["accuracy_budget"])
+
+
+def _device_only(artifact: Artifact, selector: Selector | None) -> Decision:
+    """What runs when no endpoint is up: the device-only configuration, with its measures
+    when the search recorded them (without search results nothing can be predicted)."""
+    last = max(c["position"] for c in artifact.cuts)
+    known = selector.candidates.evaluations if selector is not None else ()
+    evaluation = next((e for e in known if e.config.cut == last), None) or _search_evaluation(artifact, last)
+    if evaluation is None:
+        unknown = Evaluation(Config(last), math.nan, 0.0, 0.0, math.nan, 1.0, {"device_s": "not profiled"})
+        return Decision(unknown, math.nan, math.nan, "device-only")
+    return Decision(evaluation, *predict(evaluation, Conditions(1.0, 0.0)), "device-only")
+
+
+def _search_evaluation(artifact: Artifact, cut: int) -> Evaluation | None:
+    path = artifact.root / "search" / "evaluations.json"
+    if not path.is_file():
+        return None
+    for d in json.loads(path.read_text()):
+        if d["config"]["cut"] == cut:
+            return Evaluation.from_dict(d)
+    return None
