@@ -63,14 +63,14 @@ class ReplayGuard:
         self.window_us = int(window_s * 1e6)
         self.capacity = capacity
         self._seen: OrderedDict[int, int] = OrderedDict()  # request id -> sent_at_us, oldest first
-        self._floor_us = 0                                  # requests older than this are stale
+        self._floor_us = 0                                  # requests no newer than this are stale
         self._lock = threading.Lock()
 
     def admit(self, request_id: int, sent_at_us: int) -> None:
         now = now_us()
         with self._lock:
             self._forget(now)
-            if abs(sent_at_us - now) > self.window_us or sent_at_us < self._floor_us:
+            if abs(sent_at_us - now) > self.window_us or sent_at_us <= self._floor_us:
                 raise ProtocolError(Status.REPLAYED, f"timestamp {(sent_at_us - now) / 1e6:+.1f} s from the server's "
                                                      f"clock is outside the replay window; check the device clock")
             if request_id in self._seen:

@@ -143,7 +143,7 @@ class HttpTransport(Transport):
         chunks, size = [], 0
         while True:
             _set_timeout(conn, deadline)
-            chunk = response.read1(_CHUNK)
+            chunk = response.read(_CHUNK)  # read, not read1: it marks the response done at its end
             if not chunk:
                 break
             size += len(chunk)

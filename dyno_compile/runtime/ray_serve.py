@@ -100,7 +100,7 @@ def deployment(artifact: str | Path, *, num_replicas: int = 1, token: str | None
     """The bound Ray Serve application (pass it to ``serve.run(app, route_prefix=...)``).
 
     ``num_replicas``: replicas, each with ``workers`` VMs and ``num_cpus`` of Ray's CPUs
-    (Ray sets the replica's thread count from it); ``max_ongoing_requests``: requests a
+    (Ray sets OMP_NUM_THREADS from it, which TVM's thread pool follows); ``max_ongoing_requests``: requests a
     replica takes at once, default two per VM — one running, one ready — so the rest wait
     in Ray's router, which sends each to the least-loaded replica. Options are checked
     here, before anything is deployed; the artifact path is made absolute, because

@@ -123,9 +123,11 @@ class CloudServer:
 
         o = self.options
         self._batcher = _Batcher(self.engine, o.max_queue, o.max_batch)
-        concurrent = o.max_queue + self.engine.options.workers
+        # gRPC's own limit is a safety net behind the queue's: above it, calls are refused
+        # before they reach a handler thread, so it must leave room for OVERLOADED replies.
+        concurrent = 2 * (o.max_queue + self.engine.options.workers)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=concurrent + 8, thread_name_prefix="dyno-grpc"),
+            futures.ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="dyno-grpc"),
             maximum_concurrent_rpcs=concurrent,
             options=[("grpc.max_receive_message_length", min(self.engine.options.max_request_bytes, GRPC_MAX_MESSAGE)),
                      ("grpc.max_send_message_length", GRPC_MAX_MESSAGE), ("grpc.so_reuseport", 0)])
