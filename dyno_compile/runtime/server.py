@@ -137,14 +137,17 @@ class CloudServer:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{o.host}:{o.port}"
-        if o.tls_cert:
-            credentials = grpc.ssl_server_credentials([(_read(o.tls_key), _read(o.tls_cert))])
-            self.port = self._server.add_secure_port(address, credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if not self.port:
+        try:
+            if o.tls_cert:
+                credentials = grpc.ssl_server_credentials([(_read(o.tls_key), _read(o.tls_cert))])
+                self.port = self._server.add_secure_port(address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except (RuntimeError, InputError) as e:  # grpc raises RuntimeError when it cannot bind
             self._batcher.stop()
-            raise InputError(f"cannot listen on {address}: the port is taken or the address is not local")
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"cannot listen on {address}: the port is taken or the address is not local") from None
         self._server.start()
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
