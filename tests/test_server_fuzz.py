@@ -14,7 +14,7 @@ compiled cloud segments instead of stopping at the checksum.
 """
 from __future__ import annotations
 
-import random
+import secrets
 import struct
 import threading
 import time
@@ -105,7 +105,7 @@ class Template:
         buf = bytearray(self.envelope)
         struct.pack_into("<Q", buf, 16, protocol.now_us())
         if self.infer:
-            struct.pack_into("<Q", buf, _ENV + 12, random.getrandbits(64) if request_id is None else request_id)
+            struct.pack_into("<Q", buf, _ENV + 12, secrets.randbits(64) if request_id is None else request_id)
             fix_crc(buf)
         return buf
 
@@ -116,7 +116,19 @@ def fix_crc(buf: bytearray) -> None:
         struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[_ENV:-4])))
 
 
-# --- the mutations, as hypothesis strategies: each draws (kind, bytes, expected status or None) --
+# --- the mutations, as hypothesis strategies: each draws one Fuzz -----------------------------
+
+
+class Fuzz:
+    """One frame to send: its kind, how it was made, and the status it must get (None: any)."""
+
+    def __init__(self, kind: str, frame: bytes | bytearray, expected: Status | None = None, how: str = "") -> None:
+        self.kind, self.frame, self.expected, self.how = kind, bytes(frame), expected, how
+
+    def __repr__(self) -> str:  # short: hypothesis prints failing examples
+        head = self.frame[:80].hex() + ("..." if len(self.frame) > 80 else "")
+        return f"Fuzz({self.kind} {self.how}, {len(self.frame)} B, expect {self.expected}, {head})"
+
 
 
 def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
@@ -125,7 +137,7 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
 
     @st.composite
     def raw(draw):
-        return "raw", draw(st.binary(max_size=600)), None
+        return Fuzz("raw", draw(st.binary(max_size=600)))
 
     @st.composite
     def envelope_then_random(draw):
@@ -134,11 +146,12 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         if draw(st.booleans()):  # a frame magic and a CRC that matches: into the header parser
             body = b"DYNO" + body
             body += struct.pack("<I", zlib.crc32(body))
-        return "envelope+random", head + body, None
+        return Fuzz("envelope+random", head + body)
 
     @st.composite
     def valid(draw):
-        return "valid", bytes(draw(pick).fresh()), Status.OK
+        t = draw(pick)
+        return Fuzz("valid", t.fresh(), Status.OK, t.name)
 
     @st.composite
     def refused(draw):
@@ -146,56 +159,66 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         buf = t.fresh()
         if how == "model":
             struct.pack_into("<Q", buf, 8, model ^ (1 << draw(st.integers(0, 63))))
-            return "wrong-model", bytes(buf), Status.WRONG_MODEL
+            return Fuzz("wrong-model", buf, Status.WRONG_MODEL, t.name)
         if how in ("stale", "future"):
             shift = draw(st.integers(301, 10**9)) * 1_000_000
             struct.pack_into("<Q", buf, 16, max(0, protocol.now_us() + (shift if how == "future" else -shift)))
-            return "stale", bytes(buf), Status.REPLAYED
+            return Fuzz("stale", buf, Status.REPLAYED, f"{t.name} {how} {shift / 1e6:.0f} s")
         if how == "kind":
             struct.pack_into("<H", buf, 6, draw(st.sampled_from([0, 3, 4, 0x100, 0xFFFF])))
-            return "bad-kind", bytes(buf), Status.BAD_REQUEST
+            return Fuzz("bad-kind", buf, Status.BAD_REQUEST, t.name)
         struct.pack_into("<H", buf, 4, draw(st.integers(2, 0xFFFF)))
-        return "bad-version", bytes(buf), Status.BAD_REQUEST
+        return Fuzz("bad-version", buf, Status.BAD_REQUEST, t.name)
 
     @st.composite
     def bit_flips(draw):
-        buf = draw(pick).fresh()
-        for _ in range(draw(st.integers(1, 8))):
-            pos = draw(st.integers(0, len(buf) - 1))
-            buf[pos] ^= 1 << draw(st.integers(0, 7))
-        if draw(st.booleans()):
+        t = draw(pick)
+        buf = t.fresh()
+        flips = [(draw(st.integers(0, len(buf) - 1)), draw(st.integers(0, 7))) for _ in range(draw(st.integers(1, 8)))]
+        for pos, bit in flips:
+            buf[pos] ^= 1 << bit
+        crc = draw(st.booleans())
+        if crc:
             fix_crc(buf)
-        return "bit-flips", bytes(buf), None
+        return Fuzz("bit-flips", buf, how=f"{t.name} {flips}{' crc' if crc else ''}")
 
     @st.composite
     def truncated(draw):
-        buf = draw(pick).fresh()
-        return "truncated", bytes(buf[:draw(st.integers(0, len(buf) - 1))]), None
+        t = draw(pick)
+        n = draw(st.integers(0, len(t.envelope) - 1))
+        return Fuzz("truncated", t.fresh()[:n], how=f"{t.name} to {n}")
 
     @st.composite
     def extended(draw):
-        buf = draw(pick).fresh()
+        t = draw(pick)
+        buf = t.fresh()
         if draw(st.integers(0, 9)) == 0:  # now and then a big tail (hypothesis draws are small)
-            tail = random.Random(draw(st.integers(0, 2**32))).randbytes(draw(st.integers(1, 1 << 20)))
+            n = draw(st.integers(1, 1 << 20))
+            tail = np.random.default_rng(draw(st.integers(0, 2**32))).bytes(n)
         else:
             tail = draw(st.binary(min_size=1, max_size=256))
         buf += tail
-        if draw(st.booleans()):
+        crc = draw(st.booleans())
+        if crc:
             fix_crc(buf)
-        return "extended", bytes(buf), None
+        return Fuzz("extended", buf, how=f"{t.name} +{len(tail)}{' crc' if crc else ''}")
 
     @st.composite
     def spliced(draw):
-        a, b = draw(pick).fresh(), draw(pick).fresh()
-        buf = a[:draw(st.integers(0, len(a)))] + b[draw(st.integers(0, len(b))):]
-        if draw(st.booleans()):
+        ta, tb = draw(pick), draw(pick)
+        a, b = ta.fresh(), tb.fresh()
+        i, j = draw(st.integers(0, len(a))), draw(st.integers(0, len(b)))
+        buf = a[:i] + b[j:]
+        crc = draw(st.booleans())
+        if crc:
             fix_crc(buf)
-        return "spliced", bytes(buf), None
+        return Fuzz("spliced", buf, how=f"{ta.name}[:{i}] + {tb.name}[{j}:]{' crc' if crc else ''}")
 
     @st.composite
     def field_overwrite(draw):
         t = draw(pick)
         buf = t.fresh()
+        done = []
         for _ in range(draw(st.integers(1, 3))):
             name = draw(st.sampled_from(sorted(t.fields)))
             offset, width = t.fields[name]
@@ -204,9 +227,11 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
             if name == "env.sent_at" and draw(st.booleans()):
                 value = protocol.now_us()
             struct.pack_into(_U[width], buf, offset, value)
-        if draw(st.integers(0, 3)):  # mostly a matching CRC: past the checksum, into the checks after it
+            done.append(f"{name}={value:#x}")
+        crc = draw(st.integers(0, 3)) > 0  # mostly a matching CRC: past the checksum, into the checks after it
+        if crc:
             fix_crc(buf)
-        return "field-overwrite", bytes(buf), None
+        return Fuzz("field-overwrite", buf, how=f"{t.name} {' '.join(done)}{' crc' if crc else ''}")
 
     @st.composite
     def header_overwrite(draw):
@@ -214,9 +239,10 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         buf = t.fresh()
         width = draw(st.sampled_from([1, 2, 4, 8]))
         offset = draw(st.integers(0, t.header_end - width))
-        struct.pack_into(_U[width], buf, offset, draw(st.integers(0, (1 << (8 * width)) - 1)))
+        value = draw(st.integers(0, (1 << (8 * width)) - 1))
+        struct.pack_into(_U[width], buf, offset, value)
         fix_crc(buf)
-        return "header-overwrite", bytes(buf), None
+        return Fuzz("header-overwrite", buf, how=f"{t.name} @{offset}:{width}={value:#x} crc")
 
     return st.one_of(raw(), envelope_then_random(), valid(), refused(), bit_flips(), truncated(), extended(),
                      spliced(), field_overwrite(), header_overwrite())
@@ -332,14 +358,14 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
             local.infer = channel.unary_unary(INFER_METHOD)
         return local.infer
 
-    def send(item: tuple[str, bytes, Status | None]) -> None:
-        kind, frame, expected = item
+    def send(item: Fuzz) -> None:
+        kind, frame, expected = item.kind, item.frame, item.expected
         start = time.perf_counter()
         try:
             raw_reply = stub()(frame, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as e:
             assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, \
-                f"{kind} frame of {len(frame)} bytes: gRPC {e.code().name} {e.details()!r}; frame {frame[:96].hex()}"
+                f"{item!r}: gRPC {e.code().name} {e.details()!r}"
             with lock:
                 statuses["grpc RESOURCE_EXHAUSTED"] += 1
                 kinds[kind] += 1
@@ -351,9 +377,9 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
             kinds[kind] += 1
             slowest[0] = max(slowest[0], elapsed)
         if expected is not None:
-            assert reply.status is expected, (kind, reply.status, reply.message)
+            assert reply.status is expected, (item, reply.status, reply.message)
         if reply.ok:
-            assert reply.output is not None and reply.output.size in (0, 10), (kind, reply.output)
+            assert reply.output is not None and reply.output.size in (0, 10), (item, reply.output)
         if kind == "valid" and reply.output.size:  # a fresh valid INFER: the right answer too
             (cut,) = struct.unpack_from("<I", frame, _ENV + 8)
             match = [t for t in templates if t.infer and struct.unpack_from("<I", t.envelope, _ENV + 8)[0] == cut]
@@ -363,8 +389,8 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
         """The same valid request twice: OK, then REPLAYED."""
         t = by_name[TEMPLATE_CONFIGS[1].label]
         frame = bytes(t.fresh())
-        send(("valid", frame, Status.OK))
-        send(("replayed", frame, Status.REPLAYED))
+        send(Fuzz("valid", frame, Status.OK, t.name))
+        send(Fuzz("replayed", frame, Status.REPLAYED, t.name))
 
     pool = ThreadPoolExecutor(FUZZ_THREADS, thread_name_prefix="fuzz")
     start = time.perf_counter()

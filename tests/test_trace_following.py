@@ -1,0 +1,284 @@
+"""The selector follows a bandwidth trace live: a device client talks to a loopback cloud
+server through the user-space link shaper, the shaper's uplink steps between two
+segments of real mahimahi uplink traces (and, second, between two constant rates), and
+after each step the client's lowest-latency decision must reach the configuration that
+is best under the new link within 5 requests, for a drop and for a rise.
+
+Why an emulated device. On loopback the device and the cloud are the same CPU (resnet20
+takes ~0.6 ms on either), so running everything on the device beats any offload by the
+round trip, at every rate: with the real Pareto set nothing would ever switch. DynO's
+question only arises when the device is slower than the cloud, so the client's device
+runs as a low-end phone CPU would: each request's device part (the segments before the
+cut and the frame, or the whole network) takes the host's profiled time of that
+configuration scaled so that the whole network takes :data:`DEVICE_ONLY_S` (50 ms), the
+real work followed by a sleep for the difference. The
+candidates' profiled device times are scaled by the same factor, so the client's
+device-load estimate stays near 1, as for a device profiled on itself. The candidates are
+the fixture's Pareto set (a 10-evaluation search measured cut 0 and cut 6 at float32
+within the 1-point budget) plus device-only, which a longer search always keeps (it has
+no bytes and no cloud time): its device time is the sum of the search's measured device
+segment times, its accuracy the float model's.
+
+The link: 10 ms one-way delay (20 ms round trip). High: the 3 s of Verizon-LTE-short.up
+from 19 s (1.49 MB/s, the trace's fastest 3 s); low: the 3 s of TMobile-UMTS-driving.up
+from 83 s (39 kB/s, no gap between delivery opportunities over 90 ms). Under them the
+cost model (``predict``) puts cut 0 at ~32 ms against device-only's 50 ms on LTE, and
+device-only at 50 ms against cut 0's ~340 ms on 3G: different best configurations, and
+no other candidate within the selector's switch margin of either.
+
+Counting requests: the app sends one request every :data:`REQUEST_PERIOD_S` (100 ms,
+10 requests/s) or as soon as the previous one returns if it took longer. After a drop,
+the slow frames themselves measure the uplink. After a rise while device-only is chosen
+nothing is sent, so the prober's padded pings (every :data:`PROBE_EVERY_S`) supply the
+samples; the 5-request bound holds for this request rate and probe interval.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import shared_data
+from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.datasets.cifar10 import load_test
+from dyno_compile.evaluate.shaper import LinkShaper
+from dyno_compile.runtime.client import DeviceClient, Result
+from dyno_compile.runtime.engine import CloudEngine
+from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
+from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, is_device_only, predict
+from dyno_compile.runtime.server import CloudServer
+from dyno_compile.search.profile import LibraryProfile, config_times
+from dyno_compile.search.space import Config, Evaluation
+
+#: The emulated device's time for the whole network (a low-end phone CPU on resnet20).
+DEVICE_ONLY_S = 0.050
+ONE_WAY_DELAY_S = 0.010
+#: Real uplink segments: (trace file, start second, seconds), replayed looping.
+HIGH_SEGMENT = ("Verizon-LTE-short.up", 19, 3)
+LOW_SEGMENT = ("TMobile-UMTS-driving.up", 83, 3)
+#: Constant rates for the second test: a fast LTE uplink and a slow 3G one (bytes/s).
+HIGH_RATE = 4_000_000.0
+LOW_RATE = 40_000.0
+REQUEST_PERIOD_S = 0.1
+PROBE_EVERY_S = 0.05
+#: Padded pings of 8 KiB: a sample of ~6 packets, 0.2 s on the 3G segment (under the
+#: prober's 1 s ping timeout even through its slowest stretch).
+PROBE_BYTES = 8192
+FOLLOW_WITHIN = 5
+#: Requests after the switch that must keep the new choice (no flapping back).
+HOLD = 5
+#: Requests the client may take to settle on the first link from its priors.
+SETTLE_WITHIN = 40
+
+
+# --- the link ------------------------------------------------------------------------------
+
+def trace_segment(name: str, start_s: int, seconds: int) -> UplinkTrace:
+    """``seconds`` of a real mahimahi uplink from ``start_s``, as a trace that loops them."""
+    full = UplinkTrace.read(shared_data("traces", "mahimahi_cellular", name))
+    stamps = full.opportunities_ms
+    begin, end = 1000 * start_s, 1000 * (start_s + seconds)
+    inside = stamps[(stamps >= begin) & (stamps < end)] - begin
+    return UplinkTrace(f"{name}[{start_s}s+{seconds}s]", inside, 1000 * seconds)
+
+
+def mean_rate(uplink: UplinkTrace | float) -> float:
+    """Bytes/s the uplink delivers on average (over one period of a trace)."""
+    if isinstance(uplink, UplinkTrace):
+        return uplink.opportunities_ms.size * PACKET_BYTES / (uplink.period_ms / 1000.0)
+    return float(uplink)
+
+
+def true_conditions(uplink: UplinkTrace | float) -> Conditions:
+    return Conditions(mean_rate(uplink), 2 * ONE_WAY_DELAY_S)
+
+
+# --- the emulated device --------------------------------------------------------------------
+
+def device_only_evaluation(artifact: Artifact) -> Evaluation:
+    """Device-only as the search measures it: the device segments' profiled times (the
+    artifact's ``search/profiles.json``), no bytes, no cloud time, the float model's
+    accuracy."""
+    profiles = [LibraryProfile.from_dict(d)
+                for d in json.loads((artifact.root / "search" / "profiles.json").read_text())]
+    device = next(p for p in profiles if p.side == "device" and p.target == "host")
+    cloud = next(p for p in profiles if p.side == "cloud" and p.target == "host")
+    search = artifact.manifest["search"]
+    config = Config(search["space"]["device_only_cut"])
+    device_s, cloud_s, sources = config_times(artifact, device, cloud, config)
+    assert cloud_s == 0.0
+    return Evaluation(config, device_s, 0.0, 0.0, search["baseline_accuracy"], 1.0, sources)
+
+
+def emulated_artifact(artifact: Artifact) -> tuple[Artifact, float]:
+    """The artifact as the emulated device's client sees it: the Pareto set plus
+    device-only, device times scaled so device-only takes :data:`DEVICE_ONLY_S`; and the
+    factor."""
+    search = artifact.manifest["search"]
+    pareto = [Evaluation.from_dict(d) for d in search["pareto"]]
+    device_only = device_only_evaluation(artifact)
+    factor = DEVICE_ONLY_S / device_only.device_s
+    scaled = [dataclasses.replace(e, device_s=e.device_s * factor,
+                                  sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"})
+              for e in [*pareto, device_only] if not is_device_only(e) or e is device_only]
+    manifest = {**artifact.manifest, "search": {**search, "pareto": [e.to_dict() for e in scaled]}}
+    return dataclasses.replace(artifact, manifest=manifest), factor
+
+
+class EmulatedDevice:
+    """A client's :class:`~dyno_compile.runtime.sides.DeviceSide` running at the emulated
+    device's speed: it does the real work, then sleeps until the configuration's scaled
+    profiled device time has passed since the request started."""
+
+    def __init__(self, real: Any, evaluations: list[Evaluation], device_only_cut: int) -> None:
+        self._real = real
+        self._device_s = {e.config: e.device_s for e in evaluations}
+        self._device_only_cut = device_only_cut
+        self._device_only_s = next(e.device_s for e in evaluations if e.config.cut == device_only_cut)
+        self._started = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def start(self, x: np.ndarray, position: int) -> Any:
+        self._started = time.perf_counter()
+        return self._real.start(x, position)
+
+    def frame(self, env: Any, config: Config, request_id: int) -> bytes:
+        frame = self._real.frame(env, config, request_id)
+        _sleep_until(self._started + self._device_s[config])
+        return frame
+
+    def finish(self, env: Any, position: int) -> np.ndarray:
+        began = time.perf_counter()
+        output = self._real.finish(env, position)
+        if position == self._device_only_cut:
+            _sleep_until(self._started + self._device_only_s)
+        else:  # a failed offload finishing on the device: the rest of the network
+            rest = self._device_only_s - min(s for c, s in self._device_s.items() if c.cut == position)
+            _sleep_until(began + max(rest, 0.0))
+        return output
+
+
+def _sleep_until(deadline: float) -> None:
+    left = deadline - time.perf_counter()
+    if left > 0:
+        time.sleep(left)
+
+
+def emulated_client(artifact: Artifact, endpoint: str) -> DeviceClient:
+    client = DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=PROBE_EVERY_S,
+                          probe_bytes=PROBE_BYTES, link=LinkEstimator())
+    client.device = EmulatedDevice(client.device, list(client.selector.candidates.evaluations),
+                                   artifact.manifest["search"]["space"]["device_only_cut"])
+    return client
+
+
+# --- what counts as following -----------------------------------------------------------------
+
+def acceptable(evaluations: list[Evaluation], conditions: Conditions) -> set[Config]:
+    """The best configuration under ``conditions`` and any within the selector's switch
+    margin of its predicted latency (the selector may rightly keep one of those)."""
+    latency = {e.config: predict(e, conditions)[0] for e in evaluations}
+    best = min(latency.values())
+    return {c for c, s in latency.items() if s <= best * (1.0 + DEFAULT_SWITCH_MARGIN)}
+
+
+class Requests:
+    """Sends real CIFAR-10 test images at a steady rate and keeps a log for failures."""
+
+    def __init__(self, client: DeviceClient) -> None:
+        self.client = client
+        self.images, _ = load_test(limit=64)
+        self.sent = 0
+        self.log: list[str] = []
+        self._next_at = time.perf_counter()
+
+    def one(self) -> Result:
+        _sleep_until(self._next_at)
+        self._next_at = max(self._next_at + REQUEST_PERIOD_S, time.perf_counter())
+        result = self.client.run(self.images[self.sent % len(self.images)][None])
+        self.sent += 1
+        c = self.client.link.conditions()
+        self.log.append(f"{self.sent:3d} {result.decision.evaluation.config.label:40s} {result.where:8s} "
+                        f"{1e3 * result.latency_s:7.1f} ms  estimate {c.bandwidth / 1e3:8.1f} kB/s "
+                        f"rtt {1e3 * c.rtt_s:6.1f} ms device x{c.device_load:.2f} cloud x{c.cloud_load:.2f}")
+        return result
+
+    def note(self, text: str) -> None:
+        self.log.append(f"--- {text}")
+
+    def follow(self, target: set[Config], within: int) -> int:
+        """Requests until the decision is in ``target`` (1 = the first after the step),
+        then :data:`HOLD` more that must stay in it; fails beyond ``within``."""
+        for k in range(1, within + 1):
+            if self.one().decision.evaluation.config in target:
+                break
+        else:
+            pytest.fail(f"no switch to {_labels(target)} within {within} requests:\n" + "\n".join(self.log))
+        for _ in range(HOLD):
+            config = self.one().decision.evaluation.config
+            assert config in target, f"left {_labels(target)} after switching:\n" + "\n".join(self.log)
+        return k
+
+
+def _labels(configs: set[Config]) -> str:
+    return ", ".join(sorted(c.label for c in configs))
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served(searched_resnet20: Path) -> Iterator[tuple[str, int]]:
+    """The fixture artifact's cloud half on loopback (its own copy of the artifact)."""
+    server = CloudServer(CloudEngine(load_artifact(searched_resnet20)))
+    server.start()
+    yield ("127.0.0.1", server.port)
+    server.stop(grace_s=0)
+
+
+@pytest.fixture(scope="module")
+def device_artifact(searched_resnet20: Path) -> Artifact:
+    artifact, factor = emulated_artifact(load_artifact(searched_resnet20))
+    assert 10 < factor < 1000, f"the host runs resnet20 in {1e3 * DEVICE_ONLY_S / factor:.2f} ms?"
+    return artifact
+
+
+LINKS = {
+    "real-trace": lambda: (trace_segment(*HIGH_SEGMENT), trace_segment(*LOW_SEGMENT)),
+    "constant-rate": lambda: (HIGH_RATE, LOW_RATE),
+}
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_selector_follows_a_step_within_5_requests(link, served, device_artifact) -> None:
+    high, low = LINKS[link]()
+    if isinstance(high, UplinkTrace):  # the segments are what the docstring says
+        assert 1.3e6 < mean_rate(high) < 1.6e6 and 30e3 < mean_rate(low) < 50e3
+    with LinkShaper(served, uplink=high, one_way_delay_s=ONE_WAY_DELAY_S) as shaper:
+        host, port = shaper.address
+        with emulated_client(device_artifact, f"grpc://{host}:{port}") as client:
+            candidates = list(client.selector.candidates.evaluations)
+            fast, slow = acceptable(candidates, true_conditions(high)), acceptable(candidates, true_conditions(low))
+            assert not fast & slow, "the two links must have different best configurations"
+            device_only = device_artifact.manifest["search"]["space"]["device_only_cut"]
+            assert {c.cut for c in slow} == {device_only} and device_only not in {c.cut for c in fast}
+            requests = Requests(client)
+            requests.note(f"uplink {mean_rate(high) / 1e3:.0f} kB/s; best {_labels(fast)}")
+            requests.follow(fast, SETTLE_WITHIN)
+
+            requests.note(f"drop to {mean_rate(low) / 1e3:.0f} kB/s; best {_labels(slow)}")
+            shaper.set_uplink(low)
+            drop = requests.follow(slow, FOLLOW_WITHIN)
+
+            requests.note(f"rise to {mean_rate(high) / 1e3:.0f} kB/s; best {_labels(fast)}")
+            shaper.set_uplink(high)
+            rise = requests.follow(fast, FOLLOW_WITHIN)
+    print(f"\n{link}: followed the drop in {drop} and the rise in {rise} requests\n" + "\n".join(requests.log))
+
