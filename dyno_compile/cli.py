@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
                    help="quantization range per tensor or per channel")
     b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    b.add_argument("--cloud-batch", type=int, default=1, metavar="B",
+                   help="also compile the cloud segments for B requests at once, which the server uses for "
+                        "requests that arrive together (default 1: no batched segments)")
     b.add_argument("--records", metavar="DIR",
                    help="MetaSchedule records for the host target (from targets.tune); shipped in the artifact")
     b.add_argument("--archive", metavar="FILE",
@@ -207,7 +210,13 @@ def _build(args: argparse.Namespace) -> int:
         if not args.no_search:  # bad calibration data fails here, before anything is compiled
             options = _options(args, args.model, graph.inputs[0].shape)
             finish = finish_with_search(options, default_storage=_storage_beside(out), progress=status.update)
-        plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity)
+        batched = None
+        if args.cloud_batch != 1:
+            if args.cloud_batch < 1 or args.batch != 1:
+                raise DynoError(f"--cloud-batch must be >= 1 with --batch 1, got {args.cloud_batch} (batch {args.batch})")
+            batched = run_passes(load_model(args.model, batch=args.cloud_batch))
+        plan = plan_build(graph, candidate_cuts(graph, args.cuts), bits=bits, granularity=args.granularity,
+                          batched=batched)
         root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud, overwrite=args.overwrite,
                                      records=args.records, finish=finish, progress=status.update)
     table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")

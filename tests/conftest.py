@@ -56,13 +56,13 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def searched_resnet20(tmp_path_factory) -> Path:
     """A resnet20 artifact (real weights; host device and cloud libraries; widths fp32, 8,
-    4, 2) with a short search on the real CIFAR-10 test images: what the runtime tests
+    4, 2; cloud segments also for batches of 4) with a short search on the real CIFAR-10 test images: what the runtime tests
     serve. Built once per session through the CLI, as a user would (~35 s)."""
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("served") / "resnet20"
     common = ["--calibration", str(shared_data("cifar10", "test_932.npz")), "--preprocess", "cifar10"]
     assert main(["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32,8,4,2",
-                 "--out", str(out), "--no-search"]) == 0
+                 "--cloud-batch", "4", "--out", str(out), "--no-search"]) == 0
     assert main(["search", str(out), "--evaluations", "10", *common]) == 0
     return out

@@ -383,3 +383,20 @@ def test_raw_grpc_call_gets_a_reply_envelope(server):
     with grpc.insecure_channel(server.endpoint.removeprefix("grpc://")) as channel:
         reply = decode_reply(channel.unary_unary(INFER_METHOD)(b"junk", timeout=5))
     assert reply.status is Status.BAD_REQUEST
+
+
+def test_requests_that_arrive_together_run_as_one_batch(artifact, engine, device, cifar):
+    """Six requests at one cut (a batch of 4 and a padded one of 2) plus a refused one:
+    each answer equals the request run alone; the refusal stays with its request."""
+    assert artifact.manifest["cloud_batch"] == 4
+    config = _offloaded(artifact)[0].config
+    bodies = [(_request(artifact, device, cifar.x[i:i + 1], config, request_id=7000 + i), None, 0.0)
+              for i in range(6)]
+    bodies.insert(3, (b"junk", None, 0.0))
+    replies = [decode_reply(r) for r in engine.handle_batch(bodies)]
+    assert replies[3].status is Status.BAD_REQUEST
+    answered = replies[:3] + replies[4:]
+    for i, reply in enumerate(answered):
+        assert reply.ok and reply.request_id == 7000 + i
+        assert rel_err(reply.output.reshape(1, 10), run_split(artifact, cifar.x[i:i + 1], config.cut,
+                                                              config.bits)) <= 1e-5

@@ -74,6 +74,7 @@ class Template:
 
     def __init__(self, name: str, envelope: bytes, *, infer: bool) -> None:
         self.name, self.envelope, self.infer = name, envelope, infer
+        self.expected: np.ndarray | None = None  # the engine's answer to it (INFER), set by the fixture
         self.fields: dict[str, tuple[int, int]] = {
             "env.version": (4, 2), "env.kind": (6, 2), "env.model": (8, 8), "env.sent_at": (16, 8)}
         self.header_end = _ENV

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dyno_compile.artifact.plan import BuildPlan
+from dyno_compile.artifact.plan import BuildPlan, batched_name
 from dyno_compile.artifact.store import staging, write_manifest
 from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
@@ -115,8 +115,10 @@ def _manifest(plan: BuildPlan, libraries: dict) -> dict:
         "bits": [str(b) for b in plan.bits],
         "granularity": plan.granularity,
         "segments": [{"index": s.index, "function": f"segment_{s.index}", "start": s.start.position,
-                      "end": s.end.position, "inputs": list(s.inputs), "outputs": list(s.outputs)}
+                      "end": s.end.position, "inputs": list(s.inputs), "outputs": list(s.outputs),
+                      **({"batched_function": batched_name(s.index, plan.cloud_batch)} if plan.cloud_batch > 1 else {})}
                      for s in plan.segments],
+        "cloud_batch": plan.cloud_batch,
         "cuts": plan.cut_table,
         "libraries": libraries,
     }

@@ -26,6 +26,8 @@ class BuildPlan:
     segments: list[Segment]
     bits: tuple[Bits, ...]
     granularity: str
+    #: Requests the cloud's batched segments take at once (1: no batched segments).
+    cloud_batch: int = 1
     device_functions: dict[str, Graph] = field(default_factory=dict)
     cloud_functions: dict[str, Graph] = field(default_factory=dict)
     cut_table: list[dict[str, Any]] = field(default_factory=list)
@@ -43,7 +45,10 @@ def candidate_cuts(graph: Graph, which: str = "single") -> list[CutPoint]:
 
 
 def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Bits] = DEFAULT_BITS,
-               granularity: str = "tensor") -> BuildPlan:
+               granularity: str = "tensor", batched: Graph | None = None) -> BuildPlan:
+    """``batched``: the same model imported at a larger batch size B; its segments go into
+    the cloud library as ``segment_<i>_b<B>``, so a server can run B requests that arrive
+    together in one call (each is unpacked alone, since each has its own range)."""
     bits = tuple(check_bits(b) for b in bits)
     every = find_cuts(graph)
     cuts = [every[p] for p in sorted({0, len(every) - 1, *(c.position for c in cuts)})]  # both ends always
@@ -52,9 +57,33 @@ def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Bits] =
     for s in segments:
         plan.device_functions[f"segment_{s.index}"] = s.graph
         plan.cloud_functions[f"segment_{s.index}"] = s.graph
+    if batched is not None:
+        plan.cloud_batch = _batch_of(graph, batched)
+        for s in segment(batched, [c.position for c in cuts]):
+            plan.cloud_functions[batched_name(s.index, plan.cloud_batch)] = s.graph
     for k, cut in enumerate(plan.cuts):
         plan.cut_table.append(_cut_entry(plan, k, cut))
     return plan
+
+
+def batched_name(segment_index: int, batch: int) -> str:
+    return f"segment_{segment_index}_b{batch}"
+
+
+def _batch_of(graph: Graph, batched: Graph) -> int:
+    """The batched graph's batch size, after checking it is ``graph`` with every tensor's
+    leading dimension scaled from 1 to B (so requests can be stacked along axis 0)."""
+    if not graph.inputs or graph.inputs[0].shape[:1] != (1,):
+        raise DynoError(f"model {graph.name!r}: cloud batching needs the model built at batch 1")
+    batch = batched.inputs[0].shape[0]
+    mine, theirs = graph.compute_nodes, batched.compute_nodes
+    same = len(mine) == len(theirs) and batch > 1 and all(
+        a.name == b.name and a.op == b.op and a.shape[:1] == (1,) and b.shape == (batch, *a.shape[1:])
+        for a, b in zip(mine, theirs))
+    if not same:
+        raise DynoError(f"model {graph.name!r}: the batched import is not the same graph with batch {batch} on axis 0; "
+                        "this model cannot be batched in the cloud (build with --cloud-batch 1)")
+    return batch
 
 
 def kernel_key(t: TensorType, bits: Bits) -> str:

@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact
+from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.packing import DEFAULT_MAX_BYTES, PackError, decode_packed
 from dyno_compile.runtime.protocol import (
@@ -133,19 +134,53 @@ class CloudEngine:
         return self.handle_batch([(request, token, queue_s)])[0]
 
     def handle_batch(self, requests: Sequence[tuple[bytes | memoryview, str | None, float]]) -> list[bytes]:
-        """Serve requests that arrived together, each ``(bytes, token, seconds queued)``,
-        on one worker VM, grouped by cut; replies in the order given."""
+        """Serve requests that arrived together, each ``(bytes, token, seconds queued)``, on
+        one worker VM: those at the same cut run as one batch (:meth:`CloudSide.run_many`).
+        Replies come in the order given; each reports the whole batch's compute time, the
+        time its request actually spent on it."""
         parsed = [self._admit(body, token) for body, token, _ in requests]
-        order = sorted(range(len(parsed)), key=lambda i: _cut_of(parsed[i]))
         replies: list[bytes] = [b""] * len(parsed)
+        groups: dict[int, list[int]] = {}
+        for i, item in enumerate(parsed):
+            if isinstance(item, ProtocolError):
+                replies[i] = self._reply(item.status, queue_s=requests[i][2], message=item.detail)
+            elif item[1] is None:  # PING
+                replies[i] = self._reply(Status.OK, queue_s=requests[i][2], output=_EMPTY)
+            else:
+                groups.setdefault(item[1].cut_id, []).append(i)
+        if not groups:
+            return replies
         self._count(len(parsed))
         try:
             with self._side() as side:
-                for i in order:
-                    replies[i] = self._serve(side, parsed[i], requests[i][2])
+                for cut_id, members in groups.items():
+                    frames = [parsed[i][1] for i in members]
+                    start = time.perf_counter()
+                    outputs = _run_group(side, cut_id, frames)
+                    compute_s = time.perf_counter() - start
+                    for i, frame, out in zip(members, frames, outputs):
+                        replies[i] = self._answer(frame, out, queue_s=requests[i][2], compute_s=compute_s)
         finally:
             self._count(-len(parsed))
         return replies
+
+    def _reply(self, status: Status, **fields) -> bytes:
+        return encode_reply(status, in_flight=self._in_flight, workers=len(self._sides), **fields)
+
+    def _answer(self, frame, out: np.ndarray | Exception, *, queue_s: float, compute_s: float) -> bytes:
+        if isinstance(out, np.ndarray):
+            return self._reply(Status.OK, request_id=frame.request_id, output=out, cut_id=frame.cut_id,
+                               queue_s=queue_s, compute_s=compute_s)
+        if isinstance(out, ArtifactError):  # a cut or width the artifact was not built for
+            status = Status.UNSUPPORTED
+        elif isinstance(out, InputError):   # a frame that does not fit its cut
+            status = Status.BAD_REQUEST
+        elif isinstance(out, DynoError):
+            status = Status.UNSUPPORTED
+        else:
+            status = Status.INTERNAL
+        message = str(out) if isinstance(out, DynoError) else f"{type(out).__name__}: {out}"
+        return self._reply(status, request_id=frame.request_id, message=message, queue_s=queue_s)
 
     def _count(self, delta: int) -> None:
         with self._count_lock:
@@ -172,27 +207,6 @@ class CloudEngine:
             return e
         except PackError as e:
             return ProtocolError(Status.BAD_REQUEST, f"cut frame: {e}")
-
-    def _serve(self, side: CloudSide, parsed: tuple | ProtocolError, queue_s: float) -> bytes:
-        common = dict(queue_s=queue_s, in_flight=self._in_flight, workers=len(self._sides))
-        if isinstance(parsed, ProtocolError):
-            return encode_reply(parsed.status, message=parsed.detail, **common)
-        request, frame = parsed
-        if frame is None:  # PING
-            return encode_reply(Status.OK, output=_EMPTY, **common)
-        start = time.perf_counter()
-        try:
-            output = side.run(frame.cut_id, frame.tensors)
-        except InputError as e:  # a frame that fits no built cut (FrameMismatch, ArtifactError)
-            status = Status.UNSUPPORTED if "not one of the built cuts" in str(e) else Status.BAD_REQUEST
-            return encode_reply(status, request_id=frame.request_id, message=str(e), **common)
-        except DynoError as e:
-            return encode_reply(Status.UNSUPPORTED, request_id=frame.request_id, message=str(e), **common)
-        except Exception as e:  # noqa: BLE001 - a TVM failure must not take the server down
-            return encode_reply(Status.INTERNAL, request_id=frame.request_id, message=f"{type(e).__name__}: {e}",
-                                **common)
-        return encode_reply(Status.OK, request_id=frame.request_id, output=output, cut_id=frame.cut_id,
-                            compute_s=time.perf_counter() - start, **common)
 
     @contextmanager
     def _side(self) -> Iterator[CloudSide]:
@@ -227,6 +241,11 @@ def cloud_target(artifact: Artifact) -> str:
     return "host"
 
 
-def _cut_of(parsed: tuple | ProtocolError) -> int:
-    return -1 if isinstance(parsed, ProtocolError) or parsed[1] is None else parsed[1].cut_id
+def _run_group(side: CloudSide, cut_id: int, frames: list) -> list[np.ndarray | Exception]:
+    """Outputs (or the error each request gets) of frames at one cut; a failure of the
+    whole group (an unknown cut, a TVM error) is every member's error, never the server's."""
+    try:
+        return side.run_many(cut_id, [f.tensors for f in frames])
+    except Exception as e:  # noqa: BLE001 - nothing a client sends may take the server down
+        return [e] * len(frames)
 

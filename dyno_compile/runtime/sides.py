@@ -118,6 +118,39 @@ class CloudSide(_Side):
             self._shapes.update((name, tuple(spec.shape)) for name, spec in zip(info.input_names, info.inputs))
 
     def run(self, position: int, tensors: list[PackedTensor]) -> np.ndarray:
+        return self.finish(self.unpack(position, tensors), position)
+
+    def run_many(self, position: int, requests: list[list[PackedTensor]]) -> list[np.ndarray | InputError]:
+        """Several requests at one cut: each unpacked alone (it has its own range), then
+        stacked ``cloud_batch`` at a time through the batched segments when the artifact
+        has them (a last partial batch is padded with zeros). A request that does not fit
+        the cut gets its error in its place; the others still run."""
+        outputs: list[np.ndarray | InputError] = [None] * len(requests)  # type: ignore[list-item]
+        envs: dict[int, Env] = {}
+        for i, tensors in enumerate(requests):
+            try:
+                envs[i] = self.unpack(position, tensors)
+            except InputError as e:
+                outputs[i] = e
+        batch, cut = self.artifact.manifest.get("cloud_batch", 1), self.cut(position) if envs else None
+        ready = list(envs)
+        while ready:
+            group, ready = ready[:batch], ready[batch:]
+            if batch == 1 or len(group) == 1:
+                outputs[group[0]] = self.finish(envs[group[0]], position)
+                continue
+            stacked = {name: _stack([envs[i][name] for i in group], batch) for name in cut["tensors"]}
+            for seg_index in cut["cloud_segments"]:
+                seg = self.artifact.segments[seg_index]
+                outs = self.runner.invoke(seg["batched_function"], [stacked[t] for t in seg["inputs"]])
+                stacked.update(zip(seg["outputs"], outs))
+            result = _numpy(stacked[self.output_name])
+            for k, i in enumerate(group):
+                outputs[i] = result[k:k + 1]
+        return outputs
+
+    def unpack(self, position: int, tensors: list[PackedTensor]) -> Env:
+        """The crossing tensors of one request at cut ``position``, checked and unpacked."""
         cut = self.cut(position)
         if cut["kind"] == "device-only":
             raise FrameMismatch(f"cut {position} is device-only: nothing runs in the cloud")
@@ -130,7 +163,7 @@ class CloudSide(_Side):
             if expected is not None and tuple(packed.shape) != expected:
                 raise FrameMismatch(f"cut {position} tensor {name!r} has shape {expected}, the frame {packed.shape}")
             env[name] = self._unpack(name, packed, cut)
-        return self.finish(env, position)
+        return env
 
     def _unpack(self, name: str, packed: PackedTensor, cut: dict[str, Any]) -> np.ndarray:
         params = packed.params
@@ -149,3 +182,11 @@ class FrameMismatch(InputError):
 
 def _numpy(x: Any) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def _stack(values: list[Any], batch: int) -> np.ndarray:
+    """Batch-1 tensors stacked on axis 0 and zero-padded to ``batch``."""
+    arrays = [_numpy(v) for v in values]
+    out = np.zeros((batch, *arrays[0].shape[1:]), arrays[0].dtype)
+    out[:len(arrays)] = np.concatenate(arrays)
+    return out

@@ -43,10 +43,14 @@ def function_costs(artifact: Artifact, side: str) -> dict[str, tuple[int, int]]:
         raise ProfileError(f"{artifact.root}: no {side} library")
     nodes = annotate_costs(artifact.graph).compute_nodes
     costs = {}
+    batch = artifact.manifest.get("cloud_batch", 1)
     for seg in artifact.segments:
         span = [n.meta for n in nodes[seg["start"]:seg["end"]]]
-        costs[seg["function"]] = (sum(m["macs"] for m in span),
-                                  sum(m["weight_bytes"] + m["in_bytes"] + m["out_bytes"] for m in span))
+        macs, weights = sum(m["macs"] for m in span), sum(m["weight_bytes"] for m in span)
+        activations = sum(m["in_bytes"] + m["out_bytes"] for m in span)
+        costs[seg["function"]] = (macs, weights + activations)
+        if "batched_function" in seg:  # B requests: B times the work and activations, the weights once
+            costs[seg["batched_function"]] = (batch * macs, weights + batch * activations)
     for name, info in libraries[0]["module"]["functions"].items():  # the same functions for every target
         if name not in costs:  # a pack/unpack kernel: the bytes it reads and writes
             costs[name] = (0, sum(_nbytes(t) for t in (*info["inputs"], *info["outputs"])))
