@@ -98,16 +98,18 @@ class ServeProcess:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
 
-    def close(self) -> None:
+    def close(self) -> int | None:
+        """SIGTERM (serve stops gracefully on it); its exit status, None if it had to be killed."""
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return self.proc.returncode if self.proc else 0
         os.kill(self.proc.pid, signal.SIGCONT)  # in case a test left it stopped
         self.proc.terminate()
         try:
-            self.proc.wait(15)
+            return self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            return None
 
 
 def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
@@ -153,7 +155,8 @@ def server(searched_resnet20, tmp_path_factory):
     srv = ServeProcess(searched_resnet20, tmp_path_factory.mktemp("serve") / "serve.log")
     srv.start()
     yield srv
-    srv.close()
+    status = srv.close()
+    assert status == 0, f"serve did not stop cleanly on SIGTERM (status {status}); log:\n{srv.log.read_text()[-2000:]}"
 
 
 def _client(artifact, endpoint: str, config: Config, **options) -> DeviceClient:
