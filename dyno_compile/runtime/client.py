@@ -39,6 +39,7 @@ from dyno_compile.runtime.protocol import (
     Kind,
     ProtocolError,
     Reply,
+    Status,
     decode_reply,
     encode_request,
     model_id,
@@ -51,6 +52,10 @@ from dyno_compile.search.space import Config, Evaluation
 #: Frames smaller than this do not sample the uplink: their transfer time is below the
 #: noise of the round trip that is subtracted from it.
 MIN_SAMPLE_BYTES = 1500
+#: A padded probe is sized to take about this long at the estimated bandwidth, within
+#: ``ClientOptions.probe_bytes`` .. MAX_PROBE_BYTES.
+PROBE_SECONDS = 0.01
+MAX_PROBE_BYTES = 1 << 20
 
 
 @dataclass
@@ -120,6 +125,7 @@ class DeviceClient:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         self.device = DeviceSide(self.artifact, o.device_target)
+        self.device.warm_up()  # the first VM calls pay one-off set-up that is not device load
         self.link = o.link or LinkEstimator()
         policy = o.policy if isinstance(o.policy, Policy) else make_policy(o.policy, **o.policy_options)
         self.selector = _selector(self.artifact, policy, needed=bool(endpoints))
@@ -163,7 +169,10 @@ class DeviceClient:
             try:
                 reply = self._call(endpoint, request, request_id)
             except (TransportError, ProtocolError) as e:
-                self._mark_down(endpoint)
+                if isinstance(e, ProtocolError) and e.status is Status.OVERLOADED and e.reply is not None:
+                    self._observe_busy(evaluation, e.reply)  # busy, not down: keep the endpoint
+                else:
+                    self._mark_down(endpoint)
                 output = self.device.finish(env, config.cut)
                 return Result(output, decision, "fallback", time.perf_counter() - start, len(request),
                               endpoint.transport.endpoint, str(e))
@@ -203,7 +212,7 @@ class DeviceClient:
     def _call(self, endpoint: _Endpoint, request: bytes, request_id: int) -> Reply:
         reply = decode_reply(endpoint.transport.call(request, self.options.timeout_s))
         if not reply.ok:
-            raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: {reply.message}")
+            raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: {reply.message}", reply)
         expected = int(np.prod(self.device.output_shape))
         if reply.request_id != request_id or reply.output is None or reply.output.size != expected:
             raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: the reply does not answer this request")
@@ -224,6 +233,14 @@ class DeviceClient:
                 self.link.observe_transfer(nbytes, transfer_s)
                 self._last_uplink_sample = time.monotonic()
 
+    def _observe_busy(self, evaluation: Evaluation, reply: Reply) -> None:
+        """An OVERLOADED reply: the queue ahead holds ``in_flight`` requests over ``workers``
+        VMs, so this one would have waited about that many service times."""
+        if evaluation.cloud_s > 0:
+            with self._state:
+                load = (reply.in_flight + 1) / max(reply.workers, 1)
+                self.link.observe_cloud(load * evaluation.cloud_s, evaluation.cloud_s)
+
     def _mark_down(self, endpoint: _Endpoint) -> None:
         with self._state:
             endpoint.up = False
@@ -233,7 +250,7 @@ class DeviceClient:
     # --- the prober -----------------------------------------------------------------------
 
     def _probe_loop(self) -> None:
-        tick = min(0.05, self.options.retry_after_s)
+        tick = min(0.05, self.options.retry_after_s, self.options.probe_every_s)
         while True:
             now = time.monotonic()
             for endpoint in self._endpoints:
@@ -250,10 +267,14 @@ class DeviceClient:
         """Seconds for one ping carrying ``padding`` bytes; raises on any failure."""
         request = encode_request(b"\0" * padding, model=self.model, kind=Kind.PING)
         start = time.perf_counter()
-        reply = decode_reply(endpoint.transport.call(request, min(self.options.timeout_s, 1.0)))
+        reply = decode_reply(endpoint.transport.call(request, self._ping_timeout_s))
         if not reply.ok:
             raise ProtocolError(reply.status, reply.message)
         return time.perf_counter() - start - reply.server_s
+
+    @property
+    def _ping_timeout_s(self) -> float:
+        return min(self.options.timeout_s, 1.0)
 
     def _revive(self, endpoint: _Endpoint) -> None:
         try:
@@ -268,16 +289,37 @@ class DeviceClient:
             endpoint.up = True
 
     def _measure_link(self, endpoint: _Endpoint, *, uplink: bool) -> None:
+        """An empty ping for the round trip; with ``uplink``, a padded one whose extra time
+        over the round-trip estimate (a windowed median, steadier than one ping) is the
+        padding's transfer. The padding is sized to take >= ~10 ms at the current estimate
+        (at most 1 MiB), so the transfer stands out of the round trip's jitter."""
+        size = 0
+        if uplink and self.options.probe_bytes:
+            with self._state:
+                size = int(min(max(self.options.probe_bytes, PROBE_SECONDS * self.link.conditions().bandwidth),
+                               MAX_PROBE_BYTES))
         try:
             rtt = self._ping(endpoint)
-            padded = self._ping(endpoint, self.options.probe_bytes) if uplink and self.options.probe_bytes else None
         except (TransportError, ProtocolError):
+            self._mark_down(endpoint)
+            return
+        try:
+            padded = self._ping(endpoint, size) if size else None
+        except TransportError as e:
+            if e.code != "DEADLINE_EXCEEDED":
+                self._mark_down(endpoint)
+                return
+            # The server just answered the empty ping: the link is slow, not down, and the
+            # padding took at least the whole timeout.
+            padded = self._ping_timeout_s + self.link.conditions().rtt_s
+        except ProtocolError:
             self._mark_down(endpoint)
             return
         with self._state:
             self.link.observe_rtt(rtt)
-            if padded is not None and padded > rtt:
-                self.link.observe_transfer(self.options.probe_bytes, padded - rtt)
+            transfer_s = None if padded is None else padded - self.link.conditions().rtt_s
+            if transfer_s is not None and transfer_s > 0:
+                self.link.observe_transfer(size, transfer_s)
                 self._last_uplink_sample = time.monotonic()
 
 

@@ -63,10 +63,12 @@ class Status(IntEnum):
 class ProtocolError(DynoError):
     """A message could not be decoded or was refused; ``status`` says which way."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    def __init__(self, status: Status, message: str, reply: Reply | None = None) -> None:
         self.status = Status(status)
         super().__init__(f"{self.status.name}: {message}")
         self.detail = message
+        #: The refusing reply, when a server sent one (its load figures inform the client).
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,14 @@ def now_us() -> int:
 def encode_request(body: bytes, *, model: int, kind: Kind = Kind.INFER, sent_at_us: int | None = None) -> bytes:
     sent = now_us() if sent_at_us is None else sent_at_us
     return _REQUEST.pack(REQUEST_MAGIC, VERSION, int(kind), model, sent) + body
+
+
+def is_ping(buf: bytes | memoryview) -> bool:
+    """Whether a request is a well-formed PING (checked without decoding the rest)."""
+    if len(buf) < _REQUEST.size:
+        return False
+    magic, version, kind, _, _ = _REQUEST.unpack_from(buf)
+    return magic == REQUEST_MAGIC and version == VERSION and kind == Kind.PING
 
 
 def decode_request(buf: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:

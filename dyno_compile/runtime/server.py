@@ -9,7 +9,8 @@ object deserialisation: the bytes go straight to the strict binary decoder.
 
 Flow: a gRPC handler thread puts the request on a bounded queue and waits; ``workers``
 threads, each with its own VM, take what is queued (up to ``max_batch`` requests that
-arrived together) and run them as one batch. A full queue is answered at once with an
+arrived together) and run them as one batch. Pings skip the queue (they measure the network,
+not the load). A full queue is answered at once with an
 ``OVERLOADED`` reply (back-pressure: the client runs the request on the device instead of
 waiting), and gRPC itself refuses connections beyond the queue and workers. ``stop``
 turns the health status to NOT_SERVING, refuses new calls, lets the ones in flight finish
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.engine import CloudEngine
-from dyno_compile.runtime.protocol import Status, encode_reply
+from dyno_compile.runtime.protocol import Status, encode_reply, is_ping
 from dyno_compile.runtime.transport import GRPC_MAX_MESSAGE, INFER_METHOD, SERVICE_NAME
 
 
@@ -88,7 +89,10 @@ class _Batcher:
                     break
                 batch.append(more)
             now = time.perf_counter()
-            replies = self.engine.handle_batch([(body, token, now - queued) for body, token, queued, _ in batch])
+            try:
+                replies = self.engine.handle_batch([(body, token, now - queued) for body, token, queued, _ in batch])
+            except BaseException as e:  # noqa: BLE001 - the engine answers errors itself; never lose the worker
+                replies = [encode_reply(Status.INTERNAL, message=f"{type(e).__name__}: {e}")] * len(batch)
             for (_, _, _, done), reply in zip(batch, replies):
                 done.set_result(reply)
 
@@ -158,6 +162,8 @@ class CloudServer:
         for key, value in context.invocation_metadata():
             if key == "authorization" and value.startswith("Bearer "):
                 token = value[len("Bearer "):]
+        if is_ping(request):  # answered at once: a ping measures the network, not the queue
+            return self.engine.handle(request, token=token)
         try:
             done = self._batcher.submit(request, token)
         except queue.Full:
