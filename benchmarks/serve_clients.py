@@ -68,16 +68,6 @@ def _parse() -> argparse.Namespace:
 
 # --- the artifact and the server -------------------------------------------------------------
 
-def build_artifact(out: Path) -> Path:
-    """resnet20 for the host on both sides, with a 10-evaluation search (the CLI, as a user runs it)."""
-    for command in (["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32,8,4,2",
-                     "--no-search", "--out", str(out)], ["search", str(out), "--evaluations", "10"]):
-        proc = subprocess.run([sys.executable, "-m", "dyno_compile", *command], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(command[:2])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return out
-
-
 def pinned_config(artifact: Any, cut: int | None) -> dict[str, Any]:
     from dyno_compile.runtime.selector import is_device_only
     from dyno_compile.search.space import Evaluation
@@ -295,6 +285,8 @@ def _kinds(errors: list[str]) -> dict[str, tuple[int, str]]:
 
 
 def main() -> None:
+    from served_artifact import build_served_resnet20
+
     args = _parse()
     from dyno_compile.artifact.load import load_artifact
 
@@ -302,7 +294,7 @@ def main() -> None:
         if args.artifact is None:
             print("building resnet20 (host device and cloud, widths float32,8,4,2) and searching 10 configurations ...",
                   flush=True)
-        path = args.artifact or build_artifact(Path(tmp) / "resnet20")
+        path = args.artifact or build_served_resnet20(Path(tmp) / "resnet20")
         config = pinned_config(load_artifact(path), args.cut)
         server = Server(path, args)
         try:

@@ -30,20 +30,17 @@ latency the cost model predicts for the oracle's choices.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact
 from dyno_compile.datasets import data_root
 from dyno_compile.datasets.cifar10 import load_test
 from dyno_compile.evaluate.shaper import LinkShaper
@@ -52,7 +49,6 @@ from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.link import BANDWIDTH_LIMITS, PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, is_device_only, predict
 from dyno_compile.runtime.server import CloudServer
-from dyno_compile.search.profile import LibraryProfile, config_times
 from dyno_compile.search.space import Config, Evaluation
 
 #: Two real LTE uplinks: Verizon from 10 s (1 MB/s falling to 0.24-0.37 MB/s at 14-17 s,
@@ -96,74 +92,9 @@ def trace_window(spec: str) -> UplinkTrace:
     return UplinkTrace(f"{name}[{start}-{start + seconds} s]", inside, 1000 * seconds)
 
 
-def emulated_artifact(artifact: Artifact, device_only_s: float) -> Artifact:
-    search = artifact.manifest["search"]
-    profiles = [LibraryProfile.from_dict(d) for d in json.loads((artifact.root / "search" / "profiles.json").read_text())]
-    device = next(p for p in profiles if p.side == "device" and p.target == "host")
-    cloud = next(p for p in profiles if p.side == "cloud" and p.target == "host")
-    config = Config(search["space"]["device_only_cut"])
-    seconds, _, sources = config_times(artifact, device, cloud, config)
-    device_only = Evaluation(config, seconds, 0.0, 0.0, search["baseline_accuracy"], 1.0, sources)
-    factor = device_only_s / seconds
-    pareto = [e for e in (Evaluation.from_dict(d) for d in search["pareto"]) if not is_device_only(e)]
-    scaled = [dataclasses.replace(e, device_s=e.device_s * factor) for e in [*pareto, device_only]]
-    print(f"emulated device: {factor:.0f}x this host's profiled device times (device-only {1e3 * seconds:.2f} -> "
-          f"{1e3 * device_only_s:.0f} ms)")
-    return dataclasses.replace(artifact, manifest={**artifact.manifest,
-                                                   "search": {**search, "pareto": [e.to_dict() for e in scaled]}})
-
-
-class EmulatedDevice:
-    """The real device side, then a sleep until the configuration's scaled time has passed."""
-
-    def __init__(self, real: Any, evaluations: list[Evaluation]) -> None:
-        self._real = real
-        self._device_s = {e.config: e.device_s for e in evaluations}
-        self._device_only = next(e for e in evaluations if is_device_only(e))
-        self._started = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def start(self, x: np.ndarray, position: int) -> Any:
-        self._started = time.perf_counter()
-        return self._real.start(x, position)
-
-    def frame(self, env: Any, config: Config, request_id: int) -> bytes:
-        frame = self._real.frame(env, config, request_id)
-        _sleep_until(self._started + self._device_s[config])
-        return frame
-
-    def finish(self, env: Any, position: int) -> np.ndarray:
-        began = time.perf_counter()
-        output = self._real.finish(env, position)
-        if position == self._device_only.config.cut:
-            _sleep_until(self._started + self._device_only.device_s)
-        else:  # a failed offload finishing on the device
-            done = min(s for c, s in self._device_s.items() if c.cut == position)
-            _sleep_until(began + max(self._device_only.device_s - done, 0.0))
-        return output
-
-
-def _sleep_until(deadline: float) -> None:
-    left = deadline - time.perf_counter()
-    if left > 0:
-        time.sleep(left)
-
-
 def client_for(artifact: Artifact, endpoint: str, args: argparse.Namespace) -> DeviceClient:
-    client = DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=args.probe_every,
-                          probe_bytes=args.probe_bytes, link=LinkEstimator())
-    candidates = list(client.selector.candidates.evaluations)
-    x = np.zeros(client.device.input_shape, client.device.input_dtype)
-    for e in candidates:  # warm the VM up: a first run's initialisation would read as a slow device
-        env = client.device.start(x, e.config.cut)
-        if is_device_only(e):
-            client.device.finish(env, e.config.cut)
-        else:
-            client.device.frame(env, e.config, 0)
-    client.device = EmulatedDevice(client.device, candidates)
-    return client
+    return emulate_device(DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=args.probe_every,
+                                       probe_bytes=args.probe_bytes, link=LinkEstimator()))
 
 
 # --- replay and analysis ---------------------------------------------------------------------
@@ -248,24 +179,18 @@ def analyse(trace: UplinkTrace, log: list[Request], evaluations: list[Evaluation
               f"median {statistics.median(done) if done else '-'}, max {max(done) if done else '-'}")
 
 
-def build_artifact(out: Path) -> Path:
-    for command in (["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32,8,4,2",
-                     "--no-search", "--out", str(out)], ["search", str(out), "--evaluations", "10"]):
-        proc = subprocess.run([sys.executable, "-m", "dyno_compile", *command], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(command[:2])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return out
-
-
 def main() -> None:
+    from served_artifact import build_served_resnet20
+
     args = _parse()
     traces = [trace_window(spec) for spec in args.trace]
     with tempfile.TemporaryDirectory() as tmp:
         if args.artifact is None:
             print("building resnet20 (host device and cloud) and searching 10 configurations ...", flush=True)
-        path = args.artifact or build_artifact(Path(tmp) / "resnet20")
+        path = args.artifact or build_served_resnet20(Path(tmp) / "resnet20")
         served = load_artifact(path)
-        device = emulated_artifact(load_artifact(path), args.device_ms / 1e3)
+        device, factor = emulated_artifact(load_artifact(path), args.device_ms / 1e3)
+        print(f"emulated device: {factor:.0f}x this host's profiled device times")
         evaluations = [Evaluation.from_dict(d) for d in device.manifest["search"]["pareto"]]
         print(f"candidates: {', '.join(e.config.label for e in evaluations)}; one-way delay {args.one_way_ms:g} ms, "
               f"a request every {args.period:g} s, probes every {args.probe_every:g} s ({args.probe_bytes} B)")

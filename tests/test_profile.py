@@ -200,6 +200,5 @@ def test_the_calibration_is_applied(artifact, profiles):
     macs, nbytes = function_costs(artifact, "device")["segment_2"]
     roof = {s.name: max(2 * macs / (s.peak_gflops * 1e9), nbytes / (s.mem_bandwidth_gbs * 1e9)) for s in (arm, host)}
     assert est.time("segment_2") == pytest.approx(p.time("segment_2") * roof["arm64"] / roof["host"], rel=1e-12)
-    assert est.time("segment_2") > 2 * roof["arm64"]  # measured kernels reach well under their roofline
     with pytest.raises(ProfileError, match="not an estimate"):
         estimate_library(artifact, est, "cuda")

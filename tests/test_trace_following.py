@@ -39,26 +39,22 @@ the 5-request bound for a rise assumes 5 requests/s or fewer (or faster probing)
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 from conftest import shared_data
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.datasets.cifar10 import load_test
+from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact, sleep_until
 from dyno_compile.evaluate.shaper import LinkShaper
 from dyno_compile.runtime.client import DeviceClient, Result
 from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
-from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, is_device_only, predict
+from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, predict
 from dyno_compile.runtime.server import CloudServer
-from dyno_compile.search.profile import LibraryProfile, config_times
 from dyno_compile.search.space import Config, Evaluation
 
 #: The emulated device's time for the whole network (a low-end phone CPU on resnet20).
@@ -106,92 +102,10 @@ def true_conditions(uplink: UplinkTrace | float) -> Conditions:
 
 # --- the emulated device --------------------------------------------------------------------
 
-def device_only_evaluation(artifact: Artifact) -> Evaluation:
-    """Device-only as the search measures it: the device segments' profiled times (the
-    artifact's ``search/profiles.json``), no bytes, no cloud time, the float model's
-    accuracy."""
-    profiles = [LibraryProfile.from_dict(d)
-                for d in json.loads((artifact.root / "search" / "profiles.json").read_text())]
-    device = next(p for p in profiles if p.side == "device" and p.target == "host")
-    cloud = next(p for p in profiles if p.side == "cloud" and p.target == "host")
-    search = artifact.manifest["search"]
-    config = Config(search["space"]["device_only_cut"])
-    device_s, cloud_s, sources = config_times(artifact, device, cloud, config)
-    assert cloud_s == 0.0
-    return Evaluation(config, device_s, 0.0, 0.0, search["baseline_accuracy"], 1.0, sources)
-
-
-def emulated_artifact(artifact: Artifact) -> tuple[Artifact, float]:
-    """The artifact as the emulated device's client sees it: the Pareto set plus
-    device-only, device times scaled so device-only takes :data:`DEVICE_ONLY_S`; and the
-    factor."""
-    search = artifact.manifest["search"]
-    pareto = [Evaluation.from_dict(d) for d in search["pareto"]]
-    device_only = device_only_evaluation(artifact)
-    factor = DEVICE_ONLY_S / device_only.device_s
-    scaled = [dataclasses.replace(e, device_s=e.device_s * factor,
-                                  sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"})
-              for e in [*pareto, device_only] if not is_device_only(e) or e is device_only]
-    manifest = {**artifact.manifest, "search": {**search, "pareto": [e.to_dict() for e in scaled]}}
-    return dataclasses.replace(artifact, manifest=manifest), factor
-
-
-class EmulatedDevice:
-    """A client's :class:`~dyno_compile.runtime.sides.DeviceSide` running at the emulated
-    device's speed: it does the real work, then sleeps until the configuration's scaled
-    profiled device time has passed since the request started."""
-
-    def __init__(self, real: Any, evaluations: list[Evaluation], device_only_cut: int) -> None:
-        self._real = real
-        self._device_s = {e.config: e.device_s for e in evaluations}
-        self._device_only_cut = device_only_cut
-        self._device_only_s = next(e.device_s for e in evaluations if e.config.cut == device_only_cut)
-        self._started = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def start(self, x: np.ndarray, position: int) -> Any:
-        self._started = time.perf_counter()
-        return self._real.start(x, position)
-
-    def frame(self, env: Any, config: Config, request_id: int) -> bytes:
-        frame = self._real.frame(env, config, request_id)
-        _sleep_until(self._started + self._device_s[config])
-        return frame
-
-    def finish(self, env: Any, position: int) -> np.ndarray:
-        began = time.perf_counter()
-        output = self._real.finish(env, position)
-        if position == self._device_only_cut:
-            _sleep_until(self._started + self._device_only_s)
-        else:  # a failed offload finishing on the device: the rest of the network
-            rest = self._device_only_s - min(s for c, s in self._device_s.items() if c.cut == position)
-            _sleep_until(began + max(rest, 0.0))
-        return output
-
-
-def _sleep_until(deadline: float) -> None:
-    left = deadline - time.perf_counter()
-    if left > 0:
-        time.sleep(left)
-
-
 def emulated_client(artifact: Artifact, endpoint: str) -> DeviceClient:
-    """A lowest-latency client on the emulated device, its VM warmed up first (a first
-    run costs ~1 s of initialisation, which would read as a device 20x slower)."""
-    client = DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=PROBE_EVERY_S,
-                          probe_bytes=PROBE_BYTES, link=LinkEstimator())
-    candidates = list(client.selector.candidates.evaluations)
-    x = np.zeros(client.device.input_shape, client.device.input_dtype)
-    for e in candidates:
-        env = client.device.start(x, e.config.cut)
-        if is_device_only(e):
-            client.device.finish(env, e.config.cut)
-        else:
-            client.device.frame(env, e.config, 0)
-    client.device = EmulatedDevice(client.device, candidates, artifact.manifest["search"]["space"]["device_only_cut"])
-    return client
+    """A lowest-latency client on the emulated device."""
+    return emulate_device(DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=PROBE_EVERY_S,
+                                       probe_bytes=PROBE_BYTES, link=LinkEstimator()))
 
 
 # --- what counts as following -----------------------------------------------------------------
@@ -215,7 +129,7 @@ class Requests:
         self._next_at = time.perf_counter()
 
     def one(self) -> Result:
-        _sleep_until(self._next_at)
+        sleep_until(self._next_at)
         self._next_at = max(self._next_at + REQUEST_PERIOD_S, time.perf_counter())
         result = self.client.run(self.images[self.sent % len(self.images)][None])
         self.sent += 1
@@ -264,7 +178,7 @@ def served(searched_resnet20: Path) -> Iterator[tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def device_artifact(searched_resnet20: Path) -> Artifact:
-    artifact, factor = emulated_artifact(load_artifact(searched_resnet20))
+    artifact, factor = emulated_artifact(load_artifact(searched_resnet20), DEVICE_ONLY_S)
     assert factor > 10, (f"the search profiled resnet20 at {1e3 * DEVICE_ONLY_S / factor:.1f} ms on the device: "
                          "this host was too busy to emulate a device much slower than itself")
     return artifact

@@ -33,7 +33,6 @@ from dyno_compile.packing import DEFAULT_MAX_BYTES, PackError, decode_packed
 from dyno_compile.runtime.protocol import (
     Kind,
     ProtocolError,
-    Request,
     Status,
     decode_request,
     encode_reply,

@@ -137,17 +137,18 @@ def input_value(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def profile_runner(runner: ModuleRunner, side: str, source: str, *, repeat: int = REPEAT,
-                   min_repeat_ms: int = MIN_REPEAT_MS, seed: int = 0) -> LibraryProfile:
-    """Profile every function of the runner's module (segments, pack_*, unpack_*) with TVM's
-    time evaluator on the runner's device — local or remote alike, so that a local and an
-    RPC profile are timed the same way."""
+                   min_repeat_ms: int = MIN_REPEAT_MS, seed: int = 0,
+                   skip: frozenset[str] = frozenset()) -> LibraryProfile:
+    """Profile every function of the runner's module (segments, pack_*, unpack_*) but those
+    in ``skip`` with TVM's time evaluator on the runner's device — local or remote alike, so
+    that a local and an RPC profile are timed the same way."""
     check_side(side)
     if repeat < 1 or min_repeat_ms < 0:
         raise ProfileError(f"repeat must be >= 1 and min_repeat_ms >= 0, got {repeat} and {min_repeat_ms}")
     rng = np.random.default_rng(seed)
     seconds = {f.name: runner.time(f.name, [input_value(s, rng) for s in f.inputs], repeat=repeat,
                                    min_repeat_ms=min_repeat_ms)
-               for f in runner.module.functions.values()}
+               for f in runner.module.functions.values() if f.name not in skip}
     return LibraryProfile(side, runner.module.target.name, source, seconds, repeat=repeat, min_repeat_ms=min_repeat_ms)
 
 
@@ -165,8 +166,11 @@ def profile_library(artifact: Artifact, side: str, target: str = "host", *, repe
                            f"({tvm_message(exc)}); time it on the device with "
                            "search.rpc.profile_library_rpc, or estimate it with search.estimate.estimate_library") \
             from None
+    # The batched cloud segments serve requests that arrive together; a configuration's
+    # per-request times never use them, so the search does not pay to time them.
+    batched = frozenset(s["batched_function"] for s in artifact.segments if "batched_function" in s)
     return profile_runner(runner, side, f"measured:{runner.module.target.name}", repeat=repeat,
-                          min_repeat_ms=min_repeat_ms)
+                          min_repeat_ms=min_repeat_ms, skip=batched)
 
 
 def config_functions(artifact: Artifact, config: Config) -> tuple[list[str], list[str]]:
