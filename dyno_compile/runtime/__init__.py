@@ -7,6 +7,7 @@ from dyno_compile.runtime.selector import (
     DeviceOnly,
     Fixed8Bit,
     HighestThroughput,
+    Jalad,
     LowestLatency,
     Neurosurgeon,
     Onloading,
@@ -18,6 +19,6 @@ from dyno_compile.runtime.selector import (
     predict,
 )
 
-__all__ = ["POLICIES", "CloudOnly", "Conditions", "Decision", "DeviceOnly", "Fixed8Bit", "HighestThroughput",
+__all__ = ["POLICIES", "CloudOnly", "Conditions", "Decision", "DeviceOnly", "Fixed8Bit", "HighestThroughput", "Jalad",
            "LinkEstimator", "LowestLatency", "Neurosurgeon", "Onloading", "Pinned", "Policy", "Prediction", "Selector",
            "UplinkTrace", "make_policy", "predict"]

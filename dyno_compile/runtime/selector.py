@@ -214,6 +214,15 @@ class Fixed8Bit(_FixedBaseline):
         return is_device_only(evaluation) or evaluation.config.bits == "8"
 
 
+class Jalad(_FixedBaseline):
+    """JALAD (Li et al., ICPADS 2018): the best cut for latency with the tensor quantised
+    to a fixed 8 bits and entropy-coded (a lossless codec), or device-only."""
+
+    def admits(self, evaluation: Evaluation) -> bool:
+        c = evaluation.config
+        return is_device_only(evaluation) or (c.bits == "8" and c.codec != "none")
+
+
 class Pinned(_FixedBaseline):
     """One configuration, always: to measure it live (the evaluation's replay check, the
     loopback accuracy test) or to hold a choice made elsewhere."""
@@ -233,6 +242,7 @@ class Pinned(_FixedBaseline):
 POLICIES: dict[str, type[Policy]] = {
     "lowest-latency": LowestLatency, "highest-throughput": HighestThroughput, "onloading": Onloading,
     "device-only": DeviceOnly, "cloud-only": CloudOnly, "neurosurgeon": Neurosurgeon, "fixed-8bit": Fixed8Bit,
+    "jalad": Jalad,
     "pinned": Pinned,
 }
 
