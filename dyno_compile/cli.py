@@ -112,6 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     v.add_argument("--grace", type=float, default=5.0, help="seconds in-flight requests get at shutdown (default 5)")
     v.set_defaults(run=_serve)
+
+    e = sub.add_parser("evaluate", help="replay real traces through DynO and the baselines; write a report")
+    e.add_argument("--out", default="out/evaluation", help="report folder (default out/evaluation)")
+    e.add_argument("--models", default="resnet20,resnet56,squeezenet,resnet50,mobilenet_v2",
+                   help="comma-separated models (default: all five)")
+    e.add_argument("--sets", default="3g,lte,5g", help="trace sets (default 3g,lte,5g)")
+    e.add_argument("--traces-per-set", type=int, default=2, help="traces per set, measured uplinks first (default 2)")
+    e.add_argument("--requests", type=int, default=200, help="requests replayed per policy and trace (default 200)")
+    e.add_argument("--minutes", type=float, default=1.0, help="search minutes per model (default 1)")
+    e.add_argument("--cache", metavar="DIR", help="built and measured models (default OUT/artifacts); reused")
+    e.set_defaults(run=_evaluate)
     return parser
 
 
@@ -346,4 +357,21 @@ def _serve(args: argparse.Namespace) -> int:
     stop.wait()
     server.stop()
     Console(stderr=True).print("stopped", highlight=False)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dyno_compile.evaluate.report import run_evaluation
+
+    console = Console(stderr=True)
+    out = Path(args.out)
+    results = run_evaluation(out, models=[m for m in args.models.split(",") if m],
+                             sets=[s for s in args.sets.split(",") if s], traces_per_set=args.traces_per_set,
+                             requests=args.requests, minutes=args.minutes,
+                             cache=Path(args.cache) if args.cache else None,
+                             progress=lambda m: console.print(m, highlight=False))
+    best = results["headline"]["best"]
+    console.print(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min); ours vs device-only "
+                  f"{best['throughput_vs_device_only']:.1f}x, vs Neurosurgeon {best['throughput_vs_neurosurgeon']:.1f}x "
+                  f"throughput; {best['bytes_vs_neurosurgeon']:.0f}x fewer bytes than a float32 split", highlight=False)
     return 0
