@@ -120,6 +120,15 @@ def fix_crc(buf: bytearray) -> None:
         struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(bytes(buf[_ENV:-4])))
 
 
+def maybe_fix_crc(draw, buf: bytearray) -> str:
+    """Half the time, recompute the CRC so the mutation reaches the decoder's later checks;
+    the label's suffix says which."""
+    if draw(st.booleans()):
+        fix_crc(buf)
+        return " crc"
+    return ""
+
+
 # --- the mutations, as hypothesis strategies: each draws one Fuzz -----------------------------
 
 
@@ -181,10 +190,7 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         flips = [(draw(st.integers(0, len(buf) - 1)), draw(st.integers(0, 7))) for _ in range(draw(st.integers(1, 8)))]
         for pos, bit in flips:
             buf[pos] ^= 1 << bit
-        crc = draw(st.booleans())
-        if crc:
-            fix_crc(buf)
-        return Fuzz("bit-flips", buf, how=f"{t.name} {flips}{' crc' if crc else ''}")
+        return Fuzz("bit-flips", buf, how=f"{t.name} {flips}{maybe_fix_crc(draw, buf)}")
 
     @st.composite
     def truncated(draw):
@@ -202,10 +208,7 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         else:
             tail = draw(st.binary(min_size=1, max_size=256))
         buf += tail
-        crc = draw(st.booleans())
-        if crc:
-            fix_crc(buf)
-        return Fuzz("extended", buf, how=f"{t.name} +{len(tail)}{' crc' if crc else ''}")
+        return Fuzz("extended", buf, how=f"{t.name} +{len(tail)}{maybe_fix_crc(draw, buf)}")
 
     @st.composite
     def spliced(draw):
@@ -213,10 +216,7 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         a, b = ta.fresh(), tb.fresh()
         i, j = draw(st.integers(0, len(a))), draw(st.integers(0, len(b)))
         buf = a[:i] + b[j:]
-        crc = draw(st.booleans())
-        if crc:
-            fix_crc(buf)
-        return Fuzz("spliced", buf, how=f"{ta.name}[:{i}] + {tb.name}[{j}:]{' crc' if crc else ''}")
+        return Fuzz("spliced", buf, how=f"{ta.name}[:{i}] + {tb.name}[{j}:]{maybe_fix_crc(draw, buf)}")
 
     @st.composite
     def field_overwrite(draw):

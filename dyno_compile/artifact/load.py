@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "flo
     cut = artifact.cut(position)
     device, cloud = artifact.runner("device", target), artifact.runner("cloud", target)
     env: dict[str, np.ndarray] = {artifact.manifest["inputs"][0]["name"]: np.asarray(x)}
-    _run_segments(artifact, device, cut["device_segments"], env)
+    run_segments(artifact, device.run, cut["device_segments"], env)
     if cut["kind"] == "device-only":
         return env[artifact.manifest["outputs"][0]["name"]]
     if bits != "float32":
@@ -104,12 +104,17 @@ def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "flo
                 record.setdefault("crossing", {})[k["tensor"]] = env[k["tensor"]]
                 record.setdefault("wire", {})[k["tensor"]] = wire
             env[k["tensor"]] = cloud.run(k["unpack"], wire)[0]
-    _run_segments(artifact, cloud, cut["cloud_segments"], env)
+    run_segments(artifact, cloud.run, cut["cloud_segments"], env)
     return env[artifact.manifest["outputs"][0]["name"]]
 
 
-def _run_segments(artifact: Artifact, runner: Any, indices: list[int], env: dict[str, np.ndarray]) -> None:
+def run_segments(artifact: Artifact, call: Callable[[str, list], list], indices: list[int], env: dict[str, Any],
+                 *, key: str = "function") -> None:
+    """Run segments ``indices`` in order, reading inputs from and writing outputs to
+    ``env``; ``call(function, inputs)`` is a runner's ``run`` (NumPy out) or ``invoke``
+    (tensors stay on the device); ``key`` picks the segment's ``"function"`` or its
+    ``"batched_function"``."""
     for i in indices:
         seg = artifact.segments[i]
-        outs = runner.run(seg["function"], [env[t] for t in seg["inputs"]])
+        outs = call(seg[key], [env[t] for t in seg["inputs"]])
         env.update(zip(seg["outputs"], outs))

@@ -332,11 +332,10 @@ def _selector(artifact: Artifact, policy: Policy, needed: bool) -> Selector | No
     try:
         return Selector.from_manifest(artifact.manifest, policy)
     except InputError as narrow:
-        path = artifact.root / "search" / "evaluations.json"
-        if not path.is_file():
+        evaluations = _search_evaluations(artifact)
+        if not evaluations:
             raise narrow
         search = artifact.manifest["search"]
-        evaluations = [Evaluation.from_dict(d) for d in json.loads(path.read_text())]
         return Selector(evaluations, policy, accuracy_baseline=search["baseline_accuracy"],
                         accuracy_budget=search["accuracy_budget"])
 
@@ -354,10 +353,12 @@ def _device_only(artifact: Artifact, selector: Selector | None) -> Decision:
 
 
 def _search_evaluation(artifact: Artifact, cut: int) -> Evaluation | None:
+    return next((e for e in _search_evaluations(artifact) if e.config.cut == cut), None)
+
+
+def _search_evaluations(artifact: Artifact) -> list[Evaluation]:
+    """Every configuration the search measured (``search/evaluations.json``), or none."""
     path = artifact.root / "search" / "evaluations.json"
     if not path.is_file():
-        return None
-    for d in json.loads(path.read_text()):
-        if d["config"]["cut"] == cut:
-            return Evaluation.from_dict(d)
-    return None
+        return []
+    return [Evaluation.from_dict(d) for d in json.loads(path.read_text())]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dyno_compile.artifact.load import Artifact
+from dyno_compile.artifact.load import Artifact, run_segments
 from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.errors import InputError
 from dyno_compile.packing import PackedTensor, QuantParams, encode_packed
@@ -40,11 +40,8 @@ class _Side:
         except KeyError:
             raise ArtifactError(f"cut {position} is not one of the built cuts {sorted(self._cuts)}") from None
 
-    def run_segments(self, indices: list[int], env: Env) -> None:
-        for i in indices:
-            seg = self.artifact.segments[i]
-            outs = self.runner.invoke(seg["function"], [env[t] for t in seg["inputs"]])
-            env.update(zip(seg["outputs"], outs))
+    def run_segments(self, indices: list[int], env: Env, *, key: str = "function") -> None:
+        run_segments(self.artifact, self.runner.invoke, indices, env, key=key)
 
     def finish(self, env: Env, position: int) -> np.ndarray:
         """Run the segments after cut ``position`` on this side: the cloud's work, or the
@@ -136,7 +133,9 @@ class CloudSide(_Side):
                 envs[i] = self.unpack(position, tensors)
             except InputError as e:
                 outputs[i] = e
-        batch, cut = self.artifact.manifest.get("cloud_batch", 1), self.cut(position) if envs else None
+        if not envs:
+            return outputs
+        batch, cut = self.artifact.manifest.get("cloud_batch", 1), self.cut(position)
         ready = list(envs)
         while ready:
             group, ready = ready[:batch], ready[batch:]
@@ -144,10 +143,7 @@ class CloudSide(_Side):
                 outputs[group[0]] = self.finish(envs[group[0]], position)
                 continue
             stacked = {name: _stack([envs[i][name] for i in group], batch) for name in cut["tensors"]}
-            for seg_index in cut["cloud_segments"]:
-                seg = self.artifact.segments[seg_index]
-                outs = self.runner.invoke(seg["batched_function"], [stacked[t] for t in seg["inputs"]])
-                stacked.update(zip(seg["outputs"], outs))
+            self.run_segments(cut["cloud_segments"], stacked, key="batched_function")
             result = _numpy(stacked[self.output_name])
             for k, i in enumerate(group):
                 outputs[i] = result[k:k + 1]
