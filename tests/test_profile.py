@@ -19,7 +19,8 @@ from dyno_compile.errors import DynoError, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.passes import run_passes
 from dyno_compile.search.estimate import estimate_library, function_costs
-from dyno_compile.search.profile import SIDES, LibraryProfile, ProfileError, config_times, profile_library
+from dyno_compile.search.profile import (SIDES, LibraryProfile, ProfileError, config_times, profile_library,
+                                         profile_runner)
 from dyno_compile.search.rpc import RPCError, local_rpc, profile_library_rpc
 from dyno_compile.search.space import Config
 from dyno_compile.targets import get_target
@@ -202,3 +203,30 @@ def test_the_calibration_is_applied(artifact, profiles):
     assert est.time("segment_2") == pytest.approx(p.time("segment_2") * roof["arm64"] / roof["host"], rel=1e-12)
     with pytest.raises(ProfileError, match="not an estimate"):
         estimate_library(artifact, est, "cuda")
+
+
+class _LoadedRunner:
+    """The real runner's functions, timed with scripted figures: each pass over the library
+    reads ``1 ms x factors[pass]`` per function, as other load coming and going would."""
+
+    def __init__(self, runner, factors: list[float]) -> None:
+        self.module, self.factors, self.calls = runner.module, factors, 0
+
+    def time(self, function: str, inputs, *, repeat: int, min_repeat_ms: int) -> float:
+        n = len(self.module.functions)
+        factor = self.factors[self.calls // n]
+        self.calls += 1
+        return 1e-3 * factor
+
+
+def test_a_pass_slowed_by_passing_load_is_retimed_and_dropped(artifact):
+    runner = _LoadedRunner(artifact.runner("device", "host"), [6.0, 1.1, 1.0])
+    profile = profile_runner(runner, "device", "measured:host")
+    assert runner.calls == 3 * len(runner.module.functions)     # 6 vs 1.1 disagree; 1.1 vs 1.0 agree
+    assert set(profile.seconds.values()) == {1e-3}                # each function keeps its fastest pass
+
+
+def test_passes_that_never_agree_are_refused_not_recorded(artifact):
+    runner = _LoadedRunner(artifact.runner("device", "host"), [1.0, 2.0, 4.0, 8.0])
+    with pytest.raises(ProfileError, match="4 timing passes disagree.*quiet"):
+        profile_runner(runner, "device", "measured:host")

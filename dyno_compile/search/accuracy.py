@@ -18,6 +18,8 @@ recently used go first), so 224x224 models with hundreds of images fit in a few 
 """
 from __future__ import annotations
 
+import copy
+
 from collections import OrderedDict
 from functools import partial
 from typing import Callable, Iterable, Sequence
@@ -98,6 +100,7 @@ class AccuracySimulator:
         self._chain = segment(graph, positions)
         self._batch = min(batch, len(calibration))
         self._segment_fns: dict[int, Callable[[tuple], tuple]] = {}
+        self._parent: AccuracySimulator | None = None
         self._segments = segments
         self._inputs: Arrays = (calibration.x[:, None].astype(graph.inputs[0].dtype, copy=False),)
         self._cache: OrderedDict[int, Arrays] = OrderedDict()
@@ -124,6 +127,17 @@ class AccuracySimulator:
     def cut(self, position: int) -> CutPoint:
         return self.cuts[self._chain_index(position)]
 
+    def head(self, n: int) -> AccuracySimulator:
+        """This simulator over the first ``n`` calibration samples, for measurements that
+        need a few samples' tensors at many cuts (the wire's bytes) and not the whole set's.
+        It shares the compiled segments and the batch size (so nothing compiles again) and
+        slices this simulator's cached activations where it has them."""
+        sub = copy.copy(self)
+        sub.calibration = self.calibration.head(n)
+        sub._inputs = tuple(a[:n] for a in self._inputs)
+        sub._cache, sub._predictions, sub._float, sub._parent = OrderedDict(), {}, None, self
+        return sub
+
     def activations(self, position: int) -> Arrays:
         """The float tensors crossing cut ``position``, one array ``[N, *tensor_shape]`` per
         tensor (sample ``i`` is ``a[i]``, a batch-1 tensor); empty for device-only."""
@@ -136,6 +150,8 @@ class AccuracySimulator:
         if position in self._cache:
             self._cache.move_to_end(position)
             return self._cache[position]
+        if self._parent is not None and position in self._parent._cache:
+            return tuple(a[: len(self.calibration)] for a in self._parent._cache[position])
         start = max((self._index[p] for p in self._cache if self._index[p] < k), default=0)
         source = self._cache[self.cuts[start].position] if start else self._inputs
         arrays = self._apply(source, partial(self._run, start, k))
@@ -147,7 +163,9 @@ class AccuracySimulator:
         key = self._key(position, bits, granularity)
         if key not in self._predictions:
             k = self._chain_index(position)
-            if k == len(self._chain):  # device-only: nothing is sent, the float model runs
+            if k == len(self._chain) or key[1] == "float32":
+                # Device-only sends nothing and float32 sends the tensors as they are: the
+                # float model's own computation, segment for segment, so its predictions.
                 self._predictions[key] = self.float_predictions
             else:
                 width, gran = bits_value(key[1]), key[2]

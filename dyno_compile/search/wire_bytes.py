@@ -3,18 +3,23 @@
 A lossless codec's ratio depends on the data (a post-ReLU map is mostly zeros; its low bit
 planes are noise), so the size of a frame is measured, never computed from the shape: each
 calibration sample's crossing tensors, exactly as the device has them for one batch-1
-request, go through :func:`dyno_compile.packing.encode` into a real frame, and that frame
-through :func:`~dyno_compile.packing.decode`. The mean frame length is the configuration's
-bytes; the mean encode and decode times are the host-side codec stage each end adds to its
-compute time (the search adds them to device and cloud time).
+request, are quantised and packed as the device's kernel packs them, then framed exactly as
+the runtime frames them (:mod:`dyno_compile.runtime.sides`): re-laid out for the wire and
+compressed (:func:`~dyno_compile.packing.encode_packed`), then decoded and laid back
+(:func:`~dyno_compile.packing.decode_packed`). The mean frame length is the configuration's
+bytes. Only that host stage is timed — the quantise/pack and unpack kernels are in the
+library profiles already — and its *median* over the samples is what each end adds to its
+compute time, so one sample slowed by other load on the machine does not move a figure.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from dyno_compile.errors import InputError
-from dyno_compile.packing import PackConfig, decode, encode
+from dyno_compile.packing import PackConfig, decode_packed, encode_packed, pack_tensor
 from dyno_compile.search.accuracy import CHANNEL_AXIS, AccuracySimulator
 from dyno_compile.search.space import Config, bits_value
 
@@ -26,7 +31,7 @@ DEFAULT_SAMPLES = 32
 
 @dataclass(frozen=True)
 class WireCost:
-    """Per request: mean frame ``bytes``, mean ``encode_s`` (device host) and ``decode_s``
+    """Per request: mean frame ``bytes``, median ``encode_s`` (device host) and ``decode_s``
     (cloud host), over ``samples`` frames; all 0 for device-only, which sends nothing."""
 
     bytes: float
@@ -37,13 +42,14 @@ class WireCost:
 
 class WireBytes:
     """Measures :class:`WireCost` per :class:`Config` on the first ``samples`` calibration
-    samples, reading the cut activations from ``simulator`` (whose cache it shares)."""
+    samples, reading the cut activations from ``simulator`` where it holds them and
+    computing only those samples' where it does not (:meth:`AccuracySimulator.head`)."""
 
     def __init__(self, simulator: AccuracySimulator, *, samples: int = DEFAULT_SAMPLES) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise InputError(f"samples must be a positive integer, got {samples!r}")
-        self.simulator = simulator
         self.samples = min(samples, len(simulator.calibration))
+        self.simulator = simulator.head(self.samples)
         self._costs: dict[Config, WireCost] = {}
 
     def measure(self, config: Config) -> WireCost:
@@ -59,15 +65,17 @@ class WireBytes:
         if not arrays:  # device-only
             return WireCost(0.0, 0.0, 0.0, 0)
         pack = PackConfig(bits=bits_value(config.bits), granularity=config.granularity, axis=CHANNEL_AXIS,
-                          layout=config.layout, codec=config.codec)
-        total = encode_s = decode_s = 0.0
+                          layout="stream")
+        sizes, encode_s, decode_s = [], [], []
         for i in range(self.samples):
+            packed = [pack_tensor(a[i], pack) for a in arrays]
             start = time.perf_counter()
-            frame = encode([a[i] for a in arrays], pack, cut_id=config.cut, request_id=i)
+            frame = encode_packed([t.relayout(config.layout) for t in packed], codec=config.codec,
+                                  cut_id=config.cut, request_id=i)
             middle = time.perf_counter()
-            decode(frame)
-            encode_s += middle - start
-            decode_s += time.perf_counter() - middle
-            total += len(frame)
-        n = self.samples
-        return WireCost(total / n, encode_s / n, decode_s / n, n)
+            for tensor in decode_packed(frame).tensors:
+                tensor.relayout("stream")   # the cloud's unpack kernel reads the stream layout
+            decode_s.append(time.perf_counter() - middle)
+            encode_s.append(middle - start)
+            sizes.append(len(frame))
+        return WireCost(float(np.mean(sizes)), float(np.median(encode_s)), float(np.median(decode_s)), self.samples)
