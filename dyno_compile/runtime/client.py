@@ -63,7 +63,10 @@ class ClientOptions:
     """How a client behaves. ``policy``: a :class:`Policy` or a name from
     ``selector.POLICIES`` (with ``policy_options``); ``timeout_s``: the longest a request
     waits for the cloud before finishing on the device; ``probe_every_s``: how often the
-    prober measures the round trip, and the uplink while nothing else does."""
+    prober measures the round trip, and the uplink while nothing else does; ``selector``:
+    a ready :class:`Selector` to use instead of one over the artifact's search results (an
+    evaluation comparing policies over configurations it measured itself), whose policy
+    replaces ``policy``."""
 
     policy: str | Policy = "lowest-latency"
     policy_options: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class ClientOptions:
     probe_bytes: int = 16384
     device_target: str = "host"
     link: LinkEstimator | None = None
+    selector: Selector | None = None
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "retry_after_s", "max_retry_after_s", "probe_every_s"):
@@ -108,6 +112,7 @@ class _Endpoint:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.up = True
+        self.connected = False   # has a ping gone through since the endpoint was (re)connected
         self.retry_after_s = 0.0
         self.next_probe = 0.0
 
@@ -127,8 +132,11 @@ class DeviceClient:
         self.device = DeviceSide(self.artifact, o.device_target)
         self.device.warm_up()  # the first VM calls pay one-off set-up that is not device load
         self.link = o.link or LinkEstimator()
-        policy = o.policy if isinstance(o.policy, Policy) else make_policy(o.policy, **o.policy_options)
-        self.selector = _selector(self.artifact, policy, needed=bool(endpoints))
+        if o.selector is not None:
+            self.selector = o.selector
+        else:
+            policy = o.policy if isinstance(o.policy, Policy) else make_policy(o.policy, **o.policy_options)
+            self.selector = _selector(self.artifact, policy, needed=bool(endpoints))
         self.local = _device_only(self.artifact, self.selector)
         self.model = model_id(self.artifact.model_hash)
         self._endpoints = [_Endpoint(connect(e, token=o.token, tls_ca=o.tls_ca)) for e in endpoints]
@@ -244,6 +252,7 @@ class DeviceClient:
     def _mark_down(self, endpoint: _Endpoint) -> None:
         with self._state:
             endpoint.up = False
+            endpoint.connected = False
             endpoint.retry_after_s = self.options.retry_after_s
             endpoint.next_probe = time.monotonic() + endpoint.retry_after_s
 
@@ -272,13 +281,22 @@ class DeviceClient:
             raise ProtocolError(reply.status, reply.message)
         return time.perf_counter() - start - reply.server_s
 
+    def _round_trip(self, endpoint: _Endpoint) -> float:
+        """A ping's round trip. The first ping on a new connection also carries the HTTP/2
+        handshake (one more round trip, measured at 90 ms on a 50 ms link), so it is sent
+        and not counted."""
+        if not endpoint.connected:
+            self._ping(endpoint)
+            endpoint.connected = True
+        return self._ping(endpoint)
+
     @property
     def _ping_timeout_s(self) -> float:
         return min(self.options.timeout_s, 1.0)
 
     def _revive(self, endpoint: _Endpoint) -> None:
         try:
-            rtt = self._ping(endpoint)
+            rtt = self._round_trip(endpoint)
         except (TransportError, ProtocolError):
             with self._state:
                 endpoint.retry_after_s = min(2 * endpoint.retry_after_s, self.options.max_retry_after_s)
@@ -290,16 +308,20 @@ class DeviceClient:
 
     def _measure_link(self, endpoint: _Endpoint, *, uplink: bool) -> None:
         """An empty ping for the round trip; with ``uplink``, a padded one whose extra time
-        over the round-trip estimate (a windowed median, steadier than one ping) is the
-        padding's transfer. The padding is sized to take >= ~10 ms at the current estimate
-        (at most 1 MiB), so the transfer stands out of the round trip's jitter."""
+        over the round trip is the padding's transfer. The round trip subtracted is the
+        lower of the estimate (a windowed median, steadier than one ping) and this probe's
+        empty ping, which bounds the round trip right now from above: after a slow link
+        turns fast the median still holds the slow link's queueing for a few samples, and
+        subtracting it would discard the new link's transfers as negative. The padding is
+        sized to take >= ~10 ms at the current estimate (at most 1 MiB), so the transfer
+        stands out of the round trip's jitter."""
         size = 0
         if uplink and self.options.probe_bytes:
             with self._state:
                 size = int(min(max(self.options.probe_bytes, PROBE_SECONDS * self.link.conditions().bandwidth),
                                MAX_PROBE_BYTES))
         try:
-            rtt = self._ping(endpoint)
+            rtt = self._round_trip(endpoint)
         except (TransportError, ProtocolError):
             self._mark_down(endpoint)
             return
@@ -317,7 +339,7 @@ class DeviceClient:
             return
         with self._state:
             self.link.observe_rtt(rtt)
-            transfer_s = None if padded is None else padded - self.link.conditions().rtt_s
+            transfer_s = None if padded is None else padded - min(rtt, self.link.conditions().rtt_s)
             if transfer_s is not None and transfer_s > 0:
                 self.link.observe_transfer(size, transfer_s)
                 self._last_uplink_sample = time.monotonic()

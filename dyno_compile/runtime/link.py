@@ -197,14 +197,21 @@ class UplinkTrace:
         seconds = self.period_ms // 1000
         return np.bincount(self.opportunities_ms // 1000, minlength=seconds)[:seconds] * float(PACKET_BYTES)
 
+    def first_opportunity(self, t_ms: float) -> int:
+        """The index, counted on across loops, of the first delivery opportunity at or after
+        trace time ``t_ms``. The stamps are whole milliseconds, so the search key is
+        ``ceil(offset)`` as an integer: a float key would make NumPy convert the whole
+        array (millions of stamps for a fast 5G log) on every call."""
+        loops, offset = divmod(t_ms, self.period_ms)
+        key = np.int64(math.ceil(offset))
+        return int(loops) * self.opportunities_ms.size + int(np.searchsorted(self.opportunities_ms, key, side="left"))
+
     def transfer_seconds(self, start_s: float, nbytes: float) -> float:
         """Seconds to deliver ``nbytes`` starting at ``start_s`` on an otherwise idle link:
         the frame takes the next ``ceil(nbytes / 1500)`` opportunities and is delivered at
         the end of the millisecond of the last one (so never in 0 s)."""
         start_ms = _require("start_s", start_s, positive=False) * 1000.0
         packets = math.ceil(_require("nbytes", nbytes, positive=True) / PACKET_BYTES)
-        loops, offset = divmod(start_ms, self.period_ms)
-        index = int(np.searchsorted(self.opportunities_ms, offset, side="left")) + packets - 1
-        extra, index = divmod(index, self.opportunities_ms.size)
-        end_ms = (loops + extra) * self.period_ms + self.opportunities_ms[index] + 1
+        loops, index = divmod(self.first_opportunity(start_ms) + packets - 1, self.opportunities_ms.size)
+        end_ms = loops * self.period_ms + self.opportunities_ms[index] + 1
         return (end_ms - start_ms) / 1000.0

@@ -32,6 +32,8 @@ VERSION = 1
 REQUEST_MAGIC = b"DYRQ"
 REPLY_MAGIC = b"DYRP"
 _REQUEST = struct.Struct("<4sHHQQ")          # magic, version, kind, model, sent_at_us
+#: What the request envelope adds to the frame it carries.
+REQUEST_HEADER_BYTES = _REQUEST.size
 _REPLY = struct.Struct("<4sHHQIIHH")         # magic, version, status, request_id, queue_us, compute_us, in_flight, workers
 #: Longest error message a reply carries (longer ones are cut): a client logs it, no more.
 MAX_MESSAGE_BYTES = 1024
