@@ -17,7 +17,7 @@ from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.store import amend
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
-from dyno_compile.errors import DynoError
+from dyno_compile.errors import DynoError, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.passes import run_passes
@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--requests", type=int, default=200, help="requests replayed per policy and trace (default 200)")
     e.add_argument("--minutes", type=float, default=1.0, help="search minutes per model (default 1)")
     e.add_argument("--cache", metavar="DIR", help="built and measured models (default OUT/artifacts); reused")
+    e.add_argument("--live", default="resnet20:lte:1", metavar="MODEL:SET[:N]",
+                   help="the live run over the real server and link shaper that checks the replay, on trace N of "
+                        "the set (default resnet20:lte:1; 'none' to skip)")
     e.set_defaults(run=_evaluate)
     return parser
 
@@ -360,6 +363,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_option(value: str) -> tuple[str, str, int] | None:
+    if value == "none":
+        return None
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and not parts[2].isdigit()):
+        raise InputError(f"--live takes MODEL:SET[:N] (e.g. resnet20:lte:1) or none, got {value!r}")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from dyno_compile.evaluate.report import run_evaluation
 
@@ -368,7 +380,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = run_evaluation(out, models=[m for m in args.models.split(",") if m],
                              sets=[s for s in args.sets.split(",") if s], traces_per_set=args.traces_per_set,
                              requests=args.requests, minutes=args.minutes,
-                             cache=Path(args.cache) if args.cache else None,
+                             cache=Path(args.cache) if args.cache else None, live=_live_option(args.live),
                              progress=lambda m: console.print(m, highlight=False))
     best = results["headline"]["best"]
     console.print(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min); ours vs device-only "

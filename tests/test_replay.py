@@ -27,6 +27,7 @@ from dyno_compile.runtime import (
 )
 from dyno_compile.runtime.client import MIN_SAMPLE_BYTES, PROBE_SECONDS
 from dyno_compile.runtime.link import PACKET_BYTES
+from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from dyno_compile.search.space import Config, Evaluation
 from conftest import shared_data
 
@@ -155,9 +156,16 @@ def test_probes_only_while_nothing_samples_the_uplink() -> None:
     # ticks at 0, 1, 2, ...: the first with nothing sampled for 1 s is 1 s; a padded reply
     # counts as a sample, so the next due is two ticks later
     assert [p.start_s for p in device.probes] == pytest.approx([1.0, 3.0, 5.0, 7.0, 9.0])
-    first_transfer = trace.transfer_seconds(1.0 + RTT, 4_000)   # 3 packets: 3 ms
+    # What the client's estimator makes of it: each empty ping is a packet on the link
+    # (RTT + 1-2 ms here), the padded one's time over that estimate is its transfer.
+    link = LinkEstimator()
+    pings = [RTT + trace.transfer_seconds(tick, REQUEST_HEADER_BYTES) for tick in (0.0, 1.0)]
+    for ping in pings:                                      # tick 1's comes with the padded reply
+        link.observe_rtt(ping)
+    padded = trace.transfer_seconds(1.0 + pings[1], 4_000) + RTT
+    link.observe_transfer(4_000, padded - link.conditions().rtt_s)
     assert device.probes[0].bytes == 4_000
-    assert device.probes[1].bytes == pytest.approx(PROBE_SECONDS * 4_000 / first_transfer, abs=1)
+    assert device.probes[1].bytes == pytest.approx(PROBE_SECONDS * link.conditions().bandwidth, abs=1)
     assert device.probe_bytes_total == sum(p.bytes for p in device.probes) and device.bytes_per_inference == 0
 
     big = replay(pinned(offloaded(3, "8", 0.01, 30_000, 0.005)), trace, settings)
@@ -175,9 +183,11 @@ def test_probes_find_a_recovered_uplink_and_stop() -> None:
     result = replay(selector(STEP_CANDIDATES, LowestLatency()), trace, settings)
     assert all(r.where == "device" for r in result.requests if 2.0 <= r.start_s < 10.0)
     # a padded reply is a sample, so probes come every other tick, and the median of five
-    # follows after three: recovery is seen within ~3 x 2 ticks of the step
+    # follows after three: recovery is seen within ~3 x 2 ticks of the step, and ~2 more
+    # for the round trip's median to forget the pings that queued up to 0.5 s for the slow
+    # link's rare packets
     recovered = next(r.start_s for r in result.requests if r.start_s >= 10.0 and r.where == "cloud")
-    assert recovered < 10.0 + 3 * 2 * settings.probe_every_s + 1.0
+    assert recovered < 10.0 + (3 * 2 + 2) * settings.probe_every_s + 1.0
     assert all(r.config.cut == 0 for r in result.requests if r.start_s >= recovered)
     assert result.probes and max(p.start_s for p in result.probes) < recovered
     for probe in result.probes:
@@ -258,7 +268,9 @@ def test_policies_on_real_uplinks(name: str) -> None:
     results = {key: replay(selector(REAL_CANDIDATES, policy()), trace, settings) for key, policy in POLICIES.items()}
     for key, r in results.items():
         figures = r.summary()
-        assert figures["requests"] == 300 and all(np.isfinite(v) for v in figures.values() if isinstance(v, float))
+        nothing_sent = {"bytes_per_offload"} if r.offloaded_fraction == 0 else set()   # NaN: no such request
+        assert figures["requests"] == 300 and all(np.isfinite(v) for k, v in figures.items()
+                                                  if isinstance(v, float) and k not in nothing_sent)
         assert r.p95_latency_s >= r.mean_latency_s * 0.5 and 0.914 <= r.accuracy <= BASELINE
     assert results["device-only"].mean_latency_s == pytest.approx(SLOW_DEVICE_ONLY.device_s)
     assert results["cloud-only"].bytes_per_inference == 600_000

@@ -92,6 +92,12 @@ def compare(prepared: PreparedModel, traces: list[LabelledTrace], *, device: str
     return runs
 
 
+def _mean_sent(values: list[float]) -> float:
+    """Mean over the traces on which anything was sent (NaN if on none)."""
+    sent = [v for v in values if not np.isnan(v)]
+    return float(np.mean(sent)) if sent else float("nan")
+
+
 def summarise(runs: list[PolicyRun]) -> dict[str, dict[str, float]]:
     """Per policy, the mean over traces of each figure the report shows."""
     out: dict[str, dict[str, float]] = {}
@@ -102,6 +108,7 @@ def summarise(runs: list[PolicyRun]) -> dict[str, dict[str, float]]:
             "mean_latency_ms": 1e3 * float(np.mean([r.sequential.mean_latency_s for r in mine])),
             "p95_latency_ms": 1e3 * float(np.mean([r.sequential.p95_latency_s for r in mine])),
             "bytes": float(np.mean([r.sequential.bytes_per_inference for r in mine])),
+            "offload_bytes": _mean_sent([r.sequential.bytes_per_offload for r in mine]),
             "cloud_ms": 1e3 * float(np.mean([r.sequential.cloud_s_per_inference for r in mine])),
             "accuracy": float(np.mean([r.sequential.accuracy for r in mine])),
         }

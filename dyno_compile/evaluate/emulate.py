@@ -48,11 +48,16 @@ def emulated_artifact(artifact: Artifact, device_only_s: float) -> tuple[Artifac
     pareto = [Evaluation.from_dict(d) for d in search["pareto"]]
     device_only = device_only_evaluation(artifact)
     factor = device_only_s / device_only.device_s
-    scaled = [dataclasses.replace(e, device_s=e.device_s * factor,
-                                  sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"})
-              for e in [*pareto, device_only] if not is_device_only(e) or e is device_only]
+    scaled = slower_device([e for e in [*pareto, device_only] if not is_device_only(e) or e is device_only], factor)
     manifest = {**artifact.manifest, "search": {**search, "pareto": [e.to_dict() for e in scaled]}}
     return dataclasses.replace(artifact, manifest=manifest), factor
+
+
+def slower_device(evaluations: list[Evaluation], factor: float) -> list[Evaluation]:
+    """``evaluations`` on a device ``factor`` times slower (their sources say so)."""
+    return [dataclasses.replace(e, device_s=e.device_s * factor,
+                                sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"})
+            for e in evaluations]
 
 
 class EmulatedDevice:
@@ -88,20 +93,22 @@ class EmulatedDevice:
         return output
 
 
-def emulate_device(client: DeviceClient) -> DeviceClient:
-    """Put ``client`` (built on an :func:`emulated_artifact`) on the emulated device, after
-    one real run of every candidate (first calls pay one-off set-up, which would read as
-    device load)."""
-    candidates = list(client.selector.candidates.evaluations)
+def emulate_device(client: DeviceClient, evaluations: list[Evaluation] | None = None) -> DeviceClient:
+    """Put ``client`` on the emulated device, after one real run of every configuration
+    (first calls pay one-off set-up, which would read as device load). ``evaluations``
+    holds the emulated device times (default: the client's candidates, as from an
+    :func:`emulated_artifact`); it must include device-only, which a failed offload
+    falls back to."""
+    evaluations = list(evaluations if evaluations is not None else client.selector.candidates.evaluations)
     x = np.zeros(client.device.input_shape, client.device.input_dtype)
-    for e in candidates:
+    for e in evaluations:
         env = client.device.start(x, e.config.cut)
         if is_device_only(e):
             client.device.finish(env, e.config.cut)
         else:
             client.device.frame(env, e.config, 0)
-    cut = client.artifact.manifest["search"]["space"]["device_only_cut"]
-    client.device = EmulatedDevice(client.device, candidates, cut)
+    cut = max(c["position"] for c in client.artifact.cuts)
+    client.device = EmulatedDevice(client.device, evaluations, cut)
     return client
 
 

@@ -59,7 +59,7 @@ __all__ = ["JpegUpload", "measure_jpeg_upload", "measure_jpeg_uploads", "model_v
 class JpegUpload:
     """The JPEG-upload baseline at one quality, measured on ``samples`` images.
 
-    ``bytes``: mean JPEG size; ``encode_s``/``decode_s``: mean seconds per image;
+    ``bytes``: mean JPEG size; ``encode_s``/``decode_s``: median seconds per image;
     ``accuracy``: top-1 against the labels when ``labelled``, else the agreement with the
     float model; ``agreement``: the share of images whose top-1 class is the one the model
     gives on the original (un-JPEG'd) input; ``float_accuracy``: the model's ``accuracy``
@@ -247,7 +247,7 @@ def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: object,
         pred = np.asarray(got)
         agreement = float(np.mean(pred == ref))
         results[q] = JpegUpload(
-            quality=q, bytes=float(np.mean(sizes)), encode_s=float(np.mean(enc)), decode_s=float(np.mean(dec)),
+            quality=q, bytes=float(np.mean(sizes)), encode_s=float(np.median(enc)), decode_s=float(np.median(dec)),
             accuracy=float(np.mean(pred == y)) if y is not None else agreement, agreement=agreement,
             samples=len(crops), float_accuracy=float(np.mean(ref == y)) if y is not None else 1.0,
             labelled=y is not None, input_bytes=input_bytes)

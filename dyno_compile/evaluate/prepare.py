@@ -5,7 +5,8 @@ and evaluate with the search's own evaluator (real frames for bytes, simulated a
 
 * our Pareto set, from the Optuna search (:func:`dyno_compile.search.pipeline.search`);
 * Neurosurgeon's candidates: every cut at float32 (no quantisation, no codec);
-* JALAD's: every cut at 8 bits with an entropy coder (zstd: FSE + Huffman);
+* JALAD's: 8 bits with an entropy coder (zstd: FSE + Huffman) at every cut some uplink
+  makes its fastest (:func:`fastest_somewhere`);
 * cloud-only: the raw float32 input; and the input as a JPEG (:mod:`.jpeg`).
 
 Times are measured on the host; the named targets (an ARM device, a CUDA cloud) are
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
@@ -35,6 +38,7 @@ from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.pipeline import SearchOptions, search, space_of
 from dyno_compile.search.profile import LibraryProfile, config_times
 from dyno_compile.search.space import Config, Evaluation
+from dyno_compile.search.wire_bytes import WireBytes
 
 Progress = Callable[[str], None]
 
@@ -43,7 +47,7 @@ MODELS = ("resnet20", "resnet56", "squeezenet", "resnet50", "mobilenet_v2")
 #: Widths built: float32 (Neurosurgeon, cloud-only), 8 (JALAD), and narrow ones for ours.
 BITS = ("float32", 8, 4, 2)
 CACHE_FILE = "evaluate.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def model_spec(name: str) -> str:
@@ -91,13 +95,37 @@ class PreparedModel:
         return self.profiles[key]
 
 
-def baseline_configs(artifact: Artifact) -> list[Config]:
-    """Neurosurgeon's (every cut, float32), JALAD's (every offloading cut, 8-bit zstd) and
-    cloud-only's (cut 0, float32) configurations."""
-    cuts = [c["position"] for c in artifact.cuts]
-    last = max(cuts)
-    return ([Config(c, "float32") for c in cuts]
-            + [Config(c, "8", codec="zstd") for c in cuts if c != last])
+def baseline_configs(artifact: Artifact) -> tuple[list[Config], list[Config]]:
+    """Neurosurgeon's and cloud-only's configurations (every cut at float32: cut 0 is
+    cloud-only, the last device-only) and JALAD's (every offloading cut at 8-bit zstd)."""
+    cuts = sorted(c["position"] for c in artifact.cuts)
+    return [Config(c, "float32") for c in cuts], [Config(c, "8", codec="zstd") for c in cuts[:-1]]
+
+
+#: Seconds per byte at which :func:`fastest_somewhere` compares configurations: uplinks
+#: from 10 TB/s down to 10 B/s, 20 steps a decade.
+SECONDS_PER_BYTE = np.logspace(-13, -1, 241)
+
+
+def fastest_somewhere(prepared: PreparedModel, wire: WireBytes, configs: list[Config]) -> list[Config]:
+    """Those of ``configs`` that some uplink makes faster than the others and device-only
+    on some pair of the profiled targets. A baseline that takes the lowest-latency
+    configuration of a fixed kind (JALAD) never chooses another, so only these need their
+    accuracy simulated — bytes and times are cheap, a simulation is a pass over the
+    calibration set."""
+    costs = [wire.measure(c) for c in configs]
+    nbytes = np.array([w.bytes for w in costs])
+    device_only = Config(prepared.device_only_cut)
+    keep: set[int] = set()
+    for device in (p for p in prepared.profiles.values() if p.side == "device"):
+        for cloud in (p for p in prepared.profiles.values() if p.side == "cloud"):
+            compute = np.array([sum(config_times(prepared.artifact, device, cloud, c)[:2]) + w.encode_s + w.decode_s
+                                for c, w in zip(configs, costs)])
+            total = compute[None, :] + SECONDS_PER_BYTE[:, None] * nbytes[None, :]
+            best = total.argmin(axis=1)
+            faster = total[np.arange(len(best)), best] < config_times(prepared.artifact, device, cloud, device_only)[0]
+            keep.update(int(i) for i in best[faster])
+    return [configs[i] for i in sorted(keep)]
 
 
 def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tuple[str, str] = ("arm64", "cuda"),
@@ -118,16 +146,22 @@ def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tupl
     calibration = default_calibration(model_spec(name), graph.inputs[0].shape)
     options = SearchOptions(calibration, minutes=minutes, storage=f"sqlite:///{cache / (name + '.study.db')}")
     result, profiles, evaluator = search(artifact, options, progress=lambda m: progress(f"{name}: {m}"))
-    seen = {e.config: e for e in result.evaluations}
-    for config in baseline_configs(artifact):
-        if config not in seen and config in set(space_of(artifact).configs()):
+    prepared = _with_estimates(PreparedModel(name, artifact, list(result.evaluations),
+                                             {f"{p.side}/{p.target}": p for p in profiles}, result.baseline_accuracy,
+                                             result.accuracy_budget, evaluator.metric, calibration.source), targets)
+    space = set(space_of(artifact).configs())
+    neurosurgeon, jalad = ([c for c in configs if c in space] for configs in baseline_configs(artifact))
+    jalad_kept = fastest_somewhere(prepared, evaluator.wire, jalad)
+    progress(f"{name}: baselines: float32 at {len(neurosurgeon)} cuts; JALAD's 8-bit zstd at the {len(jalad_kept)} "
+             f"of {len(jalad)} cuts some uplink makes its fastest")
+    seen = {e.config: e for e in prepared.measured}
+    for config in neurosurgeon + jalad_kept:
+        if config not in seen:
             progress(f"{name}: measuring baseline {config.label}")
             seen[config] = evaluator(config)
-    prepared = PreparedModel(name, artifact, list(seen.values()),
-                             {f"{p.side}/{p.target}": p for p in profiles}, result.baseline_accuracy,
-                             result.accuracy_budget, evaluator.metric, calibration.source)
+    prepared = replace(prepared, measured=list(seen.values()))
     _write_cache(root, prepared)
-    return _with_estimates(prepared, targets)
+    return prepared
 
 
 def _with_estimates(prepared: PreparedModel, targets: tuple[str, str]) -> PreparedModel:

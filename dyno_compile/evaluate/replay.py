@@ -20,7 +20,9 @@ rules (its constants are imported, not copied):
   wait as slowness would make the estimate track the queue rather than the link (with
   it, highest throughput over 103 synthetic candidates on the four mahimahi uplinks
   reached 1.3-3.2x fewer requests per second);
-* round trips come only from the prober's empty pings, every ``probe_every_s``, and,
+* round trips come only from the prober's empty pings, every ``probe_every_s`` (a ping is
+  a packet on the uplink too, so a busy or gappy link reads as a longer round trip, as
+  live), and,
   while no frame has sampled the uplink for ``probe_every_s``, a padded ping of
   ``max(probe_bytes, PROBE_SECONDS x estimated bandwidth)`` (at most ``MAX_PROBE_BYTES``)
   samples it; a padded ping slower than the ping timeout reads as the timeout, as live.
@@ -50,7 +52,8 @@ import numpy as np
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.client import MAX_PROBE_BYTES, MIN_SAMPLE_BYTES, PROBE_SECONDS, ClientOptions
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
-from dyno_compile.runtime.selector import Prediction, Selector, is_device_only
+from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
+from dyno_compile.runtime.selector import DEFAULT_MAX_IN_FLIGHT, Prediction, Selector, is_device_only
 from dyno_compile.search.space import Config, Evaluation
 
 MODES = ("sequential", "pipelined")
@@ -91,7 +94,7 @@ class ReplaySettings:
     duration_s: float | None = None
     start_s: float = 0.0
     mode: str = "sequential"
-    max_in_flight: int = 8
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     probe_every_s: float = ClientOptions.probe_every_s
     probe_bytes: int = ClientOptions.probe_bytes
     ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S
@@ -191,6 +194,13 @@ class ReplayResult:
         return sum(r.bytes for r in self.requests) / len(self.requests)
 
     @property
+    def bytes_per_offload(self) -> float:
+        """Frame bytes per request that went to the cloud (NaN if none did): what a
+        policy's packing costs when it does send, whatever share of requests it sends."""
+        sent = [r.bytes for r in self.requests if r.where == "cloud"]
+        return sum(sent) / len(sent) if sent else math.nan
+
+    @property
     def probe_bytes_total(self) -> int:
         return sum(p.bytes for p in self.probes)
 
@@ -226,7 +236,8 @@ class ReplayResult:
         return {"policy": self.policy, "trace": self.trace, "mode": self.settings.mode,
                 "requests": len(self.requests), "throughput_rps": self.throughput_rps,
                 "mean_latency_s": self.mean_latency_s, "p95_latency_s": self.p95_latency_s,
-                "bytes_per_inference": self.bytes_per_inference, "probe_bytes_total": self.probe_bytes_total,
+                "bytes_per_inference": self.bytes_per_inference, "bytes_per_offload": self.bytes_per_offload,
+                "probe_bytes_total": self.probe_bytes_total,
                 "cloud_s_per_inference": self.cloud_s_per_inference, "accuracy": self.accuracy,
                 "offloaded_fraction": self.offloaded_fraction, "switches": self.switches}
 
@@ -387,26 +398,28 @@ class _Replay:
         if s.probe_bytes and self.now - self.last_uplink_sample_s >= s.probe_every_s:
             bandwidth = self.link.conditions().bandwidth
             size = int(min(max(s.probe_bytes, PROBE_SECONDS * bandwidth), MAX_PROBE_BYTES))
+        rtt = self.uplink.send(self.now, REQUEST_HEADER_BYTES) - self.now + s.rtt_s  # a ping is a packet too
         if not size:
-            self.at(self.now + s.rtt_s, lambda: self.link.observe_rtt(s.rtt_s))
+            self.at(self.now + rtt, lambda: self.link.observe_rtt(rtt))
             return
         self.probes.append(ProbeRecord(self.now, size))
-        self.at(self.now + s.rtt_s, lambda: self.send_padded(size))
+        self.at(self.now + rtt, lambda: self.send_padded(size, rtt))
 
-    def send_padded(self, size: int) -> None:
+    def send_padded(self, size: int, rtt: float) -> None:
         s = self.settings
         sent = self.now
         returned = self.uplink.send(sent, size) + s.rtt_s
         timed_out = returned - sent > s.ping_timeout_s
         self.at(sent + s.ping_timeout_s if timed_out else returned,
-                lambda: self.padded_reply(size, sent, timed_out))
+                lambda: self.padded_reply(size, sent, timed_out, rtt))
 
-    def padded_reply(self, size: int, sent_s: float, timed_out: bool) -> None:
-        """As the client: the round trip first, then the padded ping's time over the
-        round-trip estimate is the padding's transfer; a time-out reads as the timeout."""
+    def padded_reply(self, size: int, sent_s: float, timed_out: bool, rtt: float) -> None:
+        """As the client: the empty ping's round trip first, then the padded ping's time
+        over the round-trip estimate is the padding's transfer; a time-out reads as the
+        timeout."""
         s = self.settings
         padded = s.ping_timeout_s + self.link.conditions().rtt_s if timed_out else self.now - sent_s
-        self.link.observe_rtt(s.rtt_s)
+        self.link.observe_rtt(rtt)
         transfer_s = padded - self.link.conditions().rtt_s
         if transfer_s > 0:
             self.link.observe_transfer(size, transfer_s)
@@ -444,10 +457,7 @@ class OracleChoice:
 
 def delivered_bytes(trace: UplinkTrace, start_s: float, end_s: float) -> float:
     """Bytes the trace can deliver in ``[start_s, end_s)``, across its loops."""
-    def opportunities_before(time_s: float) -> int:
-        loops, offset = divmod(time_s * 1000.0, trace.period_ms)
-        return int(loops) * trace.opportunities_ms.size + int(np.searchsorted(trace.opportunities_ms, offset))
-    return float(PACKET_BYTES * (opportunities_before(end_s) - opportunities_before(start_s)))
+    return float(PACKET_BYTES * (trace.first_opportunity(1000.0 * end_s) - trace.first_opportunity(1000.0 * start_s)))
 
 
 def oracle(selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *,

@@ -120,6 +120,7 @@ class _TracePacer:
     ``_spare`` the bytes left free in the packet before it, delivered at ``_spare_ms``."""
 
     def __init__(self, trace: UplinkTrace, origin: float) -> None:
+        self._trace = trace
         self._opps = trace.opportunities_ms
         self._period = trace.period_ms
         self.origin = origin
@@ -137,10 +138,6 @@ class _TracePacer:
         loops, i = np.divmod(index, self._opps.size)
         return loops * self._period + self._opps[i] + 1
 
-    def _first_at_or_after(self, t_ms: float) -> int:
-        loops, offset = divmod(t_ms, self._period)
-        return int(loops) * self._opps.size + int(np.searchsorted(self._opps, offset, side="left"))
-
     def schedule(self, now: float, nbytes: int) -> Segments:
         t_ms = max(now - self.origin, 0.0) * 1000.0  # the trace may start after a backlog
         segments: list[tuple[float, int]] = []
@@ -150,7 +147,7 @@ class _TracePacer:
             self._spare -= take
             nbytes -= take
         if nbytes:
-            segments += self._take_packets(max(self._next, self._first_at_or_after(t_ms)), nbytes)
+            segments += self._take_packets(max(self._next, self._trace.first_opportunity(t_ms)), nbytes)
         return [(self.origin + end_ms / 1000.0, n) for end_ms, n in segments]
 
     def _take_packets(self, first: int, nbytes: int) -> list[tuple[float, int]]:
