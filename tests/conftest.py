@@ -54,15 +54,36 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(scope="session")
+def resnet20_host(tmp_path_factory) -> Path:
+    """resnet20 (real weights) with every candidate cut and the default widths, host device
+    and cloud libraries, no search: what profiling and search tests measure (~12 s).
+    Read-only."""
+    from dyno_compile.artifact.build import build_artifact
+    from dyno_compile.artifact.plan import candidate_cuts, plan_build
+    from dyno_compile.frontend.resolve import load_model
+    from dyno_compile.passes import run_passes
+
+    graph = run_passes(load_model("resnet20"))
+    root, _ = build_artifact(plan_build(graph, candidate_cuts(graph)), tmp_path_factory.mktemp("art") / "resnet20",
+                             device_targets=("host",), cloud_targets=("host",))
+    return root
+
+
+#: Configurations the session's searched resnet20 measured.
+SEARCHED_EVALUATIONS = 10
+
+
+@pytest.fixture(scope="session")
 def searched_resnet20(tmp_path_factory) -> Path:
     """A resnet20 artifact (real weights; host device and cloud libraries; widths fp32, 8,
-    4, 2; cloud segments also for batches of 4) with a short search on the real CIFAR-10 test images: what the runtime tests
-    serve. Built once per session through the CLI, as a user would (~35 s)."""
+    4, 2; cloud segments also for batches of 4) with a short search on the real CIFAR-10
+    test images: what the runtime tests serve, and what the build-with-search test checks.
+    Built once per session through the CLI, as a user would (~35 s). Read-only: a test that
+    changes it works on a copy."""
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("served") / "resnet20"
-    common = ["--calibration", str(shared_data("cifar10", "test_932.npz")), "--preprocess", "cifar10"]
     assert main(["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32,8,4,2",
-                 "--cloud-batch", "4", "--out", str(out), "--no-search"]) == 0
-    assert main(["search", str(out), "--evaluations", "10", *common]) == 0
+                 "--cloud-batch", "4", "--out", str(out), "--evaluations", str(SEARCHED_EVALUATIONS),
+                 "--calibration", str(shared_data("cifar10", "test_932.npz")), "--preprocess", "cifar10"]) == 0
     return out

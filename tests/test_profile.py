@@ -11,13 +11,9 @@ import time
 
 import pytest
 
-from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact
-from dyno_compile.artifact.plan import candidate_cuts, plan_build
 from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.errors import DynoError, InputError
-from dyno_compile.frontend.resolve import load_model
-from dyno_compile.passes import run_passes
 from dyno_compile.search.estimate import estimate_library, function_costs
 from dyno_compile.search.profile import (SIDES, LibraryProfile, ProfileError, config_times, profile_library,
                                          profile_runner)
@@ -27,12 +23,8 @@ from dyno_compile.targets import get_target
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    graph = run_passes(load_model("resnet20"))
-    plan = plan_build(graph, candidate_cuts(graph))
-    root, _ = build_artifact(plan, tmp_path_factory.mktemp("art") / "resnet20", device_targets=("host",),
-                             cloud_targets=("host",))
-    return load_artifact(root)
+def artifact(resnet20_host):
+    return load_artifact(resnet20_host)
 
 
 @pytest.fixture(scope="module")

@@ -240,6 +240,25 @@ def test_an_error_reply_falls_back_to_the_device(artifact, cifar):
     assert rel_err(result.output, float_model) <= 1e-6
 
 
+def test_grpc_refusing_a_call_for_load_keeps_the_endpoint(artifact, server, cifar):
+    """RESOURCE_EXHAUSTED (gRPC's own concurrency limit) means busy, as OVERLOADED does:
+    the request finishes on the device and the next one goes to the cloud again."""
+    config = _offloaded(artifact)[0].config
+    with DeviceClient(artifact, [server.endpoint], policy=make_policy("pinned", config=config)) as client:
+        transport = client._endpoints[0].transport
+        real_call = transport.call
+
+        def refused(request, timeout_s):
+            transport.call = real_call
+            raise TransportError(server.endpoint, "RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
+
+        transport.call = refused
+        first, second = client.run(cifar.x[:1]), client.run(cifar.x[1:2])
+        assert client.endpoints_up == [server.endpoint]
+    assert first.where == "fallback" and "RESOURCE_EXHAUSTED" in first.error
+    assert second.where == "cloud"
+
+
 def test_requests_rotate_over_several_endpoints(artifact, engine, cifar):
     config = _offloaded(artifact)[0].config
     with CloudServer(engine) as a, CloudServer(engine) as b:

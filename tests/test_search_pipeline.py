@@ -4,6 +4,7 @@ storing the Pareto set; bad input refused with nothing half-written."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_data
-from dyno_compile import zoo
-from dyno_compile.artifact.build import build_artifact
+from conftest import SEARCHED_EVALUATIONS, shared_data
 from dyno_compile.artifact.load import load_artifact
-from dyno_compile.artifact.plan import candidate_cuts, plan_build
-from dyno_compile.frontend.jax_import import from_jax
-from dyno_compile.passes import run_passes
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import load_calibration
 from dyno_compile.search.pareto import hypervolume_ratio
-from dyno_compile.search.pipeline import ArtifactEvaluator, SearchOptions, search, side_profiles, space_of
+from dyno_compile.search.pipeline import ArtifactEvaluator, SearchOptions, side_profiles, space_of
 from dyno_compile.search.study import exhaustive, run_search
 from dyno_compile.search.wire_bytes import WireBytes
 
@@ -31,13 +27,8 @@ SAMPLES = 256
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    m = zoo.get_model("resnet20")
-    graph = run_passes(from_jax(m.fn, m.params, m.random_input()))
-    plan = plan_build(graph, candidate_cuts(graph))
-    root, _ = build_artifact(plan, tmp_path_factory.mktemp("art") / "resnet20", device_targets=["host"],
-                             cloud_targets=["host"])
-    return load_artifact(root)
+def artifact(resnet20_host):
+    return load_artifact(resnet20_host)
 
 
 @pytest.fixture(scope="module")
@@ -94,26 +85,27 @@ def _cli(*args, timeout=900):
                           text=True, timeout=timeout)
 
 
-def test_build_with_search_stores_the_pareto_set_and_search_amends_it(tmp_path):
-    out = tmp_path / "r20"
-    proc = _cli("build", "resnet20", "--device", "host", "--cloud", "host", "--out", out, "--evaluations", 24,
-                "--calibration-limit", 128, "--bits", "float32,8,4,2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Pareto set" in proc.stdout and "measured:host" in proc.stdout
-    art = load_artifact(out)
+def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_resnet20, tmp_path):
+    """``build`` with its search (the session's resnet20, built through the CLI), then
+    ``search`` amending a copy with another study, calibration subset and budget."""
+    art = load_artifact(searched_resnet20)
     s = art.manifest["search"]
-    assert s["evaluated"] == 24 and s["calibration"]["samples"] == 128 and s["metric"] == "top-1"
+    assert s["evaluated"] == SEARCHED_EVALUATIONS and s["calibration"]["samples"] == 932 and s["metric"] == "top-1"
     assert all(100 * (s["baseline_accuracy"] - e["accuracy"]) <= s["accuracy_budget"] + 1e-9 for e in s["pareto"])
     for png in ("pareto.png", "per_cut.png"):
-        assert (out / "search" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "r20.study.db").is_file()  # the study, resumable, beside the artifact
-    profiles = json.loads((out / "search" / "profiles.json").read_text())
+        assert (searched_resnet20 / "search" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (searched_resnet20.parent / "resnet20.study.db").is_file()  # the study, resumable, beside the artifact
+    profiles = json.loads((searched_resnet20 / "search" / "profiles.json").read_text())
     assert {p["side"] for p in profiles} == {"device", "cloud"}
 
+    out = tmp_path / "r20"
+    shutil.copytree(searched_resnet20, out)
     proc = _cli("search", out, "--evaluations", 12, "--calibration-limit", 64, "--study", "again", "--budget", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Pareto set" in proc.stdout and "measured:host" in proc.stdout
     again = load_artifact(out).manifest["search"]  # checksums verified: the amended artifact is whole
     assert again["study"]["name"] == "again" and again["evaluated"] == 12 and again["accuracy_budget"] == 2
+    assert again["calibration"]["samples"] == 64
 
 
 @pytest.mark.parametrize("case", ["empty_calibration", "labels_mismatch", "bad_storage", "rpc_unreachable",

@@ -502,6 +502,7 @@ def _report_mobilenet(s: SplitSetup, worst: dict) -> None:
               + ", ".join(f"{k} {v:.2f}s" for k, v in m.timings.items()))
 
 
+@pytest.mark.slow  # ~80 s: the slow job runs it; resnet20's every cut and width runs in CI
 def test_mobilenet_v2_every_cut_and_width(mobilenet_split, capsys):
     """Every boundary at fp32, 16, 8, 4 and 2 bits (and float16)."""
     s = mobilenet_split

@@ -84,9 +84,21 @@ def run_evaluation(out: Path, *, models: Sequence[str] = MODELS, sets: Sequence[
             results["live"] = {"model": model, "set": live[1], "trace": trace.name, "runs": [r.summary() for r in runs]}
     results["seconds"] = time.perf_counter() - start
     results["headline"] = headline(results)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(_strict_json(results), indent=1, default=str, allow_nan=False))
     (out / "report.md").write_text(markdown(results))
     return results
+
+
+def _strict_json(value):
+    """``value`` with NaN and infinities as null: a ratio where nothing was sent is
+    undefined, and strict JSON readers (jq, browsers) refuse the bare ``NaN`` token."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _trace_info(t) -> dict:

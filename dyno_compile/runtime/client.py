@@ -177,9 +177,11 @@ class DeviceClient:
             try:
                 reply = self._call(endpoint, request, request_id)
             except (TransportError, ProtocolError) as e:
+                # Busy is not down: an OVERLOADED reply (with load figures) or gRPC's own
+                # concurrency limit refusing the call keeps the endpoint.
                 if isinstance(e, ProtocolError) and e.status is Status.OVERLOADED and e.reply is not None:
-                    self._observe_busy(evaluation, e.reply)  # busy, not down: keep the endpoint
-                else:
+                    self._observe_busy(evaluation, e.reply)
+                elif not (isinstance(e, TransportError) and e.code == "RESOURCE_EXHAUSTED"):
                     self._mark_down(endpoint)
                 output = self.device.finish(env, config.cut)
                 return Result(output, decision, "fallback", time.perf_counter() - start, len(request),

@@ -30,6 +30,9 @@ from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.protocol import Status, encode_reply, is_ping
 from dyno_compile.runtime.transport import GRPC_MAX_MESSAGE, INFER_METHOD, SERVICE_NAME
 
+#: Calls gRPC lets in beyond twice the queue and workers, each answered OVERLOADED at once.
+OVERLOAD_HEADROOM = 32
+
 
 @dataclass
 class ServerOptions:
@@ -128,8 +131,9 @@ class CloudServer:
         o = self.options
         self._batcher = _Batcher(self.engine, o.max_queue, o.max_batch)
         # gRPC's own limit is a safety net behind the queue's: above it, calls are refused
-        # before they reach a handler thread, so it must leave room for OVERLOADED replies.
-        concurrent = 2 * (o.max_queue + self.engine.options.workers)
+        # (RESOURCE_EXHAUSTED) before they reach a handler thread, so it must leave room for
+        # a burst of OVERLOADED replies, which carry the load figures a client learns from.
+        concurrent = 2 * (o.max_queue + self.engine.options.workers) + OVERLOAD_HEADROOM
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="dyno-grpc"),
             maximum_concurrent_rpcs=concurrent,
