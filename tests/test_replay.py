@@ -157,13 +157,14 @@ def test_probes_only_while_nothing_samples_the_uplink() -> None:
     # counts as a sample, so the next due is two ticks later
     assert [p.start_s for p in device.probes] == pytest.approx([1.0, 3.0, 5.0, 7.0, 9.0])
     # What the client's estimator makes of it: each empty ping is a packet on the link
-    # (RTT + 1-2 ms here), the padded one's time over that estimate is its transfer.
+    # (RTT + 1-2 ms here); the padded one's time over the lower of that estimate and its
+    # own empty ping is its transfer.
     link = LinkEstimator()
     pings = [RTT + trace.transfer_seconds(tick, REQUEST_HEADER_BYTES) for tick in (0.0, 1.0)]
     for ping in pings:                                      # tick 1's comes with the padded reply
         link.observe_rtt(ping)
     padded = trace.transfer_seconds(1.0 + pings[1], 4_000) + RTT
-    link.observe_transfer(4_000, padded - link.conditions().rtt_s)
+    link.observe_transfer(4_000, padded - min(pings[1], link.conditions().rtt_s))
     assert device.probes[0].bytes == 4_000
     assert device.probes[1].bytes == pytest.approx(PROBE_SECONDS * link.conditions().bandwidth, abs=1)
     assert device.probe_bytes_total == sum(p.bytes for p in device.probes) and device.bytes_per_inference == 0

@@ -221,6 +221,17 @@ def test_the_bandwidth_estimate_follows_a_step_in_three_samples(before, after):
     assert estimator.conditions().bandwidth == pytest.approx(after * MBIT)  # ...a step is followed
 
 
+def test_a_padded_ping_after_a_slow_link_counts_against_its_own_round_trip():
+    """The round-trip median still holds a slow link's 200 ms; a probe on the now fast link
+    (empty ping 20 ms, 8 KB padded ping 25 ms) samples 5 ms of transfer, not a negative."""
+    estimator = LinkEstimator()
+    for _ in range(5):
+        estimator.observe_rtt(0.2)
+    assert estimator.observe_padded_ping(0.02, 8_000, 0.025)
+    assert estimator.conditions().rtt_s == pytest.approx(0.2)
+    assert not estimator.observe_padded_ping(0.02, 8_000, 0.015)   # faster than its own ping: no sample
+
+
 def replay(sel: Selector, estimator: LinkEstimator, bandwidths, rng, sigma: float) -> list[Evaluation]:
     """One request per bandwidth: choose, then observe the chosen frame's transfer (a
     3 KB probe while device-only) at that bandwidth with lognormal noise."""

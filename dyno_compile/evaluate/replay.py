@@ -414,15 +414,11 @@ class _Replay:
                 lambda: self.padded_reply(size, sent, timed_out, rtt))
 
     def padded_reply(self, size: int, sent_s: float, timed_out: bool, rtt: float) -> None:
-        """As the client: the empty ping's round trip first, then the padded ping's time
-        over the round-trip estimate is the padding's transfer; a time-out reads as the
-        timeout."""
+        """As the client (:meth:`LinkEstimator.observe_padded_ping`); a time-out reads as
+        the timeout."""
         s = self.settings
         padded = s.ping_timeout_s + self.link.conditions().rtt_s if timed_out else self.now - sent_s
-        self.link.observe_rtt(rtt)
-        transfer_s = padded - self.link.conditions().rtt_s
-        if transfer_s > 0:
-            self.link.observe_transfer(size, transfer_s)
+        if self.link.observe_padded_ping(rtt, size, padded):
             self.last_uplink_sample_s = self.now
 
 

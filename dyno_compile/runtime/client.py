@@ -309,14 +309,10 @@ class DeviceClient:
             endpoint.up = True
 
     def _measure_link(self, endpoint: _Endpoint, *, uplink: bool) -> None:
-        """An empty ping for the round trip; with ``uplink``, a padded one whose extra time
-        over the round trip is the padding's transfer. The round trip subtracted is the
-        lower of the estimate (a windowed median, steadier than one ping) and this probe's
-        empty ping, which bounds the round trip right now from above: after a slow link
-        turns fast the median still holds the slow link's queueing for a few samples, and
-        subtracting it would discard the new link's transfers as negative. The padding is
-        sized to take >= ~10 ms at the current estimate (at most 1 MiB), so the transfer
-        stands out of the round trip's jitter."""
+        """An empty ping for the round trip; with ``uplink``, a padded one for the uplink
+        (:meth:`LinkEstimator.observe_padded_ping`). The padding is sized to take >= ~10 ms
+        at the current estimate (at most 1 MiB), so the transfer stands out of the round
+        trip's jitter."""
         size = 0
         if uplink and self.options.probe_bytes:
             with self._state:
@@ -340,10 +336,9 @@ class DeviceClient:
             self._mark_down(endpoint)
             return
         with self._state:
-            self.link.observe_rtt(rtt)
-            transfer_s = None if padded is None else padded - min(rtt, self.link.conditions().rtt_s)
-            if transfer_s is not None and transfer_s > 0:
-                self.link.observe_transfer(size, transfer_s)
+            if padded is None:
+                self.link.observe_rtt(rtt)
+            elif self.link.observe_padded_ping(rtt, size, padded):
                 self._last_uplink_sample = time.monotonic()
 
 

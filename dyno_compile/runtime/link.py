@@ -151,6 +151,21 @@ class LinkEstimator:
     def observe_rtt(self, rtt_s: float) -> None:
         self._rtt.update(_clamp(_require("rtt_s", rtt_s, positive=False), RTT_LIMITS))
 
+    def observe_padded_ping(self, rtt_s: float, padded_bytes: int, padded_s: float) -> bool:
+        """A probe: an empty ping's round trip ``rtt_s``, then a ping padded with
+        ``padded_bytes`` that took ``padded_s``, whose time over the round trip is the
+        padding's transfer. The round trip subtracted is the lower of the estimate (a
+        windowed median, steadier than one ping) and this probe's empty ping, which bounds
+        the round trip right now from above: after a slow link turns fast the median still
+        holds the slow link's queueing for a few samples, and subtracting it would discard
+        the new link's transfers as negative. True when the transfer was a sample."""
+        self.observe_rtt(rtt_s)
+        transfer_s = padded_s - min(rtt_s, self._rtt.value)
+        if transfer_s <= 0:
+            return False
+        self.observe_transfer(padded_bytes, transfer_s)
+        return True
+
     def observe_device(self, observed_s: float, profiled_s: float) -> None:
         """The device side of a request took ``observed_s`` where its profile says ``profiled_s``."""
         self._device.update(_load_sample("device", observed_s, profiled_s))

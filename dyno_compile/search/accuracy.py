@@ -19,7 +19,6 @@ recently used go first), so 224x224 models with hundreds of images fit in a few 
 from __future__ import annotations
 
 import copy
-
 from collections import OrderedDict
 from functools import partial
 from typing import Callable, Iterable, Sequence
