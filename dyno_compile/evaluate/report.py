@@ -173,7 +173,7 @@ def markdown(results: dict) -> str:
                   f"{100 * j['accuracy']:.2f} % (measured on {j['samples']} images).", ""]
         for device, d in entry["devices"].items():
             lines += [f"### device {device} [{d['sources']['device']}], cloud [{d['sources']['cloud']}]", "",
-                      f"![latency and throughput vs bandwidth]({model}_{device}_vs_bandwidth.png)", ""]
+                      f"![latency, throughput and bytes per inference vs bandwidth]({model}_{device}_vs_bandwidth.png)", ""]
             for s, v in d["sets"].items():
                 lines += [f"**{s}**", "", "| policy | throughput req/s | mean ms | p95 ms | bytes/inf | bytes/offload "
                           "| cloud ms/inf | accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -205,18 +205,20 @@ def _live_markdown(live: dict) -> list[str]:
 
 
 def _plot_vs_bandwidth(per_set: dict, path: Path, title: str) -> None:
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (lat, thr, sent) = plt.subplots(1, 3, figsize=(16, 4))
     runs = [r for v in per_set.values() for r in v["runs"]]
     for name in dict.fromkeys(r["policy"] for r in runs):
         mine = sorted((r for r in runs if r["policy"] == name), key=lambda r: r["mean_mbit_s"])
         x = [r["mean_mbit_s"] for r in mine]
         lat.plot(x, [1e3 * r["mean_latency_s"] for r in mine], "o-", label=name)
         thr.plot(x, [r["throughput_rps"] for r in mine], "o-", label=name)
-    for ax, label in ((lat, "mean latency (ms)"), (thr, "throughput (req/s)")):
+        sent.plot(x, [r["bytes"] for r in mine], "o-", label=name)
+    for ax, label in ((lat, "mean latency (ms)"), (thr, "throughput (req/s)"), (sent, "bytes per inference")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("trace mean uplink (Mbit/s)")
         ax.set_ylabel(label)
+    sent.set_yscale("symlog", linthresh=1)   # device-only sends 0 bytes
     thr.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
