@@ -97,6 +97,28 @@ def _schedule_gpu(mod, tvm_target):
     return mod, None
 
 
+def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
+    """Legalize to TensorIR, fold constants and fuse (Relax's ``"zero"`` pipeline).
+
+    On CPU targets with ``blocked_conv``, convolutions with constant weights are legalized
+    with output-channel-blocked weights first (:mod:`dyno_compile.targets.blocked_conv`),
+    the layout the tuning-free CPU schedule vectorises best. The build and the tuner
+    (:func:`dyno_compile.targets.tune.fused_module`) both fuse here, so tuning records
+    match the functions a build schedules.
+    """
+    import tvm
+    from tvm import relax
+
+    with spec.tvm_target() as tvm_target, tvm.transform.PassContext(opt_level=3):
+        if blocked_conv and not spec.is_gpu:
+            from dyno_compile.targets.blocked_conv import legalize_blocked_conv
+            from dyno_compile.targets.schedule import vector_bits
+
+            legalize = {"relax.nn.conv2d": legalize_blocked_conv(vector_bits(tvm_target))}
+            mod = relax.transform.LegalizeOps(legalize)(mod)
+        return relax.get_pipeline("zero")(mod)
+
+
 def _build(mod, spec: TargetSpec, timings: dict[str, float], *, schedule: bool = True,
            schedule_config: Any = None, records: str | os.PathLike | None = None):
     """Fuse, schedule and build a lowered (and bound) Relax module: ``(executable, report)``.
@@ -106,14 +128,12 @@ def _build(mod, spec: TargetSpec, timings: dict[str, float], *, schedule: bool =
     ``build`` to ``timings``.
     """
     import tvm
-    from tvm import relax
 
     from dyno_compile.targets.lower import schedule_cut_kernels
 
     tvm_target = spec.tvm_target()
     t = time.perf_counter()
-    with tvm_target, tvm.transform.PassContext(opt_level=3):
-        mod = relax.get_pipeline("zero")(mod)
+    mod = fuse(mod, spec, blocked_conv=schedule)
     timings["fuse"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -145,6 +165,14 @@ def _bind(mod, func_name: str, weight_vars: Sequence[Any], tensors: Sequence[Any
     return relax.transform.BindParams(func_name, dict(zip(weight_vars, tensors)))(mod)
 
 
+def bound_module(graph: Graph, low: Any):
+    """The lowered module of ``graph`` (``low``, from ``lower.lower``) with its weights bound as constants."""
+    import tvm
+
+    return _bind(low.mod, low.name, low.weight_vars,
+                 [tvm.runtime.tensor(_contiguous(graph.params[n])) for n in low.weight_names])
+
+
 def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weights: bool = True,
                   schedule: bool = True, schedule_config: Any = None,
                   records: str | os.PathLike | None = None) -> Compiled:
@@ -158,8 +186,6 @@ def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weigh
     targets always get dlight's default schedules, which they need to build at all);
     ``schedule_config`` (a ``schedule.ScheduleConfig``) overrides the CPU schedule's knobs.
     """
-    import tvm
-
     from dyno_compile.targets.lower import lower
 
     spec = get_target(target)
@@ -168,13 +194,10 @@ def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weigh
 
     t = time.perf_counter()
     low = lower(graph)
-    mod = low.mod
     timings["lower"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if bind_weights:
-        mod = _bind(mod, "main", low.weight_vars,
-                    [tvm.runtime.tensor(_contiguous(graph.params[n])) for n in low.weight_names])
+    mod = bound_module(graph, low) if bind_weights else low.mod
     timings["bind"] = time.perf_counter() - t
 
     ex, report = _build(mod, spec, timings, schedule=schedule, schedule_config=schedule_config, records=records)

@@ -3,8 +3,8 @@
 TVM's default CPU build emits naive loops (no parallel loop, no vectorisation), about
 20x slower than ``jax.jit`` on a ResNet. This pass, applied to each fused ``PrimFunc``
 after Relax's ``"zero"`` pipeline (legalize, fold, fuse), makes the default build faster
-than ``jax.jit`` (ResNet-18 at 224: about 0.5x JAX's time on 2 AVX2 cores; see
-``benchmarks/tvm_vs_jax.py``):
+than ``jax.jit`` (ResNet-18 at 224: about 0.5x JAX's time on 2 AVX2 cores, 0.17x on 2
+AVX-512 cores, within 1.2x of ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
 
 1. **Inline** every injective block that is not an output and not the direct producer of
    a reduction (so bias-add, residual add and ReLU collapse into one epilogue block,
@@ -15,11 +15,16 @@ than ``jax.jit`` (ResNet-18 at 224: about 0.5x JAX's time on 2 AVX2 cores; see
    SIMD register; a *register axis*, a spatial axis the vector operand does not depend on
    (output channels for a convolution: each input vector then feeds several
    accumulators), is split into a small tile so that about 3/4 of the SIMD register file
-   holds accumulators. Loop order: ``[fused outer spatial loops: parallel] [reduction
-   loops] [register tile: unrolled] [vector tile: vectorised]``: the reduction runs
-   outside the tile and the tile accumulates in a ``local`` buffer (registers). The init
-   block is split off and vectorised; the **epilogue** runs inside the parallel loop right
-   after its tile, while the tile is hot.
+   holds accumulators. A strided index (a stride-2 convolution's width) does not count
+   as contiguous. Convolutions with constant weights read them output-channel-blocked
+   (:mod:`dyno_compile.targets.blocked_conv`), so output channels are a contiguous
+   vector axis wherever the width fills no register; when the register axis is short
+   (a 7-wide output) the tile also takes several vectors of the vector axis. Loop order:
+   ``[fused outer spatial loops: parallel] [reduction loops] [register tiles: unrolled]
+   [vector tile: vectorised]``: the reduction runs outside the tile and the tile
+   accumulates in a ``local`` buffer (registers) laid out with the vector axis innermost.
+   The init block is split off and vectorised; the **epilogue** runs inside the parallel
+   loop right after its tile, while the tile is hot.
 3. Every other block (pads, elementwise functions, functions with several reductions
    such as softmax) gets **parallel outer spatial loops** and, where the innermost axis
    is spatial, a **vectorised innermost axis**. Loop nests under ``min_parallel_work``
@@ -57,8 +62,9 @@ class ScheduleConfig:
     keep_reduction_producers: bool = True
     #: Use a ``local`` write cache for the reduction tile.
     local_accumulator: bool = True
-    #: ``pragma_auto_unroll_max_step`` on the parallel loop of tiled reductions (0: none).
-    unroll_max_step: int = 0
+    #: ``pragma_auto_unroll_max_step`` on the parallel loop of tiled reductions (0: none);
+    #: 64 unrolls a 3x3 window's loops: ResNet-18 14.4 vs 15.3 ms on 2 AVX-512 cores.
+    unroll_max_step: int = 64
     #: Loop iterations below which a loop nest stays on one thread (launch costs more).
     min_parallel_work: int = 4096
     #: Lower each scheduled function to check it, falling back on failure.
@@ -176,6 +182,14 @@ def _index_vars(expr) -> set:
     found: set = set()
     tvm_ffi.structural_walk(expr, (tirx.Var, found.add), order="post")
     return found
+
+
+def _strided(expr, var) -> bool:
+    """``expr`` is linear in ``var`` with a coefficient other than 1 (``2 * ow + kw``)."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    found = detect_linear_equation(expr, [var])
+    return bool(found) and _int(found[0]) != 1
 
 
 def _region_indices(region) -> list:
@@ -305,10 +319,11 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     spatial = [i for i in range(len(ivs)) if kinds[i] == "S" and extents[i] > 1]
 
     def operand(i):
-        """The first input whose innermost index uses iter var ``i``."""
+        """The first input whose innermost index uses iter var ``i``, without a stride
+        (a strided convolution's width gathers: another axis vectorises better)."""
         for r in reads:
             idx = _region_indices(r)
-            if idx and ivs[i] in _index_vars(idx[-1]):
+            if idx and ivs[i] in _index_vars(idx[-1]) and not _strided(idx[-1], ivs[i]):
                 return r
         return None
 
@@ -362,15 +377,25 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     rf = 1
     if reg is not None:
         rf = _pick_factor(extents[reg], max(1, cfg.acc_registers // vregs))
+    # a short register axis (7 wide) leaves accumulators free: take several vectors of the
+    # vector axis too, as separate (unrolled) registers, so each vector load stays contiguous
+    vk = 1
+    if reg is not None and vregs == 1 and rf <= cfg.acc_registers // 2:
+        vk = _pick_factor(extents[vec] // vf, cfg.acc_registers // rf)
     consumers = sch.get_consumers(block)
     work = prod(extents)
 
     # split the spatial axes
     outer_sp, inner = [], {}
-    red = []
+    red, vk_loop = [], None
     for i, (lp, kind) in enumerate(zip(loops, kinds)):
         if kind == "R":
             red.append(lp)
+            continue
+        if i == vec and vk > 1:
+            o, vk_loop, n = sch.split(lp, factors=[None, vk, vf])
+            outer_sp.append(o)
+            inner[i] = n
             continue
         factor = vf if i == vec else (rf if i == reg else 1)
         if factor > 1 and factor < extents[i]:
@@ -382,6 +407,8 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
         else:
             outer_sp.append(lp)
     tile = [inner[i] for i in (reg, vec) if i is not None and i in inner]
+    if vk_loop is not None:
+        tile.insert(0, vk_loop)
     sch.reorder(*outer_sp, *red, *tile)
     if outer_sp:
         fused = sch.fuse(*outer_sp) if len(outer_sp) > 1 else outer_sp[0]
@@ -390,6 +417,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
 
     if cfg.local_accumulator:
         cache = sch.cache_write(block, 0, "local")
+        _vector_axis_last(sch, block, vec)
         sch.reverse_compute_at(cache, fused)
         epilogue_blocks = [cache]
         if len(consumers) == 1:
@@ -409,8 +437,8 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
                 pass
     # loop kinds first: the update block stops being a "reduction block" once its init is split off
     _parallel(sch, fused, work, cfg)
-    if len(tile) == 2:
-        sch.unroll(tile[0])
+    for loop in tile[:-1]:
+        sch.unroll(loop)
     sch.vectorize(tile[-1])
     for eb in epilogue_blocks:
         _vectorize_innermost(sch, eb)
@@ -421,6 +449,23 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
         sch.annotate(fused, "pragma_auto_unroll_max_step", cfg.unroll_max_step)
         sch.annotate(fused, "pragma_unroll_explicit", 1)
     return fused
+
+
+def _vector_axis_last(sch, block, vec: int) -> None:
+    """Lay out ``block``'s (local) output with the dimension indexed by iter var ``vec``
+    innermost, so the vector tile is contiguous there: vectorising over output channels of
+    an ``NCHW`` output otherwise makes LLVM scatter every lane of every accumulator."""
+    from tvm.tirx import IndexMap
+
+    blk = sch.get(block)
+    var = blk.iter_vars[vec].var
+    idx = _region_indices(blk.writes[0])
+    dims = [k for k, e in enumerate(idx) if var in _index_vars(e)]
+    if len(dims) != 1 or dims[0] == len(idx) - 1:
+        return
+    d = dims[0]
+    sch.transform_layout(block, ("write", 0),
+                         IndexMap.from_func(lambda *i: (*i[:d], *i[d + 1:], i[d]), ndim=len(idx)))
 
 
 def _vectorize_innermost(sch, block) -> None:

@@ -191,22 +191,11 @@ def fused_module(graph, target: TargetSpec | str = "host", *, bind_weights: bool
     :func:`dyno_compile.targets.compile.compile_graph`, so records tuned on it match the
     functions of that build (:func:`match_records` says whether they still do).
     """
-    import numpy as np
-    import tvm
-    from tvm import relax
-
+    from dyno_compile.targets.compile import bound_module, fuse
     from dyno_compile.targets.lower import lower
 
-    spec = get_target(target)
     low = lower(graph)
-    mod = low.mod
-    if bind_weights and low.weight_vars:
-        binding = {v: tvm.runtime.tensor(np.array(graph.params[n], order="C", copy=True))
-                   for v, n in zip(low.weight_vars, low.weight_names)}
-        mod = relax.transform.BindParams("main", binding)(mod)
-    with spec.tvm_target(), tvm.transform.PassContext(opt_level=3):
-        mod = relax.get_pipeline("zero")(mod)
-    return mod
+    return fuse(bound_module(graph, low) if bind_weights else low.mod, get_target(target))
 
 
 def _prim_funcs(mod) -> list[tuple[Any, Any]]:

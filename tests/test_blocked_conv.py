@@ -1,0 +1,98 @@
+"""Convolutions legalized with output-channel-blocked weights on CPU targets
+(``targets/blocked_conv.py``) and the schedule's output-channel vector tiles: equal to
+the IR interpreter, used where they fit, TVM's own legalization where they do not."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_targets import check, conv_graph, normal
+
+from dyno_compile.targets import get_target
+from dyno_compile.targets.blocked_conv import block_weights
+from dyno_compile.targets.tune import fused_module
+
+# output channels a multiple of 16, so every SIMD width (4, 8 or 16 float lanes) blocks them
+BLOCKED_CASES = {
+    # 7-wide output: a short register axis, several vectors of output channels per tile
+    "3x3_7wide": dict(x=(1, 32, 7, 7), w=(64, 32, 3, 3), bias=True, attrs={"padding": ((1, 1), (1, 1))}),
+    # a width that fills no register: output channels are the vector axis
+    "3x3_14wide_residual_shape": dict(x=(1, 16, 14, 14), w=(32, 16, 3, 3), bias=False,
+                                      attrs={"padding": ((1, 1), (1, 1))}),
+    # stride 2, asymmetric padding: the strided width is not vectorised (it would gather)
+    "stride2_asym": dict(x=(1, 3, 33, 30), w=(16, 3, 7, 7), bias=True,
+                         attrs={"strides": (2, 2), "padding": ((3, 2), (3, 3))}),
+    "dilation": dict(x=(2, 8, 12, 12), w=(16, 8, 3, 3), bias=True,
+                     attrs={"dilation": (2, 2), "padding": ((2, 2), (2, 2))}),
+    "pointwise_32wide": dict(x=(1, 24, 5, 32), w=(48, 24, 1, 1), bias=True, attrs={}),
+}
+
+
+def _prim_names(mod) -> list[str]:
+    from tvm import tirx
+
+    return [str(b.name_hint) for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
+            for b in _blocks(f)]
+
+
+def _blocks(func) -> list:
+    import tvm_ffi
+    from tvm import s_tir
+
+    found: list = []
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, found.append), order="post")
+    return found
+
+
+def test_block_weights_layout(rng):
+    w = normal(rng, (32, 5, 3, 2))
+    b = block_weights(w, 8)
+    assert b.shape == (4, 5, 3, 2, 8) and b.flags.c_contiguous
+    for o in (0, 7, 8, 31):
+        np.testing.assert_array_equal(b[o // 8, :, :, :, o % 8], w[o])
+
+
+@pytest.mark.parametrize("case", list(BLOCKED_CASES))
+def test_blocked_conv_matches_interpreter(case, rng):
+    spec = BLOCKED_CASES[case]
+    g = conv_graph(rng, **spec)
+    assert "conv2d_blocked" in _prim_names(fused_module(g, "host"))
+    check(g, [normal(rng, spec["x"])])
+
+
+def test_blocked_only_on_cpu_with_constant_weights(rng):
+    """GPU builds keep TOPI's convolution (dlight schedules it); so do unbound weights,
+    which would be relaid on every call, and grouped convolutions."""
+    g = conv_graph(rng, **BLOCKED_CASES["3x3_7wide"])
+    assert "conv2d_blocked" in _prim_names(fused_module(g, "arm64"))
+    assert "conv2d_blocked" not in _prim_names(fused_module(g, "cuda-sm80"))
+    assert "conv2d_blocked" not in _prim_names(fused_module(g, "host", bind_weights=False))
+    grouped = conv_graph(rng, x=(1, 32, 7, 7), w=(32, 16, 3, 3), bias=False,
+                         attrs={"groups": 2, "padding": ((1, 1), (1, 1))})
+    assert "conv2d_blocked" not in _prim_names(fused_module(grouped, "host"))
+    x = normal(rng, (1, 32, 7, 7))
+    check(g, [x], bind_weights=False)
+    check(grouped, [x])
+
+
+def test_float16_blocked_conv(rng):
+    spec = BLOCKED_CASES["3x3_14wide_residual_shape"]
+    g = conv_graph(rng, **spec, dtype="float16")
+    got = check(g, [normal(rng, spec["x"], "float16")], tol=2e-3)
+    assert got[0].dtype == np.float16
+
+
+def test_block_follows_the_target_simd_width(rng):
+    """The arm64 build (NEON: 4 float lanes) blocks by 4, the host by its own width."""
+    from dyno_compile.targets.schedule import vector_bits
+
+    g = conv_graph(rng, **BLOCKED_CASES["dilation"])
+    host_lanes = vector_bits(get_target("host").tvm_target()) // 32
+    shapes = {}
+    for name in ("host", "arm64"):
+        mod = fused_module(g, name)
+        for _, f in mod.functions_items():
+            for block in _blocks(f) if hasattr(f, "body") else ():
+                if str(block.name_hint) == "conv2d_blocked":
+                    shapes[name] = tuple(int(d) for d in block.reads[1].source.shape)
+    assert shapes["host"] == (16 // host_lanes, 8, 3, 3, host_lanes)
+    assert shapes["arm64"] == (4, 8, 3, 3, 4)
