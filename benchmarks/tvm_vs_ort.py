@@ -23,7 +23,6 @@ the ratios to JAX and to ONNX Runtime.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import time
@@ -67,7 +66,7 @@ def main() -> int:
     from dyno_compile.ir import Interpreter
     from dyno_compile.passes import run_passes
     from dyno_compile.targets import HostRunner, compile_graph, get_target
-    from dyno_compile.targets.tune import RECORD_FILE, apply_records, fused_module, match_records, tune
+    from dyno_compile.targets.tune import RECORD_FILE, fused_module, match_records, tune
     from onnx_export import export_onnx, ort_session
 
     host = get_target("host")
@@ -97,29 +96,6 @@ def main() -> int:
         timer = runner.vm.time_evaluator("invoke_stateful", runner.device, number=1, repeat=1,
                                          min_repeat_ms=args.min_ms)
         return lambda: float(timer("main").mean)
-
-    def build_tuned(g, records: Path):
-        """compile_graph with the records applied: ``compile_graph(records=)`` once compile.py
-        takes it, until then the same steps by hand (lower, bind, fuse; records; schedule; build)."""
-        if "records" in inspect.signature(compile_graph).parameters:
-            return compile_graph(g, host, records=records)
-        from dyno_compile.targets import Compiled
-        from dyno_compile.targets.lower import lower
-        from dyno_compile.targets.schedule import schedule_module
-
-        t0 = time.perf_counter()
-        tvm_target = host.tvm_target()
-        mod = apply_records(fused_module(g, host), host, records)
-        mod, report = schedule_module(mod, tvm_target, threads=host.threads)
-        with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(mod, tvm_target, relax_pipeline="default_build")
-        low = lower(g)
-        types = {n.name: n.type for n in g.nodes}
-        return Compiled(name=g.name, target=host, executable=ex, input_names=low.input_names,
-                        input_types=[types[n] for n in low.input_names], weight_names=low.weight_names,
-                        weight_types=[types[n] for n in low.weight_names], output_names=low.output_names,
-                        output_types=[types[n] for n in low.output_names], bind_weights=True,
-                        timings={"total": time.perf_counter() - t0}, schedule_report=report)
 
     rows = []
     for name in args.models:
@@ -157,7 +133,7 @@ def main() -> int:
         runner = HostRunner(c)
         variants["tvm"] = (tvm_timer(runner, x), err(runner([x])[0]), f"compile {c.timings['total']:.1f} s")
         if records is not None and (records / RECORD_FILE).is_file():
-            ct = build_tuned(g, records)
+            ct = compile_graph(g, host, records=records)
             rt = HostRunner(ct)
             mt = match_records(fused_module(g, host), records)
             total = len(mt.tuned) + len(mt.slower) + len(mt.untuned)

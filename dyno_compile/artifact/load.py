@@ -80,15 +80,18 @@ def load_artifact(root: str | os.PathLike, *, expect_model_hash: str | None = No
 
 
 def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "float32", *,
-              target: str = "host", record: dict[str, Any] | None = None) -> np.ndarray:
-    """Run cut ``position`` at ``bits`` with both sides' host libraries, in this process.
+              target: str = "host", runners: tuple[Any, Any] | None = None,
+              record: dict[str, Any] | None = None) -> np.ndarray:
+    """Run cut ``position`` at ``bits`` with both sides' libraries for ``target``, in this
+    process, or with ``runners``: (device, cloud) ``ModuleRunner``s opened once for many
+    calls (the cloud's may run on a GPU here).
 
     The device runs its segments and packs each crossing tensor; the packed values are
     what would go on the wire; the cloud unpacks them and runs the rest. ``record``, if
     given, receives the crossing tensors (``"crossing"``) and the wire values (``"wire"``).
     """
     cut = artifact.cut(position)
-    device, cloud = artifact.runner("device", target), artifact.runner("cloud", target)
+    device, cloud = runners or (artifact.runner("device", target), artifact.runner("cloud", target))
     env: dict[str, np.ndarray] = {artifact.manifest["inputs"][0]["name"]: np.asarray(x)}
     run_segments(artifact, device.run, cut["device_segments"], env)
     if cut["kind"] == "device-only":

@@ -331,28 +331,33 @@ def _lowest(dtype: str) -> float:
 
 @converter("max_pool2d")
 def _max_pool2d(ctx, xs):
-    """Pad with -inf, then a max reduction whose identity is -inf, as ``lax.reduce_window``.
+    """A max reduction whose identity is -inf, reading -inf outside the input, as ``lax.reduce_window``.
 
     Relax's own max pooling starts from the lowest finite value, so a window of only
     padding or only ``-inf`` would give -3.4e38 instead of JAX's ``-inf``.
+
+    Padding is a bounds check inside the window, not a padded copy: the copy cost as much
+    as the pooling (ResNet-18's stem: a 3.3 MB pad, then the pool read it again).
     """
     a = ctx.attrs
     x = xs[0]
-    dtype = _dtype_of(x)
-    if any(p for pair in a["padding"] for p in pair):
-        x = _pad(ctx, x, _pad_hw(a["layout"], a["padding"]), _lowest(dtype))
+    padding = tuple(tuple(int(p) for p in pair) for pair in a["padding"])
+    if any(p < 0 for pair in padding for p in pair):  # crops: lax.pad's negative padding
+        x = _pad(ctx, x, _pad_hw(a["layout"], padding), _lowest(_dtype_of(x)))
+        padding = ((0, 0), (0, 0))
     return ctx.bb.emit_te(_te_max_pool, x, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["dilation"]),
-                          a["layout"], primfunc_name_hint="max_pool2d", name_hint=_relax_name(ctx.node.name))
+                          a["layout"], padding, primfunc_name_hint="max_pool2d", name_hint=_relax_name(ctx.node.name))
 
 
-def _te_max_pool(data, kernel, strides, dilation, layout):
+def _te_max_pool(data, kernel, strides, dilation, layout, padding):
     from tvm import te, tirx
 
     h, w = layout.index("H"), layout.index("W")
     shape = [int(d) for d in data.shape]
     out = list(shape)
-    for axis, k, s, d in ((h, kernel[0], strides[0], dilation[0]), (w, kernel[1], strides[1], dilation[1])):
-        out[axis] = (shape[axis] - d * (k - 1) - 1) // s + 1
+    for axis, k, s, d, (lo, hi) in ((h, kernel[0], strides[0], dilation[0], padding[0]),
+                                    (w, kernel[1], strides[1], dilation[1], padding[1])):
+        out[axis] = (shape[axis] + lo + hi - d * (k - 1) - 1) // s + 1
     rh = te.reduce_axis((0, kernel[0]), name="rh")
     rw = te.reduce_axis((0, kernel[1]), name="rw")
     dtype = str(data.dtype)
@@ -361,9 +366,13 @@ def _te_max_pool(data, kernel, strides, dilation, layout):
 
     def compute(*idx):
         src = list(idx)
-        src[h] = idx[h] * strides[0] + rh * dilation[0]
-        src[w] = idx[w] * strides[1] + rw * dilation[1]
-        return reducer(data[tuple(src)], axis=[rh, rw])
+        src[h] = idx[h] * strides[0] + rh * dilation[0] - padding[0][0]
+        src[w] = idx[w] * strides[1] + rw * dilation[1] - padding[1][0]
+        value = data[tuple(src)]
+        if any(padding[0]) or any(padding[1]):
+            inside = tirx.all(src[h] >= 0, src[h] < shape[h], src[w] >= 0, src[w] < shape[w])
+            value = tirx.if_then_else(inside, value, lowest(dtype))
+        return reducer(value, axis=[rh, rw])
 
     return te.compute(out, compute, name="max_pool2d")
 

@@ -318,28 +318,32 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     reads = list(blk.reads)
     spatial = [i for i in range(len(ivs)) if kinds[i] == "S" and extents[i] > 1]
 
-    def operand(i):
+    def operand(i, strided: bool = False):
         """The first input whose innermost index uses iter var ``i``, without a stride
-        (a strided convolution's width gathers: another axis vectorises better)."""
+        unless ``strided`` (a strided convolution's width gathers: another axis
+        vectorises better, if there is one)."""
         for r in reads:
             idx = _region_indices(r)
-            if idx and ivs[i] in _index_vars(idx[-1]) and not _strided(idx[-1], ivs[i]):
+            if idx and ivs[i] in _index_vars(idx[-1]) and (strided or not _strided(idx[-1], ivs[i])):
                 return r
         return None
 
     contiguous = [i for i in spatial if operand(i) is not None]
     last = next((i for i in contiguous if out_idx and out_idx[-1].same_as(ivs[i])), None)
     full = [i for i in contiguous if extents[i] % lanes == 0]
+    gather = next((i for i in spatial if out_idx and out_idx[-1].same_as(ivs[i]) and operand(i, True)), None)
     if last is not None and last in full:
         vec = last
     elif full:
         vec = max(full, key=lambda i: extents[i])
     elif last is not None:
         vec = last
+    elif gather is not None:  # a strided pooling: gathers still beat scalar loops
+        vec = gather
     else:
         return None, None
     vec_vars = set()
-    for e in _region_indices(operand(vec)):
+    for e in _region_indices(operand(vec, True)):
         vec_vars |= _index_vars(e)
     candidates = [i for i in spatial if i != vec]
     free = [i for i in candidates if ivs[i] not in vec_vars]
