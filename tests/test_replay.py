@@ -25,7 +25,7 @@ from dyno_compile.runtime import (
     UplinkTrace,
     predict,
 )
-from dyno_compile.runtime.client import MIN_SAMPLE_BYTES, PROBE_SECONDS
+from dyno_compile.runtime.client import MAX_PROBE_BYTES, MIN_SAMPLE_BYTES, PROBE_GROWTH, PROBE_SECONDS, UplinkProbe
 from dyno_compile.runtime.link import PACKET_BYTES
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from dyno_compile.search.space import Config, Evaluation
@@ -75,7 +75,8 @@ def test_sequential_latency_is_the_cost_models_once_converged() -> None:
         assert r.latency_s == pytest.approx(truth, abs=1e-3)
         assert r.predicted_s == pytest.approx(r.latency_s, abs=1e-3)   # what the selector expected
     assert result.throughput_rps == pytest.approx(1 / truth, rel=0.01)
-    assert result.bytes_per_inference == 30_000 and result.probe_bytes_total == 0
+    # one padded probe, the first (nothing was known of the uplink); frames sample it after
+    assert result.bytes_per_inference == 30_000 and [p.start_s for p in result.probes] == [0.0]
     assert result.cloud_s_per_inference == pytest.approx(0.005) and result.switches == 0
 
 
@@ -148,30 +149,30 @@ def test_lowest_latency_follows_a_step_down_within_a_few_requests() -> None:
 
 
 def test_probes_only_while_nothing_samples_the_uplink() -> None:
-    """The prober pads a ping only after ``probe_every_s`` without a frame of at least
-    MIN_SAMPLE_BYTES; the padding is sized to PROBE_SECONDS at the estimate."""
+    """The prober pads its first ping (nothing is known of the uplink), then a ping only
+    after ``probe_every_s`` without a frame of at least MIN_SAMPLE_BYTES; the padding is
+    sized to PROBE_SECONDS at the estimate."""
     trace = constant_trace(1)
     settings = ReplaySettings(rtt_s=RTT, duration_s=10.0, probe_every_s=1.0, probe_bytes=4_000)
     device = replay(selector([DEVICE_ONLY], DeviceOnly()), trace, settings)
-    # ticks at 0, 1, 2, ...: the first with nothing sampled for 1 s is 1 s; a padded reply
-    # counts as a sample, so the next due is two ticks later
-    assert [p.start_s for p in device.probes] == pytest.approx([1.0, 3.0, 5.0, 7.0, 9.0])
+    # ticks at 0, 1, 2, ...: the first is padded; a padded reply counts as a sample, so
+    # the next due is two ticks later
+    assert [p.start_s for p in device.probes] == pytest.approx([0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
     # What the client's estimator makes of it: each empty ping is a packet on the link
     # (RTT + 1-2 ms here); the padded one's time over the lower of that estimate and its
     # own empty ping is its transfer.
     link = LinkEstimator()
-    pings = [RTT + trace.transfer_seconds(tick, REQUEST_HEADER_BYTES) for tick in (0.0, 1.0)]
-    for ping in pings:                                      # tick 1's comes with the padded reply
-        link.observe_rtt(ping)
-    padded = trace.transfer_seconds(1.0 + pings[1], 4_000) + RTT
-    link.observe_transfer(4_000, padded - min(pings[1], link.conditions().rtt_s))
+    ping = RTT + trace.transfer_seconds(0.0, REQUEST_HEADER_BYTES)
+    link.observe_rtt(ping)
+    padded = trace.transfer_seconds(ping, 4_000) + RTT
+    link.observe_transfer(4_000, padded - min(ping, link.conditions().rtt_s))
     assert device.probes[0].bytes == 4_000
     assert device.probes[1].bytes == pytest.approx(PROBE_SECONDS * link.conditions().bandwidth, abs=1)
     assert device.probe_bytes_total == sum(p.bytes for p in device.probes) and device.bytes_per_inference == 0
 
     big = replay(pinned(offloaded(3, "8", 0.01, 30_000, 0.005)), trace, settings)
     small = replay(pinned(offloaded(3, "2", 0.01, MIN_SAMPLE_BYTES - 1, 0.005)), trace, settings)
-    assert big.probes == [] and len(small.probes) == len(device.probes)
+    assert [p.start_s for p in big.probes] == [0.0] and len(small.probes) == len(device.probes)
     silent = ReplaySettings(rtt_s=RTT, duration_s=10.0, probe_every_s=1.0, probe_bytes=0)
     assert replay(selector([DEVICE_ONLY], DeviceOnly()), trace, silent).probes == []
 
@@ -194,6 +195,30 @@ def test_probes_find_a_recovered_uplink_and_stop() -> None:
     for probe in result.probes:
         recent = [r for r in result.requests if probe.start_s - 1.0 <= r.end_s <= probe.start_s]
         assert all(r.bytes < MIN_SAMPLE_BYTES for r in recent)
+
+
+def test_a_padding_the_round_trip_hides_grows_and_goes_again() -> None:
+    """On a link faster than the padding can show (the empty and the padded ping arrive
+    in the same millisecond), the prober does not wait ``probe_every_s`` on the prior: it
+    grows the padding (UplinkProbe) and sends it again at once, until it is a sample."""
+    stamps = np.repeat(np.arange(1, 10_001, dtype=np.int64), 200)   # 200 packets per ms: 2.4 Gbit/s
+    trace = UplinkTrace("fast", stamps, 10_000)
+    settings = ReplaySettings(rtt_s=RTT, duration_s=3.0, probe_every_s=2.0)
+    result = replay(selector([DEVICE_ONLY], DeviceOnly()), trace, settings)
+    sizes = [p.bytes for p in result.probes]
+    first = [p for p in result.probes if p.start_s < 1.0]
+    assert [p.bytes for p in first] == [16_384 * PROBE_GROWTH ** k for k in range(len(first))]
+    assert 2 <= len(first) <= 4 and max(p.start_s for p in first) < 0.2
+    assert all(s <= MAX_PROBE_BYTES for s in sizes)
+
+
+def test_uplink_probe_rule() -> None:
+    probe = UplinkProbe(16_384)
+    assert probe.size(1e5) == 16_384 and probe.size(1e8) == int(PROBE_SECONDS * 1e8)
+    assert probe.again(False, 16_384) and probe.size(1e5) == 16_384 * PROBE_GROWTH
+    assert not probe.again(True, 65_536) and probe.size(1e5) == 16_384   # a sample resets it
+    probe.scale = 1 << 10
+    assert probe.size(1e5) == MAX_PROBE_BYTES and not probe.again(False, MAX_PROBE_BYTES)
 
 
 def test_a_probe_delays_the_frame_behind_it() -> None:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from dyno_compile.errors import InputError
-from dyno_compile.runtime.client import MAX_PROBE_BYTES, MIN_SAMPLE_BYTES, PROBE_SECONDS, ClientOptions
+from dyno_compile.runtime.client import MIN_SAMPLE_BYTES, ClientOptions, UplinkProbe
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from dyno_compile.runtime.selector import DEFAULT_MAX_IN_FLIGHT, Prediction, Selector, is_device_only
@@ -291,7 +291,8 @@ class _Replay:
         self.started = 0
         self.in_flight = 0
         self.device_busy = False
-        self.last_uplink_sample_s = settings.start_s  # the client's prober starts with the client
+        self.last_uplink_sample_s = -math.inf  # as the client: its first probe is padded
+        self.uplink_probe = UplinkProbe(settings.probe_bytes)
         self.stopped = False
 
     # --- the loop ------------------------------------------------------------------------
@@ -393,11 +394,11 @@ class _Replay:
         s = self.settings
         if self.done:
             return
-        self.at(self.now + s.probe_every_s, self.probe)
+        self.next_probe = self.now + s.probe_every_s
+        self.at(self.next_probe, self.probe_when_due)
         size = 0
         if s.probe_bytes and self.now - self.last_uplink_sample_s >= s.probe_every_s:
-            bandwidth = self.link.conditions().bandwidth
-            size = int(min(max(s.probe_bytes, PROBE_SECONDS * bandwidth), MAX_PROBE_BYTES))
+            size = self.uplink_probe.size(self.link.conditions().bandwidth)
         rtt = self.uplink.send(self.now, REQUEST_HEADER_BYTES) - self.now + s.rtt_s  # a ping is a packet too
         if not size:
             self.at(self.now + rtt, lambda: self.link.observe_rtt(rtt))
@@ -418,8 +419,18 @@ class _Replay:
         the timeout."""
         s = self.settings
         padded = s.ping_timeout_s + self.link.conditions().rtt_s if timed_out else self.now - sent_s
-        if self.link.observe_padded_ping(rtt, size, padded):
+        sampled = self.link.observe_padded_ping(rtt, size, padded)
+        if sampled:
             self.last_uplink_sample_s = self.now
+        if self.uplink_probe.again(sampled, size):  # the client's next tick probes again
+            self.next_probe = self.now
+            self.at(self.now, self.probe_when_due)
+
+    def probe_when_due(self) -> None:
+        """Probe unless a newer schedule replaced this one (a retry after a padded ping
+        the round trip hid)."""
+        if self.now >= self.next_probe:
+            self.probe()
 
 
 def replay(selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *,

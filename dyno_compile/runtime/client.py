@@ -56,6 +56,32 @@ MIN_SAMPLE_BYTES = 1500
 #: ``ClientOptions.probe_bytes`` .. MAX_PROBE_BYTES.
 PROBE_SECONDS = 0.01
 MAX_PROBE_BYTES = 1 << 20
+#: Growth of the padding after a padded ping that could not be told from the round trip.
+PROBE_GROWTH = 4
+
+
+@dataclass
+class UplinkProbe:
+    """The prober's padded pings, one rule for the client and the replay: sized to take
+    about ``PROBE_SECONDS`` at the current estimate (``min_bytes`` .. ``MAX_PROBE_BYTES``),
+    and, when one took no longer than the round trip (a link faster than the padding can
+    show: 16 KB cross a 700 Mbit/s 5G uplink in 0.2 ms), grown ``PROBE_GROWTH``-fold and
+    sent again at once rather than after ``probe_every_s`` — meanwhile the selector
+    chooses from the prior, and a 5G client kept resnet50 on the device for 2 s."""
+
+    min_bytes: int
+    scale: int = 1
+
+    def size(self, bandwidth: float) -> int:
+        return int(min(max(self.min_bytes, PROBE_SECONDS * bandwidth) * self.scale, MAX_PROBE_BYTES))
+
+    def again(self, sampled: bool, size: int) -> bool:
+        """After a padded ping of ``size`` bytes: whether to send a bigger one at once."""
+        if sampled or size >= MAX_PROBE_BYTES:
+            self.scale = 1
+            return False
+        self.scale *= PROBE_GROWTH
+        return True
 
 
 @dataclass
@@ -143,8 +169,9 @@ class DeviceClient:
         self._next = 0
         self._lock = threading.Lock()        # one request at a time (the VM)
         self._state = threading.Lock()       # estimator and endpoint state, shared with the prober
-        self._last_uplink_sample = time.monotonic()
+        self._last_uplink_sample = -float("inf")  # nothing known of the uplink: the first probe is padded
         self._last_rtt_probe = -float("inf")
+        self._uplink_probe = UplinkProbe(o.probe_bytes)
         self._closed = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, name="dyno-prober", daemon=True)
         if self._endpoints:
@@ -316,8 +343,7 @@ class DeviceClient:
         size = 0
         if uplink and self.options.probe_bytes:
             with self._state:
-                size = int(min(max(self.options.probe_bytes, PROBE_SECONDS * self.link.conditions().bandwidth),
-                               MAX_PROBE_BYTES))
+                size = self._uplink_probe.size(self.link.conditions().bandwidth)
         try:
             rtt = self._round_trip(endpoint)
         except (TransportError, ProtocolError):
@@ -338,8 +364,12 @@ class DeviceClient:
         with self._state:
             if padded is None:
                 self.link.observe_rtt(rtt)
-            elif self.link.observe_padded_ping(rtt, size, padded):
+                return
+            sampled = self.link.observe_padded_ping(rtt, size, padded)
+            if sampled:
                 self._last_uplink_sample = time.monotonic()
+            if self._uplink_probe.again(sampled, size):
+                self._last_rtt_probe = -float("inf")  # the next tick probes again, with more padding
 
 
 def _selector(artifact: Artifact, policy: Policy, needed: bool) -> Selector | None:
