@@ -94,8 +94,9 @@ def test_the_command_refuses_unknown_models_and_sets_before_writing(tmp_path):
 
 
 def test_the_live_system_agrees_with_the_replay(evaluation):
-    """Bytes exactly (every frame, and per inference where both chose alike), latency
-    within noise, on the report's live trace (Verizon-LTE-short) with the LTE round trip."""
+    """Bytes exactly (every frame, and per inference where both chose alike and frames have
+    one length per configuration), latency within noise, on the report's live trace
+    (Verizon-LTE-short) with the LTE round trip."""
     out, results = evaluation
     prepared = prepare_model("resnet20", out / "artifacts")
     trace = trace_set("lte", limit=LIVE[2] + 1)[LIVE[2]]
@@ -106,6 +107,9 @@ def test_the_live_system_agrees_with_the_replay(evaluation):
         assert run.frames_exact, s
         assert run.fallbacks == 0, s
         if run.same_configs:
-            assert s["live_bytes"] == pytest.approx(s["replay_bytes"], rel=1e-12), s
+            # a codec-free frame has one length per configuration; a compressed one varies by
+            # image, and the replay charges the configuration's mean over the calibration set
+            fixed = all(r.config.codec == "none" for r in run.live)
+            assert s["live_bytes"] == pytest.approx(s["replay_bytes"], rel=1e-12 if fixed else 1e-2), s
         assert 0.8 <= s["latency_ratio"] <= 1.25, s
     assert runs[0].same_configs   # cloud-only has one configuration
