@@ -57,16 +57,30 @@ def _inputs(graph, count: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+    from dyno_compile.errors import DynoError
+
+    try:
+        return _run(_parse(argv))
+    except DynoError as exc:  # a bad target, width, model or artifact: say which, no traceback
+        print(f"cloud_on_gpu: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from dyno_compile.artifact.build import build_artifact
     from dyno_compile.artifact.load import load_artifact, run_split
     from dyno_compile.artifact.plan import candidate_cuts, plan_build
     from dyno_compile.frontend.resolve import load_model
     from dyno_compile.passes import run_passes
+    from dyno_compile.errors import InputError
     from dyno_compile.search.profile import profile_library
+    from dyno_compile.search.space import bits_key, bits_value
     from dyno_compile.targets import get_target
     from dyno_compile.targets.compile import gpu_available
 
+    if args.images < 1:
+        raise InputError(f"--images must be at least 1, got {args.images}")
+    wanted = {bits_key(b) for b in args.bits}
     spec = get_target(args.cloud)
     if spec.is_gpu and not gpu_available(spec):
         print(f"no GPU for {spec.name} on this machine: run this where one is (or --cloud host to check the steps)")
@@ -74,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.artifact
     if root is None:
         graph = run_passes(load_model(args.model))
-        bits = [b if b.startswith("float") else int(b) for b in args.bits]
+        bits = [bits_value(b) for b in args.bits]
         root = Path(tempfile.mkdtemp(prefix="cloud_on_gpu_")) / args.model
         t = time.perf_counter()
         build_artifact(plan_build(graph, candidate_cuts(graph), bits=bits), root,
@@ -90,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     checked = 0
     for cut in art.cuts:
         for b in art.manifest["bits"] if cut["kind"] != "device-only" else ["float32"]:
-            if str(b) not in args.bits:
+            if str(b) not in wanted:
                 continue
             for i in range(len(x)):
                 want = run_split(art, x[i:i + 1], cut["position"], str(b), runners=runners["host"])
@@ -105,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = profile_library(art, "cloud", spec.name)
     host = profile_library(art, "cloud", "host")
-    rows = [{"function": f, f"{spec.name}_us": gpu.seconds[f] * 1e6, "host_us": host.seconds[f] * 1e6}
-            for f in gpu.seconds if f.startswith("segment")]
-    kernels = [{"function": f, f"{spec.name}_us": gpu.seconds[f] * 1e6, "host_us": host.seconds[f] * 1e6}
-               for f in gpu.seconds if not f.startswith("segment")]
+    times = [{"function": f, f"{spec.name}_us": gpu.seconds[f] * 1e6, "host_us": host.seconds[f] * 1e6}
+             for f in gpu.seconds]
+    rows = [t for t in times if t["function"].startswith("segment")]
+    kernels = [t for t in times if not t["function"].startswith("segment")]
     result = {"model": args.model, "target": spec.name, "source": gpu.source, "checked_splits": checked,
               "worst_rel_err": worst, "segments": rows, "cut_kernels": kernels,
               "total_segments_us": {spec.name: sum(r[f"{spec.name}_us"] for r in rows),

@@ -36,3 +36,15 @@ def test_without_a_gpu_it_says_so(tmp_path, capsys):
     assert cloud_on_gpu.main(["--cloud", "cuda-sm90", "--out", str(tmp_path)]) == 2
     assert "no GPU" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--cloud", "nope"], "unknown target 'nope'"),
+    (["--cloud", "host", "--bits", "x"], "bits must be 1..16"),
+    (["--cloud", "host", "--images", "0"], "--images must be at least 1"),
+    (["--cloud", "host", "--artifact", "/nonexistent"], "no such artifact"),
+])
+def test_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):
+    assert cloud_on_gpu.main([*argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

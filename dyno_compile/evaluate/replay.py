@@ -293,6 +293,7 @@ class _Replay:
         self.device_busy = False
         self.last_uplink_sample_s = -math.inf  # as the client: its first probe is padded
         self.uplink_probe = UplinkProbe(settings.probe_bytes)
+        self.next_probe = settings.start_s  # when the scheduled probe is due (a retry brings it forward)
         self.stopped = False
 
     # --- the loop ------------------------------------------------------------------------
