@@ -96,3 +96,40 @@ def test_block_follows_the_target_simd_width(rng):
                     shapes[name] = tuple(int(d) for d in block.reads[1].source.shape)
     assert shapes["host"] == (16 // host_lanes, 8, 3, 3, host_lanes)
     assert shapes["arm64"] == (4, 8, 3, 3, 4)
+
+
+# (x, w, strides) -> the axis the parallel loop walks first: the largest tensor's
+ORDER_CASES = {
+    # a downsampling 1x1: the input (25 K values) outweighs the output (13 K) and weights (2 K)
+    "input_largest": ((1, 32, 28, 28), (64, 32, 1, 1), (2, 2), "y"),
+    # a late 3x3: weights (37 K) outweigh the 7x7 input and output (3 K each)
+    "weights_largest": ((1, 64, 7, 7), (64, 64, 3, 3), (1, 1), "oc"),
+    # an expansion: the output (19 K) outweighs the input (3 K)
+    "output_largest": ((1, 16, 14, 14), (96, 16, 1, 1), (1, 1), "oc"),
+}
+
+
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_parallel_loop_walks_the_largest_tensor_first(case, rng):
+    """Threads split the largest tensor (the schedule's ``_stream_last`` order); results do not change."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from dyno_compile.targets.schedule import schedule_module
+
+    x, w, strides, first = ORDER_CASES[case]
+    pad = (w[2] // 2, w[2] // 2)
+    g = conv_graph(rng, x=x, w=w, bias=True, attrs={"strides": strides, "padding": (pad, pad)})
+    target = get_target("host").tvm_target()
+    mod, _ = schedule_module(fused_module(g, "host"), target)
+    parallel = []
+    for _, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc) and any(str(b.name_hint) == "conv2d_blocked_update" for b in _blocks(f)):
+            loops: list = []
+            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
+            parallel += [str(lp.loop_var.name) for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
+    conv_loops = [name for name in parallel if "oc" in name]
+    assert len(conv_loops) == 1, parallel
+    axes = [a for a in conv_loops[0].split("_") if a in ("nn", "oc", "y", "x")]
+    assert [a for a in axes if a != "nn"][0] == first, conv_loops
+    check(g, [normal(rng, x)])

@@ -21,8 +21,10 @@ AVX-512 cores, within 1.2x of ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py
    vector axis wherever the width fills no register; when the register axis is short
    (a 7-wide output) the tile also takes several vectors of the vector axis. Loop order:
    ``[fused outer spatial loops: parallel] [reduction loops] [register tiles: unrolled]
-   [vector tile: vectorised]``: the reduction runs outside the tile and the tile
-   accumulates in a ``local`` buffer (registers) laid out with the vector axis innermost.
+   [vector tile: vectorised]``, the outer loops that index the largest tensor first (the
+   threads then split that tensor and re-read the smaller ones from cache); the reduction
+   runs outside the tile and the tile accumulates in a ``local`` buffer (registers) laid
+   out with the vector axis innermost.
    The init block is split off and vectorised; the **epilogue** runs inside the parallel
    loop right after its tile, while the tile is hot.
 3. Every other block (pads, elementwise functions, functions with several reductions
@@ -413,12 +415,12 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     tile = [inner[i] for i in (reg, vec) if i is not None and i in inner]
     if vk_loop is not None:
         tile.insert(0, vk_loop)
+    outer_sp.sort(key=lambda lp: _stream_last(sch, block, lp))
     sch.reorder(*outer_sp, *red, *tile)
     if outer_sp:
         fused = sch.fuse(*outer_sp) if len(outer_sp) > 1 else outer_sp[0]
     else:  # the tile covers the whole output: a unit loop to hang the epilogue on
         fused = sch.add_unit_loop(sch.get_loops(block)[0])
-
     if cfg.local_accumulator:
         cache = sch.cache_write(block, 0, "local")
         _vector_axis_last(sch, block, vec)
@@ -453,6 +455,38 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
         sch.annotate(fused, "pragma_auto_unroll_max_step", cfg.unroll_max_step)
         sch.annotate(fused, "pragma_unroll_explicit", 1)
     return fused
+
+
+def _stream_last(sch, block, loop) -> bool:
+    """Sort key putting last the outer loops that do not index the reduction's largest tensor.
+
+    The parallel loop is split between threads in contiguous chunks, and the tensor whose
+    loops run outermost is walked once, in parts, one per thread, while the loops inside
+    re-read the other operand, which should be the one that stays in cache. Where a
+    convolution's input is its largest tensor (ResNet-18's 1x1 downsampling: 800 KB in,
+    401 KB out, 32 KB of weights), the threads split it by rows and cycle through the
+    weights; where the weights are (later 3x3 stages: 2.4 MB against 262 KB) or the output
+    is (MobileNetV2's expansions: 96 planes written from 16), output channels stay
+    outermost, so each weight block is read once and each output plane written in order.
+    Measured against output-channels-first everywhere, in one process on 2 AVX-512 cores:
+    1x1 projections 20-40 % faster; whole models 3-5 % (ResNet-18 13.7 to 13.3 ms,
+    ResNet-50 44.2 to 42.1, MobileNetV2 6.7 to 6.5, ResNet-20 0.50 to 0.48).
+    """
+    blk = sch.get(block)
+    written = blk.writes[0].source
+    operands = [r for r in blk.reads if not r.source.same_as(written)]
+    if len(operands) < 2:
+        return False
+    largest = max([*operands, blk.writes[0]],
+                  key=lambda r: prod(_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits)
+    var = None
+    for binding, iv in zip(_block_realize(sch, block).iter_values, blk.iter_vars):
+        if sch.get(loop).loop_var in _index_vars(binding):
+            var = iv.var
+    indexed = set()
+    for e in _region_indices(largest):
+        indexed |= _index_vars(e)
+    return var is not None and var not in indexed
 
 
 def _vector_axis_last(sch, block, vec: int) -> None:
