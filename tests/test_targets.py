@@ -228,6 +228,32 @@ def test_dense_vector_input_whole_output_tile(rng):
     check(g, [normal(rng, (8,))])
 
 
+def test_classifier_gemv_takes_independent_accumulators(rng):
+    """Batch 1 through a classifier: no register axis, so the tile holds several vectors
+    (unrolled) instead of one chain of dependent FMAs; equal to the interpreter."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from dyno_compile.targets.tune import fused_module
+
+    g = Graph("classifier")
+    g.add_input("x", (1, 64))
+    g.add_const("w", normal(rng, (200, 64)))
+    g.add_const("b", normal(rng, (200,)))
+    n = g.add("dense", ["x", "w", "b"])
+    g.set_outputs([n.name])
+    target = get_target("host").tvm_target()
+    mod, report = schedule_module(fused_module(g, "host"), target)
+    assert set(report.functions.values()) == {"tiled"}, report.functions
+    loops: list = []
+    for _, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
+    unrolled = [int(lp.extent) for lp in loops if lp.kind == tirx.ForKind.UNROLLED]
+    assert unrolled and max(unrolled) > 1, [(lp.loop_var.name, lp.kind) for lp in loops]
+    check(g, [normal(rng, (1, 64))])
+
+
 @pytest.mark.parametrize("shape,axis", [((2, 5, 4, 4), 1), ((2, 4, 4, 5), -1), ((3, 5), 1)])
 def test_batch_norm(shape, axis, rng):
     c = shape[axis]
