@@ -15,6 +15,7 @@ from dyno_compile.targets.schedule import config_for, schedule_module
 
 TOL = 1e-4
 TOL_F16 = 2e-3  # one float16 ulp near the output's scale
+SCHEDULED = {"tiled", "winograd", "parallel"}  # the schedule's first choices (no fallback)
 
 
 def _ref(g: Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -26,7 +27,7 @@ def check(g: Graph, xs: list[np.ndarray], tol: float = TOL, **kw) -> list[np.nda
     """Build ``g`` for the host, run it on ``xs``, compare every output with the interpreter."""
     c = compile_graph(g, "host", **kw)
     if c.schedule_report is not None:  # the schedule's first choice works for every op's functions
-        assert set(c.schedule_report.functions.values()) <= {"tiled", "parallel"}, c.schedule_report.functions
+        assert set(c.schedule_report.functions.values()) <= SCHEDULED, c.schedule_report.functions
     got = run(c, xs)
     want = _ref(g, xs)
     assert len(got) == len(want)
@@ -474,7 +475,7 @@ def resnet20():
 def test_resnet20_host_matches_interpreter(resnet20):
     g, x = resnet20
     c = compile_graph(g, "host")
-    assert set(c.schedule_report.functions.values()) <= {"tiled", "parallel"}, c.schedule_report.functions
+    assert set(c.schedule_report.functions.values()) <= SCHEDULED, c.schedule_report.functions
     assert "tiled" in c.schedule_report.summary()
     got = run(c, [x])[0]
     assert rel_err(got, _ref(g, [x])[0]) <= TOL
@@ -487,7 +488,7 @@ def test_resnet20_host_matches_interpreter(resnet20):
 def test_mobilenet_v2_host_matches_interpreter():
     g, x = _zoo_graph("mobilenet_v2", random_bn=True)
     c = compile_graph(g, "host")
-    assert set(c.schedule_report.functions.values()) <= {"tiled", "parallel"}, c.schedule_report.functions
+    assert set(c.schedule_report.functions.values()) <= SCHEDULED, c.schedule_report.functions
     got = run(c, [x])[0]
     assert rel_err(got, _ref(g, [x])[0]) <= TOL
 
@@ -522,6 +523,6 @@ def test_cuda_builds_and_exports_without_gpu(name, resnet20, tmp_path):
 def test_zoo_models_schedule_without_fallback(name):
     g, x = _zoo_graph(name)
     c = compile_graph(g, "host")
-    assert set(c.schedule_report.functions.values()) <= {"tiled", "parallel"}, c.schedule_report.functions
+    assert set(c.schedule_report.functions.values()) <= SCHEDULED, c.schedule_report.functions
     got = run(c, [x])[0]
     assert rel_err(got, _ref(g, [x])[0]) <= TOL

@@ -101,10 +101,11 @@ def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
     """Legalize to TensorIR, fold constants and fuse (Relax's ``"zero"`` pipeline).
 
     On CPU targets with ``blocked_conv``, convolutions with constant weights are legalized
-    with output-channel-blocked weights first (:mod:`dyno_compile.targets.blocked_conv`),
-    the layout the tuning-free CPU schedule vectorises best. The build and the tuner
-    (:func:`dyno_compile.targets.tune.fused_module`) both fuse here, so tuning records
-    match the functions a build schedules.
+    for the tuning-free CPU schedule first: 3x3 stride-1 float32 ones as Winograd
+    F(4x4, 3x3) (:mod:`dyno_compile.targets.winograd_conv`), the rest with
+    output-channel-blocked weights (:mod:`dyno_compile.targets.blocked_conv`). The build
+    and the tuner (:func:`dyno_compile.targets.tune.fused_module`) both fuse here, so
+    tuning records match the functions a build schedules.
     """
     import tvm
     from tvm import relax
@@ -113,8 +114,10 @@ def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
         if blocked_conv and not spec.is_gpu:
             from dyno_compile.targets.blocked_conv import legalize_blocked_conv
             from dyno_compile.targets.schedule import vector_bits
+            from dyno_compile.targets.winograd_conv import legalize_winograd_conv
 
-            legalize = {"relax.nn.conv2d": legalize_blocked_conv(vector_bits(tvm_target))}
+            bits = vector_bits(tvm_target)
+            legalize = {"relax.nn.conv2d": legalize_winograd_conv(bits, legalize_blocked_conv(bits))}
             mod = relax.transform.LegalizeOps(legalize)(mod)
         return relax.get_pipeline("zero")(mod)
 

@@ -27,6 +27,8 @@ AVX-512 cores, within 1.2x of ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py
    out with the vector axis innermost.
    The init block is split off and vectorised; the **epilogue** runs inside the parallel
    loop right after its tile, while the tile is hot.
+   A Winograd convolution (:mod:`dyno_compile.targets.winograd_conv`: several reductions,
+   one per stage) gets that module's own schedule instead.
 3. Every other block (pads, elementwise functions, functions with several reductions
    such as softmax) gets **parallel outer spatial loops** and, where the innermost axis
    is spatial, a **vectorised innermost axis**. Loop nests under ``min_parallel_work``
@@ -75,7 +77,7 @@ class ScheduleConfig:
 
 @dataclass
 class ScheduleReport:
-    """What the pass did: function name -> ``tiled`` | ``parallel`` | ``default (reason)``."""
+    """What the pass did: function name -> ``tiled`` | ``winograd`` | ``parallel`` | ``default (reason)``."""
 
     functions: dict[str, str] = field(default_factory=dict)
 
@@ -524,7 +526,7 @@ def _vectorize_innermost(sch, block) -> None:
 
 
 def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple[Any, str]:
-    """Schedule one fused PrimFunc; returns (new func, "tiled" | "parallel")."""
+    """Schedule one fused PrimFunc; returns (new func, "tiled" | "winograd" | "parallel")."""
     from tvm import s_tir
 
     cfg = cfg or ScheduleConfig()
@@ -535,7 +537,13 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
     reductions = [b for b in blocks if _is_reduction(sch, b)]
     how = "parallel"
     tile_loop = None
-    if len(reductions) == 1:
+    if len(reductions) > 1:
+        from dyno_compile.targets.winograd_conv import schedule_winograd
+
+        tile_loop = schedule_winograd(sch, cfg.acc_registers)
+        if tile_loop is not None:
+            how = "winograd"
+    elif len(reductions) == 1:
         tile_loop = _tile_reduction(sch, reductions[0], lanes, cfg)
         if tile_loop is not None:
             how = "tiled"

@@ -1,0 +1,241 @@
+"""CPU legalization and schedule of 3x3 stride-1 convolutions as Winograd F(4x4, 3x3).
+
+A direct convolution on these CPUs already runs at about 90 % of the FMA peak
+(:mod:`dyno_compile.targets.blocked_conv`), so beating it needs fewer multiplications.
+Winograd's minimal filtering computes each 4x4 output tile from a 6x6 input tile with 36
+multiplications per input channel instead of 144: the input tile and the filter are
+transformed (``V = B^T d B``, ``U = G g G^T``), multiplied element by element and summed
+over input channels, which is 36 independent matrix products ``M[e] = U[e] V[e]``, and the
+result is transformed back (``Y = A^T M A``). The filter transform ``U`` is computed once
+at build time from the constant weights (so only constant weights qualify).
+
+The schedule fuses every stage under one parallel loop over rows of tiles, so the
+transformed tiles (2.25x the input) never leave the core's cache: for a row of tiles, the
+padded input rows are read once, transformed (separably: rows, then columns), the 36
+products accumulate in registers (output channels in SIMD lanes, tiles as the register
+axis, as in the direct schedule), and the products are transformed back, with output
+channels innermost throughout; the last stage, with the fused epilogue, writes the row
+to ``NCHW``. Measured against the direct schedule on 2 AVX-512 cores (one convolution
+with bias and ReLU, 2 threads): 64 channels at 56x56 598 against 813 us, 128 at 28x28
+541 against 757 us; ResNet-18 13.4 to 12.4 ms. Small maps gain nothing (16 channels at
+32x32: 27 against 25 us) and 14x14 or 7x7 maps do not divide into tiles, so the
+ResNets' later stages, whose transformed weights would be 4x larger, stay direct.
+
+Only ``float32`` qualifies: the transforms' constants (up to 8 in ``B``, 1/4..1 in ``G``)
+cost about one decimal digit, 2e-6 relative error per layer in float32, which float16
+cannot spare. Convolutions that do not fit (other kernels, strides, dilations, padding
+or groups, output sizes not a multiple of 4) keep the next legalization.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["TILE", "winograd_matrices", "transform_weights", "conv2d_winograd", "legalize_winograd_conv",
+           "schedule_winograd"]
+
+#: Output tile edge ``m`` of F(m x m, 3 x 3); the input tile edge is ``m + 2``.
+TILE = 4
+_GEMM = "winograd_gemm"
+
+
+def winograd_matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A, B, G)`` of F(m, 3) in float64 (TVM's Cook-Toom construction and interpolation points)."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a, b, g = _cook_toom_convolution(_interpolation_points(m + 2), m, 3)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def transform_weights(w: np.ndarray, lanes: int, m: int = TILE) -> np.ndarray:
+    """``OIHW`` 3x3 weights as ``U[e, n, K/lanes, C, lanes]`` = ``(G w G^T)[e, n]``, output channels blocked."""
+    k, c = w.shape[:2]
+    _, _, g = winograd_matrices(m)
+    u = np.einsum("ai,kcij,bj->abkc", g, w.astype(np.float64), g)
+    u = u.reshape(m + 2, m + 2, k // lanes, lanes, c).transpose(0, 1, 2, 4, 3)
+    return np.ascontiguousarray(u, dtype=w.dtype)
+
+
+def _coef(matrix: np.ndarray, i, j):
+    """``matrix[i, j]`` for loop variables that the schedule unrolls (the selects then fold to constants)."""
+    from tvm import tirx
+
+    expr = tirx.const(0.0, "float32")
+    for (a, b), v in np.ndenumerate(matrix):
+        if v != 0:
+            expr = tirx.Select(tirx.all(i == a, j == b), tirx.const(float(v), "float32"), expr)
+    return expr
+
+
+def conv2d_winograd(data, u, m: int = TILE):
+    """TE compute: ``NCHW`` data (3x3, stride 1, padding 1), transformed weights (:func:`transform_weights`).
+
+    Stages (named ``winograd_*`` for :func:`schedule_winograd`), with ``T = H/m`` rows and
+    ``S = W/m`` columns of tiles:
+    ``pad[n, c, row, q, s]``  padded input, columns split by ``col % m`` so a tile's
+    columns are contiguous across tiles; ``rows``/``input`` the input transform
+    (``B^T d`` then ``. B``); ``gemm[n, e, f, t, s, k]`` the 36 products summed over
+    channels; ``cols``/``output`` the inverse transform; the result in ``NCHW``.
+    """
+    from tvm import te, tirx
+
+    n, c, h, w = (int(d) for d in data.shape)
+    a_, b_, _ = winograd_matrices(m)
+    at, bt = a_.T, b_.T
+    al = m + 2
+    kb, lanes = int(u.shape[2]), int(u.shape[4])
+    k = kb * lanes
+    rows, cols = h // m, w // m
+    span = cols + (al - 1) // m
+    zero = tirx.const(0.0, data.dtype)
+
+    pad = te.compute(
+        (n, c, rows * m + 2, m, span),
+        lambda b, ci, y, q, s: tirx.if_then_else(
+            tirx.all(y >= 1, y <= h, s * m + q >= 1, s * m + q <= w), data[b, ci, y - 1, s * m + q - 1], zero),
+        name="winograd_pad")
+    ri = te.reduce_axis((0, al), name="ri")
+    row_t = te.compute(
+        (n, al, c, rows, al, cols),
+        lambda b, e, ci, t, j, s: te.sum(_coef(bt, e, ri) * pad[b, ci, t * m + ri, j % m, s + j // m], axis=ri),
+        name="winograd_rows")
+    rj = te.reduce_axis((0, al), name="rj")
+    v = te.compute(
+        (n, al, al, c, rows, cols),
+        lambda b, e, f, ci, t, s: te.sum(_coef(bt, f, rj) * row_t[b, e, ci, t, rj, s], axis=rj),
+        name="winograd_input")
+    rc = te.reduce_axis((0, c), name="rc")
+    gemm = te.compute(
+        (n, al, al, rows, cols, k),
+        lambda b, e, f, t, s, ko: te.sum(u[e, f, ko // lanes, rc, ko % lanes] * v[b, e, f, rc, t, s], axis=rc),
+        name=_GEMM)
+    rf = te.reduce_axis((0, al), name="rf")
+    col_t = te.compute(
+        (n, al, rows, m, cols, k),
+        lambda b, e, t, jj, s, ko: te.sum(_coef(at, jj, rf) * gemm[b, e, rf, t, s, ko], axis=rf),
+        name="winograd_cols")
+    re_ = te.reduce_axis((0, al), name="re")
+    y = te.compute(
+        (n, rows, m, m, cols, k),
+        lambda b, t, ii, jj, s, ko: te.sum(_coef(at, ii, re_) * col_t[b, re_, t, jj, s, ko], axis=re_),
+        name="winograd_output")
+    return te.compute((n, k, h, w), lambda b, ko, yy, xx: y[b, yy // m, yy % m, xx % m, xx // m, ko],
+                      name="winograd_nchw", tag="conv2d_nchw")
+
+
+def _fits(call, vector_bits: int, m: int = TILE) -> int:
+    """SIMD lanes to block output channels by, or 0 where this legalization does not apply."""
+    from tvm.ir.expr import Constant
+
+    a = call.attrs
+    x, w = call.args
+    if not isinstance(w, Constant) or str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32":
+        return 0
+    if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or int(a.groups) != 1:
+        return 0
+    if [int(s) for s in a.strides] != [1, 1] or [int(d) for d in a.dilation] != [1, 1]:
+        return 0
+    if [int(p) for p in a.padding] != [1, 1, 1, 1]:
+        return 0
+    shape = tuple(int(d) for d in w.value.shape)
+    lanes = vector_bits // 32
+    try:
+        h, wd = (int(d) for d in list(x.ty.shape)[2:])
+    except (TypeError, ValueError):  # symbolic sizes
+        return 0
+    if shape[2:] != (3, 3) or shape[0] % lanes or h % m or wd % m:
+        return 0
+    return lanes
+
+
+def legalize_winograd_conv(vector_bits: int, fallback: Callable[[Any, Any], Any]):
+    """A ``LegalizeOps`` entry for ``relax.nn.conv2d``: Winograd where it fits, else ``fallback``."""
+    from tvm import relax
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> Any:
+        lanes = _fits(call, vector_bits)
+        if not lanes:
+            return fallback(bb, call)
+        u = relax.const(transform_weights(call.args[1].value.numpy(), lanes))
+        return bb.call_te(conv2d_winograd, call.args[0], u, primfunc_name_hint="conv2d_winograd")
+
+    return legalize
+
+
+def schedule_winograd(sch, acc_registers: int):
+    """Schedule a function holding :func:`conv2d_winograd`'s stages; returns the parallel loop
+    (every stage but the last, ``NCHW``, one is under it), or ``None`` if there is none."""
+    from dyno_compile.targets.schedule import _blocks, _int, _pick_factor
+
+    names = {str(sch.get(b).name_hint): b for b in _blocks(sch)}
+    if _GEMM not in names:
+        return None
+    gemm = names[_GEMM]
+    n, e, f, t, s, k, rc = sch.get_loops(gemm)
+    lanes = int(sch.get(gemm).reads[0].source.shape[-1])  # u[e, f, K/lanes, C, lanes]
+    cols, kb = _int(sch.get(s).extent), _int(sch.get(k).extent) // lanes
+    rf = _pick_factor(cols, acc_registers)
+    vk = _pick_factor(kb, max(1, acc_registers // rf))
+    ko, kv, ki = sch.split(k, [None, vk, lanes])
+    so, si = sch.split(s, [None, rf])
+    sch.reorder(n, t, e, f, ko, so, rc, kv, si, ki)
+    par = sch.fuse(n, t)
+    cache = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(cache, so)
+    sch.parallel(par)
+    sch.unroll(kv)
+    sch.unroll(si)
+    sch.vectorize(ki)
+    init = sch.decompose_reduction(gemm, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(cache)[-1])
+    for name in ("winograd_input", "winograd_rows", "winograd_pad"):
+        sch.compute_at(names[name], par)
+    for name in ("winograd_cols", "winograd_output"):
+        sch.reverse_compute_at(names[name], par)
+    for name in ("winograd_rows", "winograd_input", "winograd_cols", "winograd_output"):
+        _schedule_transform(sch, names[name])
+    for final in sch.get_consumers(names["winograd_output"]):
+        _write_rows_in_place(sch, final, par)
+    return par
+
+
+def _write_rows_in_place(sch, block, par) -> None:
+    """Write a row of tiles to ``NCHW`` (with any fused epilogue) while it is in cache.
+
+    The final block iterates over ``(n, k, y, x)`` and reads tiles at ``y // m, x // m``,
+    which ``compute_at`` cannot invert; iterating it over ``(n, tile row, k, y % m, x)``
+    instead makes every index affine, so it joins the parallel loop over tile rows.
+    """
+    from tvm.tirx import IndexMap
+
+    from dyno_compile.targets.schedule import _int
+
+    loops = sch.get_loops(block)
+    if len(loops) != 4:
+        return
+    w = _int(sch.get(loops[3]).extent)
+    m = TILE
+    sch.transform_block_layout(block, IndexMap.from_func(
+        lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4))
+    sch.reverse_compute_at(block, par)
+    inner = sch.get_loops(block)[1:]
+    x = sch.fuse(*inner[-2:])
+    if w and w <= 64:
+        sch.vectorize(x)
+
+
+def _schedule_transform(sch, block) -> None:
+    """A transform stage under the parallel loop: its 6-long (tile) loops and reduction
+    unrolled, so the coefficient selects fold to constants; the innermost (contiguous) axis vectorised."""
+    from dyno_compile.targets.schedule import _int
+
+    loops = sch.get_loops(block)[1:]
+    spatial, red = loops[:-1], loops[-1]
+    sch.reorder(*spatial[:-1], red, spatial[-1])
+    for lp in spatial[:-1]:
+        if (_int(sch.get(lp).extent) or 0) <= TILE + 2:
+            sch.unroll(lp)
+    sch.unroll(red)
+    sch.vectorize(spatial[-1])

@@ -1,0 +1,89 @@
+"""3x3 stride-1 convolutions as Winograd F(4x4, 3x3) on CPU targets (``targets/winograd_conv.py``):
+the transforms, equality with the IR interpreter through the fused schedule (epilogues,
+batches, rectangular maps), and the convolutions that keep the direct legalization."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_blocked_conv import _prim_names
+from test_targets import check, conv_graph, normal
+
+from dyno_compile.ir import Graph
+from dyno_compile.targets import compile_graph
+from dyno_compile.targets.tune import fused_module
+from dyno_compile.targets.winograd_conv import TILE, transform_weights, winograd_matrices
+
+SAME = {"padding": ((1, 1), (1, 1))}
+
+
+def test_matrices_compute_a_correlation():
+    """``A^T [(G g) * (B^T d)]`` is the valid correlation of a 6-tap input with a 3-tap filter."""
+    a, b, g = winograd_matrices()
+    rng = np.random.default_rng(0)
+    d, f = rng.standard_normal(TILE + 2), rng.standard_normal(3)
+    want = np.array([d[i:i + 3] @ f for i in range(TILE)])
+    np.testing.assert_allclose(a.T @ ((g @ f) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_transform_weights_layout(rng):
+    w = normal(rng, (32, 5, 3, 3))
+    u = transform_weights(w, 16)
+    _, _, g = winograd_matrices()
+    assert u.shape == (6, 6, 2, 5, 16) and u.dtype == np.float32
+    for k in (0, 17, 31):
+        np.testing.assert_allclose(u[:, :, k // 16, :, k % 16], np.einsum("ai,cij,bj->abc", g, w[k], g),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def _residual_graph(rng, x, k):
+    """conv -> + bias -> + input -> relu: the epilogue a ResNet block fuses into the convolution."""
+    g = Graph("residual")
+    g.add_input("x", x)
+    g.add_const("w", normal(rng, (k, x[1], 3, 3)) * 0.3)
+    g.add_const("b", normal(rng, (k,)))
+    conv = g.add("conv2d", ["x", "w", "b"], dict(SAME))
+    add = g.add("add", [conv.name, "x"])
+    out = g.add("relu", [add.name])
+    g.set_outputs([out.name])
+    return g
+
+
+CASES = {
+    "bias": lambda rng: conv_graph(rng, x=(1, 16, 8, 8), w=(16, 16, 3, 3), bias=True, attrs=dict(SAME)),
+    "few_inputs_wide_output": lambda rng: conv_graph(rng, x=(1, 3, 12, 20), w=(32, 3, 3, 3), bias=False,
+                                                     attrs=dict(SAME)),
+    "batch2_residual_relu": lambda rng: _residual_graph(rng, (2, 16, 16, 12), 16),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_winograd_matches_interpreter(case, rng):
+    g = CASES[case](rng)
+    assert "winograd_gemm" in _prim_names(fused_module(g, "host"))
+    c = compile_graph(g, "host")
+    assert "winograd" in c.schedule_report.functions.values(), c.schedule_report.functions
+    check(g, [normal(rng, tuple(g.nodes[0].type.shape))])
+
+
+@pytest.mark.parametrize("attrs,x,w", [
+    ({"strides": (2, 2), **SAME}, (1, 16, 8, 8), (16, 16, 3, 3)),
+    ({"dilation": (2, 2), "padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 3, 3)),
+    ({}, (1, 16, 10, 10), (16, 16, 3, 3)),                 # no padding
+    (dict(SAME), (1, 16, 14, 14), (16, 16, 3, 3)),         # 14 is no multiple of the 4-wide tile
+    ({"padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 5, 5)),
+    (dict(SAME), (1, 16, 8, 8), (24, 16, 3, 3)),           # output channels fill no SIMD register
+])
+def test_direct_where_winograd_does_not_fit(attrs, x, w, rng):
+    g = conv_graph(rng, x=x, w=w, bias=True, attrs=attrs)
+    names = _prim_names(fused_module(g, "host"))
+    assert "winograd_gemm" not in names
+    check(g, [normal(rng, x)])
+
+
+def test_winograd_only_for_float32_constant_weights_on_cpu(rng):
+    g = CASES["bias"](rng)
+    assert "winograd_gemm" in _prim_names(fused_module(g, "arm64"))
+    assert "winograd_gemm" not in _prim_names(fused_module(g, "cuda-sm80"))
+    assert "winograd_gemm" not in _prim_names(fused_module(g, "host", bind_weights=False))
+    half = conv_graph(rng, x=(1, 16, 8, 8), w=(16, 16, 3, 3), bias=True, attrs=dict(SAME), dtype="float16")
+    assert "winograd_gemm" not in _prim_names(fused_module(half, "host"))
