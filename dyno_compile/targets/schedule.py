@@ -3,8 +3,8 @@
 TVM's default CPU build emits naive loops (no parallel loop, no vectorisation), about
 20x slower than ``jax.jit`` on a ResNet. This pass, applied to each fused ``PrimFunc``
 after Relax's ``"zero"`` pipeline (legalize, fold, fuse), makes the default build faster
-than ``jax.jit`` (ResNet-18 at 224: about 0.5x JAX's time on 2 AVX2 cores, 0.17x on 2
-AVX-512 cores, within 1.2x of ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
+than ``jax.jit`` (ResNet-18 at 224: about 0.5x JAX's time on 2 AVX2 cores, 0.16x on 2
+AVX-512 cores, level with ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
 
 1. **Inline** every injective block that is not an output and not the direct producer of
    a reduction (so bias-add, residual add and ReLU collapse into one epilogue block,
