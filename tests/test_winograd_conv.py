@@ -1,4 +1,4 @@
-"""3x3 stride-1 convolutions as Winograd F(4x4, 3x3) on CPU targets (``targets/winograd_conv.py``):
+"""3x3 stride-1 convolutions as Winograd F(4x4, 3x3) or F(2x2, 3x3) on CPU targets (``targets/winograd_conv.py``):
 the transforms, equality with the IR interpreter through the fused schedule (epilogues,
 batches, rectangular maps), and the convolutions that keep the direct legalization."""
 from __future__ import annotations
@@ -11,24 +11,25 @@ from test_targets import check, conv_graph, normal
 from dyno_compile.ir import Graph
 from dyno_compile.targets import compile_graph
 from dyno_compile.targets.tune import fused_module
-from dyno_compile.targets.winograd_conv import TILE, transform_weights, winograd_matrices
+from dyno_compile.targets.winograd_conv import TILES, transform_weights, winograd_matrices
 
 SAME = {"padding": ((1, 1), (1, 1))}
 
 
-def test_matrices_compute_a_correlation():
-    """``A^T [(G g) * (B^T d)]`` is the valid correlation of a 6-tap input with a 3-tap filter."""
-    a, b, g = winograd_matrices()
+@pytest.mark.parametrize("m", TILES)
+def test_matrices_compute_a_correlation(m):
+    """``A^T [(G g) * (B^T d)]`` is the valid correlation of an (m+2)-tap input with a 3-tap filter."""
+    a, b, g = winograd_matrices(m)
     rng = np.random.default_rng(0)
-    d, f = rng.standard_normal(TILE + 2), rng.standard_normal(3)
-    want = np.array([d[i:i + 3] @ f for i in range(TILE)])
+    d, f = rng.standard_normal(m + 2), rng.standard_normal(3)
+    want = np.array([d[i:i + 3] @ f for i in range(m)])
     np.testing.assert_allclose(a.T @ ((g @ f) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
 
 
 def test_transform_weights_layout(rng):
     w = normal(rng, (32, 5, 3, 3))
-    u = transform_weights(w, 16)
-    _, _, g = winograd_matrices()
+    u = transform_weights(w, 16, 4)
+    _, _, g = winograd_matrices(4)
     assert u.shape == (6, 6, 2, 5, 16) and u.dtype == np.float32
     for k in (0, 17, 31):
         np.testing.assert_allclose(u[:, :, k // 16, :, k % 16], np.einsum("ai,cij,bj->abc", g, w[k], g),
@@ -53,6 +54,8 @@ CASES = {
     "few_inputs_wide_output": lambda rng: conv_graph(rng, x=(1, 3, 12, 20), w=(32, 3, 3, 3), bias=False,
                                                      attrs=dict(SAME)),
     "batch2_residual_relu": lambda rng: _residual_graph(rng, (2, 16, 16, 12), 16),
+    # 6x10 divides into 2x2 tiles only: F(2x2, 3x3)
+    "tile2_residual_relu": lambda rng: _residual_graph(rng, (1, 32, 6, 10), 32),
 }
 
 
@@ -69,7 +72,7 @@ def test_winograd_matches_interpreter(case, rng):
     ({"strides": (2, 2), **SAME}, (1, 16, 8, 8), (16, 16, 3, 3)),
     ({"dilation": (2, 2), "padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 3, 3)),
     ({}, (1, 16, 10, 10), (16, 16, 3, 3)),                 # no padding
-    (dict(SAME), (1, 16, 14, 14), (16, 16, 3, 3)),         # 14 is no multiple of the 4-wide tile
+    (dict(SAME), (1, 16, 7, 7), (16, 16, 3, 3)),           # 7 divides into no tile
     ({"padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 5, 5)),
     (dict(SAME), (1, 16, 8, 8), (24, 16, 3, 3)),           # output channels fill no SIMD register
 ])

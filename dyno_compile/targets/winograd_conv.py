@@ -1,30 +1,32 @@
-"""CPU legalization and schedule of 3x3 stride-1 convolutions as Winograd F(4x4, 3x3).
+"""CPU legalization and schedule of 3x3 stride-1 convolutions as Winograd F(m x m, 3x3).
 
 A direct convolution on these CPUs already runs at about 90 % of the FMA peak
 (:mod:`dyno_compile.targets.blocked_conv`), so beating it needs fewer multiplications.
-Winograd's minimal filtering computes each 4x4 output tile from a 6x6 input tile with 36
-multiplications per input channel instead of 144: the input tile and the filter are
+Winograd's minimal filtering computes each m x m output tile from an (m+2) x (m+2) input
+tile with (m+2)^2 multiplications per input channel instead of 9 m^2 (F(4x4, 3x3): 36
+instead of 144; F(2x2, 3x3): 16 instead of 36): the input tile and the filter are
 transformed (``V = B^T d B``, ``U = G g G^T``), multiplied element by element and summed
-over input channels, which is 36 independent matrix products ``M[e] = U[e] V[e]``, and the
-result is transformed back (``Y = A^T M A``). The filter transform ``U`` is computed once
-at build time from the constant weights (so only constant weights qualify).
+over input channels, which is (m+2)^2 independent matrix products ``M[e] = U[e] V[e]``,
+and the result is transformed back (``Y = A^T M A``). The filter transform ``U`` is
+computed once at build time from the constant weights (so only constant weights
+qualify). The tile is 4 where the output's height and width divide by 4, else 2.
 
 The schedule fuses every stage under one parallel loop over rows of tiles, so the
-transformed tiles (2.25x the input) never leave the core's cache: for a row of tiles, the
-padded input rows are read once, transformed (separably: rows, then columns), the 36
-products accumulate in registers (output channels in SIMD lanes, tiles as the register
-axis, as in the direct schedule), and the products are transformed back, with output
-channels innermost throughout; the last stage, with the fused epilogue, writes the row
-to ``NCHW``. Measured against the direct schedule on 2 AVX-512 cores (one convolution
-with bias and ReLU, 2 threads): 64 channels at 56x56 598 against 813 us, 128 at 28x28
-541 against 757 us; ResNet-18 13.4 to 12.4 ms. Small maps gain nothing (16 channels at
-32x32: 27 against 25 us) and 14x14 or 7x7 maps do not divide into tiles, so the
-ResNets' later stages, whose transformed weights would be 4x larger, stay direct.
+transformed tiles (2.25x the input for m = 4) never leave the core's cache: for a row of
+tiles, the padded input rows are read once, transformed (separably: rows, then columns),
+the products accumulate in registers (output channels in SIMD lanes, tiles as the
+register axis, as in the direct schedule), and are transformed back, with output channels
+innermost throughout; the last stage, with the fused epilogue, writes the row to
+``NCHW``. Measured against the direct schedule on 2 AVX-512 cores (one convolution with
+bias and ReLU, 2 threads): 64 channels at 56x56 598 against 813 us and 128 at 28x28 541
+against 757 us (m = 4), 256 at 14x14 646 against 730 us (m = 2); ResNet-18 13.4 to
+11.9 ms. Small maps gain little (16 channels at 32x32: 27 against 25 us; ResNet-20 0.48
+to 0.47 ms); 7x7 maps divide into no tile and stay direct.
 
-Only ``float32`` qualifies: the transforms' constants (up to 8 in ``B``, 1/4..1 in ``G``)
-cost about one decimal digit, 2e-6 relative error per layer in float32, which float16
-cannot spare. Convolutions that do not fit (other kernels, strides, dilations, padding
-or groups, output sizes not a multiple of 4) keep the next legalization.
+Only ``float32`` qualifies: the transforms' constants (up to 8 in ``B``, 1/4..1 in ``G``
+for m = 4) cost about one decimal digit, 2e-6 relative error per layer in float32, which
+float16 cannot spare. Convolutions that do not fit (other kernels, strides, dilations,
+padding or groups, odd output sizes) keep the next legalization.
 """
 from __future__ import annotations
 
@@ -32,15 +34,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["TILE", "winograd_matrices", "transform_weights", "conv2d_winograd", "legalize_winograd_conv",
+__all__ = ["TILES", "winograd_matrices", "transform_weights", "conv2d_winograd", "legalize_winograd_conv",
            "schedule_winograd"]
 
-#: Output tile edge ``m`` of F(m x m, 3 x 3); the input tile edge is ``m + 2``.
-TILE = 4
+#: Output tile edges ``m`` of F(m x m, 3 x 3) to try, largest first (the input tile edge is
+#: ``m + 2``): the first that divides the output's height and width is used.
+TILES = (4, 2)
 _GEMM = "winograd_gemm"
 
 
-def winograd_matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def winograd_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(A, B, G)`` of F(m, 3) in float64 (TVM's Cook-Toom construction and interpolation points)."""
     from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
@@ -48,7 +51,7 @@ def winograd_matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
 
 
-def transform_weights(w: np.ndarray, lanes: int, m: int = TILE) -> np.ndarray:
+def transform_weights(w: np.ndarray, lanes: int, m: int) -> np.ndarray:
     """``OIHW`` 3x3 weights as ``U[e, n, K/lanes, C, lanes]`` = ``(G w G^T)[e, n]``, output channels blocked."""
     k, c = w.shape[:2]
     _, _, g = winograd_matrices(m)
@@ -68,7 +71,7 @@ def _coef(matrix: np.ndarray, i, j):
     return expr
 
 
-def conv2d_winograd(data, u, m: int = TILE):
+def conv2d_winograd(data, u, m: int):
     """TE compute: ``NCHW`` data (3x3, stride 1, padding 1), transformed weights (:func:`transform_weights`).
 
     Stages (named ``winograd_*`` for :func:`schedule_winograd`), with ``T = H/m`` rows and
@@ -124,29 +127,31 @@ def conv2d_winograd(data, u, m: int = TILE):
                       name="winograd_nchw", tag="conv2d_nchw")
 
 
-def _fits(call, vector_bits: int, m: int = TILE) -> int:
-    """SIMD lanes to block output channels by, or 0 where this legalization does not apply."""
+def _fits(call, vector_bits: int) -> tuple[int, int]:
+    """``(SIMD lanes to block output channels by, tile edge m)``, or ``(0, 0)`` where this
+    legalization does not apply."""
     from tvm.ir.expr import Constant
 
     a = call.attrs
     x, w = call.args
     if not isinstance(w, Constant) or str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32":
-        return 0
+        return 0, 0
     if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or int(a.groups) != 1:
-        return 0
+        return 0, 0
     if [int(s) for s in a.strides] != [1, 1] or [int(d) for d in a.dilation] != [1, 1]:
-        return 0
+        return 0, 0
     if [int(p) for p in a.padding] != [1, 1, 1, 1]:
-        return 0
+        return 0, 0
     shape = tuple(int(d) for d in w.value.shape)
     lanes = vector_bits // 32
     try:
         h, wd = (int(d) for d in list(x.ty.shape)[2:])
     except (TypeError, ValueError):  # symbolic sizes
-        return 0
-    if shape[2:] != (3, 3) or shape[0] % lanes or h % m or wd % m:
-        return 0
-    return lanes
+        return 0, 0
+    m = next((t for t in TILES if h % t == 0 and wd % t == 0), 0)
+    if shape[2:] != (3, 3) or shape[0] % lanes or not m:
+        return 0, 0
+    return lanes, m
 
 
 def legalize_winograd_conv(vector_bits: int, fallback: Callable[[Any, Any], Any]):
@@ -154,11 +159,11 @@ def legalize_winograd_conv(vector_bits: int, fallback: Callable[[Any, Any], Any]
     from tvm import relax
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> Any:
-        lanes = _fits(call, vector_bits)
+        lanes, m = _fits(call, vector_bits)
         if not lanes:
             return fallback(bb, call)
-        u = relax.const(transform_weights(call.args[1].value.numpy(), lanes))
-        return bb.call_te(conv2d_winograd, call.args[0], u, primfunc_name_hint="conv2d_winograd")
+        u = relax.const(transform_weights(call.args[1].value.numpy(), lanes, m))
+        return bb.call_te(conv2d_winograd, call.args[0], u, m, primfunc_name_hint="conv2d_winograd")
 
     return legalize
 
@@ -172,6 +177,7 @@ def schedule_winograd(sch, acc_registers: int):
     if _GEMM not in names:
         return None
     gemm = names[_GEMM]
+    m = int(sch.get(names["winograd_pad"]).writes[0].source.shape[3])  # pad[n, c, row, col % m, col // m]
     n, e, f, t, s, k, rc = sch.get_loops(gemm)
     lanes = int(sch.get(gemm).reads[0].source.shape[-1])  # u[e, f, K/lanes, C, lanes]
     cols, kb = _int(sch.get(s).extent), _int(sch.get(k).extent) // lanes
@@ -195,13 +201,13 @@ def schedule_winograd(sch, acc_registers: int):
     for name in ("winograd_cols", "winograd_output"):
         sch.reverse_compute_at(names[name], par)
     for name in ("winograd_rows", "winograd_input", "winograd_cols", "winograd_output"):
-        _schedule_transform(sch, names[name])
+        _schedule_transform(sch, names[name], m + 2)
     for final in sch.get_consumers(names["winograd_output"]):
-        _write_rows_in_place(sch, final, par)
+        _write_rows_in_place(sch, final, par, m)
     return par
 
 
-def _write_rows_in_place(sch, block, par) -> None:
+def _write_rows_in_place(sch, block, par, m: int) -> None:
     """Write a row of tiles to ``NCHW`` (with any fused epilogue) while it is in cache.
 
     The final block iterates over ``(n, k, y, x)`` and reads tiles at ``y // m, x // m``,
@@ -216,7 +222,6 @@ def _write_rows_in_place(sch, block, par) -> None:
     if len(loops) != 4:
         return
     w = _int(sch.get(loops[3]).extent)
-    m = TILE
     sch.transform_block_layout(block, IndexMap.from_func(
         lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4))
     sch.reverse_compute_at(block, par)
@@ -226,8 +231,8 @@ def _write_rows_in_place(sch, block, par) -> None:
         sch.vectorize(x)
 
 
-def _schedule_transform(sch, block) -> None:
-    """A transform stage under the parallel loop: its 6-long (tile) loops and reduction
+def _schedule_transform(sch, block, tile: int) -> None:
+    """A transform stage under the parallel loop: its ``tile``-long loops and reduction
     unrolled, so the coefficient selects fold to constants; the innermost (contiguous) axis vectorised."""
     from dyno_compile.targets.schedule import _int
 
@@ -235,7 +240,7 @@ def _schedule_transform(sch, block) -> None:
     spatial, red = loops[:-1], loops[-1]
     sch.reorder(*spatial[:-1], red, spatial[-1])
     for lp in spatial[:-1]:
-        if (_int(sch.get(lp).extent) or 0) <= TILE + 2:
+        if (_int(sch.get(lp).extent) or 0) <= tile:
             sch.unroll(lp)
     sch.unroll(red)
     sch.vectorize(spatial[-1])
