@@ -71,6 +71,20 @@ def _coef(matrix: np.ndarray, i, j):
     return expr
 
 
+def _transform(shape, matrix: np.ndarray, name: str, body):
+    """One side of a tile transform: ``out[i] = sum_r matrix[row, r] * operand`` where
+    ``body(r, *i)`` gives ``(row, operand)``; ``r`` runs over the matrix's columns."""
+    from tvm import te
+
+    r = te.reduce_axis((0, matrix.shape[1]), name="r")
+
+    def compute(*idx):
+        row, value = body(r, *idx)
+        return te.sum(_coef(matrix, row, r) * value, axis=r)
+
+    return te.compute(shape, compute, name=name)
+
+
 def conv2d_winograd(data, u, m: int):
     """TE compute: ``NCHW`` data (3x3, stride 1, padding 1), transformed weights (:func:`transform_weights`).
 
@@ -98,31 +112,19 @@ def conv2d_winograd(data, u, m: int):
         lambda b, ci, y, q, s: tirx.if_then_else(
             tirx.all(y >= 1, y <= h, s * m + q >= 1, s * m + q <= w), data[b, ci, y - 1, s * m + q - 1], zero),
         name="winograd_pad")
-    ri = te.reduce_axis((0, al), name="ri")
-    row_t = te.compute(
-        (n, al, c, rows, al, cols),
-        lambda b, e, ci, t, j, s: te.sum(_coef(bt, e, ri) * pad[b, ci, t * m + ri, j % m, s + j // m], axis=ri),
-        name="winograd_rows")
-    rj = te.reduce_axis((0, al), name="rj")
-    v = te.compute(
-        (n, al, al, c, rows, cols),
-        lambda b, e, f, ci, t, s: te.sum(_coef(bt, f, rj) * row_t[b, e, ci, t, rj, s], axis=rj),
-        name="winograd_input")
+    row_t = _transform((n, al, c, rows, al, cols), bt, "winograd_rows",
+                       lambda r, b, e, ci, t, j, s: (e, pad[b, ci, t * m + r, j % m, s + j // m]))
+    v = _transform((n, al, al, c, rows, cols), bt, "winograd_input",
+                   lambda r, b, e, f, ci, t, s: (f, row_t[b, e, ci, t, r, s]))
     rc = te.reduce_axis((0, c), name="rc")
     gemm = te.compute(
         (n, al, al, rows, cols, k),
         lambda b, e, f, t, s, ko: te.sum(u[e, f, ko // lanes, rc, ko % lanes] * v[b, e, f, rc, t, s], axis=rc),
         name=_GEMM)
-    rf = te.reduce_axis((0, al), name="rf")
-    col_t = te.compute(
-        (n, al, rows, m, cols, k),
-        lambda b, e, t, jj, s, ko: te.sum(_coef(at, jj, rf) * gemm[b, e, rf, t, s, ko], axis=rf),
-        name="winograd_cols")
-    re_ = te.reduce_axis((0, al), name="re")
-    y = te.compute(
-        (n, rows, m, m, cols, k),
-        lambda b, t, ii, jj, s, ko: te.sum(_coef(at, ii, re_) * col_t[b, re_, t, jj, s, ko], axis=re_),
-        name="winograd_output")
+    col_t = _transform((n, al, rows, m, cols, k), at, "winograd_cols",
+                       lambda r, b, e, t, jj, s, ko: (jj, gemm[b, e, r, t, s, ko]))
+    y = _transform((n, rows, m, m, cols, k), at, "winograd_output",
+                   lambda r, b, t, ii, jj, s, ko: (ii, col_t[b, r, t, jj, s, ko]))
     return te.compute((n, k, h, w), lambda b, ko, yy, xx: y[b, yy // m, yy % m, xx % m, xx // m, ko],
                       name="winograd_nchw", tag="conv2d_nchw")
 
