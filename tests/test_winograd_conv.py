@@ -11,9 +11,16 @@ from test_targets import check, conv_graph, normal
 from dyno_compile.ir import Graph
 from dyno_compile.targets import compile_graph
 from dyno_compile.targets.tune import fused_module
+from dyno_compile.targets import winograd_conv
 from dyno_compile.targets.winograd_conv import TILES, transform_weights, winograd_matrices
 
 SAME = {"padding": ((1, 1), (1, 1))}
+
+
+@pytest.fixture(autouse=True)
+def small_convolutions_too(monkeypatch):
+    """Small shapes build fast; production keeps convolutions under MIN_MACS direct (tested below)."""
+    monkeypatch.setattr(winograd_conv, "MIN_MACS", 0)
 
 
 @pytest.mark.parametrize("m", TILES)
@@ -90,3 +97,12 @@ def test_winograd_only_for_float32_constant_weights_on_cpu(rng):
     assert "winograd_gemm" not in _prim_names(fused_module(g, "host", bind_weights=False))
     half = conv_graph(rng, x=(1, 16, 8, 8), w=(16, 16, 3, 3), bias=True, attrs=dict(SAME), dtype="float16")
     assert "winograd_gemm" not in _prim_names(fused_module(half, "host"))
+
+
+def test_little_work_stays_direct(rng, monkeypatch):
+    """Under MIN_MACS (a CIFAR ResNet's 16 channels at 32x32) the build time is not worth it."""
+    monkeypatch.setattr(winograd_conv, "MIN_MACS", 20_000_000)
+    small = conv_graph(rng, x=(1, 16, 32, 32), w=(16, 16, 3, 3), bias=True, attrs=dict(SAME))
+    assert "winograd_gemm" not in _prim_names(fused_module(small, "host"))
+    large = conv_graph(rng, x=(1, 64, 56, 56), w=(64, 64, 3, 3), bias=True, attrs=dict(SAME))
+    assert "winograd_gemm" in _prim_names(fused_module(large, "host"))

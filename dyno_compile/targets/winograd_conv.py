@@ -20,13 +20,14 @@ innermost throughout; the last stage, with the fused epilogue, writes the row to
 ``NCHW``. Measured against the direct schedule on 2 AVX-512 cores (one convolution with
 bias and ReLU, 2 threads): 64 channels at 56x56 598 against 813 us and 128 at 28x28 541
 against 757 us (m = 4), 256 at 14x14 646 against 730 us (m = 2); ResNet-18 13.4 to
-11.9 ms. Small maps gain little (16 channels at 32x32: 27 against 25 us; ResNet-20 0.48
-to 0.47 ms); 7x7 maps divide into no tile and stay direct.
+12.4 ms with m = 4 alone, 2.5 % less again with m = 2. Small convolutions gain little
+(16 channels at 32x32: 27 against 25 us) and stay direct; 7x7 maps divide into no tile.
 
 Only ``float32`` qualifies: the transforms' constants (up to 8 in ``B``, 1/4..1 in ``G``
 for m = 4) cost about one decimal digit, 2e-6 relative error per layer in float32, which
 float16 cannot spare. Convolutions that do not fit (other kernels, strides, dilations,
-padding or groups, odd output sizes) keep the next legalization.
+padding or groups, odd output sizes, little work: :data:`MIN_MACS`) keep the next
+legalization.
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ __all__ = ["TILES", "winograd_matrices", "transform_weights", "conv2d_winograd",
 #: Output tile edges ``m`` of F(m x m, 3 x 3) to try, largest first (the input tile edge is
 #: ``m + 2``): the first that divides the output's height and width is used.
 TILES = (4, 2)
+#: Multiply-accumulates (per image) below which a convolution stays direct. LLVM takes
+#: about 1 s to build each Winograd function (its transforms are unrolled), and below
+#: this a convolution runs in under ~150 us and would save tens of microseconds: CIFAR
+#: ResNet-20's convolutions (2.4 M each) saved 2 % of the model in all and cost 6 s of build.
+MIN_MACS = 20_000_000
 _GEMM = "winograd_gemm"
 
 
@@ -64,10 +70,14 @@ def _coef(matrix: np.ndarray, i, j):
     """``matrix[i, j]`` for loop variables that the schedule unrolls (the selects then fold to constants)."""
     from tvm import tirx
 
-    expr = tirx.const(0.0, "float32")
-    for (a, b), v in np.ndenumerate(matrix):
-        if v != 0:
-            expr = tirx.Select(tirx.all(i == a, j == b), tirx.const(float(v), "float32"), expr)
+    zero = tirx.const(0.0, "float32")
+    expr = zero
+    for a, row in enumerate(matrix):  # rows outside, columns inside: chains as short as the matrix is wide
+        entry = zero
+        for b, v in enumerate(row):
+            if v != 0:
+                entry = tirx.Select(j == b, tirx.const(float(v), "float32"), entry)
+        expr = tirx.Select(i == a, entry, expr)
     return expr
 
 
@@ -151,7 +161,7 @@ def _fits(call, vector_bits: int) -> tuple[int, int]:
     except (TypeError, ValueError):  # symbolic sizes
         return 0, 0
     m = next((t for t in TILES if h % t == 0 and wd % t == 0), 0)
-    if shape[2:] != (3, 3) or shape[0] % lanes or not m:
+    if shape[2:] != (3, 3) or shape[0] % lanes or not m or h * wd * shape[0] * shape[1] * 9 < MIN_MACS:
         return 0, 0
     return lanes, m
 
