@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["block_weights", "conv2d_blocked", "legalize_blocked_conv"]
+__all__ = ["block_weights", "constant_nchw_conv", "conv2d_blocked", "legalize_blocked_conv"]
 
 
 def block_weights(w: np.ndarray, block: int) -> np.ndarray:
@@ -61,15 +61,20 @@ def conv2d_blocked(data, weight, strides, padding, dilation, out_dtype: str):
         name="conv2d_blocked", tag="conv2d_nchw")
 
 
-def _fits(call, vector_bits: int) -> int:
-    """The weight block for ``call`` (SIMD lanes of its dtype), or 0 where blocking does not fit."""
+def constant_nchw_conv(call) -> bool:
+    """``call`` is an ungrouped ``NCHW``/``OIHW`` convolution whose weights are constants
+    (which CPU legalizations may relay or transform once, at build time)."""
     from tvm.ir.expr import Constant
 
     a = call.attrs
+    return (isinstance(call.args[1], Constant) and int(a.groups) == 1
+            and (a.data_layout, a.kernel_layout, a.out_layout) == ("NCHW", "OIHW", "NCHW"))
+
+
+def _fits(call, vector_bits: int) -> int:
+    """The weight block for ``call`` (SIMD lanes of its dtype), or 0 where blocking does not fit."""
     x, w = call.args
-    if not isinstance(w, Constant):
-        return 0
-    if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or int(a.groups) != 1:
+    if not constant_nchw_conv(call):
         return 0
     name = str(w.ty.dtype)
     dtype = np.dtype(name) if name != "bfloat16" else None

@@ -101,8 +101,8 @@ def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
     """Legalize to TensorIR, fold constants and fuse (Relax's ``"zero"`` pipeline).
 
     On CPU targets with ``blocked_conv``, convolutions with constant weights are legalized
-    for the tuning-free CPU schedule first: 3x3 stride-1 float32 ones as Winograd
-    F(4x4, 3x3) (:mod:`dyno_compile.targets.winograd_conv`), the rest with
+    for the tuning-free CPU schedule first: large 3x3 stride-1 float32 ones as Winograd
+    F(4x4 or 2x2, 3x3) (:mod:`dyno_compile.targets.winograd_conv`), the rest with
     output-channel-blocked weights (:mod:`dyno_compile.targets.blocked_conv`). The build
     and the tuner (:func:`dyno_compile.targets.tune.fused_module`) both fuse here, so
     tuning records match the functions a build schedules.

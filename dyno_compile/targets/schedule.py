@@ -422,7 +422,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     tile = [inner[i] for i in (reg, vec) if i is not None and i in inner]
     if vk_loop is not None:
         tile.insert(0, vk_loop)
-    outer_sp.sort(key=lambda lp: _stream_last(sch, block, lp))
+    outer_sp = _largest_tensor_first(sch, block, outer_sp)
     sch.reorder(*outer_sp, *red, *tile)
     if outer_sp:
         fused = sch.fuse(*outer_sp) if len(outer_sp) > 1 else outer_sp[0]
@@ -464,8 +464,9 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     return fused
 
 
-def _stream_last(sch, block, loop) -> bool:
-    """Sort key putting last the outer loops that do not index the reduction's largest tensor.
+def _largest_tensor_first(sch, block, loops: list) -> list:
+    """``loops`` (outer loops of a reduction tile) reordered, stably, so those that index
+    the reduction's largest tensor come first.
 
     The parallel loop is split between threads in contiguous chunks, and the tensor whose
     loops run outermost is walked once, in parts, one per thread, while the loops inside
@@ -483,17 +484,21 @@ def _stream_last(sch, block, loop) -> bool:
     written = blk.writes[0].source
     operands = [r for r in blk.reads if not r.source.same_as(written)]
     if len(operands) < 2:
-        return False
+        return loops
     largest = max([*operands, blk.writes[0]],
                   key=lambda r: prod(_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits)
-    var = None
-    for binding, iv in zip(_block_realize(sch, block).iter_values, blk.iter_vars):
-        if sch.get(loop).loop_var in _index_vars(binding):
-            var = iv.var
     indexed = set()
     for e in _region_indices(largest):
         indexed |= _index_vars(e)
-    return var is not None and var not in indexed
+    bindings = list(zip(_block_realize(sch, block).iter_values, blk.iter_vars))
+
+    def elsewhere(loop) -> bool:
+        """The loop walks an iter var that does not index the largest tensor."""
+        var = sch.get(loop).loop_var
+        walked = [iv.var for binding, iv in bindings if var in _index_vars(binding)]
+        return bool(walked) and walked[-1] not in indexed
+
+    return sorted(loops, key=elsewhere)
 
 
 def _vector_axis_last(sch, block, vec: int) -> None:

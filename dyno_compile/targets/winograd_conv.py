@@ -102,7 +102,7 @@ def conv2d_winograd(data, u, m: int):
     ``S = W/m`` columns of tiles:
     ``pad[n, c, row, q, s]``  padded input, columns split by ``col % m`` so a tile's
     columns are contiguous across tiles; ``rows``/``input`` the input transform
-    (``B^T d`` then ``. B``); ``gemm[n, e, f, t, s, k]`` the 36 products summed over
+    (``B^T d`` then ``. B``); ``gemm[n, e, f, t, s, k]`` the (m+2)^2 products summed over
     channels; ``cols``/``output`` the inverse transform; the result in ``NCHW``.
     """
     from tvm import te, tirx
@@ -142,13 +142,11 @@ def conv2d_winograd(data, u, m: int):
 def _fits(call, vector_bits: int) -> tuple[int, int]:
     """``(SIMD lanes to block output channels by, tile edge m)``, or ``(0, 0)`` where this
     legalization does not apply."""
-    from tvm.ir.expr import Constant
+    from dyno_compile.targets.blocked_conv import constant_nchw_conv
 
     a = call.attrs
     x, w = call.args
-    if not isinstance(w, Constant) or str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32":
-        return 0, 0
-    if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") or int(a.groups) != 1:
+    if not constant_nchw_conv(call) or str(w.ty.dtype) != "float32" or str(x.ty.dtype) != "float32":
         return 0, 0
     if [int(s) for s in a.strides] != [1, 1] or [int(d) for d in a.dilation] != [1, 1]:
         return 0, 0
@@ -182,7 +180,7 @@ def legalize_winograd_conv(vector_bits: int, fallback: Callable[[Any, Any], Any]
 
 def schedule_winograd(sch, acc_registers: int):
     """Schedule a function holding :func:`conv2d_winograd`'s stages; returns the parallel loop
-    (every stage but the last, ``NCHW``, one is under it), or ``None`` if there is none."""
+    over rows of tiles (every stage is under it), or ``None`` if there is no such function."""
     from dyno_compile.targets.schedule import _blocks, _int, _pick_factor
 
     names = {str(sch.get(b).name_hint): b for b in _blocks(sch)}
