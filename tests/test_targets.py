@@ -15,7 +15,7 @@ from dyno_compile.targets.schedule import config_for, schedule_module
 
 TOL = 1e-4
 TOL_F16 = 2e-3  # one float16 ulp near the output's scale
-SCHEDULED = {"tiled", "winograd", "parallel"}  # the schedule's first choices (no fallback)
+SCHEDULED = {"tiled", "window", "winograd", "parallel"}  # the schedule's first choices (no fallback)
 
 
 def _ref(g: Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -294,6 +294,35 @@ POOL_CASES = {
 def test_pooling(case, rng):
     op, shape, attrs = POOL_CASES[case]
     check(unary_graph(op, shape, attrs), [normal(rng, shape)])
+
+
+def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
+    """A 3x3 max pool at stride 2 (ResNet's, smaller) has no contiguous axis: parallel rows,
+    the width a plain loop with the window unrolled inside; a global average pool (no
+    stride) is not such a window. Both equal to the interpreter."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from dyno_compile.targets.tune import fused_module
+
+    target = get_target("host").tvm_target()
+    pool = unary_graph("max_pool2d", (1, 8, 32, 32), {"kernel": (3, 3), "strides": (2, 2),
+                                                      "padding": ((1, 1), (1, 1))})
+    mod, report = schedule_module(fused_module(pool, "host"), target)
+    assert set(report.functions.values()) == {"window"}, report.functions
+    loops: list = []
+    for _, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
+    kinds = {lp.loop_var.name: lp.kind for lp in loops}
+    assert tirx.ForKind.VECTORIZED not in kinds.values(), kinds
+    assert [k for k in kinds.values() if k == tirx.ForKind.UNROLLED] == [tirx.ForKind.UNROLLED] * 2, kinds
+    assert tirx.ForKind.PARALLEL in kinds.values(), kinds
+    check(pool, [normal(rng, (1, 8, 32, 32))])
+
+    gap = unary_graph("global_avg_pool2d", (1, 8, 7, 7), {})
+    _, report = schedule_module(fused_module(gap, "host"), target)
+    assert "window" not in report.functions.values(), report.functions
 
 
 def test_pooling_float16(rng):
