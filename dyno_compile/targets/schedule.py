@@ -48,6 +48,9 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
+from dyno_compile.targets.schedule_common import child_blocks, divisors, pick_factor, static_int
+from dyno_compile.targets.winograd_conv import schedule_winograd
+
 __all__ = ["ScheduleConfig", "ScheduleReport", "config_for", "schedule_module", "schedule_func", "vector_bits"]
 
 
@@ -137,13 +140,6 @@ MAX_WINDOW = 64
 
 
 # --------------------------------------------------------------------------- helpers
-def _int(x) -> int | None:
-    try:
-        return int(x)
-    except Exception:
-        return None
-
-
 def _is_reduction(sch, block) -> bool:
     from tvm import tirx
 
@@ -159,18 +155,6 @@ def _iter_kinds(sch, block) -> list[str]:
     return out
 
 
-def _root(sch):
-    return sch.get_sblock("root")
-
-
-def _blocks(sch) -> list:
-    return list(sch.get_child_blocks(_root(sch)))
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def _pick_vector(extent: int, lanes: int, max_regs: int) -> int:
     """Vector tile for an axis of ``extent``: a divisor, preferring multiples of ``lanes``."""
     if extent <= lanes * max_regs:
@@ -178,13 +162,9 @@ def _pick_vector(extent: int, lanes: int, max_regs: int) -> int:
     for regs in range(max_regs, 0, -1):
         if extent % (lanes * regs) == 0:
             return lanes * regs
-    fits = [d for d in _divisors(extent) if d <= lanes * max_regs]
+    fits = [d for d in divisors(extent) if d <= lanes * max_regs]
     best = max(fits)
     return best if best >= lanes // 2 else 1
-
-
-def _pick_factor(extent: int, most: int) -> int:
-    return max(d for d in _divisors(extent) if d <= max(1, most))
 
 
 def _index_vars(expr) -> set:
@@ -201,7 +181,7 @@ def _strided(expr, var) -> bool:
     from tvm.sym.pattern import detect_linear_equation
 
     found = detect_linear_equation(expr, [var])
-    return bool(found) and _int(found[0]) != 1
+    return bool(found) and static_int(found[0]) != 1
 
 
 def _region_indices(region) -> list:
@@ -245,7 +225,7 @@ def _inline(sch, cfg: ScheduleConfig) -> None:
     changed = True
     while changed:
         changed = False
-        for block in _blocks(sch):
+        for block in child_blocks(sch):
             if _is_reduction(sch, block):
                 continue
             consumers = sch.get_consumers(block)
@@ -263,12 +243,12 @@ def _inline(sch, cfg: ScheduleConfig) -> None:
 
 def _work(sch, block) -> int:
     """Iterations of all loops around ``block`` (its work, roughly)."""
-    return prod(_int(sch.get(lp).extent) or 1 for lp in sch.get_loops(block))
+    return prod(static_int(sch.get(lp).extent) or 1 for lp in sch.get_loops(block))
 
 
 def _parallel(sch, loop, work: int, cfg: ScheduleConfig) -> None:
     """Mark ``loop`` parallel, unless it has one iteration or the work is too small to share."""
-    if (_int(sch.get(loop).extent) or 1) > 1 and work >= cfg.min_parallel_work:
+    if (static_int(sch.get(loop).extent) or 1) > 1 and work >= cfg.min_parallel_work:
         sch.parallel(loop)
 
 
@@ -280,7 +260,7 @@ def _schedule_spatial(sch, block, lanes: int, cfg: ScheduleConfig) -> None:
     if not _simple_binding(sch, block) or "R" in _iter_kinds(sch, block):
         _schedule_reduction_simple(sch, block, cfg)
         return
-    extents = [_int(sch.get(lp).extent) for lp in loops]
+    extents = [static_int(sch.get(lp).extent) for lp in loops]
     if any(e is None for e in extents):
         return
     work = prod(extents)
@@ -325,7 +305,7 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     blk = sch.get(block)
     ivs = [iv.var for iv in blk.iter_vars]
     kinds = _iter_kinds(sch, block)
-    extents = [_int(iv.dom.extent) or 1 for iv in blk.iter_vars]
+    extents = [static_int(iv.dom.extent) or 1 for iv in blk.iter_vars]
     out_idx = _region_indices(blk.writes[0])
     reads = list(blk.reads)
     spatial = [i for i in range(len(ivs)) if kinds[i] == "S" and extents[i] > 1]
@@ -380,7 +360,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     if vec is None:
         return None
     loops = sch.get_loops(block)
-    extents = [_int(sch.get(lp).extent) for lp in loops]
+    extents = [static_int(sch.get(lp).extent) for lp in loops]
     if any(e is None for e in extents):
         return None
     vf = _pick_vector(extents[vec], lanes, cfg.max_vector_regs)
@@ -389,7 +369,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     vregs = -(-vf // lanes)
     rf = 1
     if reg is not None:
-        rf = _pick_factor(extents[reg], max(1, cfg.acc_registers // vregs))
+        rf = pick_factor(extents[reg], max(1, cfg.acc_registers // vregs))
     # a short register axis (7 wide) leaves accumulators free: take several vectors of the
     # vector axis too, as separate (unrolled) registers, so each vector load stays contiguous.
     # With no register axis at all (a matrix-vector product: a classifier at batch 1) one
@@ -397,9 +377,9 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     # independent vectors hides the FMA latency (ResNet-18's 512x1000 classifier: 127 to 66 us)
     vk = 1
     if reg is not None and vregs == 1 and rf <= cfg.acc_registers // 2:
-        vk = _pick_factor(extents[vec] // vf, cfg.acc_registers // rf)
+        vk = pick_factor(extents[vec] // vf, cfg.acc_registers // rf)
     elif reg is None and vregs == 1:
-        vk = _pick_factor(extents[vec] // vf, cfg.acc_registers // 2)
+        vk = pick_factor(extents[vec] // vf, cfg.acc_registers // 2)
     consumers = sch.get_consumers(block)
     work = prod(extents)
 
@@ -482,7 +462,7 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
     """
     loops = sch.get_loops(block)
     kinds = _iter_kinds(sch, block)
-    extents = [_int(sch.get(lp).extent) for lp in loops]
+    extents = [static_int(sch.get(lp).extent) for lp in loops]
     n_spatial = kinds.index("R") if "R" in kinds else len(kinds)
     if (n_spatial < 2 or any(k != "R" for k in kinds[n_spatial:]) or any(e is None for e in extents)
             or prod(extents[n_spatial:]) > MAX_WINDOW):
@@ -522,7 +502,7 @@ def _largest_tensor_first(sch, block, loops: list) -> list:
     if len(operands) < 2:
         return loops
     largest = max([*operands, blk.writes[0]],
-                  key=lambda r: prod(_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits)
+                  key=lambda r: prod(static_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits)
     indexed = set()
     for e in _region_indices(largest):
         indexed |= _index_vars(e)
@@ -558,7 +538,7 @@ def _vectorize_innermost(sch, block) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    extent = _int(sch.get(loops[-1]).extent) or 1
+    extent = static_int(sch.get(loops[-1]).extent) or 1
     if 1 < extent <= 64 and "R" not in _iter_kinds(sch, block):
         try:
             sch.vectorize(loops[-1])
@@ -574,13 +554,11 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
     lanes = max(1, cfg.vector_bits // _dtype_bits(func))
     sch = s_tir.Schedule(func)
     _inline(sch, cfg)
-    blocks = _blocks(sch)
+    blocks = child_blocks(sch)
     reductions = [b for b in blocks if _is_reduction(sch, b)]
     how = "parallel"
     tile_loop = None
     if len(reductions) > 1:
-        from dyno_compile.targets.winograd_conv import schedule_winograd
-
         tile_loop = schedule_winograd(sch, cfg.acc_registers)
         if tile_loop is not None:
             how = "winograd"
@@ -591,7 +569,7 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
         else:
             tile_loop = _schedule_window(sch, reductions[0], cfg)
             how = "window" if tile_loop is not None else how
-    for block in _blocks(sch):
+    for block in child_blocks(sch):
         loops = sch.get_loops(block)
         if not loops:
             continue
@@ -697,7 +675,7 @@ def _parallel_only(func, cfg: ScheduleConfig):
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    for block in _blocks(sch):
+    for block in child_blocks(sch):
         if sch.get_loops(block) and not _under_parallel(sch, block):
             _schedule_reduction_simple(sch, block, cfg)
     return sch.mod["main"]

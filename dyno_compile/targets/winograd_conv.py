@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dyno_compile.targets.schedule_common import child_blocks, pick_factor, static_int
+
 __all__ = ["TILES", "winograd_matrices", "transform_weights", "conv2d_winograd", "legalize_winograd_conv",
            "schedule_winograd"]
 
@@ -181,18 +183,16 @@ def legalize_winograd_conv(vector_bits: int, fallback: Callable[[Any, Any], Any]
 def schedule_winograd(sch, acc_registers: int):
     """Schedule a function holding :func:`conv2d_winograd`'s stages; returns the parallel loop
     over rows of tiles (every stage is under it), or ``None`` if there is no such function."""
-    from dyno_compile.targets.schedule import _blocks, _int, _pick_factor
-
-    names = {str(sch.get(b).name_hint): b for b in _blocks(sch)}
+    names = {str(sch.get(b).name_hint): b for b in child_blocks(sch)}
     if _GEMM not in names:
         return None
     gemm = names[_GEMM]
     m = int(sch.get(names["winograd_pad"]).writes[0].source.shape[3])  # pad[n, c, row, col % m, col // m]
     n, e, f, t, s, k, rc = sch.get_loops(gemm)
     lanes = int(sch.get(gemm).reads[0].source.shape[-1])  # u[e, f, K/lanes, C, lanes]
-    cols, kb = _int(sch.get(s).extent), _int(sch.get(k).extent) // lanes
-    rf = _pick_factor(cols, acc_registers)
-    vk = _pick_factor(kb, max(1, acc_registers // rf))
+    cols, kb = static_int(sch.get(s).extent), static_int(sch.get(k).extent) // lanes
+    rf = pick_factor(cols, acc_registers)
+    vk = pick_factor(kb, max(1, acc_registers // rf))
     ko, kv, ki = sch.split(k, [None, vk, lanes])
     so, si = sch.split(s, [None, rf])
     sch.reorder(n, t, e, f, ko, so, rc, kv, si, ki)
@@ -226,12 +226,10 @@ def _write_rows_in_place(sch, block, par, m: int) -> None:
     """
     from tvm.tirx import IndexMap
 
-    from dyno_compile.targets.schedule import _int
-
     loops = sch.get_loops(block)
     if len(loops) != 4:
         return
-    w = _int(sch.get(loops[3]).extent)
+    w = static_int(sch.get(loops[3]).extent)
     sch.transform_block_layout(block, IndexMap.from_func(
         lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4))
     sch.reverse_compute_at(block, par)
@@ -244,13 +242,11 @@ def _write_rows_in_place(sch, block, par, m: int) -> None:
 def _schedule_transform(sch, block, tile: int) -> None:
     """A transform stage under the parallel loop: its ``tile``-long loops and reduction
     unrolled, so the coefficient selects fold to constants; the innermost (contiguous) axis vectorised."""
-    from dyno_compile.targets.schedule import _int
-
     loops = sch.get_loops(block)[1:]
     spatial, red = loops[:-1], loops[-1]
     sch.reorder(*spatial[:-1], red, spatial[-1])
     for lp in spatial[:-1]:
-        if (_int(sch.get(lp).extent) or 0) <= tile:
+        if (static_int(sch.get(lp).extent) or 0) <= tile:
             sch.unroll(lp)
     sch.unroll(red)
     sch.vectorize(spatial[-1])

@@ -1,0 +1,28 @@
+"""Small queries and choices shared by the CPU schedules (:mod:`.schedule` for single
+reductions, :mod:`.winograd_conv` for Winograd's stages), so neither imports the other's
+private helpers."""
+from __future__ import annotations
+
+__all__ = ["child_blocks", "divisors", "pick_factor", "static_int"]
+
+
+def static_int(x) -> int | None:
+    """``x`` as an int where it is a constant (a loop extent, a shape), else ``None``."""
+    try:
+        return int(x)
+    except Exception:
+        return None
+
+
+def child_blocks(sch) -> list:
+    """The blocks directly under the function's root block, in order."""
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def pick_factor(extent: int, most: int) -> int:
+    """The largest divisor of ``extent`` no larger than ``most`` (a split that leaves no tail)."""
+    return max(d for d in divisors(extent) if d <= max(1, most))
