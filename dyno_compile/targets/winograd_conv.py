@@ -116,7 +116,8 @@ def conv2d_winograd(data, u, m: int):
     kb, lanes = int(u.shape[2]), int(u.shape[4])
     k = kb * lanes
     rows, cols = h // m, w // m
-    span = cols + (al - 1) // m
+    vcols = _vector_width(cols, lanes)
+    span = vcols + (al - 1) // m
     zero = tirx.const(0.0, data.dtype)
 
     pad = te.compute(
@@ -124,13 +125,13 @@ def conv2d_winograd(data, u, m: int):
         lambda b, ci, y, q, s: tirx.if_then_else(
             tirx.all(y >= 1, y <= h, s * m + q >= 1, s * m + q <= w), data[b, ci, y - 1, s * m + q - 1], zero),
         name="winograd_pad")
-    row_t = _transform((n, al, c, rows, al, cols), bt, "winograd_rows",
+    row_t = _transform((n, al, c, rows, al, vcols), bt, "winograd_rows",
                        lambda r, b, e, ci, t, j, s: (e, pad[b, ci, t * m + r, j % m, s + j // m]))
-    v = _transform((n, al, al, c, rows, cols), bt, "winograd_input",
+    v = _transform((n, al, al, c, rows, vcols), bt, "winograd_input",
                    lambda r, b, e, f, ci, t, s: (f, row_t[b, e, ci, t, r, s]))
     rc = te.reduce_axis((0, c), name="rc")
     gemm = te.compute(
-        (n, al, al, rows, cols, k),
+        (n, al, al, rows, vcols, k),
         lambda b, e, f, t, s, ko: te.sum(u[e, f, ko // lanes, rc, ko % lanes] * v[b, e, f, rc, t, s], axis=rc),
         name=_GEMM)
     col_t = _transform((n, al, rows, m, cols, k), at, "winograd_cols",
@@ -139,6 +140,16 @@ def conv2d_winograd(data, u, m: int):
                    lambda r, b, t, ii, jj, s, ko: (ii, col_t[b, r, t, jj, s, ko]))
     return te.compute((n, k, h, w), lambda b, ko, yy, xx: y[b, yy // m, yy % m, xx % m, xx // m, ko],
                       name="winograd_nchw", tag="conv2d_nchw")
+
+
+def _vector_width(cols: int, lanes: int) -> int:
+    """Tile columns the input transform and the products compute: ``cols`` rounded up to a
+    power of two below ``lanes``, else to a multiple of ``lanes``, so the transforms' vectors
+    are whole registers (LLVM splits a 14- or 7-lane vector into 8 + 4 + 2 or 4 + 2 + 1
+    loads, stores and inserts). The extra columns hold zero padding and are never read."""
+    if cols >= lanes:
+        return -(-cols // lanes) * lanes
+    return 1 << (cols - 1).bit_length()
 
 
 def _fits(call, vector_bits: int) -> tuple[int, int]:
