@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
-from dyno_compile.targets.schedule_common import child_blocks, divisors, pick_factor, static_int
+from dyno_compile.targets.schedule_common import KEEP, child_blocks, divisors, pick_factor, static_int
 from dyno_compile.targets.winograd_conv import schedule_winograd
 
 __all__ = ["ScheduleConfig", "ScheduleReport", "config_for", "schedule_module", "schedule_func", "vector_bits"]
@@ -232,6 +232,8 @@ def _inline(sch, cfg: ScheduleConfig) -> None:
             if not consumers:
                 continue  # an output
             if cfg.keep_reduction_producers and any(_is_reduction(sch, c) for c in consumers):
+                continue
+            if KEEP in sch.get(block).annotations:
                 continue
             try:
                 sch.compute_inline(block)

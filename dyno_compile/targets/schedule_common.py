@@ -3,7 +3,11 @@ reductions, :mod:`.winograd_conv` for Winograd's stages), so neither imports the
 private helpers."""
 from __future__ import annotations
 
-__all__ = ["child_blocks", "divisors", "pick_factor", "static_int"]
+__all__ = ["KEEP", "child_blocks", "divisors", "pick_factor", "static_int"]
+
+#: Block annotation (``te.compute(..., attrs={KEEP: 1})``) by which a legalization keeps a
+#: stage materialised: the schedule does not inline it into its consumers.
+KEEP = "dyno.keep"
 
 
 def static_int(x) -> int | None:
