@@ -9,9 +9,10 @@ from test_blocked_conv import _prim_names
 from test_targets import check, conv_graph, normal
 
 from dyno_compile.ir import Graph
-from dyno_compile.targets import compile_graph
+from dyno_compile.targets import compile_graph, get_target
 from dyno_compile.targets.tune import fused_module
 from dyno_compile.targets import winograd_conv
+from dyno_compile.targets.schedule import schedule_module
 from dyno_compile.targets.winograd_conv import TILES, transform_weights, winograd_matrices
 
 SAME = {"padding": ((1, 1), (1, 1))}
@@ -63,6 +64,9 @@ CASES = {
     "batch2_residual_relu": lambda rng: _residual_graph(rng, (2, 16, 16, 12), 16),
     # 6x10 divides into 2x2 tiles only: F(2x2, 3x3)
     "tile2_residual_relu": lambda rng: _residual_graph(rng, (1, 32, 6, 10), 32),
+    # 18 columns of tiles: the input transform runs over two vectors, 14 columns of them padding
+    "wide_row_two_vectors": lambda rng: conv_graph(rng, x=(1, 8, 8, 72), w=(16, 8, 3, 3), bias=True,
+                                                   attrs=dict(SAME)),
 }
 
 
@@ -106,3 +110,38 @@ def test_little_work_stays_direct(rng, monkeypatch):
     assert "winograd_gemm" not in _prim_names(fused_module(small, "host"))
     large = conv_graph(rng, x=(1, 64, 56, 56), w=(64, 64, 3, 3), bias=True, attrs=dict(SAME))
     assert "winograd_gemm" in _prim_names(fused_module(large, "host"))
+
+
+@pytest.mark.parametrize("cols,lanes,want", [(14, 16, 16), (7, 16, 8), (16, 16, 16), (18, 16, 32), (3, 16, 4),
+                                             (1, 16, 1), (7, 4, 8), (2, 4, 2)])
+def test_tile_columns_round_up_to_whole_vectors(cols, lanes, want):
+    assert winograd_conv._vector_width(cols, lanes) == want
+
+
+def test_padding_and_column_split_are_separate_stages(rng):
+    """The padded rows stay a stage of their own (the schedule would inline them into the
+    split), and the split runs its width as a plain loop with the m phases unrolled inside,
+    for LLVM to vectorise as one interleaved group."""
+    import tvm_ffi
+    from tvm import tirx
+
+    g = CASES["bias"](rng)
+    mod, report = schedule_module(fused_module(g, "host"), get_target("host").tvm_target())
+    assert "winograd" in report.functions.values(), report.functions
+    func = next(f for _, f in mod.functions_items()
+                if isinstance(f, tirx.PrimFunc) and "winograd_split" in _block_names(f.body))
+    assert "winograd_pad" in _block_names(func.body)
+    loops: list = []
+    tvm_ffi.structural_walk(func.body, (tirx.For, loops.append), order="post")
+    phase, width = [lp for lp in loops if _block_names(lp.body) == ["winograd_split"]][:2]  # innermost first
+    assert phase.kind == tirx.ForKind.UNROLLED and int(phase.extent) == 4
+    assert width.kind == tirx.ForKind.SERIAL
+
+
+def _block_names(stmt) -> list[str]:
+    import tvm_ffi
+    from tvm import s_tir
+
+    found: list = []
+    tvm_ffi.structural_walk(stmt, (s_tir.SBlock, found.append), order="post")
+    return [str(b.name_hint) for b in found]
