@@ -121,7 +121,7 @@ def test_tile_columns_round_up_to_whole_vectors(cols, lanes, want):
 def test_padding_and_column_split_are_separate_stages(rng):
     """The padded rows stay a stage of their own (the schedule would inline them into the
     split), and the split runs its width as a plain loop with the m phases unrolled inside,
-    for LLVM to vectorise as one interleaved group."""
+    for LLVM to vectorise as one interleaved group; so does the final write to NCHW."""
     import tvm_ffi
     from tvm import tirx
 
@@ -136,6 +136,11 @@ def test_padding_and_column_split_are_separate_stages(rng):
     phase, width = [lp for lp in loops if _block_names(lp.body) == ["winograd_split"]][:2]  # innermost first
     assert phase.kind == tirx.ForKind.UNROLLED and int(phase.extent) == 4
     assert width.kind == tirx.ForKind.SERIAL
+    # the write to NCHW (with the bias) transposes: a tile's columns unrolled, tile columns a plain loop
+    final = next(name for name in reversed(_block_names(func.body)) if not name.startswith(("winograd", "root")))
+    column, tile_column = [lp for lp in loops if _block_names(lp.body) == [final]][:2]
+    assert column.kind == tirx.ForKind.UNROLLED and int(column.extent) == 4
+    assert tile_column.kind == tirx.ForKind.SERIAL
 
 
 def _block_names(stmt) -> list[str]:

@@ -254,22 +254,22 @@ def _write_rows_in_place(sch, block, par, m: int) -> None:
     """Write a row of tiles to ``NCHW`` (with any fused epilogue) while it is in cache.
 
     The final block iterates over ``(n, k, y, x)`` and reads tiles at ``y // m, x // m``,
-    which ``compute_at`` cannot invert; iterating it over ``(n, tile row, k, y % m, x)``
-    instead makes every index affine, so it joins the parallel loop over tile rows.
+    which ``compute_at`` cannot invert; iterating it over ``(n, tile row, k, y % m, x // m,
+    x % m)`` instead makes every index affine, so it joins the parallel loop over tile rows.
+    The tiles hold output channels innermost, so this stage transposes: vectorised by TVM
+    over the row, every lane is a scalar load and insert; left to LLVM (tile columns a
+    plain loop, the ``m`` columns of a tile unrolled inside), it gathers each column of
+    tiles with one instruction and scatters, 1-7 % faster per convolution (ResNet-18 12.61
+    to 12.41 ms, A/B in one process).
     """
     from tvm.tirx import IndexMap
 
-    loops = sch.get_loops(block)
-    if len(loops) != 4:
+    if len(sch.get_loops(block)) != 4:
         return
-    w = static_int(sch.get(loops[3]).extent)
     sch.transform_block_layout(block, IndexMap.from_func(
         lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4))
     sch.reverse_compute_at(block, par)
-    inner = sch.get_loops(block)[1:]
-    x = sch.fuse(*inner[-2:])
-    if w and w <= 64:
-        sch.vectorize(x)
+    sch.unroll(sch.get_loops(block)[-1])
 
 
 def _schedule_transform(sch, block, tile: int) -> None:
