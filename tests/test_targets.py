@@ -232,10 +232,7 @@ def test_dense_vector_input_whole_output_tile(rng):
 def test_classifier_gemv_takes_independent_accumulators(rng):
     """Batch 1 through a classifier: no register axis, so the tile holds several vectors
     (unrolled) instead of one chain of dependent FMAs; equal to the interpreter."""
-    import tvm_ffi
     from tvm import tirx
-
-    from dyno_compile.targets.tune import fused_module
 
     g = Graph("classifier")
     g.add_input("x", (1, 64))
@@ -243,13 +240,8 @@ def test_classifier_gemv_takes_independent_accumulators(rng):
     g.add_const("b", normal(rng, (200,)))
     n = g.add("dense", ["x", "w", "b"])
     g.set_outputs([n.name])
-    target = get_target("host").tvm_target()
-    mod, report = schedule_module(fused_module(g, "host"), target)
+    loops, report = _scheduled_loops(g)
     assert set(report.functions.values()) == {"tiled"}, report.functions
-    loops: list = []
-    for _, f in mod.functions_items():
-        if isinstance(f, tirx.PrimFunc):
-            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
     unrolled = [int(lp.extent) for lp in loops if lp.kind == tirx.ForKind.UNROLLED]
     assert unrolled and max(unrolled) > 1, [(lp.loop_var.name, lp.kind) for lp in loops]
     check(g, [normal(rng, (1, 64))])
@@ -300,29 +292,35 @@ def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     """A 3x3 max pool at stride 2 (ResNet's, smaller) has no contiguous axis: parallel rows,
     the width a plain loop with the window unrolled inside; a global average pool (no
     stride) is not such a window. Both equal to the interpreter."""
-    import tvm_ffi
     from tvm import tirx
 
-    from dyno_compile.targets.tune import fused_module
-
-    target = get_target("host").tvm_target()
     pool = unary_graph("max_pool2d", (1, 8, 32, 32), {"kernel": (3, 3), "strides": (2, 2),
                                                       "padding": ((1, 1), (1, 1))})
-    mod, report = schedule_module(fused_module(pool, "host"), target)
+    loops, report = _scheduled_loops(pool)
     assert set(report.functions.values()) == {"window"}, report.functions
-    loops: list = []
-    for _, f in mod.functions_items():
-        if isinstance(f, tirx.PrimFunc):
-            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
     kinds = {lp.loop_var.name: lp.kind for lp in loops}
     assert tirx.ForKind.VECTORIZED not in kinds.values(), kinds
     assert [k for k in kinds.values() if k == tirx.ForKind.UNROLLED] == [tirx.ForKind.UNROLLED] * 2, kinds
     assert tirx.ForKind.PARALLEL in kinds.values(), kinds
     check(pool, [normal(rng, (1, 8, 32, 32))])
 
-    gap = unary_graph("global_avg_pool2d", (1, 8, 7, 7), {})
-    _, report = schedule_module(fused_module(gap, "host"), target)
+    _, report = _scheduled_loops(unary_graph("global_avg_pool2d", (1, 8, 7, 7), {}))
     assert "window" not in report.functions.values(), report.functions
+
+
+def _scheduled_loops(g: Graph) -> tuple[list, object]:
+    """Every loop of ``g``'s scheduled host functions (post order), and the schedule's report."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from dyno_compile.targets.tune import fused_module
+
+    mod, report = schedule_module(fused_module(g, "host"), get_target("host").tvm_target())
+    loops: list = []
+    for _, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
+    return loops, report
 
 
 def test_pooling_float16(rng):
