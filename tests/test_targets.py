@@ -288,6 +288,21 @@ def test_pooling(case, rng):
     check(unary_graph(op, shape, attrs), [normal(rng, shape)])
 
 
+def test_rows_without_a_vector_divisor_stay_an_inner_loop(rng):
+    """A row of 113 (prime) has no vector split: the rows run in parallel and each row is a
+    plain inner loop, not one parallel loop over every element; equal to the interpreter."""
+    from tvm import tirx
+
+    g = unary_graph("relu", (2, 3, 40, 113), {})
+    loops, report = _scheduled_loops(g)
+    assert set(report.functions.values()) == {"parallel"}, report.functions
+    parallel = [lp for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
+    assert len(parallel) == 1 and int(parallel[0].extent) == 2 * 3 * 40, [(lp.loop_var.name, lp.extent) for lp in loops]
+    inner = [lp for lp in loops if lp.kind == tirx.ForKind.SERIAL]
+    assert [int(lp.extent) for lp in inner] == [113], [(lp.loop_var.name, lp.extent) for lp in loops]
+    check(g, [normal(rng, (2, 3, 40, 113))])
+
+
 def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     """A 3x3 max pool at stride 2 (ResNet's, smaller) has no contiguous axis: parallel rows,
     the width a plain loop with the window unrolled inside; a global average pool (no
