@@ -323,6 +323,21 @@ def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     assert "window" not in report.functions.values(), report.functions
 
 
+def test_strided_depthwise_conv_reads_its_pad_and_runs_its_epilogue_per_row(rng):
+    """A 3x3/2 depthwise convolution with bias and ReLU (MobileNetV2's) is a strided window
+    too: no pass of its own for the pad, the epilogue inside the one parallel loop over rows."""
+    from tvm import tirx
+
+    g = conv_graph(rng, x=(1, 16, 32, 32), w=(16, 1, 3, 3), bias=True,
+                   attrs={"groups": 16, "strides": (2, 2), "padding": ((1, 1), (1, 1))})
+    relu = g.add("relu", [g.outputs[0]])
+    g.set_outputs([relu.name])
+    loops, report = _scheduled_loops(g)
+    assert set(report.functions.values()) == {"window"}, report.functions
+    assert [lp.kind for lp in loops].count(tirx.ForKind.PARALLEL) == 1, [(lp.loop_var.name, lp.kind) for lp in loops]
+    check(g, [normal(rng, (1, 16, 32, 32))])
+
+
 def _scheduled_loops(g: Graph) -> tuple[list, object]:
     """Every loop of ``g``'s scheduled host functions (post order), and the schedule's report."""
     import tvm_ffi
