@@ -321,13 +321,12 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     reads = list(blk.reads)
     spatial = [i for i in range(len(ivs)) if kinds[i] == "S" and extents[i] > 1]
 
-    def operand(i, strided: bool = False):
-        """The first input whose innermost index uses iter var ``i``, without a stride
-        unless ``strided`` (a strided convolution's width gathers: another axis
-        vectorises better, if there is one)."""
+    def operand(i):
+        """The first input whose innermost index uses iter var ``i`` without a stride (a
+        strided convolution's width gathers: another axis vectorises better, if there is one)."""
         for r in reads:
             idx = _region_indices(r)
-            if idx and ivs[i] in _index_vars(idx[-1]) and (strided or not _strided(idx[-1], ivs[i])):
+            if idx and ivs[i] in _index_vars(idx[-1]) and not _strided(idx[-1], ivs[i]):
                 return r
         return None
 
@@ -343,7 +342,7 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     else:  # nothing contiguous: a strided pooling (see _schedule_window), or not a pattern
         return None, None
     vec_vars = set()
-    for e in _region_indices(operand(vec, True)):
+    for e in _region_indices(operand(vec)):
         vec_vars |= _index_vars(e)
     candidates = [i for i in spatial if i != vec]
     free = [i for i in candidates if ivs[i] not in vec_vars]
