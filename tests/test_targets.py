@@ -288,6 +288,17 @@ def test_pooling(case, rng):
     check(unary_graph(op, shape, attrs), [normal(rng, shape)])
 
 
+@pytest.mark.parametrize("extent,regs,want", [(64, 2, 32), (48, 2, 16), (28, 2, 28), (56, 2, 8), (56, 1, 8),
+                                              (1000, 1, 8), (28, 1, 14), (113, 2, 1), (226, 2, 1)])
+def test_vector_tiles_are_whole_registers_where_a_divisor_allows(extent, regs, want):
+    """Up to ``regs`` registers of 16 lanes: the whole extent if it fits, else multiples of
+    the lanes, then a power of two of at least half the lanes (a 14-lane vector costs LLVM
+    three loads), then the largest divisor of at least half the lanes, else none (1)."""
+    from dyno_compile.targets.schedule import _pick_vector
+
+    assert _pick_vector(extent, 16, regs) == want
+
+
 def test_rows_without_a_vector_divisor_stay_an_inner_loop(rng):
     """A row of 113 (prime) has no vector split: the rows run in parallel and each row is a
     plain inner loop, not one parallel loop over every element; equal to the interpreter."""

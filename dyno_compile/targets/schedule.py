@@ -156,13 +156,20 @@ def _iter_kinds(sch, block) -> list[str]:
 
 
 def _pick_vector(extent: int, lanes: int, max_regs: int) -> int:
-    """Vector tile for an axis of ``extent``: a divisor, preferring multiples of ``lanes``."""
+    """Vector tile for an axis of ``extent``: a divisor, preferring multiples of ``lanes``,
+    then a power of two of at least half the lanes (one register, possibly half-width),
+    then the largest divisor. LLVM splits a 14-lane vector into 8 + 4 + 2 loads and
+    stores; MobileNetV2's 56-wide 1x1 convolutions with 24 output channels ran 5-9 %
+    faster on 8 lanes, the model 5.49 to 5.36 ms (A/B in one process)."""
     if extent <= lanes * max_regs:
         return extent
     for regs in range(max_regs, 0, -1):
         if extent % (lanes * regs) == 0:
             return lanes * regs
     fits = [d for d in divisors(extent) if d <= lanes * max_regs]
+    whole = [d for d in fits if d >= lanes // 2 and d & (d - 1) == 0]
+    if whole:
+        return max(whole)
     best = max(fits)
     return best if best >= lanes // 2 else 1
 
