@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dyno_compile.errors import DynoError
+from dyno_compile.targets.schedule_common import child_blocks
 
 if TYPE_CHECKING:  # the IR (and JAX behind it) is needed to lower, not to import this module
     from dyno_compile.ir import Graph, Node
@@ -1015,7 +1016,7 @@ def _schedule_gpu_kernel(func, kind: str, threads: int = 256):
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in child_blocks(sch):
         loops = sch.get_loops(block)
         if kind in ("bitpack", "bitunpack"):
             group = int(func.attrs["dyno.group"])

@@ -443,13 +443,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
                 pass
     else:
         epilogue_blocks = []
-    for c in consumers:
-        if sch.get(c).name_hint and not _is_reduction(sch, c):
-            try:
-                sch.reverse_compute_at(c, fused)
-                epilogue_blocks.append(c)
-            except Exception:
-                pass
+    epilogue_blocks += _attach_epilogue(sch, consumers, fused)
     # loop kinds first: the update block stops being a "reduction block" once its init is split off
     _parallel(sch, fused, work, cfg)
     for loop in tile[:-1]:
@@ -504,13 +498,23 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
     _parallel(sch, fused, prod(extents), cfg)
     for loop in loops[n_spatial:]:
         sch.unroll(loop)
-    for consumer in sch.get_consumers(block):  # the epilogue, per row while it is in cache
-        if not _is_reduction(sch, consumer):
-            try:
-                sch.reverse_compute_at(consumer, fused)
-            except Exception:  # noqa: BLE001 - it keeps its own parallel loop
-                pass
+    _attach_epilogue(sch, sch.get_consumers(block), fused)  # per row, while it is in cache
     return fused
+
+
+def _attach_epilogue(sch, consumers: list, loop) -> list:
+    """Move the elementwise ``consumers`` of a reduction under its parallel ``loop``, each
+    right after the part of the reduction it reads; returns those that moved (the rest
+    keep loops of their own)."""
+    moved = []
+    for c in consumers:
+        if sch.get(c).name_hint and not _is_reduction(sch, c):
+            try:
+                sch.reverse_compute_at(c, loop)
+                moved.append(c)
+            except Exception:  # noqa: BLE001 - it keeps its own loops
+                pass
+    return moved
 
 
 def _largest_tensor_first(sch, block, loops: list) -> list:
