@@ -190,6 +190,16 @@ def test_conv2d(case, rng):
     check(g, [normal(rng, spec["x"])])
 
 
+@pytest.mark.parametrize("channels,lanes,want", [(64, 16, 16), (24, 16, 8), (12, 16, 0), (24, 8, 8), (20, 8, 4),
+                                                 (6, 4, 2), (3, 4, 0)])
+def test_weight_blocks_fill_a_register_or_half_of_one(channels, lanes, want):
+    """MobileNetV2's 24-channel projections take blocks of 8 on 16 lanes rather than TVM's
+    own convolution; blocks under half a register are not worth a layout (0: none)."""
+    from dyno_compile.targets.blocked_conv import weight_block
+
+    assert weight_block(channels, lanes) == want
+
+
 def test_conv2d_float16_accumulates_in_float32(rng):
     spec = CONV_CASES["plain_bias"]
     g = conv_graph(rng, **spec, dtype="float16")
@@ -349,19 +359,53 @@ def test_strided_depthwise_conv_reads_its_pad_and_runs_its_epilogue_per_row(rng)
     check(g, [normal(rng, (1, 16, 32, 32))])
 
 
-def _scheduled_loops(g: Graph) -> tuple[list, object]:
-    """Every loop of ``g``'s scheduled host functions (post order), and the schedule's report."""
+def _scheduled_nodes(g: Graph, kind) -> tuple[list, object]:
+    """Every node of type ``kind`` in ``g``'s scheduled host functions (post order), and
+    the schedule's report."""
     import tvm_ffi
     from tvm import tirx
 
     from dyno_compile.targets.tune import fused_module
 
     mod, report = schedule_module(fused_module(g, "host"), get_target("host").tvm_target())
-    loops: list = []
+    found: list = []
     for _, f in mod.functions_items():
         if isinstance(f, tirx.PrimFunc):
-            tvm_ffi.structural_walk(f.body, (tirx.For, loops.append), order="post")
-    return loops, report
+            tvm_ffi.structural_walk(f.body, (kind, found.append), order="post")
+    return found, report
+
+
+def _scheduled_loops(g: Graph) -> tuple[list, object]:
+    from tvm import tirx
+
+    return _scheduled_nodes(g, tirx.For)
+
+
+@pytest.mark.parametrize("epilogue", [True, False])
+def test_pointwise_conv_fuses_rows_and_columns_into_one_vector_axis(epilogue, rng):
+    """A 1x1 stride-1 convolution (24 output channels) whose width, 18, fills no vector
+    but whose plane, 8 x 18 = 144 pixels, does: with an epilogue (bias, residual add,
+    ReLU) the pixels are one axis, vectorised in whole registers, and the accumulator
+    tile is a run of pixels; without one it writes the function's output in its own
+    layout and is not fused. Equal to the interpreter either way."""
+    from tvm import s_tir, tirx
+
+    lanes = config_for(get_target("host").tvm_target()).vector_bits // 32
+    g = conv_graph(rng, x=(1, 16, 8, 18), w=(24, 16, 1, 1), bias=epilogue, attrs={})
+    if epilogue:
+        g.add_input("r", (1, 24, 8, 18), "float32")
+        relu = g.add("relu", [g.add("add", [g.outputs[0], "r"]).name])
+        g.set_outputs([relu.name])
+    blocks, report = _scheduled_nodes(g, s_tir.SBlock)
+    assert set(report.functions.values()) == {"tiled"}, report.functions
+    local = [tuple(int(d) for d in b.shape) for blk in blocks for b in blk.alloc_buffers if b.scope() == "local"]
+    assert local == ([(1, 24, 144)] if epilogue else [(1, 24, 8, 18)]), local
+    loops, _ = _scheduled_loops(g)
+    vectors = {int(lp.extent) for lp in loops if lp.kind == tirx.ForKind.VECTORIZED}
+    if epilogue:
+        assert lanes in vectors and 144 % lanes == 0, (vectors, lanes)
+    xs = [normal(rng, (1, 16, 8, 18))] + ([normal(rng, (1, 24, 8, 18))] if epilogue else [])
+    check(g, xs)
 
 
 def test_pooling_float16(rng):

@@ -19,7 +19,10 @@ AVX-512 cores, level with ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
    as contiguous. Convolutions with constant weights read them output-channel-blocked
    (:mod:`dyno_compile.targets.blocked_conv`), so output channels are a contiguous
    vector axis wherever the width fills no register; when the register axis is short
-   (a 7-wide output) the tile also takes several vectors of the vector axis. Loop order:
+   (a 7-wide output) the tile also takes several vectors of the vector axis. A pointwise
+   convolution whose width fills no vector but whose plane does (56 x 56) first has its
+   rows and columns fused into one pixel axis, with its epilogue's; that contiguous axis
+   is then the vector axis and output channels the register axis. Loop order:
    ``[fused outer spatial loops: parallel] [reduction loops] [register tiles: unrolled]
    [vector tile: vectorised]``, the outer loops that index the largest tensor first (the
    threads then split that tensor and re-read the smaller ones from cache); the reduction
@@ -517,6 +520,78 @@ def _attach_epilogue(sch, consumers: list, loop) -> list:
     return moved
 
 
+def _pixel_axes(sch, block) -> tuple[int, int, int] | None:
+    """``(row, column, width)``: the iter vars (positions) of ``block`` that index the last
+    two dimensions of its output, where every tensor the block touches either indexes its
+    last two dimensions with exactly those (so row ``y + 1`` follows row ``y`` in memory
+    and the pair is one contiguous axis) or ignores both. ``None`` otherwise: a padded or
+    strided convolution's input, a transposition."""
+    blk = sch.get(block)
+    if not _simple_binding(sch, block):
+        return None
+    ivs = [iv.var for iv in blk.iter_vars]
+    out = _region_indices(blk.writes[0])
+    if len(out) < 3:
+        return None
+    pos = [next((i for i, v in enumerate(ivs) if e.same_as(v)), None) for e in out[-2:]]
+    if None in pos or pos[1] != pos[0] + 1 or _iter_kinds(sch, block)[pos[0]] != "S":
+        return None
+    row, col = (ivs[i] for i in pos)
+    width = static_int(blk.iter_vars[pos[1]].dom.extent)
+    for region in (*blk.reads, *blk.writes):
+        idx = _region_indices(region)
+        used = [k for k, e in enumerate(idx) if _index_vars(e) & {row, col}]
+        if not used:
+            continue
+        if (used != [len(idx) - 2, len(idx) - 1] or not idx[-2].same_as(row) or not idx[-1].same_as(col)
+                or static_int(region.source.shape[-1]) != width):
+            return None
+    return pos[0], pos[1], width
+
+
+def _flatten_pixels(sch, block, lanes: int) -> bool:
+    """Fuse a pointwise (1x1, stride 1) convolution's rows and columns into one pixel axis,
+    with its elementwise consumers, where the width fills no whole vector but the plane
+    does (56 x 56 = 196 vectors of 16). The pixel axis is contiguous in the input and the
+    output, so it becomes the vector axis and output channels the register axis: a
+    matrix product with no transposing epilogue (buffer flattening folds ``p // 56 * 56
+    + p % 56`` back into ``p``, so loads stay whole vectors). Alone, with its epilogue,
+    MobileNetV2's 96 -> 24 projection at 56 x 56 took 104 us with output channels or
+    columns as vectors, 60 us this way (other 1x1 convolutions at 56 and 28: 30-40 %
+    less); MobileNetV2 5.30 to 5.04 ms, ResNet-50 42.3 to 40.4 ms (A/B in one process,
+    2 AVX-512 cores). The convolution must feed an epilogue in the same function, whose
+    intermediate buffer takes the pixel layout too; a function's output keeps its own."""
+    from tvm.tirx import IndexMap
+
+    found = _pixel_axes(sch, block)
+    if found is None:
+        return False
+    row, col, width = found
+    ext = [static_int(iv.dom.extent) or 0 for iv in sch.get(block).iter_vars]
+    if width % lanes == 0 or (ext[row] * width) % lanes:
+        return False
+    consumers = sch.get_consumers(block)
+    written = sch.get(block).writes[0].source
+    if any(written.same_as(b) for b in sch.mod["main"].params):
+        return False
+    if not consumers or any(_is_reduction(sch, c) or _pixel_axes(sch, c) != found for c in consumers):
+        return False
+
+    def fuse_pair(b):
+        n = len(sch.get(b).iter_vars)
+        sch.transform_block_layout(b, IndexMap.from_func(
+            lambda *v: (*v[:row], v[row] * width + v[col], *v[col + 1:]), ndim=n))
+
+    for b in (block, *consumers):
+        fuse_pair(b)
+    # the intermediate too: a region of it is then a run of pixels, not a box of rows, so
+    # the epilogue attached under a tile covers exactly the pixels the tile made
+    sch.transform_layout(block, ("write", 0), IndexMap.from_func(
+        lambda *i: (*i[:-2], i[-2] * width + i[-1]), ndim=len(written.shape),
+        index_dtype=str(written.shape[-1].ty)))
+    return True
+
+
 def _largest_tensor_first(sch, block, loops: list) -> list:
     """``loops`` (outer loops of a reduction tile) reordered, stably, so those that index
     the reduction's largest tensor come first.
@@ -600,6 +675,7 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
         if tile_loop is not None:
             how = "winograd"
     elif len(reductions) == 1:
+        _flatten_pixels(sch, reductions[0], lanes)
         tile_loop = _tile_reduction(sch, reductions[0], lanes, cfg)
         if tile_loop is not None:
             how = "tiled"
