@@ -344,19 +344,23 @@ def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     assert "window" not in report.functions.values(), report.functions
 
 
-def test_strided_depthwise_conv_reads_its_pad_and_runs_its_epilogue_per_row(rng):
-    """A 3x3/2 depthwise convolution with bias and ReLU (MobileNetV2's) is a strided window
-    too: no pass of its own for the pad, the epilogue inside the one parallel loop over rows."""
+@pytest.mark.parametrize("stride,how", [(2, "window"), (1, "tiled")])
+def test_depthwise_conv_pads_each_plane_inside_its_parallel_loop(stride, how, rng):
+    """A 3x3 depthwise convolution with bias and ReLU (MobileNetV2's): at stride 2 a
+    strided window, at stride 1 a register tile. Either way one parallel loop, over the
+    16 planes, pads each plane in turn (no pass of its own over the tensor) and runs the
+    convolution and its epilogue on it. Equal to the interpreter."""
     from tvm import tirx
 
-    g = conv_graph(rng, x=(1, 16, 32, 32), w=(16, 1, 3, 3), bias=True,
-                   attrs={"groups": 16, "strides": (2, 2), "padding": ((1, 1), (1, 1))})
+    g = conv_graph(rng, x=(1, 16, 20, 20), w=(16, 1, 3, 3), bias=True,
+                   attrs={"groups": 16, "strides": (stride, stride), "padding": ((1, 1), (1, 1))})
     relu = g.add("relu", [g.outputs[0]])
     g.set_outputs([relu.name])
     loops, report = _scheduled_loops(g)
-    assert set(report.functions.values()) == {"window"}, report.functions
-    assert [lp.kind for lp in loops].count(tirx.ForKind.PARALLEL) == 1, [(lp.loop_var.name, lp.kind) for lp in loops]
-    check(g, [normal(rng, (1, 16, 32, 32))])
+    assert set(report.functions.values()) == {how}, report.functions
+    parallel = [int(lp.extent) for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
+    assert parallel == [16], [(lp.loop_var.name, lp.kind, lp.extent) for lp in loops]
+    check(g, [normal(rng, (1, 16, 20, 20))])
 
 
 def _scheduled_nodes(g: Graph, kind) -> tuple[list, object]:
