@@ -20,9 +20,9 @@ AVX-512 cores, level with ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
    (:mod:`dyno_compile.targets.blocked_conv`), so output channels are a contiguous
    vector axis wherever the width fills no register; when the register axis is short
    (a 7-wide output) the tile also takes several vectors of the vector axis. A pointwise
-   convolution whose width fills no vector but whose plane does (56 x 56) first has its
-   rows and columns fused into one pixel axis, with its epilogue's; that contiguous axis
-   is then the vector axis and output channels the register axis. Loop order:
+   convolution whose plane fills whole vectors (56 x 56) first has its rows and columns
+   fused into one pixel axis, with its epilogue's; that contiguous axis is then the
+   vector axis, in tiles of several vectors, and output channels the register axis. Loop order:
    ``[fused outer spatial loops: parallel] [reduction loops] [register tiles: unrolled]
    [vector tile: vectorised]``, the outer loops that index the largest tensor first (the
    threads then split that tensor and re-read the smaller ones from cache); the reduction
@@ -622,15 +622,16 @@ def _pixel_axes(sch, block) -> tuple[int, int, int] | None:
 
 def _flatten_pixels(sch, block, lanes: int) -> bool:
     """Fuse a pointwise (1x1, stride 1) convolution's rows and columns into one pixel axis,
-    with its elementwise consumers, where the width fills no whole vector but the plane
-    does (56 x 56 = 196 vectors of 16). The pixel axis is contiguous in the input and the
-    output, so it becomes the vector axis and output channels the register axis: a
-    matrix product with no transposing epilogue (buffer flattening folds ``p // 56 * 56
-    + p % 56`` back into ``p``, so loads stay whole vectors). Alone, with its epilogue,
-    MobileNetV2's 96 -> 24 projection at 56 x 56 took 104 us with output channels or
-    columns as vectors, 60 us this way (other 1x1 convolutions at 56 and 28: 30-40 %
-    less); MobileNetV2 5.30 to 5.04 ms, ResNet-50 42.3 to 40.4 ms (A/B in one process,
-    2 AVX-512 cores). The convolution must feed an epilogue in the same function, whose
+    with its elementwise consumers, where the plane fills whole vectors (56 x 56 = 196
+    vectors of 16). The pixel axis is contiguous in the input and the output, so it is
+    the vector axis, in tiles of several vectors (``pixel_vector_regs``) however narrow
+    a row is, and output channels the register axis: a matrix product with no
+    transposing epilogue (buffer flattening folds ``p // 56 * 56 + p % 56`` back into
+    ``p``, so loads stay whole vectors). Alone, with its epilogue, MobileNetV2's 96 -> 24
+    projection at 56 x 56 took 104 us with output channels or columns as vectors, 60 us
+    on pixels (other 1x1 convolutions at 56 and 28: 30-40 % less); its 16 -> 96
+    expansion at 112 x 112, in the model, 322 us on one vector of columns, 249 on four
+    of pixels. The convolution must feed an epilogue in the same function, whose
     intermediate buffer takes the pixel layout too; a function's output keeps its own."""
     from tvm.tirx import IndexMap
 
@@ -639,7 +640,7 @@ def _flatten_pixels(sch, block, lanes: int) -> bool:
         return False
     row, col, width = found
     ext = [static_int(iv.dom.extent) or 0 for iv in sch.get(block).iter_vars]
-    if width % lanes == 0 or (ext[row] * width) % lanes:
+    if (ext[row] * width) % lanes:
         return False
     consumers = sch.get_consumers(block)
     written = sch.get(block).writes[0].source
