@@ -363,52 +363,60 @@ def test_depthwise_conv_pads_each_plane_inside_its_parallel_loop(stride, how, rn
     check(g, [normal(rng, (1, 16, 20, 20))])
 
 
-def _scheduled_nodes(g: Graph, kind) -> tuple[list, object]:
-    """Every node of type ``kind`` in ``g``'s scheduled host functions (post order), and
-    the schedule's report."""
-    import tvm_ffi
+def _scheduled(g: Graph) -> tuple[list, object]:
+    """``g``'s host functions after the schedule, and the schedule's report."""
     from tvm import tirx
 
     from dyno_compile.targets.tune import fused_module
 
     mod, report = schedule_module(fused_module(g, "host"), get_target("host").tvm_target())
+    return [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)], report
+
+
+def _nodes(funcs: list, kind) -> list:
+    """Every node of type ``kind`` in ``funcs`` (post order)."""
+    import tvm_ffi
+
     found: list = []
-    for _, f in mod.functions_items():
-        if isinstance(f, tirx.PrimFunc):
-            tvm_ffi.structural_walk(f.body, (kind, found.append), order="post")
-    return found, report
+    for f in funcs:
+        tvm_ffi.structural_walk(f.body, (kind, found.append), order="post")
+    return found
 
 
 def _scheduled_loops(g: Graph) -> tuple[list, object]:
+    """Every loop of ``g``'s scheduled host functions (post order), and the schedule's report."""
     from tvm import tirx
 
-    return _scheduled_nodes(g, tirx.For)
+    funcs, report = _scheduled(g)
+    return _nodes(funcs, tirx.For), report
 
 
-@pytest.mark.parametrize("epilogue", [True, False])
-def test_pointwise_conv_fuses_rows_and_columns_into_one_vector_axis(epilogue, rng):
+@pytest.mark.parametrize("epilogue,batch", [(True, 1), (True, 2), (False, 1)])
+def test_pointwise_conv_fuses_rows_and_columns_into_one_vector_axis(epilogue, batch, rng):
     """A 1x1 stride-1 convolution (24 output channels) whose width, 18, fills no vector
     but whose plane, 8 x 18 = 144 pixels, does: with an epilogue (bias, residual add,
     ReLU) the pixels are one axis, vectorised in whole registers, and the accumulator
     tile is a run of pixels; without one it writes the function's output in its own
-    layout and is not fused. Equal to the interpreter either way."""
+    layout and is not fused. A batch keeps its own axis. Equal to the interpreter."""
     from tvm import s_tir, tirx
 
     lanes = config_for(get_target("host").tvm_target()).vector_bits // 32
-    g = conv_graph(rng, x=(1, 16, 8, 18), w=(24, 16, 1, 1), bias=epilogue, attrs={})
+    g = conv_graph(rng, x=(batch, 16, 8, 18), w=(24, 16, 1, 1), bias=epilogue, attrs={})
     if epilogue:
-        g.add_input("r", (1, 24, 8, 18), "float32")
+        g.add_input("r", (batch, 24, 8, 18), "float32")
         relu = g.add("relu", [g.add("add", [g.outputs[0], "r"]).name])
         g.set_outputs([relu.name])
-    blocks, report = _scheduled_nodes(g, s_tir.SBlock)
+    funcs, report = _scheduled(g)
     assert set(report.functions.values()) == {"tiled"}, report.functions
-    local = [tuple(int(d) for d in b.shape) for blk in blocks for b in blk.alloc_buffers if b.scope() == "local"]
-    assert local == ([(1, 24, 144)] if epilogue else [(1, 24, 8, 18)]), local
-    loops, _ = _scheduled_loops(g)
-    vectors = {int(lp.extent) for lp in loops if lp.kind == tirx.ForKind.VECTORIZED}
-    if epilogue:
+    local = [tuple(int(d) for d in b.shape) for blk in _nodes(funcs, s_tir.SBlock) for b in blk.alloc_buffers
+             if b.scope() == "local"]
+    if epilogue:  # pixels in whole registers
+        assert local == [(batch, 24, 144)], local
+        vectors = {int(lp.extent) for lp in _nodes(funcs, tirx.For) if lp.kind == tirx.ForKind.VECTORIZED}
         assert any(v % lanes == 0 and 144 % v == 0 for v in vectors), (vectors, lanes)
-    xs = [normal(rng, (1, 16, 8, 18))] + ([normal(rng, (1, 24, 8, 18))] if epilogue else [])
+    else:  # rows and columns apart (which axis is the vector depends on the lanes)
+        assert len(local) == 1 and len(local[0]) == 4, local
+    xs = [normal(rng, (batch, 16, 8, 18))] + ([normal(rng, (batch, 24, 8, 18))] if epilogue else [])
     check(g, xs)
 
 

@@ -54,20 +54,14 @@ def conv2d_blocked(data, weight, strides, padding, dilation, out_dtype: str):
     oh = (h + t + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     rc = te.reduce_axis((0, ic), name="rc")
-    if kh == kw == 1:  # no unit window axes: a pointwise convolution's input is indexed by (y, x) alone
-        return te.compute(
-            (n, ob * b, oh, ow),
-            lambda nn, oc, y, x: te.sum(
-                data[nn, rc, y * sh, x * sw].astype(out_dtype)
-                * weight[oc // b, rc, 0, 0, oc % b].astype(out_dtype), axis=[rc]),
-            name="conv2d_blocked", tag="conv2d_nchw")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
+    # no unit window axes: a pointwise convolution's input is then indexed by (y, x) alone
+    window = [] if kh == kw == 1 else [te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")]
+    ry, rx = window or (0, 0)
     return te.compute(
         (n, ob * b, oh, ow),
         lambda nn, oc, y, x: te.sum(
             data[nn, rc, y * sh + ry * dh, x * sw + rx * dw].astype(out_dtype)
-            * weight[oc // b, rc, ry, rx, oc % b].astype(out_dtype), axis=[rc, ry, rx]),
+            * weight[oc // b, rc, ry, rx, oc % b].astype(out_dtype), axis=[rc, *window]),
         name="conv2d_blocked", tag="conv2d_nchw")
 
 

@@ -35,8 +35,9 @@ AVX-512 cores, level with ONNX Runtime there; see ``benchmarks/tvm_vs_ort.py``):
    fewer rows per tile. A reduction with no contiguous axis at all, a small window slid
    with a stride (max pooling at stride 2), gets **parallel rows** (planes, where
    padded plane by plane) and a plain width loop with the window unrolled inside, which
-   LLVM's loop vectoriser turns into whole-vector loads and even/odd permutes. A Winograd convolution (:mod:`dyno_compile.targets.winograd_conv`:
-   several reductions, one per stage) gets that module's own schedule instead.
+   LLVM's loop vectoriser turns into whole-vector loads and even/odd permutes. A
+   Winograd convolution (:mod:`dyno_compile.targets.winograd_conv`: several reductions,
+   one per stage) gets that module's own schedule instead.
 3. Every other block (pads, elementwise functions, functions with several reductions
    such as softmax) gets **parallel outer spatial loops** and, where the innermost axis
    is spatial, a **vectorised innermost axis**. Loop nests under ``min_parallel_work``
@@ -399,7 +400,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
         return None
     vregs = -(-vf // lanes)
     producers, plane = _plane_producers(sch, block)
-    if vec in plane or reg in plane or prod(extents[i] for i in plane) < MIN_PLANES:
+    if vec in plane or reg in plane:
         producers, plane = [], set()
     rf = 1
     if reg is not None:  # a plane-wise window reuses input rows, not operands: fewer rows
@@ -442,17 +443,10 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     tile = [inner[i] for i in (reg, vec) if i is not None and i in inner]
     if vk_loop is not None:
         tile.insert(0, vk_loop)
-    planes = [lp for lp, i in zip(loops, range(len(loops))) if i in plane]
+    planes = [lp for i, lp in enumerate(loops) if i in plane]
     outer_sp = planes + _largest_tensor_first(sch, block, [lp for lp in outer_sp if lp not in planes])
     sch.reorder(*outer_sp, *red, *tile)
-    if planes:  # parallel planes, each padded into cache, then its tiles in order
-        par = sch.fuse(*planes) if len(planes) > 1 else planes[0]
-        rest = outer_sp[len(planes):]
-        fused = rest[-1] if rest else par
-    elif outer_sp:
-        par = fused = sch.fuse(*outer_sp) if len(outer_sp) > 1 else outer_sp[0]
-    else:  # the tile covers the whole output: a unit loop to hang the epilogue on
-        par = fused = sch.add_unit_loop(sch.get_loops(block)[0])
+    par, fused = _outer_loops(sch, block, outer_sp, len(planes))
     if cfg.local_accumulator:
         cache = sch.cache_write(block, 0, "local")
         _vector_axis_last(sch, block, vec)
@@ -486,22 +480,39 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     return par
 
 
+def _outer_loops(sch, block, outer: list, planes: int) -> tuple:
+    """``(parallel loop, loop whose iteration is one tile)`` from a tile's reordered
+    ``outer`` loops: all fused into one parallel loop, or, where the first ``planes`` pick
+    planes padded one at a time, those fused and parallel and the rest serial inside."""
+    if planes:
+        par = sch.fuse(*outer[:planes]) if planes > 1 else outer[0]
+        return par, (outer[-1] if len(outer) > planes else par)
+    if outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        return fused, fused
+    unit = sch.add_unit_loop(sch.get_loops(block)[0])  # the tile is the whole output: a loop for the epilogue
+    return unit, unit
+
+
 def _plane_producers(sch, block) -> tuple[list, set[int]]:
-    """``(producers, plane axes)`` where ``block`` reads each of its producers (a pad) one
-    plane at a time: every index but the last two uses only its spatial iter vars (at
-    ``plane axes``) and unit reductions. A depthwise convolution or a padded stride-1
-    pooling is such a window; a dense convolution sums over input channels and is not.
+    """``(producers, plane axes)`` where ``block`` is a window that reads each of its
+    producers (a pad) one plane at a time: every index but the last two uses only its
+    spatial iter vars (at ``plane axes``, together at least ``MIN_PLANES`` planes) and
+    unit reductions, and both of the last two slide with a reduction (the window). A
+    depthwise convolution or a padded stride-1 pooling is such a window; a dense
+    convolution sums over input channels and a matrix product slides no window.
 
     Such a producer can be made one plane at a time, under the parallel loop over planes,
     while that plane is in cache: no pass of its own over the whole tensor. With a smaller
     row tile, MobileNetV2's 3x3 depthwise convolutions at 112 x 112 and 56 x 56 took 77
-    and 81 us instead of 192 and 191 (alone, 2 AVX-512 cores), those at 28 down to 7
+    and 89 us instead of 192 and 191 (alone, 2 AVX-512 cores), those at 28 down to 7
     10-25 % less.
     """
     blk = sch.get(block)
     kinds = _iter_kinds(sch, block)
     spatial = {iv.var: i for i, (iv, k) in enumerate(zip(blk.iter_vars, kinds)) if k == "S"}
-    unit = {iv.var for iv, k in zip(blk.iter_vars, kinds) if k == "R" and static_int(iv.dom.extent) == 1}
+    reduced = {iv.var for iv, k in zip(blk.iter_vars, kinds) if k == "R"}
+    unit = {iv.var for iv in blk.iter_vars if iv.var in reduced and static_int(iv.dom.extent) == 1}
     producers = [p for p in sch.get_producers(block) if not _is_reduction(sch, p)]
     plane: set[int] = set()
     for p in producers:
@@ -510,14 +521,17 @@ def _plane_producers(sch, block) -> tuple[list, set[int]]:
             if not region.source.same_as(written):
                 continue
             idx = _region_indices(region)
-            if len(idx) < 3:
+            if len(idx) < 3 or any(not _index_vars(e) & (reduced - unit) for e in idx[-2:]):
                 return [], set()
             for e in idx[:-2]:
                 used = _index_vars(e)
                 if used - set(spatial) - unit:
                     return [], set()
                 plane |= {spatial[v] for v in used if v in spatial}
-    return (producers, plane) if producers and plane else ([], set())
+    extents = [static_int(iv.dom.extent) or 1 for iv in blk.iter_vars]
+    if not producers or not plane or prod(extents[i] for i in plane) < MIN_PLANES:
+        return [], set()
+    return producers, plane
 
 
 def _schedule_window(sch, block, cfg: ScheduleConfig):
@@ -550,7 +564,7 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
                for idx in map(_region_indices, blk.reads)):
         return None
     producers, plane = _plane_producers(sch, block)
-    if plane != set(range(n_spatial - 2)) or prod(extents[:n_spatial - 2]) < MIN_PLANES:
+    if plane != set(range(n_spatial - 2)):
         producers = []
     loops = sch.get_loops(block)
     if producers:  # parallel planes, each padded into cache, then its rows
@@ -639,8 +653,8 @@ def _flatten_pixels(sch, block, lanes: int) -> bool:
     if found is None:
         return False
     row, col, width = found
-    ext = [static_int(iv.dom.extent) or 0 for iv in sch.get(block).iter_vars]
-    if (ext[row] * width) % lanes:
+    rows = static_int(sch.get(block).iter_vars[row].dom.extent) or 0
+    if (rows * width) % lanes:
         return False
     consumers = sch.get_consumers(block)
     written = sch.get(block).writes[0].source
@@ -650,9 +664,10 @@ def _flatten_pixels(sch, block, lanes: int) -> bool:
         return False
 
     def fuse_pair(b):
-        n = len(sch.get(b).iter_vars)
+        ivs = sch.get(b).iter_vars
         sch.transform_block_layout(b, IndexMap.from_func(
-            lambda *v: (*v[:row], v[row] * width + v[col], *v[col + 1:]), ndim=n))
+            lambda *v: (*v[:row], v[row] * width + v[col], *v[col + 1:]), ndim=len(ivs),
+            index_dtype=str(ivs[row].var.ty)))
 
     for b in (block, *consumers):
         fuse_pair(b)
