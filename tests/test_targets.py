@@ -344,6 +344,25 @@ def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     assert "window" not in report.functions.values(), report.functions
 
 
+def test_strided_pointwise_conv_subsamples_then_multiplies_whole_rows(rng):
+    """A 1x1 stride-2 projection with bias, residual add and ReLU (ResNet's) subsamples
+    its input in a stage of its own; the product then reads the subsampled plane, whose
+    8 x 18 pixels fuse into one axis like a stride-1 convolution's. Equal to the interpreter."""
+    from tvm import s_tir
+
+    g = conv_graph(rng, x=(1, 16, 16, 36), w=(32, 16, 1, 1), bias=True, attrs={"strides": (2, 2)})
+    g.add_input("r", (1, 32, 8, 18), "float32")
+    relu = g.add("relu", [g.add("add", [g.outputs[0], "r"]).name])
+    g.set_outputs([relu.name])
+    funcs, report = _scheduled(g)
+    assert set(report.functions.values()) == {"tiled"}, report.functions
+    blocks = _nodes(funcs, s_tir.SBlock)
+    assert "subsample" in {b.name_hint for b in blocks}, sorted({b.name_hint for b in blocks})
+    local = [tuple(int(d) for d in b.shape) for blk in blocks for b in blk.alloc_buffers if b.scope() == "local"]
+    assert local == [(1, 32, 144)], local
+    check(g, [normal(rng, (1, 16, 16, 36)), normal(rng, (1, 32, 8, 18))])
+
+
 @pytest.mark.parametrize("stride,how", [(2, "window"), (1, "tiled")])
 def test_depthwise_conv_pads_each_plane_inside_its_parallel_loop(stride, how, rng):
     """A 3x3 depthwise convolution with bias and ReLU (MobileNetV2's): at stride 2 a
