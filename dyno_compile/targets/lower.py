@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dyno_compile.errors import DynoError
-from dyno_compile.targets.schedule_common import child_blocks
+from dyno_compile.targets.schedule_common import child_blocks, fuse_loops
 
 if TYPE_CHECKING:  # the IR (and JAX behind it) is needed to lower, not to import this module
     from dyno_compile.ir import Graph, Node
@@ -1031,7 +1031,7 @@ def _schedule_gpu_kernel(func, kind: str, threads: int = 256):
             spatial.append(lp)
         if not spatial:
             spatial = [sch.add_unit_loop(block)]
-        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        fused = fuse_loops(sch, spatial)
         extent = int(sch.get(fused).extent)
         bx, tx = sch.split(fused, factors=[None, min(threads, extent)])
         sch.bind(bx, "blockIdx.x")

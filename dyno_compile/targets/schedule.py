@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
-from dyno_compile.targets.schedule_common import KEEP, child_blocks, divisors, pick_factor, static_int
+from dyno_compile.targets.schedule_common import KEEP, child_blocks, divisors, fuse_loops, pick_factor, static_int
 from dyno_compile.targets.winograd_conv import schedule_winograd
 
 __all__ = ["ScheduleConfig", "ScheduleReport", "config_for", "schedule_module", "schedule_func", "vector_bits"]
@@ -307,7 +307,7 @@ def _schedule_spatial(sch, block, lanes: int, cfg: ScheduleConfig) -> None:
     else:
         outer, vloop = loops, None
     if outer:
-        _parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], work, cfg)
+        _parallel(sch, fuse_loops(sch, outer), work, cfg)
     if vloop is not None:
         sch.vectorize(vloop)
 
@@ -322,7 +322,7 @@ def _schedule_reduction_simple(sch, block, cfg: ScheduleConfig) -> None:
             break
         outer.append(lp)
     if outer:
-        _parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], _work(sch, block), cfg)
+        _parallel(sch, fuse_loops(sch, outer), _work(sch, block), cfg)
 
 
 def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
@@ -461,9 +461,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     else:
         epilogue_blocks = []
     epilogue_blocks += _attach_epilogue(sch, consumers, fused)
-    for producer in producers:
-        sch.compute_at(producer, par)
-        _vectorize_innermost(sch, producer)
+    _pad_each_plane(sch, producers, par)
     # loop kinds first: the update block stops being a "reduction block" once its init is split off
     _parallel(sch, par, work, cfg)
     for loop in tile[:-1]:
@@ -485,10 +483,10 @@ def _outer_loops(sch, block, outer: list, planes: int) -> tuple:
     ``outer`` loops: all fused into one parallel loop, or, where the first ``planes`` pick
     planes padded one at a time, those fused and parallel and the rest serial inside."""
     if planes:
-        par = sch.fuse(*outer[:planes]) if planes > 1 else outer[0]
+        par = fuse_loops(sch, outer[:planes])
         return par, (outer[-1] if len(outer) > planes else par)
     if outer:
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        fused = fuse_loops(sch, outer)
         return fused, fused
     unit = sch.add_unit_loop(sch.get_loops(block)[0])  # the tile is the whole output: a loop for the epilogue
     return unit, unit
@@ -534,6 +532,14 @@ def _plane_producers(sch, block) -> tuple[list, set[int]]:
     return producers, plane
 
 
+def _pad_each_plane(sch, producers: list, par) -> None:
+    """Make each of a plane-wise window's ``producers`` (:func:`_plane_producers`) one plane
+    at a time under the parallel loop over planes ``par``."""
+    for producer in producers:
+        sch.compute_at(producer, par)
+        _vectorize_innermost(sch, producer)
+
+
 def _schedule_window(sch, block, cfg: ScheduleConfig):
     """A small window slid with a stride over the width (max pooling 3x3 at stride 2):
     parallel rows, the output width as a plain inner loop with the window unrolled
@@ -568,12 +574,8 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
         producers = []
     loops = sch.get_loops(block)
     if producers:  # parallel planes, each padded into cache, then its rows
-        outer = loops[:n_spatial - 2]
-        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        row = loops[n_spatial - 2]
-        for producer in producers:
-            sch.compute_at(producer, par)
-            _vectorize_innermost(sch, producer)
+        par, row = fuse_loops(sch, loops[:n_spatial - 2]), loops[n_spatial - 2]
+        _pad_each_plane(sch, producers, par)
     else:
         for producer in sch.get_producers(block):  # a pad: bounds checks are cheaper than a pass
             if not _is_reduction(sch, producer):
@@ -581,8 +583,7 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
                     sch.compute_inline(producer)
                 except Exception:  # noqa: BLE001 - it stays a stage of its own
                     pass
-        outer = loops[:n_spatial - 1]
-        par = row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        par = row = fuse_loops(sch, loops[:n_spatial - 1])
     _parallel(sch, par, prod(extents), cfg)
     for loop in loops[n_spatial:]:
         sch.unroll(loop)

@@ -3,7 +3,7 @@ reductions, :mod:`.winograd_conv` for Winograd's stages), so neither imports the
 private helpers."""
 from __future__ import annotations
 
-__all__ = ["KEEP", "child_blocks", "divisors", "pick_factor", "static_int"]
+__all__ = ["KEEP", "child_blocks", "divisors", "fuse_loops", "pick_factor", "static_int"]
 
 #: Block annotation (``te.compute(..., attrs={KEEP: 1})``) by which a legalization keeps a
 #: stage materialised: the schedule does not inline it into its consumers.
@@ -21,6 +21,12 @@ def static_int(x) -> int | None:
 def child_blocks(sch) -> list:
     """The blocks directly under the function's root block, in order."""
     return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def fuse_loops(sch, loops: list):
+    """One loop over ``loops`` (nested, outermost first): fused, or the loop itself when
+    there is one."""
+    return sch.fuse(*loops) if len(loops) > 1 else loops[0]
 
 
 def divisors(n: int) -> list[int]:
