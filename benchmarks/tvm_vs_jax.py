@@ -80,4 +80,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dyno_compile.errors import DynoError
+
+    try:
+        sys.exit(main())
+    except DynoError as exc:  # an unknown model or target: say which, no traceback
+        print(f"tvm_vs_jax.py: {exc}", file=sys.stderr)
+        sys.exit(2)
