@@ -79,6 +79,36 @@ def test_segment_rejects_out_of_range_cuts():
         segment(graph, [999])
 
 
+def test_segment_refuses_an_early_output_that_no_later_node_reads():
+    g = Graph("two_outputs")  # x -> relu (an output) -> neg -> exp (an output)
+    g.add_input("x", (1, 4))
+    g.add("relu", ["x"], name="r")
+    g.add("neg", ["r"], name="n")
+    g.add("exp", ["n"], name="e")
+    g.set_outputs(["r", "e"])
+    with pytest.raises(GraphError, match=r"outputs \['r'\] are computed before cut position 2.*not read after"):
+        segment(g, [2])
+    # Cut at 1 the relu crosses into the last segment (the neg reads it), which returns it.
+    assert [s.outputs for s in segment(g, [1])] == [("r",), ("r", "e")]
+
+
+def test_segment_passes_an_early_output_that_a_later_node_reads_through_to_the_end():
+    g = Graph("read_later")
+    g.add_input("x", (1, 4))
+    g.add("relu", ["x"], name="r")
+    g.add("neg", ["r"], name="n")
+    g.add("add", ["n", "r"], name="a")
+    g.set_outputs(["r", "a"])
+    segs = segment(g, [1, 2])
+    assert segs[-1].inputs == ("r", "n") and segs[-1].outputs == ("r", "a")
+    x = np.array([[-1.0, 0.5, 2.0, -3.0]], np.float32)
+    env = {"x": x}
+    for s in segs:
+        env.update(zip(s.outputs, _run(s.graph, *[env[i] for i in s.inputs])))
+    np.testing.assert_array_equal(env["r"], np.maximum(x, 0))
+    np.testing.assert_array_equal(env["a"], np.zeros_like(x))
+
+
 def test_every_float32_split_equals_the_unsplit_model():
     graph, x = _resnet20()
     ref = _run(graph, x)[0]

@@ -41,6 +41,7 @@ def segment(graph: Graph, positions: Sequence[int]) -> list[Segment]:
     if bad:
         raise GraphError(f"graph {graph.name!r}: cut positions {bad} out of range 0..{n}")
     bounds = sorted({0, n, *positions})
+    _check_outputs_reach_the_end(graph, cuts, bounds)
     order = graph.compute_nodes
     segments = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
@@ -48,15 +49,19 @@ def segment(graph: Graph, positions: Sequence[int]) -> list[Segment]:
         sub = extract(graph, [node.name for node in order[a:b]], cuts[a].tensors, outputs,
                       name=f"{graph.name}.segment_{i}")
         segments.append(Segment(i, cuts[a], cuts[b], sub))
-    _check_outputs_reach_the_end(graph, order, bounds)
     return segments
 
 
-def _check_outputs_reach_the_end(graph: Graph, order: list, bounds: list[int]) -> None:
-    """A graph output computed before the last segment would be lost between segments."""
-    position = {node.name: k for k, node in enumerate(order)}
+def _check_outputs_reach_the_end(graph: Graph, cuts: list[CutPoint], bounds: list[int]) -> None:
+    """Only the last segment returns the graph outputs, so each must be computed in it or
+    cross into it (an output that later nodes also read passes through the segments in
+    between); one that neither would be lost between segments. Checked before extraction,
+    so the error names the outputs and the cut to move rather than a region that lacks them.
+    """
     last_start = bounds[-2] if len(bounds) > 1 else 0
-    early = [o for o in graph.outputs if position.get(o, -1) < last_start]
-    if early:
-        raise GraphError(f"graph {graph.name!r}: outputs {early} are computed before the last segment; "
-                         "choose cut positions after them")
+    produced_early = {node.name for node in graph.compute_nodes[:last_start]} | {node.name for node in graph.inputs}
+    lost = [o for o in graph.outputs if o in produced_early and o not in cuts[last_start].tensors]
+    if lost:
+        raise GraphError(f"graph {graph.name!r}: outputs {lost} are computed before cut position {last_start} "
+                         "and not read after it, so they would not reach the last segment; choose cut positions "
+                         "after them")
