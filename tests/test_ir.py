@@ -131,6 +131,27 @@ def test_topological_order_is_deterministic_program_order(rng):
     assert [n.name for n in g.copy().compute_nodes] == names
 
 
+def test_copy_is_independent_and_takes_types_as_they_are(rng, monkeypatch):
+    g = conv_bn_relu_graph(rng, residual=True)
+    g.node("conv1").meta["cost"] = {"macs": 1}
+    import dyno_compile.ir.graph as graph_module
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("copy re-inferred a type")
+
+    monkeypatch.setattr(graph_module, "infer_type", no_inference)
+    c = g.copy()
+    monkeypatch.undo()
+    assert [(n.name, n.op, n.inputs, n.type) for n in c.nodes] == [(n.name, n.op, n.inputs, n.type) for n in g.nodes]
+    assert c.outputs == g.outputs and c.params["w1"] is g.params["w1"]
+    c.node("conv1").meta["cost"]["macs"] = 2
+    c.node("relu2").meta["tag"] = "copy"
+    assert g.node("conv1").meta["cost"] == {"macs": 1} and "tag" not in g.node("relu2").meta
+    c.add("neg", ["relu2"], name="tail")
+    c.set_outputs(["tail"])
+    assert "tail" not in g and g.outputs == ["relu2"] and c.nodes[-1].name == "tail"
+
+
 def test_erase_refuses_a_node_with_users(rng):
     g = conv_bn_relu_graph(rng)
     with pytest.raises(GraphError, match="still read by"):

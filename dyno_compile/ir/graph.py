@@ -8,6 +8,7 @@ node that stands for them, so the structure saves as small JSON and weights as `
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -183,10 +184,21 @@ class Graph:
         self.params.pop(name, None)
         self._order_cache = None
 
-    def copy(self) -> "Graph":
-        """A structural copy; weight arrays are shared (passes replace, never mutate, them)."""
-        from dyno_compile.ir.serialize import graph_from_dict, graph_to_dict
-        return graph_from_dict(graph_to_dict(self), dict(self.params))
+    def copy(self) -> Graph:
+        """A structural copy that a pass may rewrite freely: nodes and their ``meta`` are the
+        copy's own (a pass annotating one graph must not annotate another), types are taken
+        as they are (they were checked when the nodes were added) and program order is kept.
+        Weight arrays are shared: passes replace, never mutate, them."""
+        other = Graph(self.name)
+        other.params = dict(self.params)
+        other.outputs = list(self.outputs)
+        for name, data in self._nx.nodes(data=True):
+            n = data["node"]
+            other._nx.add_node(name, node=Node(n.name, n.op, n.inputs, dict(n.attrs), n.type,
+                                               copy.deepcopy(n.meta), n.order_key))
+        other._nx.add_edges_from(self._nx.edges)
+        other._seq = itertools.count(max((n.order_key[0] for n in self.nodes), default=-1) + 1)
+        return other
 
     # ----------------------------------------------------------------- internals
     def _claim(self, name: str) -> str:
