@@ -24,8 +24,7 @@ same for a constant or all-zero tensor or channel (``scale = 0``: every code 0, 
 exactly), but also covers ranges so tiny that ``scale`` is subnormal or underflows to 0,
 where ``1 / scale`` would be inf and ``0 * inf`` NaN (and a flush-to-zero device would
 see 0). There all codes are 0 and the error is at most ``hi - lo`` (< 1e-33). The JAX op
-tests ``hi == lo``: identical except in that corner, where (XLA flushing subnormals to 0
-on CPU) it yields ``scale = 0``, which a frame may not carry, and codes from ``0 * inf``.
+and the TVM kernels apply the same rule, so all three agree in that corner too.
 
 Dequantisation is two roundings here (and in JAX run eagerly); under ``jax.jit`` XLA's CPU
 backend contracts it into one FMA, which agrees whenever ``lo = 0`` (post-ReLU maps) and

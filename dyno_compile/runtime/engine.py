@@ -8,9 +8,11 @@ cannot disturb the requests around it. It keeps no state between requests beyond
 replay guard, so replicas can run side by side behind any load balancer.
 
 Requests arriving together are run as one batch by :meth:`CloudEngine.handle_batch`,
-grouped by cut so that runs of the same segments follow each other (warm caches and
-kernels). The compiled libraries have the build's fixed batch size, so a group is run
-request by request; what batching saves is the per-request hand-off between threads.
+grouped by cut. Each request is unpacked alone (its range is its own); a group is then
+stacked ``cloud_batch`` at a time through the artifact's batched cloud segments when the
+build made them (``--cloud-batch``; a last partial batch is padded), so the GPU runs one
+kernel per segment for several requests. Without batched segments a group runs request
+by request, and what batching saves is the per-request hand-off between threads.
 """
 from __future__ import annotations
 
