@@ -335,6 +335,11 @@ def test_worker_processes_share_one_study_on_postgresql(postgres_server_url, tmp
         w.start()
     for w in workers:
         w.join(timeout=120)
+    hung = [w.pid for w in workers if w.is_alive()]
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    assert not hung, f"worker processes {hung} did not finish in 120 s"
     assert [w.exitcode for w in workers] == [0] * len(workers)
 
     states = [t.state for t in optuna.load_study(study_name="shared", storage=storage_url(url)).trials]
@@ -362,6 +367,7 @@ def test_workers_starting_together_on_an_empty_database(postgres_server_url):
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not [t for t in threads if t.is_alive()], "a worker is still opening the storage after 60 s"
     assert errors == []
 
 

@@ -6,7 +6,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -23,6 +23,14 @@ TRACE = ("traces", "mahimahi_cellular", "TMobile-UMTS-driving.up")
 class _Handler(socketserver.BaseRequestHandler):
     """``E`` + data: echo everything until EOF. ``S<n>\\n`` + n bytes: reply ``k`` once all
     n bytes are in, then again for the next request on the same connection."""
+
+    #: Connections the server has accepted so far (the shaper connects one per client).
+    accepted = 0
+    _lock = threading.Lock()
+
+    def setup(self) -> None:
+        with _Handler._lock:
+            _Handler.accepted += 1
 
     def handle(self) -> None:
         sock: socket.socket = self.request
@@ -42,6 +50,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 n -= len(chunk)
             sock.sendall(b"k")
             kind = sock.recv(1)
+
+
+def _eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for ``condition`` (polled every few milliseconds), failing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.002)
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -98,6 +114,7 @@ def _echo(address: tuple[str, int], payload: bytes) -> bytes:
     sock.sendall(b"E" + payload)
     sock.shutdown(socket.SHUT_WR)
     reader.join(10)
+    assert not reader.is_alive(), "the echo did not end"
     sock.close()
     return bytes(received)
 
@@ -109,18 +126,15 @@ def test_forwards_bytes_exactly_both_ways(server):
         shaped = payload[:200_000]
         shaper.set_uplink(2e6)
         assert _echo(shaper.address, shaped) == shaped
-        time.sleep(0.05)
-        assert shaper.bytes_up == 2 + len(payload) + len(shaped)  # the two "E"s too
-        assert shaper.bytes_down == len(payload) + len(shaped)
+        up, down = 2 + len(payload) + len(shaped), len(payload) + len(shaped)  # the two "E"s go up too
+        _eventually(lambda: (shaper.bytes_up, shaper.bytes_down) == (up, down))
 
 
 def test_constant_rate_paces_the_uplink(server):
     with LinkShaper(server, uplink=200_000.0) as shaper, _connect(shaper.address) as sock:
         took = _sink(sock, 100_000)
         assert took == pytest.approx(0.5, rel=0.25)
-        time.sleep(0.05)
-        assert shaper.bytes_up == len(b"S100000\n") + 100_000
-        assert shaper.bytes_down == 1
+        _eventually(lambda: (shaper.bytes_up, shaper.bytes_down) == (len(b"S100000\n") + 100_000, 1))
 
 
 def test_connections_share_one_uplink(server):
@@ -133,6 +147,7 @@ def test_connections_share_one_uplink(server):
             t.start()
         for t in threads:
             t.join(10)
+        assert not any(t.is_alive() for t in threads)
         for s in socks:
             s.close()
     assert max(times) == pytest.approx(0.5, rel=0.25)
@@ -169,10 +184,11 @@ def test_set_uplink_is_a_step_change(server):
 def test_stop_closes_open_connections_promptly(server):
     shaper = LinkShaper(server, uplink=1_000.0)  # 1 kB/s: the 200 kB below would take minutes
     shaper.start()
+    before = _Handler.accepted
     socks = [_connect(shaper.address) for _ in range(3)]
     for s in socks:
         s.sendall(b"S200000\n" + bytes(200_000))
-    time.sleep(0.1)
+    _eventually(lambda: _Handler.accepted == before + 3)  # the shaper holds all three, both ways
     t0 = time.monotonic()
     shaper.stop()
     assert time.monotonic() - t0 < 1.0
