@@ -218,6 +218,15 @@ def test_tune_refuses_targets_it_cannot_measure(tmp_path):
         tune(fused_module(conv_relu_graph(), "host"), "host", tmp_path / "r", trials=-1)
 
 
+def test_xgb_cost_model_without_xgboost_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    with pytest.raises(TuneError, match=r"needs the xgboost package.*\[tune\]"):
+        tune(fused_module(conv_relu_graph(), "host"), "host", tmp_path / "r", trials=4, cost_model="xgb")
+
+
 def test_database_files_are_metaschedules():
     assert DATABASE_FILES == ("database_workload.json", "database_tuning_record.json")
 
@@ -226,6 +235,7 @@ def test_database_files_are_metaschedules():
 @pytest.mark.slow
 def test_resnet20_tuned_equals_interpreter(tmp_path):
     """A real model with the xgb cost model: records apply, the build matches the interpreter."""
+    pytest.importorskip("xgboost", reason="the xgb cost model needs the tune extra: pip install -e '.[test,tune]'")
     from dyno_compile import zoo
     from dyno_compile.frontend.jax_import import from_jax
     from dyno_compile.passes import run_passes

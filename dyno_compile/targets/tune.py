@@ -55,6 +55,7 @@ Two measured costs are avoided (``../shared/docs/tvm-0.27-notes.md``):
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -694,6 +695,9 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
+    if cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
+        raise TuneError("the xgb cost model needs the xgboost package, which the 'tune' extra installs: "
+                        "pip install -e '.[tune]' (or pass cost_model='random')")
     spec = get_target(target)
     if not spec.is_host:
         raise TuneError(f"tune measures candidates on this machine, which does not run target {spec.name!r}; "
