@@ -54,6 +54,9 @@ from dyno_compile.search.calibration import PRESETS
 
 __all__ = ["JpegUpload", "measure_jpeg_upload", "measure_jpeg_uploads", "model_view", "raw_images"]
 
+Images = np.ndarray | Sequence[Image.Image | np.ndarray]
+"""uint8 [N, H, W, 3] RGB, or a sequence of PIL images or uint8 [H, W, 3] arrays (checked at run time)."""
+
 
 @dataclass(frozen=True)
 class JpegUpload:
@@ -162,13 +165,13 @@ def raw_images(name: str, limit: int | None = None) -> tuple[list[Image.Image], 
     raise InputError(f"unknown image set {name!r}; known: ['cifar10', 'imagenet']")
 
 
-def _as_images(images: object) -> list[Image.Image]:
+def _as_images(images: Images) -> list[Image.Image]:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise InputError(f"images must be uint8 [N, H, W, 3] RGB, got {images.dtype} {images.shape}")
         return [Image.fromarray(a) for a in images]
     out = []
-    for i, img in enumerate(images):  # type: ignore[union-attr]
+    for i, img in enumerate(images):
         if isinstance(img, Image.Image):
             out.append(img)
             continue
@@ -192,7 +195,7 @@ def _whole_model(artifact: Artifact) -> tuple[DeviceSide, int, tuple[int, int], 
     return side, whole[0], (shape[2], shape[3]), int(np.prod(shape)) * side.input_dtype.itemsize
 
 
-def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: object, labels: Sequence[int] | None,
+def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: Images, labels: Sequence[int] | None,
                          preprocess: str, qualities: Sequence[int] = (90,),
                          limit: int | None = None) -> dict[int, JpegUpload]:
     """:func:`measure_jpeg_upload` at several qualities, sharing the float reference run."""
@@ -254,7 +257,7 @@ def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: object,
     return results
 
 
-def measure_jpeg_upload(artifact: Artifact | str | os.PathLike, images_uint8_hwc: object,
+def measure_jpeg_upload(artifact: Artifact | str | os.PathLike, images_uint8_hwc: Images,
                         labels_or_none: Sequence[int] | None, preprocess: str, quality: int = 90,
                         limit: int | None = None) -> JpegUpload:
     """The JPEG-upload baseline of ``artifact`` on real images (see the module docstring).

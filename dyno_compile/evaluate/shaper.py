@@ -400,9 +400,10 @@ class LinkShaper:
         server_writer: asyncio.StreamWriter | None = None
         finished = False
         try:
-            server_reader, server_writer = await asyncio.wait_for(
+            server_reader, opened_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self._target), CONNECT_TIMEOUT_S)
-            up = _Direction(client_reader, server_writer, self._schedule_up, self._count_up)
+            server_writer = opened_writer  # for the finally clause, which must close it
+            up = _Direction(client_reader, opened_writer, self._schedule_up, self._count_up)
             down = _Direction(server_reader, client_writer, self._schedule_down, self._count_down)
             await _run_all(up.tasks() + down.tasks())
             finished = True

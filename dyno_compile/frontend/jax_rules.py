@@ -40,7 +40,8 @@ class Emitter:
 
     def read(self, var: Any) -> str:
         if isinstance(var, jex.core.Literal):
-            value = np.asarray(var.val, dtype=var.aval.dtype)
+            dtype = var.aval.dtype  # type: ignore[attr-defined]  # a ShapedArray; typed AbstractValue
+            value = np.asarray(var.val, dtype=dtype)
             key = (value.dtype.name, value.shape, value.tobytes())
             if key not in self._literals:
                 self._literals[key] = self.graph.add_const("literal", value).name
@@ -108,7 +109,8 @@ def _integer_pow(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[
     y = eqn.params["y"]
     if y == 2:
         return [emit.op("mul", [ins[0], ins[0]])]
-    exponent = emit.graph.add_const("literal", np.asarray(y, dtype=eqn.outvars[0].aval.dtype)).name
+    dtype = eqn.outvars[0].aval.dtype  # type: ignore[attr-defined]  # a ShapedArray; typed AbstractValue
+    exponent = emit.graph.add_const("literal", np.asarray(y, dtype=dtype)).name
     return [emit.op("pow", [ins[0], exponent])]
 
 
@@ -137,7 +139,7 @@ def _clamp(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------ shapes
 def _reshape(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
-    shape = tuple(eqn.outvars[0].aval.shape)
+    shape = tuple(eqn.outvars[0].aval.shape)  # type: ignore[attr-defined]  # a ShapedArray; typed AbstractValue
     if emit.graph.node(ins[0]).shape == shape:
         return ins
     return [emit.op("reshape", ins, {"shape": shape})]
@@ -240,7 +242,8 @@ def _sum_pool(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str
     """A windowed sum is an average over the full window (padding counted) times its size."""
     attrs = _pool_attrs(eqn)
     avg = emit.op("avg_pool2d", ins, {**attrs, "count_include_pad": True})
-    size = np.asarray(prod(attrs["kernel"]), dtype=eqn.outvars[0].aval.dtype)
+    dtype = eqn.outvars[0].aval.dtype  # type: ignore[attr-defined]  # a ShapedArray; typed AbstractValue
+    size = np.asarray(prod(attrs["kernel"]), dtype=dtype)
     return [emit.op("mul", [avg, emit.graph.add_const("literal", size).name])]
 
 

@@ -171,7 +171,7 @@ def _input_shape(info: onnx.ValueInfoProto, given: Sequence[int] | None, source:
     if any(isinstance(d, str) for d in declared):
         raise FrontendError(f"{source}: input {info.name!r} has dynamic dimensions {declared}; the IR needs "
                             f"static shapes, so pass input_shapes={{{info.name!r}: (...)}} to fix them")
-    return tuple(declared)
+    return tuple(int(d) for d in declared)  # all dim_values: symbolic dims were refused above
 
 
 def _np_dtype(elem_type: int, what: str, source: str) -> str:
@@ -472,8 +472,9 @@ def _pool_window(ctx: _Context, node: OnnxNode, x: str) -> _Window:
     padding = _window_padding(node, in_hw, kernel, strides, dilation)
     ceil_pad = (0, 0)
     if node.attrs.get("ceil_mode", 0) and node.attrs.get("auto_pad", "NOTSET") == "NOTSET":
-        ceil_pad = tuple(_ceil_extra(*args) for args in zip(in_hw, padding, kernel, strides, dilation))
-    return _Window(kernel, strides, dilation, padding, ceil_pad)  # type: ignore[arg-type]
+        ceil_h, ceil_w = (_ceil_extra(*args) for args in zip(in_hw, padding, kernel, strides, dilation))
+        ceil_pad = (ceil_h, ceil_w)
+    return _Window(kernel, strides, dilation, padding, ceil_pad)
 
 
 def _with_ceil(padding: Pad2d, ceil_pad: tuple[int, int]) -> Pad2d:
@@ -548,16 +549,16 @@ def _gemm(ctx: _Context, node: OnnxNode) -> str:
     c = ctx.input(node, 2) if node.has_input(2) else None
     fuse_bias = c is not None and alpha == 1.0 and beta == 1.0 and ctx.shape(c) == ctx.shape(w)[:1]
     need_scale = alpha != 1.0
-    need_add = c is not None and not fuse_bias
-    y = ctx.add("dense", [a, w] + ([c] if fuse_bias else []), None, node,
-                "matmul" if (need_scale or need_add) else "")
+    add_c = None if fuse_bias else c  # C when it is added after the matmul rather than fused into dense
+    y = ctx.add("dense", [a, w] + ([c] if fuse_bias and c is not None else []), None, node,
+                "matmul" if (need_scale or add_c is not None) else "")
     if need_scale:
         y = ctx.add("mul", [y, ctx.scalar(alpha, ctx.dtype(y), node, "alpha")], None, node,
-                    "scaled" if need_add else "")
-    if need_add:
+                    "scaled" if add_c is not None else "")
+    if add_c is not None:
         if beta != 1.0:
-            c = ctx.add("mul", [c, ctx.scalar(beta, ctx.dtype(c), node, "beta")], None, node, "bias")
-        y = ctx.add("add", [y, c], None, node)
+            add_c = ctx.add("mul", [add_c, ctx.scalar(beta, ctx.dtype(add_c), node, "beta")], None, node, "bias")
+        y = ctx.add("add", [y, add_c], None, node)
     return y
 
 

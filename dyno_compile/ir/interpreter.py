@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from dyno_compile.errors import GraphError, InputError
 from dyno_compile.ir.graph import Graph
@@ -20,8 +21,11 @@ from dyno_compile.ir.ops import get_op
 
 Env = dict[str, jax.Array]
 
+#: An op's operand: a ``jax.Array`` while interpreting, a NumPy weight when folded at compile time.
+Operand = jax.Array | np.ndarray
 
-def run_node(node: Node, args: Sequence[jax.Array]) -> jax.Array:
+
+def run_node(node: Node, args: Sequence[Operand]) -> jax.Array:
     """Apply one node's op; errors name the node."""
     try:
         return get_op(node.op, node.name).impl(*args, **node.attrs)
@@ -57,7 +61,7 @@ def evaluate(graph: Graph, params: Mapping[str, jax.Array], inputs: Mapping[str,
     return [env[o] for o in graph.outputs]
 
 
-def check_inputs(graph: Graph, args: Sequence[object]) -> dict[str, jax.Array]:
+def check_inputs(graph: Graph, args: Sequence[ArrayLike]) -> dict[str, jax.Array]:
     """Match positional inputs to the graph's inputs, refusing wrong count, shape or dtype."""
     specs = graph.inputs
     if len(args) != len(specs):
@@ -81,6 +85,6 @@ class Interpreter:
         fn = lambda params, inputs: evaluate(graph, params, inputs)  # noqa: E731
         self._fn = jax.jit(fn) if jit else fn
 
-    def __call__(self, *args: object) -> jax.Array | tuple[jax.Array, ...]:
+    def __call__(self, *args: ArrayLike) -> jax.Array | tuple[jax.Array, ...]:
         outs = self._fn(self._params, check_inputs(self.graph, args))
         return outs[0] if len(outs) == 1 else tuple(outs)

@@ -100,7 +100,8 @@ def save(graph: Graph, stem: str | os.PathLike) -> tuple[Path, Path]:
     stem = Path(stem)
     structure = json.dumps(graph_to_dict(graph), indent=1, allow_nan=True)
     json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
-    _atomic_write(npz_path, lambda f: np.savez(f, **graph.params))
+    # numpy's savez stub lets **kwds collide with its allow_pickle: bool keyword, so a dict of arrays is refused
+    _atomic_write(npz_path, lambda f: np.savez(f, **graph.params))  # type: ignore[arg-type]
     _atomic_write(json_path, lambda f: f.write(structure.encode()))
     return json_path, npz_path
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from math import prod
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dyno_compile.errors import GraphError
 
@@ -19,10 +20,10 @@ SUPPORTED_DTYPES = frozenset(
 )
 
 
-def canonical_dtype(dtype: object) -> str:
+def canonical_dtype(dtype: DTypeLike) -> str:
     """Return the NumPy name of ``dtype`` ("float32"), refusing dtypes the IR cannot hold."""
     try:
-        name = np.dtype(dtype).name  # type: ignore[arg-type]
+        name = np.dtype(dtype).name
     except TypeError as exc:
         raise GraphError(f"not a dtype: {dtype!r}") from exc
     if name not in SUPPORTED_DTYPES:

@@ -111,10 +111,13 @@ def _global_avg_pool(graph: Graph, node: Node) -> bool:
     return _replace(graph, node, pool.name)
 
 
+_SPATIAL_AXES_LAYOUT: dict[tuple[int, ...], str] = {(2, 3): "NCHW", (1, 2): "NHWC"}
+
+
 def _layout_of_axes(src: Node, axes: tuple[int, ...]) -> str | None:
     if len(src.shape) != 4:
         return None
-    return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(sorted(a % 4 for a in axes)))
+    return _SPATIAL_AXES_LAYOUT.get(tuple(sorted(a % 4 for a in axes)))
 
 
 def _spatial_size(src: Node, axes: tuple[int, ...]) -> float | None:

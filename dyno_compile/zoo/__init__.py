@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from dyno_compile.errors import InputError
@@ -33,7 +34,8 @@ RANDOM = "random"
 To load a file literally named ``random``, pass it as a ``Path``.
 """
 
-ModelFn = Callable[[Params, "np.ndarray"], "np.ndarray"]
+ModelFn = Callable[[Params, jax.Array], jax.Array]
+"""``fn(params, x) -> logits``; written to be traced (``jax.jit``, the JAX frontend), so ``x`` is a JAX array."""
 
 
 @dataclass(frozen=True)

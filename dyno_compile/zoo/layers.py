@@ -22,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Params = Mapping[str, "np.ndarray | jax.Array"]
+Tensor = np.ndarray | jax.Array
+"""A weight or activation: NumPy when materialised here, a ``jax.Array`` (or tracer) under ``jit``."""
+
+Params = Mapping[str, Tensor]
 
 BN_EPSILON = 1e-5
 """PyTorch's ``BatchNorm2d`` default, which every trained weight file here was made with."""
@@ -33,20 +36,21 @@ _DIMENSION_NUMBERS = ("NCHW", "OIHW", "NCHW")
 # --------------------------------------------------------------------------- forward helpers
 
 
-def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: int = 1,
+def conv2d(x: jax.Array, w: Tensor, b: Tensor | None = None, *, stride: int = 1,
            padding: int = 0, groups: int = 1) -> jax.Array:
     """PyTorch ``Conv2d`` semantics: symmetric integer ``padding``, OIHW weight, optional bias.
 
     Padding is passed as explicit pairs (never "SAME") so the frontend sees the exact
     amounts PyTorch would use; ``groups`` equal to the channel count gives a depthwise conv.
     """
-    y = lax.conv_general_dilated(x, w, window_strides=(stride, stride),
+    # lax converts a NumPy weight itself; its stub types the kernel as jax.Array only
+    y = lax.conv_general_dilated(x, w, window_strides=(stride, stride),  # type: ignore[arg-type]
                                  padding=((padding, padding), (padding, padding)),
                                  dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups)
     return y if b is None else y + per_channel(b)
 
 
-def per_channel(v: jax.Array) -> jax.Array:
+def per_channel(v: Tensor) -> Tensor:
     """Reshape a [C] vector to [1, C, 1, 1] so it broadcasts over NCHW activations."""
     return v.reshape(1, -1, 1, 1)
 

@@ -26,7 +26,7 @@ def _features() -> list[tuple[str, int, int] | None]:
     out: list[tuple[str, int, int] | None] = []
     index, channels = 0, 3
     for v in _CONFIG_D:
-        if v == _POOL:
+        if isinstance(v, str):  # _POOL, the only non-channel entry
             out.append(None)
             index += 1
         else:

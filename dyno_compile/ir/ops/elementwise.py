@@ -1,12 +1,14 @@
 """Elementwise ops: activations, arithmetic with NumPy broadcasting, casts."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
 from dyno_compile.ir.ops.registry import REQUIRED, register_op
 
-_UNARY = {
+_UNARY: dict[str, Callable[..., jax.Array]] = {
     "relu": jax.nn.relu,
     "relu6": jax.nn.relu6,
     "sigmoid": jax.nn.sigmoid,
@@ -23,7 +25,7 @@ _UNARY = {
     "identity": lambda x: x,
 }
 
-_BINARY = {
+_BINARY: dict[str, Callable[..., jax.Array]] = {
     "add": jnp.add,
     "sub": jnp.subtract,
     "mul": jnp.multiply,
