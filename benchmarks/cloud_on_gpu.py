@@ -73,8 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     from dyno_compile.frontend.resolve import load_model
     from dyno_compile.passes import run_passes
     from dyno_compile.errors import InputError
+    from dyno_compile.packing import bits_key, bits_value
     from dyno_compile.search.profile import profile_library
-    from dyno_compile.search.space import bits_key, bits_value
     from dyno_compile.targets import get_target
     from dyno_compile.targets.compile import gpu_available
 

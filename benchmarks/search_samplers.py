@@ -25,8 +25,9 @@ from pathlib import Path
 
 import optuna
 
-from dyno_compile.search.pareto import Objectives, SearchSpace, bit_width, hypervolume_ratio
-from dyno_compile.search.space import CODECS, FLOAT_BITS, GRANULARITIES, LAYOUTS, Evaluation
+from dyno_compile.configs import Evaluation
+from dyno_compile.packing import CODECS, FLOAT_MODES, GRANULARITIES, LAYOUTS, mode_width
+from dyno_compile.search.pareto import Objectives, SearchSpace, hypervolume_ratio
 from dyno_compile.search.study import (
     SYNTHETIC_BASELINE,
     TableEvaluator,
@@ -54,7 +55,7 @@ def load_table(path: Path, device_only_cut: int | None) -> tuple[SearchSpace, li
     space's configurations. The device-only cut, unless given, is the cut whose
     evaluations all send 0 bytes."""
     evaluations = [Evaluation.from_dict(d) for d in json.loads(path.read_text())]
-    order = {"cut": int, "bits": lambda b: (-bit_width(b), b not in FLOAT_BITS), "granularity": GRANULARITIES.index,
+    order = {"cut": int, "bits": lambda b: (-mode_width(b), b not in FLOAT_MODES), "granularity": GRANULARITIES.index,
              "layout": LAYOUTS.index, "codec": CODECS.index}  # the order SearchSpace's defaults use
     axes = {name: sorted({getattr(e.config, name) for e in evaluations}, key=key) for name, key in order.items()}
     silent = [c for c in axes["cut"] if all(e.bytes == 0 for e in evaluations if e.config.cut == c)]

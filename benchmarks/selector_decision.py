@@ -38,18 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.datasets import data_root
+from dyno_compile.packing import CODECS, FLOAT_MODES, mode_width
 from dyno_compile.runtime import Conditions, LinkEstimator, LowestLatency, Selector, UplinkTrace, make_policy, predict
 from dyno_compile.runtime.link import EWMA, PACKET_BYTES, PRIOR_BANDWIDTH, WindowedMedian
 from dyno_compile.runtime.selector import is_device_only
-from dyno_compile.search.space import Config, Evaluation
 
 GOAL_US = 100.0
 BASELINE = 0.92
 BUDGET = 1.0
 POLICY_OPTIONS = {"onloading": {"latency_bound_s": 0.05}}
 WIDTHS = ("float32", "float16", "8", "6", "4", "2")
-CODECS = ("none", "lz4", "zstd")
 FRAME_BYTES = 20_000
 MBIT = 1e6 / 8  # bytes/s
 
@@ -74,10 +74,10 @@ def synthetic_candidates(n: int, rng: np.random.Generator) -> list[Evaluation]:
 
 
 def _evaluation(cut: int, bits: str, codec: str, rng: np.random.Generator) -> Evaluation:
-    width = {"float32": 32, "float16": 16}.get(bits) or int(bits)
+    width = mode_width(bits)
     elements = 16_384 / 2 ** (cut // 3)
     shrink = rng.uniform(0.5, 0.9) if codec != "none" else 1.0
-    loss = 0.0 if bits.startswith("float") else 0.001 * (8 / width) * rng.uniform(0.5, 1.0)
+    loss = 0.0 if bits in FLOAT_MODES else 0.001 * (8 / width) * rng.uniform(0.5, 1.0)
     device_s = 0.005 * cut * rng.uniform(0.9, 1.1) + (0.0005 if codec != "none" else 0.0)
     cloud_s = 0.004 * (12 - cut) / 12 * rng.uniform(0.9, 1.1) + 0.0002
     return Evaluation(Config(cut, bits, codec=codec), device_s, cloud_s, elements * width / 8 * shrink,

@@ -70,7 +70,7 @@ def _parse() -> argparse.Namespace:
 
 def pinned_config(artifact: Any, cut: int | None) -> dict[str, Any]:
     from dyno_compile.runtime.selector import is_device_only
-    from dyno_compile.search.space import Evaluation
+    from dyno_compile.configs import Evaluation
 
     offloaded = [e for e in (Evaluation.from_dict(d) for d in artifact.manifest["search"]["pareto"])
                  if not is_device_only(e) and (cut is None or e.config.cut == cut)]

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact
 from dyno_compile.datasets import data_root
 from dyno_compile.datasets.cifar10 import load_test
@@ -49,7 +50,6 @@ from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.link import BANDWIDTH_LIMITS, PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, is_device_only, predict
 from dyno_compile.runtime.server import CloudServer
-from dyno_compile.search.space import Config, Evaluation
 
 #: Two real LTE uplinks: Verizon from 10 s (1 MB/s falling to 0.24-0.37 MB/s at 14-17 s,
 #: back to 1-1.6 MB/s, down to 0.1-0.4 MB/s from 38 s) and AT&T from its start (bursts to

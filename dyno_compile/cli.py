@@ -20,8 +20,8 @@ from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
+from dyno_compile.packing import GRANULARITIES, bits_value, refused_as
 from dyno_compile.passes import run_passes
-from dyno_compile.passes.insert_pack import check_bits
 from dyno_compile.search.calibration import PRESETS, default_calibration, load_calibration
 from dyno_compile.search.pipeline import (
     DEFAULT_MINUTES,
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidate cuts: single-tensor cuts and both ends (default), or every position")
     b.add_argument("--bits", default=",".join(map(str, DEFAULT_BITS)),
                    help="transfer widths to build kernels for: 1-16, float16, float32 (comma-separated)")
-    b.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
+    b.add_argument("--granularity", choices=GRANULARITIES, default="tensor",
                    help="quantization range per tensor or per channel")
     b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
     b.add_argument("--cloud-batch", type=int, metavar="B",
@@ -209,10 +209,8 @@ def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
 
 
 def _parse_bits(text: str) -> list:
-    out = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        out.append(int(item) if item.isdigit() else item)
-    return [check_bits(b) for b in out]
+    with refused_as(InputError):
+        return [bits_value(item, "--bits") for item in filter(None, (t.strip() for t in text.split(",")))]
 
 
 def _build(args: argparse.Namespace) -> int:

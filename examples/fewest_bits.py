@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from dyno_compile.configs import Config
 from dyno_compile.frontend.resolve import load_model
+from dyno_compile.packing import GRANULARITIES
 from dyno_compile.passes import run_passes
 from dyno_compile.search.accuracy import AccuracySimulator, fewest_bits
 from dyno_compile.search.calibration import default_calibration
-from dyno_compile.search.space import GRANULARITIES, Config
 from dyno_compile.search.wire_bytes import WireBytes
 
 

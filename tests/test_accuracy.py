@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_data
+from dyno_compile.configs import Config
 from dyno_compile.datasets import cifar10
 from dyno_compile.datasets.imagenet import load_samples, squeezenet_batch
 from dyno_compile.errors import InputError
@@ -27,7 +28,6 @@ from dyno_compile.passes.insert_pack import insert_pack
 from dyno_compile.passes.split import split
 from dyno_compile.search.accuracy import AccuracySimulator, fewest_bits, round_trip
 from dyno_compile.search.calibration import CalibrationSet, default_calibration, load_calibration
-from dyno_compile.search.space import Config
 from dyno_compile.search.wire_bytes import WireBytes
 
 TABLE_IMAGES = 400

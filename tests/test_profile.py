@@ -13,12 +13,12 @@ import pytest
 
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.search.estimate import estimate_library, function_costs
 from dyno_compile.search.profile import (SIDES, LibraryProfile, ProfileError, config_times, profile_library,
                                          profile_runner)
 from dyno_compile.search.rpc import RPCError, local_rpc, profile_library_rpc
-from dyno_compile.search.space import Config
 from dyno_compile.targets import get_target
 
 

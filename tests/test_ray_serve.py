@@ -28,6 +28,7 @@ from dyno_compile import zoo
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact, run_split
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
+from dyno_compile.configs import Config
 from dyno_compile.errors import InputError
 from dyno_compile.frontend.jax_import import from_jax
 from dyno_compile.passes import run_passes
@@ -36,7 +37,6 @@ from dyno_compile.runtime.http_transport import HttpTransport
 from dyno_compile.runtime.protocol import Status
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.runtime.transport import TransportError, connect
-from dyno_compile.search.space import Config
 
 #: ray.init forks its daemons after JAX has started threads (the artifact build): subprocess
 #: forks and execs at once, so the warning does not apply.

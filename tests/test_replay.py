@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.evaluate.replay import ReplaySettings, delivered_bytes, oracle, replay
 from dyno_compile.runtime import (
@@ -28,7 +29,6 @@ from dyno_compile.runtime import (
 from dyno_compile.runtime.client import MAX_PROBE_BYTES, MIN_SAMPLE_BYTES, PROBE_GROWTH, PROBE_SECONDS, UplinkProbe
 from dyno_compile.runtime.link import PACKET_BYTES
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
-from dyno_compile.search.space import Config, Evaluation
 from conftest import shared_data
 
 BASELINE = 0.92

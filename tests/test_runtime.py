@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dyno_compile.artifact.load import load_artifact, run_split
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime import make_policy
 from dyno_compile.runtime.client import DeviceClient
@@ -32,7 +33,6 @@ from dyno_compile.runtime.server import CloudServer, ServerOptions
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.runtime.transport import INFER_METHOD, TransportError, connect
 from dyno_compile.search.calibration import load_calibration
-from dyno_compile.search.space import Config, Evaluation
 from tests.conftest import rel_err, shared_data
 
 

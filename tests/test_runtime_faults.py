@@ -31,10 +31,10 @@ pytest.importorskip("grpc")
 from conftest import rel_err, shared_data  # noqa: E402
 
 from dyno_compile.artifact.load import load_artifact, run_split  # noqa: E402
+from dyno_compile.configs import Config  # noqa: E402
 from dyno_compile.evaluate.shaper import LinkShaper  # noqa: E402
 from dyno_compile.runtime.client import DeviceClient  # noqa: E402
 from dyno_compile.search.calibration import load_calibration  # noqa: E402
-from dyno_compile.search.space import Config  # noqa: E402
 
 REQUESTS = 1000
 KILLS = 5

@@ -19,6 +19,7 @@ import pytest
 from matplotlib.image import imread
 
 import postgres
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.search.pareto import (
     HypervolumeScale,
@@ -29,7 +30,6 @@ from dyno_compile.search.pareto import (
     non_dominated,
 )
 from dyno_compile.search.plots import plot_per_cut, plot_pareto
-from dyno_compile.search.space import Config, Evaluation
 from dyno_compile.search.study import (
     SYNTHETIC_BASELINE,
     SearchError,

@@ -68,7 +68,7 @@ def test_optuna_front_reaches_95_percent_of_the_exhaustive_hypervolume(artifact,
 
 def test_evaluations_add_up_from_their_parts(artifact, evaluator):
     mid = next(c for c in artifact.cuts if c["kind"] == "split" and c["position"] > 20)
-    from dyno_compile.search.space import Config
+    from dyno_compile.configs import Config
 
     e = evaluator(Config(mid["position"], "4", layout="bitplane", codec="zstd"))
     f = evaluator(Config(mid["position"], "float32"))

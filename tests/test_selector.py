@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime import (
     CloudOnly,
@@ -27,7 +28,6 @@ from dyno_compile.runtime import (
     predict,
 )
 from dyno_compile.runtime.link import LOAD_LIMITS, PRIOR_BANDWIDTH, PRIOR_RTT_S
-from dyno_compile.search.space import Config, Evaluation
 
 BASELINE = 0.92
 BUDGET = 1.0

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from dyno_compile.artifact.load import load_artifact, run_split  # noqa: E402
+from dyno_compile.configs import Config  # noqa: E402
 from dyno_compile.packing import decode_packed  # noqa: E402
 from dyno_compile.runtime import protocol  # noqa: E402
 from dyno_compile.runtime.client import DeviceClient  # noqa: E402
@@ -43,7 +44,6 @@ from dyno_compile.runtime.server import CloudServer, ServerOptions  # noqa: E402
 from dyno_compile.runtime.sides import DeviceSide  # noqa: E402
 from dyno_compile.runtime.transport import INFER_METHOD, SERVICE_NAME  # noqa: E402
 from dyno_compile.search.calibration import load_calibration  # noqa: E402
-from dyno_compile.search.space import Config  # noqa: E402
 
 from conftest import rel_err, shared_data  # noqa: E402
 

@@ -47,6 +47,7 @@ import pytest
 
 from conftest import shared_data
 from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.datasets.cifar10 import load_test
 from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact, sleep_until
 from dyno_compile.evaluate.shaper import LinkShaper
@@ -55,7 +56,6 @@ from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.selector import DEFAULT_SWITCH_MARGIN, predict
 from dyno_compile.runtime.server import CloudServer
-from dyno_compile.search.space import Config, Evaluation
 
 #: The emulated device's time for the whole network (a low-end phone CPU on resnet20).
 DEVICE_ONLY_S = 0.050

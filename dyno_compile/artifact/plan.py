@@ -2,8 +2,8 @@
 
 Pure data, no TVM: both sides get the same segments (any cut can run at any time) plus
 their half of the cut kernels — ``pack_*`` on the device, ``unpack_*`` in the cloud. One
-kernel serves every crossing tensor of its shape, dtype and bit width, so a ResNet's
-many cuts of equal shape share a handful of kernels.
+kernel serves every crossing tensor of its shape, dtype and bit width (and, per channel,
+channel axis), so a ResNet's many cuts of equal shape share a handful of kernels.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from typing import Any, Sequence
 from dyno_compile.errors import DynoError
 from dyno_compile.ir import Graph, TensorType
 from dyno_compile.passes import CutPoint, find_cuts
-from dyno_compile.passes.insert_pack import Bits, check_bits, pack_graph, unpack_graph
+from dyno_compile.packing.vocab import Mode, check_granularity, refused_as
+from dyno_compile.passes.insert_pack import check_bits, pack_graph, unpack_graph
 from dyno_compile.passes.segment import Segment, segment
 
-DEFAULT_BITS: tuple[Bits, ...] = ("float32", "float16", 16, 8, 4, 2)
+DEFAULT_BITS: tuple[Mode, ...] = ("float32", "float16", 16, 8, 4, 2)
 
 
 @dataclass
@@ -24,7 +25,7 @@ class BuildPlan:
     graph: Graph
     cuts: list[CutPoint]
     segments: list[Segment]
-    bits: tuple[Bits, ...]
+    bits: tuple[Mode, ...]
     granularity: str
     #: Requests the cloud's batched segments take at once (1: no batched segments).
     cloud_batch: int = 1
@@ -44,12 +45,14 @@ def candidate_cuts(graph: Graph, which: str = "single") -> list[CutPoint]:
     return [c for c in cuts if c.kind != "split" or c.single_tensor]
 
 
-def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Bits] = DEFAULT_BITS,
+def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Mode] = DEFAULT_BITS,
                granularity: str = "tensor", batched: Graph | None = None) -> BuildPlan:
     """``batched``: the same model imported at a larger batch size B; its segments go into
     the cloud library as ``segment_<i>_b<B>``, so a server can run B requests that arrive
     together in one call (each is unpacked alone, since each has its own range)."""
     bits = tuple(check_bits(b) for b in bits)
+    with refused_as(DynoError):
+        check_granularity(granularity)
     every = find_cuts(graph)
     cuts = [every[p] for p in sorted({0, len(every) - 1, *(c.position for c in cuts)})]  # both ends always
     segments = segment(graph, [c.position for c in cuts])
@@ -86,8 +89,11 @@ def _batch_of(graph: Graph, batched: Graph) -> int:
     return batch
 
 
-def kernel_key(t: TensorType, bits: Bits) -> str:
-    return f"{t.dtype}_{'x'.join(map(str, t.shape))}_{bits}"
+def kernel_key(t: TensorType, bits: Mode, granularity: str, axis: int) -> str:
+    """The name suffix of the pack/unpack kernel pair for a tensor of type ``t``; per channel
+    it names the channel axis, since an NCHW and an NHWC tensor can have the same shape."""
+    key = f"{t.dtype}_{'x'.join(map(str, t.shape))}_{bits}"
+    return f"{key}_axis{axis}" if granularity == "channel" else key
 
 
 def _cut_entry(plan: BuildPlan, index: int, cut: CutPoint) -> dict[str, Any]:
@@ -100,14 +106,13 @@ def _cut_entry(plan: BuildPlan, index: int, cut: CutPoint) -> dict[str, Any]:
         if b == "float32":
             continue
         names = []
-        for t in cut.tensors:
+        for t, axis in zip(cut.tensors, cut.channel_axes):
             ttype = plan.graph.node(t).type
-            key = kernel_key(ttype, b)
+            key = kernel_key(ttype, b, plan.granularity, axis)
             if f"pack_{key}" not in plan.device_functions:
-                plan.device_functions[f"pack_{key}"] = pack_graph(ttype, b, granularity=plan.granularity,
-                                                                  name=f"pack_{key}")
-                plan.cloud_functions[f"unpack_{key}"] = unpack_graph(ttype, b, granularity=plan.granularity,
-                                                                     name=f"unpack_{key}")
+                q = {"granularity": plan.granularity, "axis": axis}
+                plan.device_functions[f"pack_{key}"] = pack_graph(ttype, b, **q, name=f"pack_{key}")
+                plan.cloud_functions[f"unpack_{key}"] = unpack_graph(ttype, b, **q, name=f"unpack_{key}")
             names.append({"tensor": t, "pack": f"pack_{key}", "unpack": f"unpack_{key}"})
         entry["kernels"][str(b)] = names
     return entry

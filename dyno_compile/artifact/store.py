@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator
 from dyno_compile.errors import DynoError
 
 FORMAT = "dyno-artifact"
-VERSION = 1
+#: 2: every cut records the channel axis of each crossing tensor (``channel_axes``), which
+#: per-channel packing reduces around; a version-1 artifact assumed axis 1 everywhere.
+VERSION = 2
 MANIFEST = "manifest.json"
 
 

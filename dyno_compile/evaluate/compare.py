@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.evaluate.jpeg import JpegUpload
 from dyno_compile.evaluate.prepare import PreparedModel
 from dyno_compile.evaluate.replay import ReplayResult, ReplaySettings, replay
@@ -28,7 +29,6 @@ from dyno_compile.runtime.selector import (
     Policy,
     Selector,
 )
-from dyno_compile.search.space import Config, Evaluation
 
 #: Assumed propagation round trip per trace set (the traces give throughput only).
 RTT_S = {"3g": 0.100, "lte": 0.050, "5g": 0.020}

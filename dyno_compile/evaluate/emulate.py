@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.runtime.client import DeviceClient
 from dyno_compile.runtime.selector import is_device_only
 from dyno_compile.search.profile import LibraryProfile, config_times
-from dyno_compile.search.space import Config, Evaluation
 
 
 def device_only_evaluation(artifact: Artifact) -> Evaluation:

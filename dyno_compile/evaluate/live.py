@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.evaluate.compare import OURS, policies
 from dyno_compile.evaluate.emulate import emulate_device, slower_device
@@ -41,17 +42,16 @@ from dyno_compile.evaluate.prepare import PreparedModel, model_spec
 from dyno_compile.evaluate.replay import ReplayResult, ReplaySettings, replay
 from dyno_compile.evaluate.shaper import LinkShaper
 from dyno_compile.evaluate.traces import LabelledTrace
-from dyno_compile.packing import PackConfig, encode
+from dyno_compile.packing import encode_packed
 from dyno_compile.runtime.client import ClientOptions, DeviceClient
 from dyno_compile.runtime.link import LinkEstimator
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES, decode_reply, encode_request, model_id
 from dyno_compile.runtime.selector import Selector, is_device_only
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.runtime.transport import connect
-from dyno_compile.search.accuracy import CHANNEL_AXIS, AccuracySimulator
+from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet, default_calibration
-from dyno_compile.search.space import Config, Evaluation, bits_value
-from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES
+from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, packed_cut
 
 Progress = Callable[[str], None]
 #: Seconds the server process may take to load the artifact and listen.
@@ -245,11 +245,7 @@ class _FrameSizes:
     def size(self, config: Config, image: int) -> int:
         key = (config, image)
         if key not in self._sizes:
-            arrays = self.simulator.activations(config.cut)
-            if not arrays:
-                self._sizes[key] = 0
-            else:
-                pack = PackConfig(bits=bits_value(config.bits), granularity=config.granularity, axis=CHANNEL_AXIS,
-                                  layout=config.layout, codec=config.codec)
-                self._sizes[key] = len(encode([a[image] for a in arrays], pack, cut_id=config.cut, request_id=0))
+            packed = [t.relayout(config.layout) for t in packed_cut(self.simulator, config, image)]
+            frame = encode_packed(packed, codec=config.codec, cut_id=config.cut, request_id=0) if packed else b""
+            self._sizes[key] = len(frame)
         return self._sizes[key]

@@ -29,6 +29,7 @@ from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
 from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 from dyno_compile.frontend.resolve import load_model
@@ -37,7 +38,6 @@ from dyno_compile.search.calibration import default_calibration
 from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.pipeline import SearchOptions, search, space_of
 from dyno_compile.search.profile import LibraryProfile, config_times
-from dyno_compile.search.space import Config, Evaluation
 from dyno_compile.search.wire_bytes import WireBytes
 
 Progress = Callable[[str], None]

@@ -49,12 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.client import MIN_SAMPLE_BYTES, ClientOptions, UplinkProbe
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from dyno_compile.runtime.selector import DEFAULT_MAX_IN_FLIGHT, Prediction, Selector, is_device_only
-from dyno_compile.search.space import Config, Evaluation
 
 MODES = ("sequential", "pipelined")
 #: The client's ping timeout (``DeviceClient._ping_timeout_s``) with its default options.

@@ -4,8 +4,9 @@ A cut tensor is quantised with the range of *this* input (:mod:`.quantize`), its
 are packed densely (:mod:`.bitpack`), optionally compressed losslessly (:mod:`.codec`), and
 framed with a header that fully describes the payload (:mod:`.frame`). The compiler uses
 :func:`encode` to measure bytes per cut and config; the device client encodes, the cloud
-server decodes. Everything here is NumPy and stdlib only, so both sides can import it
-without TVM or JAX.
+server decodes. The words a cut configuration is spelt in (widths, granularities, layouts,
+codecs) are defined once, in :mod:`.vocab`, for every layer to import. Everything here is
+NumPy, stdlib and the codec libraries only, so both sides can import it without TVM or JAX.
 
 ``PackError`` is defined here, before the submodules are imported, because every submodule
 raises it: importing any of them loads this file first, so the name already exists.
@@ -30,8 +31,8 @@ class PackError(DynoError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
-from dyno_compile.packing.bitpack import LAYOUTS, pack, packed_nbytes, unpack  # noqa: E402
-from dyno_compile.packing.codec import CODECS, compress, decompress, default_level  # noqa: E402
+from dyno_compile.packing.bitpack import pack, packed_nbytes, unpack  # noqa: E402
+from dyno_compile.packing.codec import CODEC_TABLE, CODECS, Codec, compress, decompress, default_level  # noqa: E402
 from dyno_compile.packing.frame import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     FORMAT_VERSION,
@@ -47,29 +48,48 @@ from dyno_compile.packing.frame import (  # noqa: E402
     encode_packed,
     pack_tensor,
 )
-from dyno_compile.packing.quantize import (  # noqa: E402
+from dyno_compile.packing.quantize import QuantParams, dequantize, quantize  # noqa: E402
+from dyno_compile.packing.vocab import (  # noqa: E402
+    FLOAT_MODES,
     GRANULARITIES,
-    PASSTHROUGH_MODES,
-    QuantParams,
-    dequantize,
-    quantize,
+    KERNEL_LAYOUT,
+    LAYOUTS,
+    MAX_BITS,
+    MIN_BITS,
+    MIN_SCALE,
+    Mode,
+    bits_key,
+    bits_value,
+    code_dtype,
+    mode_width,
+    refused_as,
 )
 
 __all__ = [
     "CODECS",
+    "CODEC_TABLE",
     "DEFAULT_MAX_BYTES",
+    "FLOAT_MODES",
     "FORMAT_VERSION",
     "GRANULARITIES",
+    "KERNEL_LAYOUT",
     "LAYOUTS",
     "MAGIC",
-    "PASSTHROUGH_MODES",
+    "MAX_BITS",
+    "MIN_BITS",
+    "MIN_SCALE",
+    "Codec",
     "Frame",
+    "Mode",
     "PackConfig",
     "PackError",
     "PackedFrame",
     "PackedTensor",
     "QuantParams",
     "TensorHeader",
+    "bits_key",
+    "bits_value",
+    "code_dtype",
     "compress",
     "decode",
     "decode_packed",
@@ -78,9 +98,11 @@ __all__ = [
     "dequantize",
     "encode",
     "encode_packed",
+    "mode_width",
     "pack",
     "pack_tensor",
     "packed_nbytes",
     "quantize",
+    "refused_as",
     "unpack",
 ]

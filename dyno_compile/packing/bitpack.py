@@ -24,21 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from dyno_compile.packing import PackError
-from dyno_compile.packing.quantize import MAX_BITS, MIN_BITS
-
-LAYOUTS: tuple[str, ...] = ("stream", "bitplane")
+from dyno_compile.packing.vocab import check_layout, check_width
 
 
 def packed_nbytes(count: int, bits: int) -> int:
     """Bytes that ``count`` codes of ``bits`` bits take in either layout: ``ceil(count*bits/8)``."""
     return (count * bits + 7) // 8
-
-
-def _check(bits: object, layout: object) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= bits <= MAX_BITS:
-        raise PackError(f"must be an int in {MIN_BITS}..{MAX_BITS}, got {bits!r}", field="bits")
-    if layout not in LAYOUTS:
-        raise PackError(f"must be one of {LAYOUTS}, got {layout!r}", field="layout")
 
 
 def _bit_planes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -116,7 +107,7 @@ def _as_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def pack(codes: np.ndarray, bits: int, layout: str = "stream") -> bytes:
     """Pack ``codes`` (any shape, read in C order) into ``ceil(N*bits/8)`` bytes."""
-    _check(bits, layout)
+    bits, layout = check_width(bits), check_layout(layout)
     flat = _as_codes(codes, bits)
     if layout == "stream" and bits == 8:
         return flat.astype(np.uint8).tobytes()
@@ -133,7 +124,7 @@ def unpack(buf: bytes, bits: int, count: int, layout: str = "stream") -> np.ndar
     The buffer must be exactly ``ceil(count*bits/8)`` bytes and its padding bits zero, so
     every valid packing has one encoding and a stray byte cannot go unnoticed.
     """
-    _check(bits, layout)
+    bits, layout = check_width(bits), check_layout(layout)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
         raise PackError(f"must be a non-negative int, got {count!r}", field="count")
     need = packed_nbytes(int(count), bits)

@@ -1,4 +1,9 @@
-"""The lossless stage after bit packing: ``"none"``, ``"lz4"`` or ``"zstd"``.
+"""The lossless stage after bit packing: a table of codecs, ``"none"``, ``"lz4"`` and ``"zstd"``.
+
+Every codec is one :class:`Codec` entry of :data:`CODEC_TABLE`: its name, the byte a frame
+header stores for it, its levels and its two functions. Adding a codec is one entry (with a
+wire id never used before) plus its tests; the frame, :class:`~.frame.PackConfig`, the
+search space and the command line all read their codec names from this table.
 
 Decompression is always bounded by the size the frame header declares, so a hostile or
 corrupt payload cannot make the cloud server allocate more than the decoder has already
@@ -20,6 +25,8 @@ takes no level (0).
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
+from typing import Callable
 
 import lz4.block
 import numpy as np
@@ -27,79 +34,56 @@ import zstandard
 
 from dyno_compile.packing import PackError
 
-CODECS: tuple[str, ...] = ("none", "lz4", "zstd")
-#: Inclusive level ranges per codec, and the level used when none is given.
-LEVEL_RANGES: dict[str, tuple[int, int]] = {"none": (0, 0), "lz4": (0, 12), "zstd": (1, 22)}
-DEFAULT_LEVELS: dict[str, int] = {"none": 0, "lz4": 0, "zstd": 3}
 
+@dataclass(frozen=True)
+class Codec:
+    """One lossless codec, as configs name it and frames number it.
 
-def default_level(codec: str) -> int:
-    """The level a codec gets when the config leaves it out."""
-    return DEFAULT_LEVELS[check_codec(codec)]
-
-
-def check_codec(codec: object, field: str = "codec") -> str:
-    if codec not in CODECS:
-        raise PackError(f"must be one of {CODECS}, got {codec!r}", field=field)
-    return codec  # type: ignore[return-value]
-
-
-def check_level(codec: str, level: object, field: str = "level") -> int:
-    """``level`` for ``codec``, or its default when ``None``; PackError outside the range."""
-    if level is None:
-        return default_level(codec)
-    low, high = LEVEL_RANGES[check_codec(codec)]
-    try:  # any integer (Python or NumPy), but not a bool: level=True is a bug
-        value = None if isinstance(level, (bool, np.bool_)) else operator.index(level)  # type: ignore[arg-type]
-    except TypeError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise PackError(f"must be an int in {low}..{high} (or None for {DEFAULT_LEVELS[codec]}) for codec "
-                        f"{codec!r}, got {level!r}", field=field)
-    return value
-
-
-def compress_bound(codec: str, raw_nbytes: int) -> int:
-    """An upper bound on the compressed size of ``raw_nbytes`` bytes, for header validation.
-
-    It covers LZ4's ``raw + raw/255 + 16`` and zstd's ``ZSTD_COMPRESSBOUND`` (which includes
-    its frame header) with room to spare; a payload longer than this cannot be genuine.
+    ``wire_id`` is the byte a frame header stores (``docs/wire-format.md``); an id is never
+    renumbered or reused, so every frame written before still decodes. ``levels`` is the
+    inclusive range a config may ask for and ``default_level`` what it gets when it asks
+    for none. The functions only ever see a non-empty payload (an empty one is zero bytes
+    whatever the codec): ``compress(data, level)``; ``decompress(data, expected_nbytes)``,
+    which must allocate at most ``expected_nbytes`` and raise PackError on a corrupt or
+    oversized payload; ``payload_bounds(raw_nbytes)``, the ``(least, most)`` bytes a genuine
+    payload of that many raw bytes takes, which the decoder checks from the header alone,
+    before the checksum and long before any byte reaches the codec.
     """
-    if codec == "none" or raw_nbytes == 0:
-        return raw_nbytes
-    return raw_nbytes + raw_nbytes // 64 + 256
+
+    name: str
+    wire_id: int
+    levels: tuple[int, int]
+    default_level: int
+    compress: Callable[[bytes, int], bytes]
+    decompress: Callable[[bytes, int], bytes]
+    payload_bounds: Callable[[int], tuple[int, int]]
 
 
-def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
-    """Compress ``data`` with ``codec`` at ``level`` (its default when ``None``)."""
-    level = check_level(codec, level)
-    if codec == "none" or not data:
-        return bytes(data)
-    if codec == "lz4":
-        if level == 0:
-            return lz4.block.compress(data, mode="default", store_size=False)
-        return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False).compress(data)
+def _stored(data: bytes, level: int) -> bytes:
+    return bytes(data)
 
 
-def decompress(data: bytes, codec: str, expected_nbytes: int) -> bytes:
-    """Decompress ``data``, which must expand to exactly ``expected_nbytes`` bytes.
+def _unstored(data: bytes, expected_nbytes: int) -> bytes:
+    if len(data) != expected_nbytes:
+        raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected (uncompressed)",
+                        field="payload length")
+    return bytes(data)
 
-    Never allocates more than ``expected_nbytes`` for the output; any codec error, a size
-    other than expected, or trailing data raises PackError.
-    """
-    check_codec(codec)
-    if codec == "none" or expected_nbytes == 0:
-        if len(data) != expected_nbytes:
-            raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected "
-                            f"({'uncompressed' if codec == 'none' else 'an empty payload stores none'})",
-                            field="payload length")
-        return bytes(data)
-    out = _lz4_decompress(data, expected_nbytes) if codec == "lz4" else _zstd_decompress(data, expected_nbytes)
-    if len(out) != expected_nbytes:
-        raise PackError(f"{codec} payload expands to {len(out)} bytes, header says {expected_nbytes}",
-                        field="payload")
-    return out
+
+def _exactly_raw(raw_nbytes: int) -> tuple[int, int]:
+    return raw_nbytes, raw_nbytes
+
+
+def _compressed_bound(raw_nbytes: int) -> tuple[int, int]:
+    """Up to LZ4's ``raw + raw/255 + 16`` and zstd's ``ZSTD_COMPRESSBOUND`` (which includes its
+    frame header), with room to spare: a longer payload cannot be genuine."""
+    return 0, raw_nbytes + raw_nbytes // 64 + 256
+
+
+def _lz4_compress(data: bytes, level: int) -> bytes:
+    if level == 0:
+        return lz4.block.compress(data, mode="default", store_size=False)
+    return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
 
 
 def _lz4_decompress(data: bytes, expected_nbytes: int) -> bytes:
@@ -108,6 +92,10 @@ def _lz4_decompress(data: bytes, expected_nbytes: int) -> bytes:
     except lz4.block.LZ4BlockError as err:
         raise PackError(f"corrupt lz4 block or larger than the declared {expected_nbytes} bytes ({err})",
                         field="payload") from None
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False).compress(data)
 
 
 def _zstd_decompress(data: bytes, expected_nbytes: int) -> bytes:
@@ -123,3 +111,86 @@ def _zstd_decompress(data: bytes, expected_nbytes: int) -> bytes:
                                                        allow_extra_data=False)
     except zstandard.ZstdError as err:
         raise PackError(f"corrupt zstd frame ({err})", field="payload") from None
+
+
+#: Every codec, in wire-id order (the levels are in the module docstring).
+CODEC_TABLE: tuple[Codec, ...] = (
+    Codec("none", 0, (0, 0), 0, _stored, _unstored, _exactly_raw),
+    Codec("lz4", 1, (0, 12), 0, _lz4_compress, _lz4_decompress, _compressed_bound),
+    Codec("zstd", 2, (1, 22), 3, _zstd_compress, _zstd_decompress, _compressed_bound),
+)
+#: Codec names, in wire-id order.
+CODECS: tuple[str, ...] = tuple(c.name for c in CODEC_TABLE)
+_BY_NAME = {c.name: c for c in CODEC_TABLE}
+_BY_WIRE_ID = {c.wire_id: c for c in CODEC_TABLE}
+
+
+def get_codec(codec: object, field: str = "codec") -> Codec:
+    """The table entry named ``codec``; PackError listing the names otherwise."""
+    if not isinstance(codec, str) or codec not in _BY_NAME:
+        raise PackError(f"must be one of {CODECS}, got {codec!r}", field=field)
+    return _BY_NAME[codec]
+
+
+def check_codec(codec: object, field: str = "codec") -> str:
+    """``codec`` if it names a codec of the table; PackError otherwise."""
+    return get_codec(codec, field).name
+
+
+def codec_from_wire(wire_id: int, field: str = "codec") -> Codec:
+    """The entry a frame header's codec byte names; PackError listing the known ids otherwise."""
+    if wire_id not in _BY_WIRE_ID:
+        known = ", ".join(f"{c.wire_id} ({c.name})" for c in CODEC_TABLE)
+        raise PackError(f"must be one of {known}, got {wire_id}", field=field)
+    return _BY_WIRE_ID[wire_id]
+
+
+def default_level(codec: str) -> int:
+    """The level a codec gets when the config leaves it out."""
+    return get_codec(codec).default_level
+
+
+def check_level(codec: str, level: object, field: str = "level") -> int:
+    """``level`` for ``codec``, or its default when ``None``; PackError outside the range."""
+    entry = get_codec(codec)
+    if level is None:
+        return entry.default_level
+    low, high = entry.levels
+    try:  # any integer (Python or NumPy), but not a bool: level=True is a bug
+        value = None if isinstance(level, (bool, np.bool_)) else operator.index(level)  # type: ignore[arg-type]
+    except TypeError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise PackError(f"must be an int in {low}..{high} (or None for {entry.default_level}) for codec "
+                        f"{codec!r}, got {level!r}", field=field)
+    return value
+
+
+def payload_bounds(codec: str, raw_nbytes: int) -> tuple[int, int]:
+    """``(least, most)`` bytes a genuine ``codec`` payload of ``raw_nbytes`` raw bytes takes."""
+    return (0, 0) if raw_nbytes == 0 else get_codec(codec).payload_bounds(raw_nbytes)
+
+
+def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
+    """Compress ``data`` with ``codec`` at ``level`` (its default when ``None``)."""
+    level = check_level(codec, level)
+    return get_codec(codec).compress(data, level) if data else b""
+
+
+def decompress(data: bytes, codec: str, expected_nbytes: int) -> bytes:
+    """Decompress ``data``, which must expand to exactly ``expected_nbytes`` bytes.
+
+    Never allocates more than ``expected_nbytes`` for the output; any codec error, a size
+    other than expected, or trailing data raises PackError.
+    """
+    entry = get_codec(codec)
+    if expected_nbytes == 0:
+        if len(data):
+            raise PackError(f"{len(data)} bytes stored, 0 expected (an empty payload stores none)",
+                            field="payload length")
+        return b""
+    out = entry.decompress(data, expected_nbytes)
+    if len(out) != expected_nbytes:
+        raise PackError(f"{codec} payload expands to {len(out)} bytes, header says {expected_nbytes}",
+                        field="payload")
+    return out

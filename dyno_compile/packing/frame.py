@@ -27,19 +27,27 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dyno_compile.packing import PackError
-from dyno_compile.packing.bitpack import LAYOUTS, pack, packed_nbytes, unpack
-from dyno_compile.packing.codec import CODECS, check_codec, check_level, compress, compress_bound, decompress
-from dyno_compile.packing.quantize import (
+from dyno_compile.packing.bitpack import pack, packed_nbytes, unpack
+from dyno_compile.packing.codec import (
+    check_codec,
+    check_level,
+    codec_from_wire,
+    compress,
+    decompress,
+    get_codec,
+    payload_bounds,
+)
+from dyno_compile.packing.quantize import QuantParams, as_input, dequantize, quantize
+from dyno_compile.packing.vocab import (
+    FLOAT_WIDTHS,
     GRANULARITIES,
+    LAYOUTS,
     MAX_BITS,
     MIN_BITS,
     Mode,
-    QuantParams,
-    as_input,
     check_granularity,
+    check_layout,
     check_mode,
-    dequantize,
-    quantize,
 )
 
 MAGIC = b"DYNO"
@@ -52,11 +60,13 @@ _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 
 #: Mode byte of the passthrough modes: high bit set, low bits the float width.
-_PASSTHROUGH_CODES = {"float16": 0x80 | 16, "float32": 0x80 | 32}
+_PASSTHROUGH_CODES = {name: 0x80 | width for name, width in FLOAT_WIDTHS.items()}
 _PASSTHROUGH_NAMES = {code: name for name, code in _PASSTHROUGH_CODES.items()}
 #: Original dtype byte; the passthrough payload dtypes, little-endian.
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-_WIRE_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in FLOAT_WIDTHS}
+#: A passthrough's values are written as they are: the layout byte of the canonical form.
+_PASSTHROUGH_LAYOUT = LAYOUTS[0]
 
 _FIXED = struct.Struct("<4sHHIQH")   # magic, version, flags, cut_id, request_id, n_tensors
 _SHAPE = struct.Struct("<BB")        # dtype, rank
@@ -93,8 +103,7 @@ class PackConfig:
             raise PackError(f"must be an int in {-MAX_RANK}..{MAX_RANK - 1}, got {self.axis!r}",
                             field="PackConfig.axis")
         object.__setattr__(self, "axis", int(self.axis))
-        if self.layout not in LAYOUTS:
-            raise PackError(f"must be one of {LAYOUTS}, got {self.layout!r}", field="PackConfig.layout")
+        check_layout(self.layout, "PackConfig.layout")
         check_codec(self.codec, "PackConfig.codec")
         object.__setattr__(self, "level", check_level(self.codec, self.level, "PackConfig.level"))
 
@@ -230,7 +239,8 @@ def pack_tensor(tensor: np.ndarray, config: PackConfig) -> PackedTensor:
         raise PackError(f"shape {x.shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
     codes, params = quantize(x, config.bits, granularity=config.granularity, axis=config.axis)
     if params.is_passthrough:
-        return PackedTensor(x.dtype, x.shape, params, "stream", codes.astype(_WIRE_DTYPES[params.bits]).tobytes())
+        data = codes.astype(_WIRE_DTYPES[params.bits]).tobytes()
+        return PackedTensor(x.dtype, x.shape, params, _PASSTHROUGH_LAYOUT, data)
     return PackedTensor(x.dtype, x.shape, params, config.layout, pack(codes, params.bits, config.layout))
 
 
@@ -265,13 +275,11 @@ def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, byte
     if len(shape) > MAX_RANK or any(d > _U32_MAX for d in shape):
         raise PackError(f"shape {shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
     bits = params.bits
-    expected = tensor.count * _WIRE_DTYPES[bits].itemsize if isinstance(bits, str) else packed_nbytes(tensor.count, bits)
+    expected = _raw_nbytes(bits, tensor.count)
     if len(raw) != expected:
         raise PackError(f"{len(raw)} bytes for {tensor.count} elements in mode {bits!r}; expected {expected}",
                         field="data")
-    layout = "stream" if params.is_passthrough else tensor.layout
-    if layout not in LAYOUTS:
-        raise PackError(f"must be one of {LAYOUTS}, got {layout!r}", field="layout")
+    layout = check_layout(_PASSTHROUGH_LAYOUT if params.is_passthrough else tensor.layout)
     if not params.is_passthrough and params.lo.size != _param_count(bits, params.granularity, params.axis, layout,
                                                                       shape):
         raise PackError(f"{params.lo.size} lo/scale pairs do not fit shape {shape} {params.granularity}",
@@ -285,7 +293,7 @@ def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, byte
         _SHAPE.pack(_DTYPES.index(np.dtype(tensor.dtype)), len(shape)),
         struct.pack(f"<{len(shape)}I", *shape),
         _CODING.pack(mode, GRANULARITIES.index(params.granularity), params.axis, LAYOUTS.index(layout),
-                     CODECS.index(codec)),
+                     get_codec(codec).wire_id),
         params.lo.astype("<f4").tobytes(),
         params.scale.astype("<f4").tobytes(),
         _LENGTHS.pack(len(raw), len(payload)),
@@ -412,13 +420,9 @@ def _read_tensor_header(reader: _Reader, budget: _Budget) -> TensorHeader:
     budget.spend(count, "dims")
     mode_code, granularity_code, axis, layout_code, codec_code = reader.take(_CODING, "mode")
     bits = _read_mode(mode_code)
-    if granularity_code >= len(GRANULARITIES):
-        raise PackError(f"must be 0 (tensor) or 1 (channel), got {granularity_code}", field="granularity")
-    if layout_code >= len(LAYOUTS):
-        raise PackError(f"must be 0 (stream) or 1 (bitplane), got {layout_code}", field="layout")
-    if codec_code >= len(CODECS):
-        raise PackError(f"must be 0 (none), 1 (lz4) or 2 (zstd), got {codec_code}", field="codec")
-    granularity, layout, codec = GRANULARITIES[granularity_code], LAYOUTS[layout_code], CODECS[codec_code]
+    granularity = _from_position(granularity_code, GRANULARITIES, "granularity")
+    layout = _from_position(layout_code, LAYOUTS, "layout")
+    codec = codec_from_wire(codec_code).name
     n_params = _param_count(bits, granularity, axis, layout, shape)
     lo = reader.f32s(n_params, "lo")
     scale = reader.f32s(n_params, "scale")
@@ -427,15 +431,29 @@ def _read_tensor_header(reader: _Reader, budget: _Budget) -> TensorHeader:
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise PackError("scale must be finite and > 0", field="scale")
     raw_nbytes, compressed_nbytes = reader.take(_LENGTHS, "raw length")
-    expected = count * _WIRE_DTYPES[bits].itemsize if isinstance(bits, str) else packed_nbytes(count, bits)
+    expected = _raw_nbytes(bits, count)
     if raw_nbytes != expected:
         raise PackError(f"{raw_nbytes} bytes declared, {expected} expected for {count} elements in mode {bits!r}",
                         field="raw length")
-    if compressed_nbytes > compress_bound(codec, raw_nbytes) or (codec == "none" and compressed_nbytes != raw_nbytes):
+    least, most = payload_bounds(codec, raw_nbytes)
+    if not least <= compressed_nbytes <= most:
         raise PackError(f"{compressed_nbytes} bytes declared for {raw_nbytes} raw bytes under codec {codec!r} "
-                        f"(at most {compress_bound(codec, raw_nbytes)})", field="compressed length")
+                        f"(allowed {least}..{most})", field="compressed length")
     params = QuantParams(bits, granularity, axis, lo, scale)
     return TensorHeader(_DTYPES[dtype_code], tuple(shape), params, layout, codec, raw_nbytes, compressed_nbytes)
+
+
+def _raw_nbytes(bits: Mode, count: int) -> int:
+    """Bytes of ``count`` elements before the codec: packed codes, or little-endian floats."""
+    return count * _WIRE_DTYPES[bits].itemsize if isinstance(bits, str) else packed_nbytes(count, bits)
+
+
+def _from_position(code: int, names: tuple[str, ...], field: str) -> str:
+    """The name a header byte numbers by its position in ``names`` (granularity, layout)."""
+    if code >= len(names):
+        raise PackError(f"must be one of {', '.join(f'{i} ({n})' for i, n in enumerate(names))}, got {code}",
+                        field=field)
+    return names[code]
 
 
 def _read_mode(code: int) -> Mode:
@@ -443,16 +461,16 @@ def _read_mode(code: int) -> Mode:
         return code
     if code in _PASSTHROUGH_NAMES:
         return _PASSTHROUGH_NAMES[code]
-    raise PackError(f"must be {MIN_BITS}..{MAX_BITS} (bits), 0x90 (float16) or 0xa0 (float32), got {code:#04x}",
-                    field="mode")
+    floats = ", ".join(f"{code:#04x} ({name})" for name, code in _PASSTHROUGH_CODES.items())
+    raise PackError(f"must be {MIN_BITS}..{MAX_BITS} (bits) or one of {floats}, got {code:#04x}", field="mode")
 
 
 def _param_count(bits: Mode, granularity: str, axis: int, layout: str, shape: tuple[int, ...]) -> int:
     """How many lo/scale pairs follow; also checks the combination is the canonical one."""
     if isinstance(bits, str):
-        if (granularity, axis, layout) != ("tensor", 0, "stream"):
-            raise PackError(f"a {bits} passthrough is written with granularity tensor, axis 0, layout stream; "
-                            f"got {granularity}, {axis}, {layout}", field="mode")
+        if (granularity, axis, layout) != ("tensor", 0, _PASSTHROUGH_LAYOUT):
+            raise PackError(f"a {bits} passthrough is written with granularity tensor, axis 0, layout "
+                            f"{_PASSTHROUGH_LAYOUT}; got {granularity}, {axis}, {layout}", field="mode")
         return 0
     if granularity == "tensor":
         if axis != 0:

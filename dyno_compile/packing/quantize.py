@@ -37,48 +37,15 @@ every other value, meaningless.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from dyno_compile.packing import PackError
+from dyno_compile.packing.vocab import FLOAT_MODES, MIN_SCALE, Mode, check_granularity, check_mode
 
-#: Modes that send floats instead of integer codes: no range, no lo/scale.
-PASSTHROUGH_MODES: tuple[str, ...] = ("float16", "float32")
-#: How many (lo, scale) pairs a tensor gets: one, or one per slice along ``axis``.
-GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
-MIN_BITS, MAX_BITS = 1, 16
 #: Input dtypes accepted; float16 widens to float32 exactly before anything else.
 INPUT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float16))
-
-Mode = int | str
-
-
-def check_mode(bits: object, field: str = "bits") -> Mode:
-    """``bits`` as an int in 1..16 or one of the passthrough names; PackError otherwise.
-
-    Bools are refused although they are ints: ``bits=True`` is a bug, not 1-bit codes.
-    """
-    if isinstance(bits, str):
-        if bits in PASSTHROUGH_MODES:
-            return bits
-    elif not isinstance(bits, (bool, np.bool_)):
-        try:
-            value = operator.index(bits)  # type: ignore[arg-type]
-        except TypeError:
-            pass
-        else:
-            if MIN_BITS <= value <= MAX_BITS:
-                return value
-    raise PackError(f"must be an int in {MIN_BITS}..{MAX_BITS} or one of {PASSTHROUGH_MODES}, got {bits!r}",
-                    field=field)
-
-
-def check_granularity(granularity: object, field: str = "granularity") -> str:
-    if granularity not in GRANULARITIES:
-        raise PackError(f"must be one of {GRANULARITIES}, got {granularity!r}", field=field)
-    return granularity  # type: ignore[return-value]
 
 
 def levels(bits: int) -> int:
@@ -155,7 +122,7 @@ def _check_finite(x: np.ndarray, field: str) -> None:
     bad = int(x.size - np.count_nonzero(finite))
     raise PackError(f"{bad} non-finite values ({nan} NaN, {bad - nan} ±Inf) in a tensor of {x.size}; "
                     f"integer quantisation needs a finite range: clean the tensor or use a passthrough "
-                    f"mode {PASSTHROUGH_MODES}, which carries NaN and Inf unchanged", field=field)
+                    f"mode {FLOAT_MODES}, which carries NaN and Inf unchanged", field=field)
 
 
 def _channel_shape(ndim: int, axis: int, count: int) -> tuple[int, ...]:
@@ -176,10 +143,6 @@ def _range(x: np.ndarray, granularity: str, axis: int) -> tuple[np.ndarray, np.n
         return np.zeros(count, np.float32), np.zeros(count, np.float32)
     reduce = tuple(d for d in range(x.ndim) if d != axis)
     return np.min(x, axis=reduce).reshape(count), np.max(x, axis=reduce).reshape(count)
-
-
-#: The smallest normal float32: a smaller scale has no finite float32 reciprocal.
-MIN_SCALE = np.float32(2.0 ** -126)
 
 
 def inverse_levels(bits: int) -> np.float32:

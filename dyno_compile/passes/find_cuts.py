@@ -6,13 +6,15 @@ produced before ``k`` (graph inputs count as produced on the device) and read at
 ``k``. Weights never cross: both sides hold the whole model. ``k = 0`` is cloud-only (the
 input crosses); ``k = n`` is device-only (nothing crosses). A ResNet block boundary
 crosses one tensor; a cut inside a residual block crosses two (the branch and the
-shortcut).
+shortcut). Each crossing tensor comes with its channel axis (:mod:`.channel_axes`), which
+per-channel quantisation at the cut reduces around.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dyno_compile.ir import CONST_OP, Graph
+from dyno_compile.passes.channel_axes import channel_axes
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class CutPoint:
     before: str | None
     tensors: tuple[str, ...]
     nbytes: int
+    #: Per crossing tensor, in order: the axis holding its channels (1 in NCHW, 3 in NHWC).
+    channel_axes: tuple[int, ...]
 
     @property
     def kind(self) -> str:
@@ -37,7 +41,7 @@ class CutPoint:
 
     def to_dict(self) -> dict:
         return {"position": self.position, "after": self.after, "before": self.before, "kind": self.kind,
-                "tensors": list(self.tensors), "bytes": self.nbytes}
+                "tensors": list(self.tensors), "bytes": self.nbytes, "channel_axes": list(self.channel_axes)}
 
 
 def find_cuts(graph: Graph) -> list[CutPoint]:
@@ -56,6 +60,7 @@ def find_cuts(graph: Graph) -> list[CutPoint]:
         if name in last_read:
             born.setdefault(pos, []).append(name)
 
+    axes = channel_axes(graph)
     cuts, live = [], set(born.get(-1, []))
     for k in range(len(order) + 1):
         if k > 0:
@@ -63,5 +68,6 @@ def find_cuts(graph: Graph) -> list[CutPoint]:
         live = {t for t in live if last_read[t] >= k}
         tensors = tuple(sorted(live, key=lambda t: (position[t], t)))
         cuts.append(CutPoint(k, order[k - 1].name if k > 0 else None, order[k].name if k < len(order) else None,
-                             tensors, sum(graph.node(t).type.nbytes for t in tensors)))
+                             tensors, sum(graph.node(t).type.nbytes for t in tensors),
+                             tuple(axes[t] for t in tensors)))
     return cuts

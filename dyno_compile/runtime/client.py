@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.link import Conditions, LinkEstimator
 from dyno_compile.runtime.protocol import (
@@ -47,7 +48,6 @@ from dyno_compile.runtime.protocol import (
 from dyno_compile.runtime.selector import Decision, Policy, Selector, is_device_only, make_policy, predict
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.runtime.transport import Transport, TransportError, connect
-from dyno_compile.search.space import Config, Evaluation
 
 #: Frames smaller than this do not sample the uplink: their transfer time is below the
 #: noise of the round trip that is subtracted from it.

@@ -1,7 +1,7 @@
 """DynO's run-time selector: per request, the configuration a policy prefers under the
 live bandwidth, round-trip time and loads.
 
-The search leaves a set of :class:`~dyno_compile.search.space.Evaluation` whose measures
+The search leaves a set of :class:`~dyno_compile.configs.Evaluation` whose measures
 do not depend on the network, so each request only has to weigh them by the current
 :class:`~dyno_compile.runtime.link.Conditions`. A configuration's stages take
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.link import Conditions
-from dyno_compile.search.space import Config, Evaluation
 
 #: Default hysteresis: switch only for a score more than 10 % better than the current
 #: choice's. Replaying the four real uplink traces (``benchmarks/selector_decision.py

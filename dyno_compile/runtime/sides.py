@@ -14,9 +14,17 @@ import numpy as np
 
 from dyno_compile.artifact.load import Artifact, run_segments
 from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.configs import Config
 from dyno_compile.errors import InputError
-from dyno_compile.packing import PackedTensor, QuantParams, encode_packed
-from dyno_compile.search.space import Config, bits_value
+from dyno_compile.packing import (
+    KERNEL_LAYOUT,
+    PackConfig,
+    PackedTensor,
+    QuantParams,
+    bits_value,
+    encode_packed,
+    pack_tensor,
+)
 
 #: Where the activations of one request live between segments, by tensor name: TVM
 #: tensors on the side's device (no copy to NumPy and back between segments), or arrays.
@@ -56,6 +64,11 @@ class _Side:
                 return k
         return None
 
+    @staticmethod
+    def channel_axis(cut: dict[str, Any], tensor: str) -> int:
+        """The axis of ``tensor`` that the cut's per-channel kernels take ranges along."""
+        return cut["channel_axes"][cut["tensors"].index(tensor)]
+
 
 class DeviceSide(_Side):
     """Runs the device segments up to a cut and packs the crossing tensors into a frame."""
@@ -88,18 +101,17 @@ class DeviceSide(_Side):
     def _pack(self, tensor: str, x: Any, cut: dict[str, Any], config: Config) -> PackedTensor:
         bits = bits_value(config.bits)
         if isinstance(bits, str):  # a float passthrough: the cast is the whole kernel
-            x = _numpy(x)
-            wire = np.ascontiguousarray(x, dtype="<f2" if bits == "float16" else "<f4")
-            return PackedTensor(x.dtype, x.shape, QuantParams(bits, "tensor", 0, [], []), "stream", wire.tobytes())
+            return pack_tensor(_numpy(x), PackConfig(bits=bits))
         kernel = self.kernel(cut, config.bits, tensor)
         if kernel is None or config.granularity != self.granularity:
             raise ArtifactError(f"{config.label}: the artifact has no pack kernel for it (built: bits "
                                 f"{self.artifact.manifest['bits']}, granularity {self.granularity})")
         data, rng = self.runner.run(kernel["pack"], [x])
-        axis = 0 if config.granularity == "tensor" else 1
+        axis = 0 if config.granularity == "tensor" else self.channel_axis(cut, tensor)
         params = QuantParams(bits, config.granularity, axis, rng[0], rng[1])
         shape = tuple(int(d) for d in x.shape)
-        return PackedTensor(np.dtype(str(x.dtype)), shape, params, "stream", data.tobytes()).relayout(config.layout)
+        packed = PackedTensor(np.dtype(str(x.dtype)), shape, params, KERNEL_LAYOUT, data.tobytes())
+        return packed.relayout(config.layout)
 
 
 
@@ -168,9 +180,11 @@ class CloudSide(_Side):
     def _unpack(self, name: str, packed: PackedTensor, cut: dict[str, Any]) -> np.ndarray:
         params = packed.params
         kernel = None if params.is_passthrough else self.kernel(cut, str(params.bits), name)
-        if kernel is None or params.granularity != self.granularity:
-            return packed.values()  # a cast, or a width/granularity without a compiled kernel: NumPy, same formula
-        data = np.frombuffer(packed.relayout("stream").data, dtype=np.uint8)
+        built = params.granularity == self.granularity and (
+            params.granularity == "tensor" or params.axis == self.channel_axis(cut, name))
+        if kernel is None or not built:
+            return packed.values()  # a cast, or a coding without a compiled kernel: NumPy, same formula
+        data = np.frombuffer(packed.relayout(KERNEL_LAYOUT).data, dtype=np.uint8)
         rng = np.stack([params.lo, params.scale]) if params.granularity == "channel" else \
             np.array([params.lo[0], params.scale[0]], dtype=np.float32)
         return self.runner.invoke(kernel["unpack"], [data, rng])[0]

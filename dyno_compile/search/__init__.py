@@ -1,4 +1,5 @@
-"""Profiles, accuracy and the multi-objective search that produce an artifact's Pareto set."""
-from dyno_compile.search.space import Config, Evaluation
+"""Profiles, accuracy and the multi-objective search that produce an artifact's Pareto set.
 
-__all__ = ["Config", "Evaluation"]
+The configurations it searches and the evaluations it stores are :mod:`dyno_compile.configs`;
+their vocabulary is :mod:`dyno_compile.packing.vocab`.
+"""

@@ -1,9 +1,10 @@
 """Accuracy of every (cut, width, granularity) on real calibration data, simulated in JAX.
 
 For one configuration the cloud sees, per request, the crossing tensors quantised with
-*that request's* range (DynO's input-specific rule) and dequantised; everything else is
-the float model. So the simulator runs the float model once up to each cut, keeps those
-activations, and per configuration only rounds them with the IR's own cut ops
+*that request's* range (DynO's input-specific rule; per channel, along each tensor's own
+channel axis, as the cut records it) and dequantised; everything else is the float model.
+So the simulator runs the float model once up to each cut, keeps those activations, and
+per configuration only rounds them with the IR's own cut ops
 (``quant_range``, ``quantize``, ``dequantize``: the same meaning the split graphs have)
 and runs the rest of the model. Bit packing and the lossless codec are skipped: both are
 exact, so they cannot change a prediction.
@@ -30,40 +31,43 @@ import numpy as np
 from dyno_compile.artifact.plan import candidate_cuts
 from dyno_compile.errors import InputError
 from dyno_compile.ir import Graph, evaluate, get_op
+from dyno_compile.ir.ops import DEFAULT_CHANNEL_AXIS
+from dyno_compile.packing.vocab import FLOAT_MODES, bits_key, bits_value, check_granularity, refused_as
 from dyno_compile.passes import CutPoint, find_cuts
 from dyno_compile.passes.segment import segment
 from dyno_compile.search.calibration import CalibrationSet, check_fits
-from dyno_compile.search.space import GRANULARITIES, bits_key, bits_value
 
 __all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "fewest_bits", "round_trip"]
 
 #: Bound on cached cut activations (the cut being used may come on top of it).
 DEFAULT_CACHE_BYTES = 1 << 30
-#: NCHW's channel axis: the one ``insert_pack`` and ``PackConfig`` use by default.
-CHANNEL_AXIS = 1
 Arrays = tuple[np.ndarray, ...]
 SegmentRunner = Callable[[int, tuple], tuple]
 
 
-def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor") -> jax.Array:
+def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor",
+               axis: int = DEFAULT_CHANNEL_AXIS) -> jax.Array:
     """What the cloud rebuilds from one request's tensor ``x`` sent at ``bits``: the cut ops
-    of :mod:`dyno_compile.passes.insert_pack`, less the (lossless) bit packing."""
+    of :mod:`dyno_compile.passes.insert_pack`, less the (lossless) bit packing. ``axis`` is
+    ``x``'s channel axis, which a per-channel range is taken along."""
     if bits == "float32":
         return x
     cast = get_op("cast").impl
     if bits == "float16":
         return cast(cast(cast(x, dtype="float16"), dtype="float32"), dtype=str(x.dtype))
-    attrs = {"bits": bits, "granularity": granularity, "axis": CHANNEL_AXIS}
+    attrs = {"bits": bits, "granularity": granularity, "axis": axis}
     rng = get_op("quant_range").impl(x, **attrs)
     codes = get_op("quantize").impl(x, rng, **attrs)
-    return cast(get_op("dequantize").impl(codes, rng, granularity=granularity, axis=CHANNEL_AXIS), dtype=str(x.dtype))
+    return cast(get_op("dequantize").impl(codes, rng, granularity=granularity, axis=axis), dtype=str(x.dtype))
 
 
-@partial(jax.jit, static_argnames=("bits", "granularity"))
-def _round_trip_batch(xs: tuple[jax.Array, ...], bits: int | str, granularity: str) -> tuple[jax.Array, ...]:
-    """``round_trip`` per sample of a batch: each request keeps its own range."""
-    one = jax.vmap(partial(round_trip, bits=bits, granularity=granularity))
-    return tuple(one(x) for x in xs)
+@partial(jax.jit, static_argnames=("bits", "granularity", "axes"))
+def _round_trip_batch(xs: tuple[jax.Array, ...], bits: int | str, granularity: str,
+                      axes: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """``round_trip`` per sample of a batch (each request keeps its own range); ``axes``:
+    each tensor's channel axis."""
+    return tuple(jax.vmap(partial(round_trip, bits=bits, granularity=granularity, axis=axis))(x)
+                 for x, axis in zip(xs, axes))
 
 
 class AccuracySimulator:
@@ -167,9 +171,9 @@ class AccuracySimulator:
                 # float model's own computation, segment for segment, so its predictions.
                 self._predictions[key] = self.float_predictions
             else:
-                width, gran = bits_value(key[1]), key[2]
+                width, gran, axes = bits_value(key[1]), key[2], self.cut(position).channel_axes
                 self._predictions[key] = self._predict(
-                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran))
+                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran, axes))
         return self._predictions[key]
 
     def evaluate(self, position: int, bits: int | str, granularity: str = "tensor") -> tuple[float, float]:
@@ -187,10 +191,9 @@ class AccuracySimulator:
     def _key(self, position: int, bits: int | str, granularity: str) -> tuple[int, str, str]:
         """Cache key; float widths and device-only ignore granularity, so it is normalised away."""
         self._chain_index(position)
-        key = bits_key(bits)
-        if granularity not in GRANULARITIES:
-            raise InputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if key.startswith("float") or self.cut(position).kind == "device-only":
+        with refused_as(InputError):
+            key, granularity = bits_key(bits), check_granularity(granularity)
+        if key in FLOAT_MODES or self.cut(position).kind == "device-only":
             granularity = "tensor"
         return int(position), key, granularity
 
@@ -283,7 +286,8 @@ def fewest_bits(simulator: AccuracySimulator, cuts: Iterable[CutPoint | int] | N
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
         raise InputError(f"budget must be a finite number of percentage points >= 0, got {budget!r}")
     given = list(widths)
-    values = [bits_value(w) for w in given]
+    with refused_as(InputError):
+        values = [bits_value(w, "widths") for w in given]
     if not values or any(isinstance(v, str) for v in values):
         raise InputError(f"widths must be integers in 1..16, got {given!r}")
     tried = sorted(set(values))

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG hypervolume (no public alias in 5.0)
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
-from dyno_compile.search.space import CODECS, FLOAT_BITS, GRANULARITIES, LAYOUTS, Config, Evaluation, bits_key
+from dyno_compile.packing.vocab import CODECS, FLOAT_MODES, GRANULARITIES, LAYOUTS, bits_key, mode_width, refused_as
 
 OBJECTIVES = ("device_s", "cloud_s", "bytes", "accuracy_loss")
 #: Objectives compared on a log scale in the hypervolume (see the module docstring).
@@ -40,11 +41,6 @@ REFERENCE_POINT = 1.1
 #: Widths DynO considers by default: both floats and the integer widths where accuracy
 #: and bytes actually trade (above 8 bits accuracy no longer moves; below 4 it falls fast).
 DEFAULT_BITS = ("float32", "float16", "16", "8", "6", "4", "3", "2", "1")
-
-
-def bit_width(bits: str) -> int:
-    """Bits per element on the wire: 32 and 16 for the float widths, else the integer."""
-    return {"float32": 32, "float16": 16}.get(bits) or int(bits)
 
 
 @dataclass(frozen=True)
@@ -196,8 +192,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in self.cuts):
             raise InputError(f"search space: cuts must be integer cut positions, got {self.cuts!r}")
-        fields = {"cuts": _distinct("cuts", (int(c) for c in self.cuts)),
-                  "bits": _distinct("bits", (bits_key(b) for b in self.bits)),
+        with refused_as(InputError):
+            bits = _distinct("bits", (bits_key(b) for b in self.bits))
+        fields = {"cuts": _distinct("cuts", (int(c) for c in self.cuts)), "bits": bits,
                   "granularities": _distinct("granularities", self.granularities, GRANULARITIES),
                   "layouts": _distinct("layouts", self.layouts, LAYOUTS),
                   "codecs": _distinct("codecs", self.codecs, CODECS)}
@@ -215,7 +212,7 @@ class SearchSpace:
     def canonical(self, config: Config) -> Config:
         if config.cut == self.device_only_cut:
             return Config(config.cut)
-        if config.bits in FLOAT_BITS:
+        if config.bits in FLOAT_MODES:
             return Config(config.cut, config.bits, codec=config.codec)
         return config
 
@@ -230,11 +227,12 @@ class SearchSpace:
         (2 bits after the global pool) held a fifth of the exhaustive hypervolume, and
         searches that missed it, or cloud-only, lost up to a quarter
         (benchmarks/search_samplers.py)."""
-        widths = sorted(self.bits, key=lambda b: (bit_width(b), b in FLOAT_BITS))
+        widths = sorted(self.bits, key=lambda b: (mode_width(b), b in FLOAT_MODES))
         rest = {"granularity": self.granularities[0], "layout": self.layouts[0], "codec": self.codecs[0]}
         points = {(cut, bits) for cut in self.cuts for bits in (widths[-1], widths[0])
                   if cut != self.device_only_cut or bits == widths[-1]}
-        return [{"cut": cut, "bits": bits, **rest} for cut, bits in sorted(points, key=lambda p: (p[0], -bit_width(p[1])))]
+        ordered = sorted(points, key=lambda p: (p[0], -mode_width(p[1])))
+        return [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
 
     def configs(self) -> list[Config]:
         """Every distinct configuration, sorted."""

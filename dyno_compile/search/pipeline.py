@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dyno_compile.artifact.load import Artifact, load_artifact
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.passes import annotate_costs
 from dyno_compile.search.accuracy import AccuracySimulator
@@ -31,7 +32,6 @@ from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
 from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
-from dyno_compile.search.space import Config, Evaluation, bits_value
 from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storage, run_search
 from dyno_compile.search.pareto import SearchSpace
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
@@ -102,7 +102,7 @@ class ArtifactEvaluator:
     def __call__(self, config: Config) -> Evaluation:
         device_s, cloud_s, sources = config_times(self.artifact, self.device, self.cloud, config)
         cost = self.wire.measure(config)
-        accuracy, agreement = self.simulator.evaluate(config.cut, bits_value(config.bits), config.granularity)
+        accuracy, agreement = self.simulator.evaluate(config.cut, config.bits, config.granularity)
         sources = {**sources, "codec_s": "measured:host", "bytes": f"measured:frames:{cost.samples}",
                    "accuracy": f"simulated:{self.engine}:{self.metric}"}
         return Evaluation(config, device_s + cost.encode_s, cloud_s + cost.decode_s, cost.bytes, accuracy,

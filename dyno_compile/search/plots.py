@@ -18,9 +18,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from dyno_compile.configs import Evaluation
 from dyno_compile.errors import InputError
-from dyno_compile.search.pareto import Objectives, bit_width
-from dyno_compile.search.space import FLOAT_BITS, Evaluation
+from dyno_compile.packing.vocab import FLOAT_MODES, mode_width
+from dyno_compile.search.pareto import Objectives
 
 FAINT = {"color": "0.75", "s": 8, "alpha": 0.5, "linewidths": 0}
 
@@ -82,7 +83,7 @@ def _grid(evaluations: Sequence[Evaluation], value: Callable[[Evaluation], float
     """Cut × bits table of ``best`` (min or max) of ``value`` over the other axes
     (granularity, layout, codec); NaN where a pair was not evaluated."""
     cuts = sorted({e.config.cut for e in evaluations})
-    bits = sorted({e.config.bits for e in evaluations}, key=lambda b: (-bit_width(b), b not in FLOAT_BITS))
+    bits = sorted({e.config.bits for e in evaluations}, key=lambda b: (-mode_width(b), b not in FLOAT_MODES))
     table = np.full((len(cuts), len(bits)), np.nan)
     for e in evaluations:
         i, j = cuts.index(e.config.cut), bits.index(e.config.bits)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError
-from dyno_compile.search.space import Config
 
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact

@@ -57,9 +57,10 @@ import sqlalchemy.pool
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import DynoError, InputError
-from dyno_compile.search.pareto import DEFAULT_BITS, OBJECTIVES, Objectives, SearchSpace, bit_width
-from dyno_compile.search.space import FLOAT_BITS, Config, Evaluation
+from dyno_compile.packing.vocab import FLOAT_MODES, mode_width
+from dyno_compile.search.pareto import DEFAULT_BITS, OBJECTIVES, Objectives, SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///dyno-search.db"
 IN_MEMORY = ":memory:"
@@ -508,11 +509,14 @@ _CODEC_RATIO = {("none", "stream"): 1.0, ("none", "bitplane"): 1.0, ("lz4", "str
                 ("none", "float"): 1.0, ("lz4", "float"): 0.9, ("zstd", "float"): 0.75}
 #: Seconds per input byte to encode on the device and decode in the cloud.
 _CODEC_S_PER_BYTE = {"none": (0.0, 0.0), "lz4": (2e-9, 0.3e-9), "zstd": (8e-9, 1e-9)}
+#: The codecs the synthetic model has figures for. A codec added to the packing table stays
+#: out of the synthetic space until it has its figures here.
+SYNTHETIC_CODECS: tuple[str, ...] = tuple(_CODEC_S_PER_BYTE)
 
 
 def synthetic_space(cuts: Sequence[int] = tuple(SYNTHETIC_CUTS), bits: Sequence[str] = DEFAULT_BITS) -> SearchSpace:
-    """A :class:`SearchSpace` over (a subset of) the synthetic cuts."""
-    return SearchSpace(tuple(cuts), tuple(bits), device_only_cut=_synthetic_device_only(cuts))
+    """A :class:`SearchSpace` over (a subset of) the synthetic cuts, with the synthetic codecs."""
+    return SearchSpace(tuple(cuts), tuple(bits), codecs=SYNTHETIC_CODECS, device_only_cut=_synthetic_device_only(cuts))
 
 
 def _synthetic_device_only(cuts: Sequence[int]) -> int | None:
@@ -526,8 +530,8 @@ def _synthetic(config: Config, noise: np.ndarray) -> Evaluation:
     elements, channels, share, sensitivity = SYNTHETIC_CUTS[config.cut]
     if config.cut == SYNTHETIC_DEVICE_ONLY:
         return Evaluation(config, _DEVICE_MODEL_S * noise[0], 0.0, 0.0, SYNTHETIC_BASELINE, 1.0, {"*": "synthetic"})
-    is_float = config.bits in FLOAT_BITS
-    width = bit_width(config.bits)
+    is_float = config.bits in FLOAT_MODES
+    width = mode_width(config.bits)
     ranges = 0 if is_float else 8 * (channels if config.granularity == "channel" else 1)
     packed = elements * width / 8 + ranges
     wire = 16 + packed * _CODEC_RATIO[config.codec, "float" if is_float else config.layout] * noise[2]
@@ -551,5 +555,7 @@ def synthetic_evaluations(space: SearchSpace, *, seed: int = 0) -> list[Evaluati
     if unknown or space.device_only_cut != _synthetic_device_only(space.cuts):
         raise InputError(f"synthetic evaluations cover cuts {sorted(SYNTHETIC_CUTS)} with device-only cut "
                          f"{SYNTHETIC_DEVICE_ONLY}; got unknown cuts {unknown}, device-only {space.device_only_cut}")
+    if not set(space.codecs) <= set(SYNTHETIC_CODECS):
+        raise InputError(f"synthetic evaluations cover codecs {SYNTHETIC_CODECS}, got {space.codecs}")
     rng = np.random.default_rng(seed)
     return [_synthetic(c, rng.uniform(0.97, 1.03, 4)) for c in space.configs()]

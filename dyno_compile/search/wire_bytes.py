@@ -18,15 +18,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dyno_compile.configs import Config
 from dyno_compile.errors import InputError
-from dyno_compile.packing import PackConfig, decode_packed, encode_packed, pack_tensor
-from dyno_compile.search.accuracy import CHANNEL_AXIS, AccuracySimulator
-from dyno_compile.search.space import Config, bits_value
+from dyno_compile.packing import (
+    KERNEL_LAYOUT,
+    PackConfig,
+    PackedTensor,
+    bits_value,
+    decode_packed,
+    encode_packed,
+    pack_tensor,
+)
+from dyno_compile.search.accuracy import AccuracySimulator
 
-__all__ = ["DEFAULT_SAMPLES", "WireBytes", "WireCost"]
+__all__ = ["DEFAULT_SAMPLES", "WireBytes", "WireCost", "packed_cut"]
 
 #: Frames measured per configuration: enough for a stable mean, few enough to be quick.
 DEFAULT_SAMPLES = 32
+
+
+def packed_cut(simulator: AccuracySimulator, config: Config, sample: int) -> list[PackedTensor]:
+    """The tensors crossing ``config``'s cut for calibration sample ``sample``, quantised and
+    packed as the device's kernels pack them: in the kernels' layout, each per-channel range
+    along that tensor's own channel axis. Empty for device-only."""
+    arrays = simulator.activations(config.cut)
+    axes = simulator.cut(config.cut).channel_axes
+    return [pack_tensor(a[sample], PackConfig(bits=bits_value(config.bits), granularity=config.granularity,
+                                              axis=axis, layout=KERNEL_LAYOUT)) for a, axis in zip(arrays, axes)]
 
 
 @dataclass(frozen=True)
@@ -61,20 +79,17 @@ class WireBytes:
         return self._costs[config]
 
     def _measure(self, config: Config) -> WireCost:
-        arrays = self.simulator.activations(config.cut)
-        if not arrays:  # device-only
+        if not self.simulator.activations(config.cut):  # device-only
             return WireCost(0.0, 0.0, 0.0, 0)
-        pack = PackConfig(bits=bits_value(config.bits), granularity=config.granularity, axis=CHANNEL_AXIS,
-                          layout="stream")
         sizes, encode_s, decode_s = [], [], []
         for i in range(self.samples):
-            packed = [pack_tensor(a[i], pack) for a in arrays]
+            packed = packed_cut(self.simulator, config, i)
             start = time.perf_counter()
             frame = encode_packed([t.relayout(config.layout) for t in packed], codec=config.codec,
                                   cut_id=config.cut, request_id=i)
             middle = time.perf_counter()
             for tensor in decode_packed(frame).tensors:
-                tensor.relayout("stream")   # the cloud's unpack kernel reads the stream layout
+                tensor.relayout(KERNEL_LAYOUT)   # what the cloud's unpack kernel reads
             decode_s.append(time.perf_counter() - middle)
             encode_s.append(middle - start)
             sizes.append(len(frame))

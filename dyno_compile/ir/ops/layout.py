@@ -5,6 +5,8 @@ from dyno_compile.errors import GraphError
 
 DATA_LAYOUTS = ("NCHW", "NHWC")
 KERNEL_LAYOUTS = ("OIHW", "HWIO")
+#: The channel axis of a tensor whose layout nothing states: NCHW's, and a 2-D tensor's features.
+DEFAULT_CHANNEL_AXIS = 1
 
 
 def check_layout(layout: str, allowed: tuple[str, ...]) -> str:

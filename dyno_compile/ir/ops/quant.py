@@ -21,23 +21,17 @@ from math import prod
 import jax
 import jax.numpy as jnp
 
+from dyno_compile.ir.ops.layout import DEFAULT_CHANNEL_AXIS
 from dyno_compile.ir.ops.registry import REQUIRED, register_op
+from dyno_compile.packing.vocab import MIN_SCALE, check_granularity, code_dtype
 
-_Q_ATTRS = {"bits": REQUIRED, "granularity": "tensor", "axis": 1}
-
-
-def code_dtype(bits: int) -> jnp.dtype:
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be 1..16, got {bits}")
-    return jnp.uint8 if bits <= 8 else jnp.uint16
+_Q_ATTRS = {"bits": REQUIRED, "granularity": "tensor", "axis": DEFAULT_CHANNEL_AXIS}
 
 
 def _reduce_axes(x: jax.Array, granularity: str, axis: int) -> tuple[int, ...]:
-    if granularity == "tensor":
+    if check_granularity(granularity) == "tensor":
         return tuple(range(x.ndim))
-    if granularity == "channel":
-        return tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+    return tuple(a for a in range(x.ndim) if a != axis % x.ndim)
 
 
 def _per_channel(v: jax.Array, x: jax.Array, granularity: str, axis: int) -> jax.Array:
@@ -60,7 +54,7 @@ def quant_range(x: jax.Array, *, bits: int, granularity: str, axis: int) -> jax.
     scale = (hi - lo) * jnp.float32(1 / (2**bits - 1))
     # A (near-)constant input has no usable range: codes 0 and dequantisation to lo. The
     # test is "scale below the smallest normal float32" since XLA flushes subnormals to 0.
-    scale = jnp.where(scale < jnp.float32(2.0**-126), jnp.float32(1.0), scale)
+    scale = jnp.where(scale < MIN_SCALE, jnp.float32(1.0), scale)
     return jnp.stack([lo, scale])
 
 
@@ -74,7 +68,7 @@ def quantize(x: jax.Array, rng: jax.Array, *, bits: int, granularity: str, axis:
     return jnp.clip(q, 0, 2**bits - 1).astype(code_dtype(bits))
 
 
-@register_op("dequantize", inputs=2, kind="quant", attrs={"granularity": "tensor", "axis": 1})
+@register_op("dequantize", inputs=2, kind="quant", attrs={"granularity": "tensor", "axis": DEFAULT_CHANNEL_AXIS})
 def dequantize(codes: jax.Array, rng: jax.Array, *, granularity: str, axis: int) -> jax.Array:
     lo, scale = (_per_channel(rng[i], codes, granularity, axis) for i in (0, 1))
     return codes.astype(jnp.float32) * scale + lo

@@ -1,4 +1,5 @@
-"""The configuration space DynO searches, and what one configuration measures.
+"""One configuration of a split model, and what it measures: shared by the search that
+finds them, the runtime that serves them and the evaluation that replays them.
 
 A configuration is everything the device and the cloud must agree on for one request:
 where to cut, how to code the crossing tensors (width, range granularity) and how to
@@ -6,6 +7,9 @@ ship them (bit layout, lossless codec). An :class:`Evaluation` holds the four
 bandwidth-independent measures of a configuration — device time, cloud time, bytes on the
 wire and accuracy — so the run-time selector can rank a Pareto set of them under any
 live bandwidth, round-trip time and load without measuring anything again.
+
+It sits beside :mod:`dyno_compile.errors`, importing only it and the packing vocabulary,
+so the runtime can read a Pareto set without importing the search.
 """
 from __future__ import annotations
 
@@ -13,32 +17,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dyno_compile.errors import InputError
-
-FLOAT_BITS = ("float32", "float16")
-LAYOUTS = ("stream", "bitplane")
-CODECS = ("none", "lz4", "zstd")
-GRANULARITIES = ("tensor", "channel")
-
-
-def bits_key(bits: int | str) -> str:
-    """Bits as the artifact's cut table spells them: ``"8"``, ``"float16"``."""
-    text = str(bits)
-    if text in FLOAT_BITS or (text.isdigit() and 1 <= int(text) <= 16):
-        return text
-    raise InputError(f"bits must be 1..16, 'float16' or 'float32', got {bits!r}")
-
-
-def bits_value(bits: int | str) -> int | str:
-    """Bits as the passes and the packing library take them: ``8``, ``"float16"``."""
-    text = bits_key(bits)
-    return text if text in FLOAT_BITS else int(text)
+from dyno_compile.packing.vocab import bits_key, check_codec, check_granularity, check_layout, refused_as
 
 
 @dataclass(frozen=True, order=True)
 class Config:
-    """One point of the space. ``cut`` is a cut position of the artifact's cut table; for
-    float widths ``granularity`` is irrelevant and kept at ``"tensor"``; for the
-    device-only cut nothing is sent and only ``cut`` matters."""
+    """One point of the space. ``cut`` is a cut position of the artifact's cut table;
+    ``bits`` is spelt as the cut table spells it (``"8"``, ``"float16"``); for float widths
+    ``granularity`` is irrelevant and kept at ``"tensor"``; for the device-only cut nothing
+    is sent and only ``cut`` matters."""
 
     cut: int
     bits: str = "float32"
@@ -47,10 +34,11 @@ class Config:
     codec: str = "none"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", bits_key(self.bits))
-        for name, allowed in (("granularity", GRANULARITIES), ("layout", LAYOUTS), ("codec", CODECS)):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        with refused_as(InputError):
+            object.__setattr__(self, "bits", bits_key(self.bits))
+            check_granularity(self.granularity)
+            check_layout(self.layout)
+            check_codec(self.codec)
 
     @property
     def label(self) -> str:
