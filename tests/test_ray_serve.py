@@ -33,10 +33,11 @@ from dyno_compile.errors import InputError
 from dyno_compile.frontend.jax_import import from_jax
 from dyno_compile.passes import run_passes
 from dyno_compile.runtime import protocol, ray_serve
+from dyno_compile.runtime.endpoint import connect
 from dyno_compile.runtime.http_transport import HttpTransport
 from dyno_compile.runtime.protocol import Status
 from dyno_compile.runtime.sides import DeviceSide
-from dyno_compile.runtime.transport import TransportError, connect
+from dyno_compile.runtime.transport import Reason, TransportError
 
 #: ray.init forks its daemons after JAX has started threads (the artifact build): subprocess
 #: forks and execs at once, so the warning does not apply.
@@ -176,7 +177,7 @@ def test_wrong_route_is_a_transport_error(endpoint):
     transport = connect(endpoint.rsplit("/", 1)[0] + "/no-such-route", token=TOKEN)
     with pytest.raises(TransportError) as e:
         transport.call(b"x", 10.0)
-    assert e.value.code == "HTTP 404"
+    assert e.value.reason is Reason.REJECTED and "HTTP 404" in str(e.value)
 
 
 def test_closed_port_fails_promptly():
@@ -185,7 +186,7 @@ def test_closed_port_fails_promptly():
     with pytest.raises(TransportError) as e:
         transport.call(b"x", 5.0)
     assert time.perf_counter() - start < 1.0
-    assert e.value.code == "ConnectionRefusedError"
+    assert e.value.reason is Reason.UNREACHABLE and "ConnectionRefusedError" in str(e.value)
 
 
 def test_silent_server_times_out():
@@ -196,7 +197,7 @@ def test_silent_server_times_out():
         start = time.perf_counter()
         with pytest.raises(TransportError) as e:
             transport.call(b"x" * 1000, 0.3)
-        assert e.value.code == "timeout"
+        assert e.value.reason is Reason.TIMEOUT
         assert 0.25 < time.perf_counter() - start < 2.0
 
 
@@ -231,11 +232,12 @@ def test_reconnects_after_the_server_closes_and_after_errors():
         busy = HttpTransport(f"{base}/busy")
         with pytest.raises(TransportError) as e:
             busy.call(b"abc", 5.0)
-        assert e.value.code == "HTTP 503"
+        assert e.value.reason is Reason.BUSY and "HTTP 503" in str(e.value)
         assert transport.call(b"after", 5.0) == b"retfa" + b"Bearer t"
         transport.close()
-        with pytest.raises(TransportError):
+        with pytest.raises(TransportError) as e:
             transport.call(b"closed", 5.0)
+        assert e.value.reason is Reason.CLOSED
     finally:
         server.shutdown()
         server.server_close()

@@ -26,8 +26,14 @@ from dyno_compile.runtime import (
     UplinkTrace,
     predict,
 )
-from dyno_compile.runtime.client import MAX_PROBE_BYTES, MIN_SAMPLE_BYTES, PROBE_GROWTH, PROBE_SECONDS, UplinkProbe
 from dyno_compile.runtime.link import PACKET_BYTES
+from dyno_compile.runtime.observations import (
+    MAX_PROBE_BYTES,
+    MIN_SAMPLE_BYTES,
+    PROBE_GROWTH,
+    PROBE_SECONDS,
+    UplinkProbe,
+)
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from conftest import shared_data
 

@@ -17,7 +17,9 @@ from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime import make_policy
 from dyno_compile.runtime.client import DeviceClient
+from dyno_compile.runtime.endpoint import connect
 from dyno_compile.runtime.engine import CloudEngine, EngineOptions, ReplayGuard
+from dyno_compile.runtime.grpc_transport import INFER_METHOD, status_reason
 from dyno_compile.runtime.protocol import (
     Kind,
     ProtocolError,
@@ -31,7 +33,7 @@ from dyno_compile.runtime.protocol import (
 )
 from dyno_compile.runtime.server import CloudServer, ServerOptions
 from dyno_compile.runtime.sides import DeviceSide
-from dyno_compile.runtime.transport import INFER_METHOD, TransportError, connect
+from dyno_compile.runtime.transport import TransportError
 from dyno_compile.search.calibration import load_calibration
 from tests.conftest import rel_err, shared_data
 
@@ -250,7 +252,8 @@ def test_grpc_refusing_a_call_for_load_keeps_the_endpoint(artifact, server, cifa
 
         def refused(request, timeout_s):
             transport.call = real_call
-            raise TransportError(server.endpoint, "RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
+            raise TransportError(server.endpoint, status_reason("RESOURCE_EXHAUSTED"),
+                                 "gRPC RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!")
 
         transport.call = refused
         first, second = client.run(cifar.x[:1]), client.run(cifar.x[1:2])

@@ -39,10 +39,10 @@ from dyno_compile.packing import decode_packed  # noqa: E402
 from dyno_compile.runtime import protocol  # noqa: E402
 from dyno_compile.runtime.client import DeviceClient  # noqa: E402
 from dyno_compile.runtime.engine import CloudEngine, EngineOptions  # noqa: E402
+from dyno_compile.runtime.grpc_transport import INFER_METHOD, SERVICE_NAME  # noqa: E402
 from dyno_compile.runtime.protocol import Kind, Status  # noqa: E402
 from dyno_compile.runtime.server import CloudServer, ServerOptions  # noqa: E402
 from dyno_compile.runtime.sides import DeviceSide  # noqa: E402
-from dyno_compile.runtime.transport import INFER_METHOD, SERVICE_NAME  # noqa: E402
 from dyno_compile.search.calibration import load_calibration  # noqa: E402
 
 from conftest import rel_err, shared_data  # noqa: E402

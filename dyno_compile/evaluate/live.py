@@ -44,11 +44,11 @@ from dyno_compile.evaluate.shaper import LinkShaper
 from dyno_compile.evaluate.traces import LabelledTrace
 from dyno_compile.packing import encode_packed
 from dyno_compile.runtime.client import ClientOptions, DeviceClient
+from dyno_compile.runtime.endpoint import connect
 from dyno_compile.runtime.link import LinkEstimator
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES, decode_reply, encode_request, model_id
 from dyno_compile.runtime.selector import Selector, is_device_only
 from dyno_compile.runtime.sides import DeviceSide
-from dyno_compile.runtime.transport import connect
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet, default_calibration
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, packed_cut

@@ -6,8 +6,9 @@ discrete-event replay takes milliseconds, is deterministic and can run every pol
 every trace. For it to say anything about the live system, the selector must see only
 what the live :class:`~dyno_compile.runtime.client.DeviceClient` sees: a
 :class:`~dyno_compile.runtime.link.LinkEstimator` fed by the simulated observations of
-the frames actually sent, never the trace itself. So the replay follows ``client.py``'s
-rules (its constants are imported, not copied):
+the frames actually sent, never the trace itself. So the replay reports what it
+simulates to the client's own :class:`~dyno_compile.runtime.observations.LinkObserver`,
+which holds the rules:
 
 * each request asks the selector under the estimator's current conditions;
 * the device's time samples the device load, the server's reported time (its queue
@@ -51,14 +52,15 @@ import numpy as np
 
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
-from dyno_compile.runtime.client import MIN_SAMPLE_BYTES, ClientOptions, UplinkProbe
+from dyno_compile.runtime.client import ClientOptions
 from dyno_compile.runtime.link import PACKET_BYTES, Conditions, LinkEstimator, UplinkTrace
+from dyno_compile.runtime.observations import LinkObserver, ping_timeout_s
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
 from dyno_compile.runtime.selector import DEFAULT_MAX_IN_FLIGHT, Prediction, Selector, is_device_only
 
 MODES = ("sequential", "pipelined")
-#: The client's ping timeout (``DeviceClient._ping_timeout_s``) with its default options.
-DEFAULT_PING_TIMEOUT_S = min(ClientOptions.timeout_s, 1.0)
+#: The client's ping timeout with its default options.
+DEFAULT_PING_TIMEOUT_S = ping_timeout_s(ClientOptions.timeout_s)
 #: Arrivals this close after a delivery opportunity still catch it: simulated times are
 #: sums of floats, and one ulp past a millisecond must not cost a whole opportunity.
 _EPSILON_S = 1e-9
@@ -279,6 +281,8 @@ class _Replay:
     def __init__(self, selector: Selector, trace: UplinkTrace, settings: ReplaySettings,
                  estimator: LinkEstimator) -> None:
         self.selector, self.settings, self.link = selector, settings, estimator
+        self.observer = LinkObserver(estimator, probe_every_s=settings.probe_every_s,
+                                     probe_bytes=settings.probe_bytes, ping_timeout_s=settings.ping_timeout_s)
         self.uplink = _Uplink(trace)
         self.frame_delivered_s = 0.0
         self.cloud_free_s = 0.0
@@ -291,8 +295,6 @@ class _Replay:
         self.started = 0
         self.in_flight = 0
         self.device_busy = False
-        self.last_uplink_sample_s = -math.inf  # as the client: its first probe is padded
-        self.uplink_probe = UplinkProbe(settings.probe_bytes)
         self.next_probe = settings.start_s  # when the scheduled probe is due (a retry brings it forward)
         self.stopped = False
 
@@ -339,8 +341,7 @@ class _Replay:
 
     def device_done(self, request: _Request) -> None:
         e = request.evaluation
-        if e.device_s > 0 and request.device_s > 0:
-            self.link.observe_device(request.device_s, e.device_s)
+        self.observer.device(request.device_s, e.device_s)
         self.device_busy = False
         if is_device_only(e):
             self.finish(request, "device")
@@ -359,15 +360,11 @@ class _Replay:
         self.at(self.cloud_free_s + self.settings.rtt_s / 2, lambda: self.reply(request))
 
     def reply(self, request: _Request) -> None:
-        """The client's ``_observe_offload``: cloud load from the server's time, the uplink
-        from what is left of the wait once the estimated round trip is taken off."""
+        """The answer is back: observed as the client observes its replies
+        (:meth:`LinkObserver.offload`)."""
         e = request.evaluation
-        if request.cloud_s > 0 and e.cloud_s > 0:
-            self.link.observe_cloud(request.server_s, e.cloud_s)
-        transfer_s = self.now - request.sent_s - request.server_s - self.link.conditions().rtt_s
-        if e.bytes >= MIN_SAMPLE_BYTES and transfer_s > 0:
-            self.link.observe_transfer(e.bytes, transfer_s)
-            self.last_uplink_sample_s = self.now
+        self.observer.offload(e.bytes, self.now - request.sent_s, server_s=request.server_s, compute_s=request.cloud_s,
+                              profiled_cloud_s=e.cloud_s, now_s=self.now)
         self.finish(request, "cloud")
 
     def finish(self, request: _Request, where: str) -> None:
@@ -390,25 +387,27 @@ class _Replay:
     # --- the prober ----------------------------------------------------------------------
 
     def probe(self) -> None:
-        """The client's ``_measure_link``: an empty ping, then, if no frame has sampled the
-        uplink for ``probe_every_s``, a padded one sized to the bandwidth estimate."""
+        """The client's ``_measure_link``: an empty ping, then a padded one when the
+        observer wants the uplink sampled (:meth:`LinkObserver.padding`)."""
         s = self.settings
         if self.done:
             return
         self.next_probe = self.now + s.probe_every_s
         self.at(self.next_probe, self.probe_when_due)
-        size = 0
-        if s.probe_bytes and self.now - self.last_uplink_sample_s >= s.probe_every_s:
-            size = self.uplink_probe.size(self.link.conditions().bandwidth)
+        size = self.observer.padding(self.now)
         rtt = self.uplink.send(self.now, REQUEST_HEADER_BYTES) - self.now + s.rtt_s  # a ping is a packet too
-        if not size:
-            self.at(self.now + rtt, lambda: self.link.observe_rtt(rtt))
-            return
-        self.probes.append(ProbeRecord(self.now, size))
-        self.at(self.now + rtt, lambda: self.send_padded(size, rtt))
+        if size:
+            self.probes.append(ProbeRecord(self.now, size))
+        self.at(self.now + rtt, lambda: self.ping_reply(size, rtt))
 
-    def send_padded(self, size: int, rtt: float) -> None:
+    def ping_reply(self, size: int, rtt: float) -> None:
+        """The empty ping is back after ``rtt``: the round trip is the sample, or the padded
+        ping of ``size`` bytes goes next, answered when the uplink has carried it or timed
+        out at the ping timeout."""
         s = self.settings
+        if not size:
+            self.observer.round_trip(rtt)
+            return
         sent = self.now
         returned = self.uplink.send(sent, size) + s.rtt_s
         timed_out = returned - sent > s.ping_timeout_s
@@ -416,14 +415,10 @@ class _Replay:
                 lambda: self.padded_reply(size, sent, timed_out, rtt))
 
     def padded_reply(self, size: int, sent_s: float, timed_out: bool, rtt: float) -> None:
-        """As the client (:meth:`LinkEstimator.observe_padded_ping`); a time-out reads as
-        the timeout."""
-        s = self.settings
-        padded = s.ping_timeout_s + self.link.conditions().rtt_s if timed_out else self.now - sent_s
-        sampled = self.link.observe_padded_ping(rtt, size, padded)
-        if sampled:
-            self.last_uplink_sample_s = self.now
-        if self.uplink_probe.again(sampled, size):  # the client's next tick probes again
+        """The padded ping is back, or timed out: observed as the client observes it
+        (:meth:`LinkObserver.padded_ping`)."""
+        padded = None if timed_out else self.now - sent_s
+        if self.observer.padded_ping(rtt, size, padded, self.now):  # the client's next tick probes again
             self.next_probe = self.now
             self.at(self.now, self.probe_when_due)
 

@@ -3,16 +3,22 @@
 Per request the client asks the :class:`~dyno_compile.runtime.selector.Selector` for a
 configuration under the live conditions, runs the device segments up to its cut, packs
 the crossing tensors into a frame and sends it to a cloud endpoint, which answers with
-the output. Every observation feeds the :class:`LinkEstimator`: the device's own time,
-the server's reported queue and compute time (cloud load), and the time the frame spent
-on the network (uplink bandwidth, once the round trip measured by pings is taken off).
+the output. Every observation feeds the :class:`LinkEstimator`, by the rules of
+:class:`~dyno_compile.runtime.observations.LinkObserver` (the trace replay's too): the
+device's own time, the server's reported queue and compute time (cloud load), and the
+time the frame spent on the network (uplink bandwidth, once the round trip measured by
+pings is taken off).
 
 No request is lost to the network. Both sides hold the whole model, so when a transfer
 fails — refused, reset, timed out, an error reply, a reply that does not decode — the
 device runs the remaining segments from the activations it already has. The endpoint
 is then skipped until a background prober's ping gets through (retry interval doubling
 from ``retry_after_s`` to ``max_retry_after_s``). While every endpoint is down the
-client runs device-only, and with no endpoints at all it never needs a server.
+client runs device-only, and with no endpoints at all it never needs a server. Busy is
+not down: a transport's back-pressure (:attr:`Reason.BUSY`: gRPC's concurrency limit, an
+HTTP 429 or 503) or an ``OVERLOADED`` reply finishes the request on the device and keeps
+the endpoint. The client decides on a failure's :class:`Reason` only, so it behaves the
+same over gRPC and HTTP.
 
 The prober also keeps the link estimates fresh when requests do not: an empty ping now
 and then for the round trip, and, while the selector keeps everything on the device (so
@@ -35,7 +41,9 @@ import numpy as np
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
+from dyno_compile.runtime.endpoint import connect
 from dyno_compile.runtime.link import Conditions, LinkEstimator
+from dyno_compile.runtime.observations import LinkObserver, ping_timeout_s
 from dyno_compile.runtime.protocol import (
     Kind,
     ProtocolError,
@@ -47,41 +55,7 @@ from dyno_compile.runtime.protocol import (
 )
 from dyno_compile.runtime.selector import Decision, Policy, Selector, is_device_only, make_policy, predict
 from dyno_compile.runtime.sides import DeviceSide
-from dyno_compile.runtime.transport import Transport, TransportError, connect
-
-#: Frames smaller than this do not sample the uplink: their transfer time is below the
-#: noise of the round trip that is subtracted from it.
-MIN_SAMPLE_BYTES = 1500
-#: A padded probe is sized to take about this long at the estimated bandwidth, within
-#: ``ClientOptions.probe_bytes`` .. MAX_PROBE_BYTES.
-PROBE_SECONDS = 0.01
-MAX_PROBE_BYTES = 1 << 20
-#: Growth of the padding after a padded ping that could not be told from the round trip.
-PROBE_GROWTH = 4
-
-
-@dataclass
-class UplinkProbe:
-    """The prober's padded pings, one rule for the client and the replay: sized to take
-    about ``PROBE_SECONDS`` at the current estimate (``min_bytes`` .. ``MAX_PROBE_BYTES``),
-    and, when one took no longer than the round trip (a link faster than the padding can
-    show: 16 KB cross a 700 Mbit/s 5G uplink in 0.2 ms), grown ``PROBE_GROWTH``-fold and
-    sent again at once rather than after ``probe_every_s`` — meanwhile the selector
-    chooses from the prior, and a 5G client kept resnet50 on the device for 2 s."""
-
-    min_bytes: int
-    scale: int = 1
-
-    def size(self, bandwidth: float) -> int:
-        return int(min(max(self.min_bytes, PROBE_SECONDS * bandwidth) * self.scale, MAX_PROBE_BYTES))
-
-    def again(self, sampled: bool, size: int) -> bool:
-        """After a padded ping of ``size`` bytes: whether to send a bigger one at once."""
-        if sampled or size >= MAX_PROBE_BYTES:
-            self.scale = 1
-            return False
-        self.scale *= PROBE_GROWTH
-        return True
+from dyno_compile.runtime.transport import Reason, Transport, TransportError
 
 
 @dataclass
@@ -158,6 +132,8 @@ class DeviceClient:
         self.device = DeviceSide(self.artifact, o.device_target)
         self.device.warm_up()  # the first VM calls pay one-off set-up that is not device load
         self.link = o.link or LinkEstimator()
+        self._observer = LinkObserver(self.link, probe_every_s=o.probe_every_s, probe_bytes=o.probe_bytes,
+                                      ping_timeout_s=ping_timeout_s(o.timeout_s))
         if o.selector is not None:
             self.selector = o.selector
         else:
@@ -169,9 +145,7 @@ class DeviceClient:
         self._next = 0
         self._lock = threading.Lock()        # one request at a time (the VM)
         self._state = threading.Lock()       # estimator and endpoint state, shared with the prober
-        self._last_uplink_sample = -float("inf")  # nothing known of the uplink: the first probe is padded
         self._last_rtt_probe = -float("inf")
-        self._uplink_probe = UplinkProbe(o.probe_bytes)
         self._closed = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, name="dyno-prober", daemon=True)
         if self._endpoints:
@@ -204,17 +178,18 @@ class DeviceClient:
             try:
                 reply = self._call(endpoint, request, request_id)
             except (TransportError, ProtocolError) as e:
-                # Busy is not down: an OVERLOADED reply (with load figures) or gRPC's own
-                # concurrency limit refusing the call keeps the endpoint.
-                if isinstance(e, ProtocolError) and e.status is Status.OVERLOADED and e.reply is not None:
-                    self._observe_busy(evaluation, e.reply)
-                elif not (isinstance(e, TransportError) and e.code == "RESOURCE_EXHAUSTED"):
+                if not _busy(e):
                     self._mark_down(endpoint)
+                elif isinstance(e, ProtocolError) and e.reply is not None:  # OVERLOADED, with the load figures
+                    with self._state:
+                        self._observer.busy(evaluation.cloud_s, in_flight=e.reply.in_flight, workers=e.reply.workers)
                 output = self.device.finish(env, config.cut)
                 return Result(output, decision, "fallback", time.perf_counter() - start, len(request),
                               endpoint.transport.endpoint, str(e))
             network_s = time.perf_counter() - sent
-            self._observe_offload(evaluation, len(request), network_s, reply)
+            with self._state:
+                self._observer.offload(len(request), network_s, server_s=reply.server_s, compute_s=reply.compute_s,
+                                       profiled_cloud_s=evaluation.cloud_s, now_s=time.monotonic())
             return Result(reply.output.reshape(self.device.output_shape), decision, "cloud",
                           time.perf_counter() - start, len(request), endpoint.transport.endpoint, reply=reply)
 
@@ -256,27 +231,8 @@ class DeviceClient:
         return reply
 
     def _observe_device(self, seconds: float, evaluation: Evaluation) -> None:
-        if evaluation.device_s > 0 and seconds > 0:
-            with self._state:
-                self.link.observe_device(seconds, evaluation.device_s)
-
-    def _observe_offload(self, evaluation: Evaluation, nbytes: int, network_s: float, reply: Reply) -> None:
-        """Cloud load from the server's own time; uplink from what is left of the wait."""
         with self._state:
-            if reply.compute_s > 0 and evaluation.cloud_s > 0:
-                self.link.observe_cloud(reply.server_s, evaluation.cloud_s)
-            transfer_s = network_s - reply.server_s - self.link.conditions().rtt_s
-            if nbytes >= MIN_SAMPLE_BYTES and transfer_s > 0:
-                self.link.observe_transfer(nbytes, transfer_s)
-                self._last_uplink_sample = time.monotonic()
-
-    def _observe_busy(self, evaluation: Evaluation, reply: Reply) -> None:
-        """An OVERLOADED reply: the queue ahead holds ``in_flight`` requests over ``workers``
-        VMs, so this one would have waited about that many service times."""
-        if evaluation.cloud_s > 0:
-            with self._state:
-                load = (reply.in_flight + 1) / max(reply.workers, 1)
-                self.link.observe_cloud(load * evaluation.cloud_s, evaluation.cloud_s)
+            self._observer.device(seconds, evaluation.device_s)
 
     def _mark_down(self, endpoint: _Endpoint) -> None:
         with self._state:
@@ -297,7 +253,7 @@ class DeviceClient:
             up = [e for e in self._endpoints if e.up]
             if up and now - self._last_rtt_probe >= self.options.probe_every_s:
                 self._last_rtt_probe = now
-                self._measure_link(up[0], uplink=now - self._last_uplink_sample >= self.options.probe_every_s)
+                self._measure_link(up[0], now)
             if self._closed.wait(tick):
                 return
 
@@ -305,7 +261,7 @@ class DeviceClient:
         """Seconds for one ping carrying ``padding`` bytes; raises on any failure."""
         request = encode_request(b"\0" * padding, model=self.model, kind=Kind.PING)
         start = time.perf_counter()
-        reply = decode_reply(endpoint.transport.call(request, self._ping_timeout_s))
+        reply = decode_reply(endpoint.transport.call(request, self._observer.ping_timeout_s))
         if not reply.ok:
             raise ProtocolError(reply.status, reply.message)
         return time.perf_counter() - start - reply.server_s
@@ -319,11 +275,9 @@ class DeviceClient:
             endpoint.connected = True
         return self._ping(endpoint)
 
-    @property
-    def _ping_timeout_s(self) -> float:
-        return min(self.options.timeout_s, 1.0)
-
     def _revive(self, endpoint: _Endpoint) -> None:
+        """A down endpoint is up again once a ping gets through; until then (a busy answer
+        included) the retry interval doubles."""
         try:
             rtt = self._round_trip(endpoint)
         except (TransportError, ProtocolError):
@@ -332,44 +286,42 @@ class DeviceClient:
                 endpoint.next_probe = time.monotonic() + endpoint.retry_after_s
             return
         with self._state:
-            self.link.observe_rtt(rtt)
+            self._observer.round_trip(rtt)
             endpoint.up = True
 
-    def _measure_link(self, endpoint: _Endpoint, *, uplink: bool) -> None:
-        """An empty ping for the round trip; with ``uplink``, a padded one for the uplink
-        (:meth:`LinkEstimator.observe_padded_ping`). The padding is sized to take >= ~10 ms
-        at the current estimate (at most 1 MiB), so the transfer stands out of the round
-        trip's jitter."""
-        size = 0
-        if uplink and self.options.probe_bytes:
-            with self._state:
-                size = self._uplink_probe.size(self.link.conditions().bandwidth)
+    def _measure_link(self, endpoint: _Endpoint, now: float) -> None:
+        """An empty ping for the round trip, then, when the observer wants the uplink
+        sampled (:meth:`LinkObserver.padding`), a padded one. A padded ping that times out
+        is a slow link, not a dead one (:meth:`LinkObserver.padded_ping`); a busy answer
+        keeps the endpoint with nothing learnt; any other failure marks it down."""
+        with self._state:
+            size = self._observer.padding(now)
+        padded: float | None = None
         try:
             rtt = self._round_trip(endpoint)
-        except (TransportError, ProtocolError):
-            self._mark_down(endpoint)
-            return
-        try:
-            padded = self._ping(endpoint, size) if size else None
-        except TransportError as e:
-            if e.code != "DEADLINE_EXCEEDED":
+            if size:
+                try:
+                    padded = self._ping(endpoint, size)
+                except TransportError as e:
+                    if e.reason is not Reason.TIMEOUT:
+                        raise
+        except (TransportError, ProtocolError) as e:
+            if not _busy(e):
                 self._mark_down(endpoint)
-                return
-            # The server just answered the empty ping: the link is slow, not down, and the
-            # padding took at least the whole timeout.
-            padded = self._ping_timeout_s + self.link.conditions().rtt_s
-        except ProtocolError:
-            self._mark_down(endpoint)
             return
         with self._state:
-            if padded is None:
-                self.link.observe_rtt(rtt)
-                return
-            sampled = self.link.observe_padded_ping(rtt, size, padded)
-            if sampled:
-                self._last_uplink_sample = time.monotonic()
-            if self._uplink_probe.again(sampled, size):
+            if not size:
+                self._observer.round_trip(rtt)
+            elif self._observer.padded_ping(rtt, size, padded, time.monotonic()):
                 self._last_rtt_probe = -float("inf")  # the next tick probes again, with more padding
+
+
+def _busy(e: TransportError | ProtocolError) -> bool:
+    """Whether a failure means the endpoint is there but loaded: the transport's
+    back-pressure or an ``OVERLOADED`` reply. Busy is not down."""
+    if isinstance(e, TransportError):
+        return e.reason is Reason.BUSY
+    return e.status is Status.OVERLOADED
 
 
 def _selector(artifact: Artifact, policy: Policy, needed: bool) -> Selector | None:

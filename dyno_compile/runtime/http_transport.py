@@ -5,7 +5,10 @@ before it.
 A request is one ``POST`` of the request envelope's bytes; the answer is the reply
 envelope, always with HTTP 200 — the deployment's refusals are inside the envelope, so the
 client decodes them exactly as it does a gRPC reply. Any other outcome (another HTTP
-status, refused, reset, timed out, a reply too large) is a :class:`TransportError`.
+status, refused, reset, timed out, a reply too large) is a :class:`TransportError` whose
+:class:`Reason` says what it means to the client: Ray Serve's back-pressure (429, 503) is
+busy, its request time-out (408) and a gateway's (504) a time-out, like a socket time-out
+here, so a slow or loaded deployment is not taken for a dead one.
 
 Only the standard library: keep-alive connections from a small pool, one per concurrent
 caller, so the transport is thread-safe without serialising callers. A connection that
@@ -16,14 +19,13 @@ connection the server had already closed is retried once on a fresh one.
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
 import threading
 import time
 from urllib.parse import urlsplit
 
 from dyno_compile.errors import InputError
-from dyno_compile.runtime.transport import Transport, TransportError
+from dyno_compile.runtime.transport import Reason, Transport, TransportError
 
 #: The largest reply accepted (the same bound as gRPC's message limit): a server — or a
 #: proxy in between — cannot make the client buffer without limit.
@@ -37,6 +39,10 @@ _CHUNK = 1 << 20
 #: Failures of a reused keep-alive connection that mean the server closed it before
 #: reading the request: worth one retry on a fresh connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+#: HTTP statuses with a meaning of their own to the client; any other 4xx is
+#: :attr:`Reason.REJECTED`, anything else :attr:`Reason.PROTOCOL`.
+STATUS_REASONS = {408: Reason.TIMEOUT, 504: Reason.TIMEOUT, 429: Reason.BUSY, 503: Reason.BUSY,
+                  502: Reason.UNREACHABLE}
 
 
 class HttpTransport(Transport):
@@ -102,7 +108,7 @@ class HttpTransport(Transport):
         stale = []
         with self._lock:
             if self._closed:
-                raise TransportError(self.endpoint, "closed", "the transport was closed")
+                raise TransportError(self.endpoint, Reason.CLOSED, "the transport was closed")
             conn = None
             while self._idle and not fresh:
                 candidate, since = self._idle.pop()
@@ -132,14 +138,15 @@ class HttpTransport(Transport):
         response = conn.getresponse()
         if response.status != 200:
             detail = response.read(_DETAIL_BYTES).decode("utf-8", "replace").strip()
-            raise TransportError(self.endpoint, f"HTTP {response.status}", detail or response.reason)
+            raise TransportError(self.endpoint, status_reason(response.status),
+                                 f"HTTP {response.status} {response.reason}" + (f": {detail}" if detail else ""))
         length = response.getheader("Content-Length")
         if length is not None:
             if not length.isdigit():
-                raise TransportError(self.endpoint, "bad-response", f"Content-Length {length!r}")
+                raise TransportError(self.endpoint, Reason.PROTOCOL, f"Content-Length {length!r}")
             if int(length) > MAX_REPLY_BYTES:
-                raise TransportError(self.endpoint, "too-large", f"a reply of {int(length)} bytes exceeds the "
-                                                                 f"limit of {MAX_REPLY_BYTES}")
+                raise TransportError(self.endpoint, Reason.PROTOCOL, f"a reply of {int(length)} bytes exceeds "
+                                                                     f"the limit of {MAX_REPLY_BYTES}")
         chunks, size = [], 0
         while True:
             _set_timeout(conn, deadline)
@@ -148,15 +155,28 @@ class HttpTransport(Transport):
                 break
             size += len(chunk)
             if size > MAX_REPLY_BYTES:
-                raise TransportError(self.endpoint, "too-large", f"a reply over the limit of {MAX_REPLY_BYTES} bytes")
+                raise TransportError(self.endpoint, Reason.PROTOCOL,
+                                     f"a reply over the limit of {MAX_REPLY_BYTES} bytes")
             chunks.append(chunk)
         if response.will_close:
             conn.close()  # http.client reconnects it on the next request
         return b"".join(chunks)
 
     def _error(self, e: BaseException) -> TransportError:
-        code = "timeout" if isinstance(e, (TimeoutError, socket.timeout)) else type(e).__name__
-        return TransportError(self.endpoint, code, str(e) or type(e).__name__)
+        """A failed exchange as its reason: a time-out, a socket that failed (refused, reset,
+        unresolvable, TLS), or an answer that was not HTTP."""
+        if isinstance(e, TimeoutError):  # socket.timeout too
+            reason = Reason.TIMEOUT
+        elif isinstance(e, OSError):
+            reason = Reason.UNREACHABLE
+        else:
+            reason = Reason.PROTOCOL
+        return TransportError(self.endpoint, reason, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+
+def status_reason(status: int) -> Reason:
+    """The :class:`Reason` for an HTTP status other than 200."""
+    return STATUS_REASONS.get(status, Reason.REJECTED if 400 <= status < 500 else Reason.PROTOCOL)
 
 
 def _set_timeout(conn: http.client.HTTPConnection, deadline: float) -> None:

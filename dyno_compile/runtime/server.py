@@ -27,8 +27,8 @@ from pathlib import Path
 
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.engine import CloudEngine
+from dyno_compile.runtime.grpc_transport import GRPC_MAX_MESSAGE, INFER_METHOD, SERVICE_NAME
 from dyno_compile.runtime.protocol import Status, encode_reply, is_ping
-from dyno_compile.runtime.transport import GRPC_MAX_MESSAGE, INFER_METHOD, SERVICE_NAME
 
 #: Calls gRPC lets in beyond twice the queue and workers, each answered OVERLOADED at once.
 OVERLOAD_HEADROOM = 32

@@ -1,34 +1,52 @@
-"""How a device client reaches a cloud endpoint: one request's bytes out, the reply's back.
+"""What every transport from a device client to a cloud endpoint shares: one request's
+bytes out, the reply's back, and one vocabulary for failing to get them.
 
-An endpoint is a URL: ``grpc://host:port`` (the ``serve`` command; ``grpcs://`` with TLS)
-or ``http://host:port/route`` (the Ray Serve deployment; ``https://`` with TLS). Every
-failure to get a reply — refused, reset, timed out, a gRPC status — is one
-:class:`TransportError`, which the client answers by finishing the request on the device.
-The shared token travels as ``authorization: Bearer <token>`` in both.
+The concrete transports are :mod:`.grpc_transport` (the ``serve`` command) and
+:mod:`.http_transport` (the Ray Serve deployment, or any HTTP front before it);
+:func:`dyno_compile.runtime.endpoint.connect` picks one from an endpoint URL. This module
+imports neither, so each can import it and nothing here depends on a wire.
+
+Every failure to get a reply is one :class:`TransportError` whose :class:`Reason` comes
+from a closed set, mapped by each transport from its own codes (gRPC status codes; HTTP
+statuses and socket errors). The client decides on the reason alone — busy is not down, a
+padded ping that timed out is a slow link — so it behaves the same whichever wire carried
+the call; the transport's own code stays in the message for people.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
-from urllib.parse import urlsplit
+from enum import Enum
 
-from dyno_compile.errors import DynoError, InputError
+from dyno_compile.errors import DynoError
 
-#: The gRPC method that carries a request envelope and returns a reply envelope, both as
-#: raw bytes (no protobuf: the envelopes are the documented binary format).
-INFER_METHOD = "/dyno.Cloud/Infer"
-SERVICE_NAME = "dyno.Cloud"
-#: gRPC's own bound on message size, raised to the server's request limit.
-GRPC_MAX_MESSAGE = 64 << 20
+
+class Reason(Enum):
+    """Why no reply came back, in the terms the client acts on."""
+
+    #: No answer within the call's time: the link or the server is slow (or gone).
+    TIMEOUT = "timeout"
+    #: The endpoint is up but turned the call away for load (back-pressure): try it again,
+    #: do not mark it down.
+    BUSY = "busy"
+    #: No connection: refused, reset, unresolvable, a TLS handshake that failed, or a proxy
+    #: that could not reach the server behind it.
+    UNREACHABLE = "unreachable"
+    #: The endpoint answered but will not serve this call: authentication, a wrong route or
+    #: method, a request it cannot take.
+    REJECTED = "rejected"
+    #: The exchange broke: a malformed or oversized reply, or an error inside the server.
+    PROTOCOL = "protocol"
+    #: This transport was closed; it takes no more calls.
+    CLOSED = "closed"
 
 
 class TransportError(DynoError):
-    """No reply came back from ``endpoint``; ``code`` is the transport's reason (a gRPC
-    status name, an HTTP status, ``"timeout"``)."""
+    """No reply came back from ``endpoint``, for ``reason``; ``detail`` keeps the transport's
+    own words (a gRPC status name, an HTTP status, a socket error) for the message."""
 
-    def __init__(self, endpoint: str, code: str, detail: str) -> None:
-        self.endpoint, self.code = endpoint, code
-        super().__init__(f"{endpoint}: {code}: {detail}")
+    def __init__(self, endpoint: str, reason: Reason, detail: str) -> None:
+        self.endpoint, self.reason, self.detail = endpoint, reason, detail
+        super().__init__(f"{endpoint}: {reason.value}: {detail}")
 
 
 class Transport(ABC):
@@ -41,59 +59,3 @@ class Transport(ABC):
 
     def close(self) -> None:
         """Release connections (a closed transport may not be used again)."""
-
-
-class GrpcTransport(Transport):
-    """One HTTP/2 channel to a ``serve`` endpoint; gRPC reconnects it after a failure."""
-
-    def __init__(self, endpoint: str, address: str, *, tls_ca: bytes | None, use_tls: bool,
-                 token: str | None) -> None:
-        import grpc
-
-        super().__init__(endpoint)
-        options = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-                   ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
-                   # Retry a broken connection quickly: the client probes a server that came back.
-                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
-        if use_tls:
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca),
-                                                options)
-        else:
-            self._channel = grpc.insecure_channel(address, options)
-        self._infer = self._channel.unary_unary(INFER_METHOD)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._rpc_error = grpc.RpcError
-
-    def call(self, request: bytes, timeout_s: float) -> bytes:
-        try:
-            return self._infer(request, timeout=timeout_s, metadata=self._metadata)
-        except self._rpc_error as e:
-            code = e.code().name if hasattr(e, "code") else "UNKNOWN"
-            detail = e.details() if hasattr(e, "details") else str(e)
-            raise TransportError(self.endpoint, code, detail or "") from None
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-def connect(endpoint: str, *, token: str | None = None, tls_ca: str | Path | None = None) -> Transport:
-    """A transport for ``endpoint`` (see the module docstring); ``tls_ca``: a PEM file of
-    the CA that signed the server's certificate (system roots when omitted)."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.hostname or parts.port is None:
-        raise InputError(f"endpoint {endpoint!r}: expected grpc://host:port, grpcs://host:port or "
-                         "http(s)://host:port/route")
-    ca = _read_ca(tls_ca) if tls_ca is not None else None
-    if parts.scheme in ("grpc", "grpcs"):
-        return GrpcTransport(endpoint, f"{parts.hostname}:{parts.port}", tls_ca=ca, use_tls=parts.scheme == "grpcs",
-                             token=token)
-    from dyno_compile.runtime.http_transport import HttpTransport
-
-    return HttpTransport(endpoint, tls_ca=ca, token=token)
-
-
-def _read_ca(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"TLS CA file {path}: {e.strerror}") from None
