@@ -73,14 +73,15 @@ def _run(args: argparse.Namespace) -> int:
     from dyno_compile.frontend.resolve import load_model
     from dyno_compile.passes import run_passes
     from dyno_compile.errors import InputError
-    from dyno_compile.packing import bits_key, bits_value
+    from dyno_compile.packing import bits_key, bits_value, refused_as
     from dyno_compile.search.profile import profile_library
     from dyno_compile.targets import get_target
     from dyno_compile.targets.compile import gpu_available
 
     if args.images < 1:
         raise InputError(f"--images must be at least 1, got {args.images}")
-    wanted = {bits_key(b) for b in args.bits}
+    with refused_as(InputError):
+        wanted = {bits_key(b) for b in args.bits}
     spec = get_target(args.cloud)
     if spec.is_gpu and not gpu_available(spec):
         print(f"no GPU for {spec.name} on this machine: run this where one is (or --cloud host to check the steps)")

@@ -40,7 +40,7 @@ def test_without_a_gpu_it_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--cloud", "nope"], "unknown target 'nope'"),
-    (["--cloud", "host", "--bits", "x"], "bits must be 1..16"),
+    (["--cloud", "host", "--bits", "x"], "bits must be an int in 1..16"),
     (["--cloud", "host", "--images", "0"], "--images must be at least 1"),
     (["--cloud", "host", "--artifact", "/nonexistent"], "no such artifact"),
 ])
