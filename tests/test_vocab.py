@@ -132,8 +132,8 @@ def test_min_scale_is_the_smallest_normal_float32():
 
 
 def test_each_layer_reports_a_bad_word_in_its_own_error_class():
-    from dyno_compile.artifact.plan import plan_build
     from conftest import conv_bn_relu_graph
+    from dyno_compile.artifact.plan import plan_build
 
     cases = [
         (lambda: Config(0, "17"), InputError, "bits must be an int in 1..16"),

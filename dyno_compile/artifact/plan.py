@@ -7,13 +7,14 @@ channel axis), so a ResNet's many cuts of equal shape share a handful of kernels
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from dyno_compile.errors import DynoError
 from dyno_compile.ir import Graph, TensorType
-from dyno_compile.passes import CutPoint, find_cuts
 from dyno_compile.packing.vocab import Mode, check_granularity, refused_as
+from dyno_compile.passes import CutPoint, find_cuts
 from dyno_compile.passes.insert_pack import check_bits, pack_graph, unpack_graph
 from dyno_compile.passes.segment import Segment, segment
 

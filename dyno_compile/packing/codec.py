@@ -25,8 +25,8 @@ takes no level (0).
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import lz4.block
 import numpy as np
