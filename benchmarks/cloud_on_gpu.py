@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     from dyno_compile.packing import bits_key, bits_value, refused_as
     from dyno_compile.search.profile import profile_library
     from dyno_compile.targets import get_target
-    from dyno_compile.targets.compile import gpu_available
+    from dyno_compile.targets.runner import gpu_available
 
     if args.images < 1:
         raise InputError(f"--images must be at least 1, got {args.images}")

@@ -49,7 +49,7 @@ def main() -> int:
 
     from dyno_compile import packing
     from dyno_compile.ir import Graph
-    from dyno_compile.targets.compile import ModuleRunner, compile_functions
+    from dyno_compile.targets import ModuleRunner, compile_functions
     from timing import median_seconds
 
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes]
@@ -86,7 +86,7 @@ def main() -> int:
         return median_seconds(fn, repeat=args.repeat, min_ms=args.min_ms)
 
     def time_tvm(name, inputs) -> float:
-        return runner.time(name, inputs, repeat=args.repeat, min_repeat_ms=args.min_ms)
+        return float(np.median(runner.time(name, inputs, repeat=args.repeat, min_repeat_ms=args.min_ms)))
 
     header = (f"{'shape':>16} {'bits':>4} | {'pack TVM us':>11} {'NumPy us':>9} {'ratio':>6} | "
               f"{'unpack TVM us':>13} {'NumPy us':>9} {'ratio':>6}")

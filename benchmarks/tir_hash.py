@@ -29,7 +29,8 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "resnet20")
 CUT_KERNELS = "cut-kernels"
@@ -45,9 +46,9 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def scheduled_digest(compile_fn: Callable[[], Any]) -> tuple[str, dict[str, float]]:
+def scheduled_digest(compile_fn: Callable[..., Any], *args: Any) -> tuple[str, dict[str, float]]:
     """``(sha256 of the scheduled module's script, step timings)`` of the one build that
-    ``compile_fn`` makes (``compile_graph`` or ``compile_functions``)."""
+    ``compile_fn(*args)`` makes (``compile_graph`` or ``compile_functions``)."""
     import tvm
 
     build = tvm.compile
@@ -61,7 +62,7 @@ def scheduled_digest(compile_fn: Callable[[], Any]) -> tuple[str, dict[str, floa
 
     tvm.compile = capture
     try:
-        c = compile_fn()
+        c = compile_fn(*args)
     finally:
         tvm.compile = build
     timings = dict(c.timings)
@@ -119,12 +120,12 @@ def main() -> int:
         if name == CUT_KERNELS:
             graphs = cut_kernel_graphs()
             for target in CUT_TARGETS:
-                ok &= _report(f"{name}/{target}", [scheduled_digest(lambda: compile_functions(graphs, target))
+                ok &= _report(f"{name}/{target}", [scheduled_digest(compile_functions, graphs, target)
                                                    for _ in range(args.repeat)])
             continue
         m = zoo.get_model(name)
         graph = run_passes(from_jax(m.fn, m.params, m.random_input()))
-        ok &= _report(name, [scheduled_digest(lambda: compile_graph(graph, "host")) for _ in range(args.repeat)])
+        ok &= _report(name, [scheduled_digest(compile_graph, graph, "host") for _ in range(args.repeat)])
     return 0 if ok else 1
 
 

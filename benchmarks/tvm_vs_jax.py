@@ -42,7 +42,7 @@ def main() -> int:
     from dyno_compile.frontend.jax_import import from_jax
     from dyno_compile.ir import Interpreter
     from dyno_compile.passes import run_passes
-    from dyno_compile.targets import HostRunner, compile_graph, get_target
+    from dyno_compile.targets import ModuleRunner, compile_graph, get_target
     from timing import median_seconds
 
     host = get_target("host")
@@ -63,10 +63,10 @@ def main() -> int:
         ref = np.asarray(Interpreter(g)(x))
         for label, sched in variants:
             c = compile_graph(g, host, schedule=sched)
-            runner = HostRunner(c)
-            y = runner([x])[0]
+            runner = ModuleRunner(c)
+            y = runner.run("main", [x])[0]
             err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
-            t_tvm = float(np.median(runner.time([x], repeat=args.repeat, min_repeat_ms=args.min_ms)))
+            t_tvm = float(np.median(runner.time("main", [x], repeat=args.repeat, min_repeat_ms=args.min_ms)))
             comp = ", ".join(f"{k} {v:.2f}" for k, v in c.timings.items())
             print(f"{name:10s} {label:12s} {t_tvm * 1e3:9.3f} ms   jax {t_jax * 1e3:9.3f} ms   "
                   f"tvm/jax {t_tvm / t_jax:5.2f}   rel err {err:.1e}   compile s: {comp} (import {t_import:.2f})")

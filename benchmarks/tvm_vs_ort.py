@@ -65,8 +65,10 @@ def main() -> int:
     from dyno_compile.frontend.jax_import import from_jax
     from dyno_compile.ir import Interpreter
     from dyno_compile.passes import run_passes
-    from dyno_compile.targets import HostRunner, compile_graph, get_target
-    from dyno_compile.targets.tune import RECORD_FILE, fused_module, match_records, tune
+    from dyno_compile.targets import ModuleRunner, compile_graph, get_target
+    from dyno_compile.targets.compile import fused_module
+    from dyno_compile.targets.records import RECORD_FILE, match_records
+    from dyno_compile.targets.tune import tune
     from onnx_export import export_onnx, ort_session
 
     host = get_target("host")
@@ -89,13 +91,10 @@ def main() -> int:
             return (time.perf_counter() - t0) / number
         return measure
 
-    def tvm_timer(runner: HostRunner, x):
-        vm_args = runner.args([x])
-        runner.vm["main"](*vm_args)
-        runner.vm.set_input("main", *vm_args)
-        timer = runner.vm.time_evaluator("invoke_stateful", runner.device, number=1, repeat=1,
-                                         min_repeat_ms=args.min_ms)
-        return lambda: float(timer("main").mean)
+    def tvm_timer(runner: ModuleRunner, x):
+        """Seconds per call of the build's ``main``, one round of at least ``--min-ms``."""
+        inputs = runner.args("main", [x])
+        return lambda: float(runner.time("main", inputs, repeat=1, min_repeat_ms=args.min_ms)[0])
 
     rows = []
     for name in args.models:
@@ -130,16 +129,16 @@ def main() -> int:
 
         variants: dict[str, tuple] = {}
         c = compile_graph(g, host)
-        runner = HostRunner(c)
-        variants["tvm"] = (tvm_timer(runner, x), err(runner([x])[0]), f"compile {c.timings['total']:.1f} s")
+        runner = ModuleRunner(c)
+        variants["tvm"] = (tvm_timer(runner, x), err(runner.run("main", [x])[0]), f"compile {c.timings['total']:.1f} s")
         if records is not None and (records / RECORD_FILE).is_file():
             ct = compile_graph(g, host, records=records)
-            rt = HostRunner(ct)
+            rt = ModuleRunner(ct)
             mt = match_records(fused_module(g, host), records)
             total = len(mt.tuned) + len(mt.slower) + len(mt.untuned)
             note = (f"compile {ct.timings['total']:.1f} s, {len(mt.tuned)}/{total} functions from records"
                     f" ({len(mt.slower)} records slower than tuning-free)")
-            variants["tvm-tuned"] = (tvm_timer(rt, x), err(rt([x])[0]), note)
+            variants["tvm-tuned"] = (tvm_timer(rt, x), err(rt.run("main", [x])[0]), note)
         jfn = jax.jit(m.fn)
         params, xj = jax.device_put(m.params), jax.device_put(x)
         yj = jfn(params, xj).block_until_ready()

@@ -9,7 +9,7 @@ from test_targets import check, conv_graph, normal
 
 from dyno_compile.targets import get_target
 from dyno_compile.targets.blocked_conv import block_weights
-from dyno_compile.targets.tune import fused_module
+from dyno_compile.targets.compile import fused_module
 
 # output channels a multiple of 16, so every SIMD width (4, 8 or 16 float lanes) blocks them
 BLOCKED_CASES = {

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import cloud_on_gpu  # noqa: E402
 
 from dyno_compile.targets import get_target  # noqa: E402
-from dyno_compile.targets.compile import gpu_available  # noqa: E402
+from dyno_compile.targets.runner import gpu_available  # noqa: E402
 
 
 def test_checks_and_times_every_cloud_segment(resnet20_host, tmp_path, capsys):

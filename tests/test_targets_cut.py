@@ -12,21 +12,28 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from math import prod
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rel_err
 
+from conftest import rel_err
 from dyno_compile import packing
 from dyno_compile.errors import InputError
 from dyno_compile.ir import Graph, Interpreter, TensorType
 from dyno_compile.passes import find_cuts, insert_pack
 from dyno_compile.passes.segment import Segment, segment
-from dyno_compile.targets import TargetError, compile_graph, export, run
-from dyno_compile.targets.compile import CompiledModule, ModuleRunner, compile_functions
+from dyno_compile.targets import (
+    CompiledModule,
+    ModuleRunner,
+    TargetError,
+    compile_functions,
+    compile_graph,
+    export,
+    run,
+)
 
 TOL = 1e-4      # whole-model outputs, relative to the output's scale
 TOL_DEQ = 1e-6  # dequantised values: one float32 rounding at most (an FMA where a compiler contracts)
@@ -48,7 +55,8 @@ def pack_graph(shape, mode, name: str | None = None) -> Graph:
 
 def unpack_graph(shape, mode, name: str | None = None) -> Graph:
     """Cloud side: what came off the wire in, the tensor out (``insert_pack.unpack_graph``)."""
-    return insert_pack.unpack_graph(TensorType(tuple(shape), "float32"), mode, name=name or f"unpack_{_key(shape)}_{mode}")
+    return insert_pack.unpack_graph(TensorType(tuple(shape), "float32"), mode,
+                                    name=name or f"unpack_{_key(shape)}_{mode}")
 
 
 _INTERPRETERS: dict[tuple[int, bool], Interpreter] = {}
@@ -117,7 +125,7 @@ def _op_graph(case: str, granularity: str, bits: int) -> Graph:
     return g
 
 
-@lru_cache(maxsize=None)
+@cache
 def _op_module():
     """Every op-level case in ONE module (also exercises compile_functions with ~100 functions)."""
     graphs = {}
@@ -378,10 +386,12 @@ def test_resnet20_every_cut_and_width(resnet20_split, capsys):
 def test_runner_timing_and_errors(resnet20_split):
     s = resnet20_split
     x = s.x
-    assert 0 < s.rd.time("segment_0", [x], repeat=2, min_repeat_ms=1) < 1
+    times = s.rd.time("segment_0", [x], repeat=2, min_repeat_ms=1)
+    assert times.shape == (2,) and np.all((0 < times) & (times < 1))
     with pytest.raises(InputError, match="has no function 'nope'.*segment_0"):
         s.rd.run("nope", [x])
-    with pytest.raises(InputError, match="expects shape"):
+    wrong_shape = r"function 'segment_0': input '\S+' expects float32\[1, 3, 32, 32\], got float32\[1, 2, 32, 32\]"
+    with pytest.raises(InputError, match=wrong_shape):
         s.rd.run("segment_0", [x[:, :2]])
     with pytest.raises(InputError, match="missing weights"):
         ModuleRunner(s.cloud, {})
@@ -419,7 +429,8 @@ _LOAD_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import tvm
-    from dyno_compile.targets.compile import CompiledModule, ModuleRunner
+    from dyno_compile.targets.module import CompiledModule
+    from dyno_compile.targets.runner import ModuleRunner
 
     root = sys.argv[1]
     desc = json.load(open(root + "/cloud.json"))

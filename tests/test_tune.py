@@ -1,4 +1,4 @@
-"""MetaSchedule tuning records (dyno_compile.targets.tune): tuning writes them, a second
+"""MetaSchedule tuning (dyno_compile.targets.tune) and its records (targets.records): tuning writes them, a second
 run reuses them with no new trial, the tuned build equals the IR interpreter, functions
 without records keep the tuning-free schedule, and missing, corrupt or foreign records
 fail clearly. One tiny tuning run (one conv+relu, a few trials, random cost model) is
@@ -10,14 +10,25 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import rel_err
 
+from conftest import rel_err
 from dyno_compile.ir import Graph, Interpreter
 from dyno_compile.targets import get_target
+from dyno_compile.targets.compile import fused_module
+from dyno_compile.targets.records import (
+    DATABASE_FILES,
+    META_FILE,
+    RECORD_FILE,
+    RECORD_FILES,
+    WORKLOAD_FILE,
+    TuneError,
+    apply_records,
+    match_records,
+    records_fingerprint,
+    tuned_functions,
+)
 from dyno_compile.targets.schedule import schedule_module
-from dyno_compile.targets.tune import (DATABASE_FILES, META_FILE, RECORD_FILE, RECORD_FILES, WORKLOAD_FILE,
-                                       TuneError, apply_records, fused_module, match_records, records_fingerprint,
-                                       tune, tuned_functions)
+from dyno_compile.targets.tune import tune
 
 TRIALS = 8
 FAST = dict(trials_per_iter=TRIALS, cost_model="random", population=32)

@@ -9,9 +9,8 @@ from test_blocked_conv import _prim_names
 from test_targets import check, conv_graph, normal
 
 from dyno_compile.ir import Graph
-from dyno_compile.targets import compile_graph, get_target
-from dyno_compile.targets.tune import fused_module
-from dyno_compile.targets import winograd_conv
+from dyno_compile.targets import compile_graph, get_target, winograd_conv
+from dyno_compile.targets.compile import fused_module
 from dyno_compile.targets.schedule import schedule_module
 from dyno_compile.targets.winograd_conv import TILES, transform_weights, winograd_matrices
 

@@ -28,7 +28,7 @@ from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
 from dyno_compile.targets import get_target
 from dyno_compile.targets.compile import compile_functions, export
-from dyno_compile.targets.tune import records_fingerprint
+from dyno_compile.targets.records import records_fingerprint
 
 Progress = Callable[[str], None]
 Finish = Callable[[Path], dict]

@@ -44,7 +44,8 @@ class Artifact:
 
     def runner(self, side: str, target: str = "host") -> Any:
         """A ``ModuleRunner`` over the ``side`` library built for ``target``."""
-        from dyno_compile.targets.compile import CompiledModule, ModuleRunner
+        from dyno_compile.targets.module import CompiledModule
+        from dyno_compile.targets.runner import ModuleRunner
 
         rel = self.library(side, target)
         module = CompiledModule.from_description(self.manifest["libraries"][rel]["module"], self.root / rel)

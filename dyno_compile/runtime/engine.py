@@ -227,7 +227,7 @@ def cloud_target(artifact: Artifact) -> str:
     """The cloud library to load here: a CUDA build where a GPU is present, else the host's.
     ``DYNO_CLOUD_TARGET`` overrides the choice."""
     from dyno_compile.targets import get_target
-    from dyno_compile.targets.compile import gpu_available
+    from dyno_compile.targets.runner import gpu_available
 
     forced = os.environ.get("DYNO_CLOUD_TARGET")
     if forced:

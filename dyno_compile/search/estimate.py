@@ -58,7 +58,7 @@ def function_costs(artifact: Artifact, side: str) -> dict[str, tuple[int, int]]:
 
 
 def _nbytes(tensor: dict) -> int:
-    from dyno_compile.targets.compile import TensorSpec
+    from dyno_compile.targets.module import TensorSpec
 
     return TensorSpec.from_dict(tensor).nbytes
 

@@ -36,7 +36,7 @@ from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storag
 from dyno_compile.search.pareto import SearchSpace
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
 from dyno_compile.targets import get_target
-from dyno_compile.targets.compile import gpu_available
+from dyno_compile.targets.runner import gpu_available
 
 Progress = Callable[[str], None]
 SEARCH_DIR = "search"

@@ -24,7 +24,8 @@ from dyno_compile.errors import DynoError
 
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact
-    from dyno_compile.targets.compile import ModuleRunner, TensorSpec
+    from dyno_compile.targets.module import TensorSpec
+    from dyno_compile.targets.runner import ModuleRunner
 
 SIDES = ("device", "cloud")
 _SOURCE = re.compile(r"^(measured:(rpc:\S+|[\w.-]+)|estimated:roofline:[\w.-]+)$")
@@ -164,7 +165,7 @@ def profile_runner(runner: ModuleRunner, side: str, source: str, *, repeat: int 
             raise ProfileError(f"{runner.module.target.name} {side} library: {MAX_PASSES} timing passes disagree "
                                f"(totals {totals} ms); other load on the machine is moving the figures — profile "
                                "again when it is quiet")
-        passes.append({name: runner.time(name, args, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        passes.append({name: float(np.median(runner.time(name, args, repeat=repeat, min_repeat_ms=min_repeat_ms)))
                        for name, args in inputs.items()})
     seconds = {name: min(p[name] for p in passes) for name in inputs}
     return LibraryProfile(side, runner.module.target.name, source, seconds, repeat=repeat, min_repeat_ms=min_repeat_ms)

@@ -139,7 +139,8 @@ def profile_library_rpc(artifact: Artifact, side: str, target: str, *, tracker: 
     server (an arm64 library on an x86 server is an ``RPCError``). ``timeout`` bounds
     reaching the tracker and getting a server; ``session_timeout`` the whole remote run.
     """
-    from dyno_compile.targets.compile import CompiledModule, ModuleRunner
+    from dyno_compile.targets.module import CompiledModule
+    from dyno_compile.targets.runner import ModuleRunner
 
     check_side(side)
     rel = artifact.library(side, target)

@@ -38,7 +38,8 @@ __all__ = ["block_weights", "constant_nchw_conv", "conv2d_blocked", "legalize_bl
 
 
 def block_weights(w: np.ndarray, block: int) -> np.ndarray:
-    """``OIHW`` weights as ``[O/block, I, KH, KW, block]`` (output channel ``o`` at ``[o // block, ..., o % block]``)."""
+    """``OIHW`` weights as ``[O/block, I, KH, KW, block]`` (output channel ``o`` at
+    ``[o // block, ..., o % block]``)."""
     o, i, kh, kw = w.shape
     return np.ascontiguousarray(w.reshape(o // block, block, i, kh, kw).transpose(0, 2, 3, 4, 1))
 

@@ -54,7 +54,16 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
-from dyno_compile.targets.schedule_common import KEEP, child_blocks, divisors, fuse_loops, pick_factor, static_int
+from dyno_compile.targets.schedule_common import (
+    KEEP,
+    SCHEDULED_ATTR,
+    child_blocks,
+    divisors,
+    fuse_loops,
+    is_scheduled,
+    pick_factor,
+    static_int,
+)
 from dyno_compile.targets.winograd_conv import schedule_winograd
 
 __all__ = ["ScheduleConfig", "ScheduleReport", "config_for", "schedule_module", "schedule_func", "vector_bits"]
@@ -845,7 +854,7 @@ def schedule_module(mod, target, *, threads: int = 1, cfg: ScheduleConfig | None
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0)) == 1:
+        if is_scheduled(func):
             report.functions[gv.name_hint] = "default (already scheduled)"
             continue
         attempts = [("", cfg), ("no local accumulator", replace(cfg, local_accumulator=False)),
@@ -863,7 +872,7 @@ def schedule_module(mod, target, *, threads: int = 1, cfg: ScheduleConfig | None
                 lines = str(exc).strip().splitlines()
                 errors.append(f"{label or 'tiled'}: {type(exc).__name__}: {lines[-1][:200] if lines else ''}")
                 continue
-            updates[gv] = new.with_attr("tirx.is_scheduled", True)
+            updates[gv] = new.with_attr(SCHEDULED_ATTR, True)
             report.functions[gv.name_hint] = how if not errors else f"{how} (after: {errors[0]})"
             break
         else:

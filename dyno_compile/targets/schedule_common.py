@@ -1,13 +1,21 @@
-"""Small queries and choices shared by the CPU schedules (:mod:`.schedule` for single
-reductions, :mod:`.winograd_conv` for Winograd's stages), so neither imports the other's
-private helpers."""
+"""Small queries and choices shared by the schedules (:mod:`.schedule` for single
+reductions, :mod:`.winograd_conv` for Winograd's stages, :mod:`.cut_kernels`, and the
+tuning records that schedule functions too), so none imports another's private helpers."""
 from __future__ import annotations
 
-__all__ = ["KEEP", "child_blocks", "divisors", "fuse_loops", "pick_factor", "static_int"]
+__all__ = ["KEEP", "SCHEDULED_ATTR", "child_blocks", "divisors", "fuse_loops", "is_scheduled", "pick_factor",
+           "static_int"]
 
 #: Block annotation (``te.compute(..., attrs={KEEP: 1})``) by which a legalization keeps a
 #: stage materialised: the schedule does not inline it into its consumers.
 KEEP = "dyno.keep"
+#: PrimFunc attribute (TVM's) of a scheduled function: every later schedule leaves it alone.
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def is_scheduled(func) -> bool:
+    """Whether the PrimFunc ``func`` was scheduled already (cut kernels, tuning records)."""
+    return func.attrs is not None and int(func.attrs.get(SCHEDULED_ATTR, 0)) == 1
 
 
 def static_int(x) -> int | None:

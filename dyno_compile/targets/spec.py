@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from dyno_compile.errors import DynoError
+from dyno_compile.targets.errors import TargetError
 
-__all__ = ["TargetError", "TargetSpec", "get_target", "list_targets", "host_cpu_count"]
+__all__ = ["GPU_KINDS", "TargetSpec", "get_target", "list_targets", "host_cpu_count"]
 
-
-class TargetError(DynoError):
-    """Unknown target name, or a target that cannot do what was asked (run a cross build)."""
+#: TVM target kinds that compile for a GPU: their kernels need thread bindings.
+GPU_KINDS = ("cuda", "rocm", "vulkan", "metal", "opencl")
 
 
 def _freeze(value: Any) -> Any:
@@ -80,7 +80,7 @@ class TargetSpec:
 
     @property
     def is_gpu(self) -> bool:
-        return self.kind in ("cuda", "rocm", "vulkan", "metal", "opencl")
+        return self.kind in GPU_KINDS
 
     @property
     def is_host(self) -> bool:

@@ -31,7 +31,8 @@ legalization.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,8 @@ def conv2d_winograd(data, u, m: int):
 
     padded = te.compute(
         (n, c, rows * m + 2, m * span),
-        lambda b, ci, y, x: tirx.if_then_else(tirx.all(y >= 1, y <= h, x >= 1, x <= w), data[b, ci, y - 1, x - 1], zero),
+        lambda b, ci, y, x: tirx.if_then_else(tirx.all(y >= 1, y <= h, x >= 1, x <= w), data[b, ci, y - 1, x - 1],
+                                              zero),
         name="winograd_pad", attrs={KEEP: 1})
     pad = te.compute((n, c, rows * m + 2, m, span), lambda b, ci, y, q, s: padded[b, ci, y, s * m + q],
                      name="winograd_split")
