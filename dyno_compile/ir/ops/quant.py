@@ -23,6 +23,8 @@ import jax.numpy as jnp
 
 from dyno_compile.ir.ops.layout import DEFAULT_CHANNEL_AXIS
 from dyno_compile.ir.ops.registry import REQUIRED, register_op
+from dyno_compile.packing.bitpack import packed_nbytes
+from dyno_compile.packing.quantize import inverse_levels, levels
 from dyno_compile.packing.vocab import MIN_SCALE, check_granularity, code_dtype
 
 _Q_ATTRS = {"bits": REQUIRED, "granularity": "tensor", "axis": DEFAULT_CHANNEL_AXIS}
@@ -51,7 +53,7 @@ def quant_range(x: jax.Array, *, bits: int, granularity: str, axis: int) -> jax.
     lo, hi = jnp.min(x, axis=axes), jnp.max(x, axis=axes)
     # A multiply, not a division by a constant: XLA rewrites that division into a
     # reciprocal multiply anyway, so stating it keeps every implementation bit-identical.
-    scale = (hi - lo) * jnp.float32(1 / (2**bits - 1))
+    scale = (hi - lo) * inverse_levels(bits)
     # A (near-)constant input has no usable range: codes 0 and dequantisation to lo. The
     # test is "scale below the smallest normal float32" since XLA flushes subnormals to 0.
     scale = jnp.where(scale < MIN_SCALE, jnp.float32(1.0), scale)
@@ -65,7 +67,7 @@ def quantize(x: jax.Array, rng: jax.Array, *, bits: int, granularity: str, axis:
     # Multiply by the reciprocal: XLA turns a division by a broadcast value into exactly
     # that (not correctly rounded otherwise), so every implementation states it the same way.
     q = jnp.round((x - lo) * (jnp.float32(1) / scale))  # round half to even, as NumPy and te.round
-    return jnp.clip(q, 0, 2**bits - 1).astype(code_dtype(bits))
+    return jnp.clip(q, 0, levels(bits)).astype(code_dtype(bits))
 
 
 @register_op("dequantize", inputs=2, kind="quant", attrs={"granularity": "tensor", "axis": DEFAULT_CHANNEL_AXIS})
@@ -85,8 +87,8 @@ def bitpack(codes: jax.Array, *, bits: int) -> jax.Array:
 @register_op("bitunpack", kind="quant", attrs={"bits": REQUIRED, "shape": REQUIRED})
 def bitunpack(packed: jax.Array, *, bits: int, shape: tuple[int, ...]) -> jax.Array:
     count = prod(shape)
-    if packed.shape != ((count * bits + 7) // 8,):
-        raise ValueError(f"{count} codes of {bits} bits need {(count * bits + 7) // 8} bytes, got {packed.shape}")
+    if packed.shape != (packed_nbytes(count, bits),):
+        raise ValueError(f"{count} codes of {bits} bits need {packed_nbytes(count, bits)} bytes, got {packed.shape}")
     stream = ((packed.astype(jnp.uint32)[:, None] >> jnp.arange(8, dtype=jnp.uint32)) & 1).reshape(-1)
     stream = stream[: count * bits].reshape(count, bits)
     codes = (stream << jnp.arange(bits, dtype=jnp.uint32)).sum(axis=1)
