@@ -16,6 +16,7 @@ from dyno_compile.artifact.archive import write_archive
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.store import amend
+from dyno_compile.cli_progress import ProgressDisplay
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.frontend.resolve import load_model
@@ -158,6 +159,8 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--profile-cloud", metavar="TARGET", help="cloud target whose times the search uses")
     g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure the device side on a TVM RPC server")
     g.add_argument("--rpc-key", metavar="KEY", help="the device's key at the RPC tracker")
+    g.add_argument("--verbose", action="store_true",
+                   help="log every trial and measured configuration (default: progress bars only)")
 
 
 def _load(args: argparse.Namespace):
@@ -222,16 +225,16 @@ def _build(args: argparse.Namespace) -> int:
     if args.archive and Path(args.archive).exists() and not args.overwrite:
         raise DynoError(f"{args.archive} already exists; choose another --archive or pass --overwrite")
     t0 = time.perf_counter()
-    with console.status(f"importing and optimising {args.model}") as status:
+    with ProgressDisplay(f"importing and optimising {args.model}", console=console, verbose=args.verbose) as progress:
         graph = _load(args)
         out = Path(args.out or Path("out") / graph.name)
         finish = None
         if not args.no_search:  # bad calibration data fails here, before anything is compiled
             options = _options(args, args.model, graph.inputs[0].shape)
-            finish = finish_with_search(options, default_storage=_storage_beside(out), progress=status.update)
+            finish = finish_with_search(options, default_storage=_storage_beside(out), progress=progress)
         plan = _plan(args, graph, bits, console)
         root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud, overwrite=args.overwrite,
-                                     records=args.records, finish=finish, progress=status.update)
+                                     records=args.records, finish=finish, progress=progress)
     table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")
     for col in ("side", "target", "functions", "compile s", "MiB"):
         table.add_column(col, justify="left" if col in ("side", "target") else "right")
@@ -300,9 +303,9 @@ def _search(args: argparse.Namespace) -> int:
                         "not an archive (re-archive it afterwards with build --archive)")
     artifact = load_artifact(args.artifact)
     options = _options(args, artifact.manifest["model"], artifact.manifest["inputs"][0]["shape"])
-    with Console(stderr=True).status("searching") as status:
+    with ProgressDisplay("searching", verbose=args.verbose) as progress:
         amend(artifact.root, finish_with_search(options, default_storage=_storage_beside(artifact.root),
-                                                progress=status.update))
+                                                progress=progress))
     _print_search(load_artifact(artifact.root))
     return 0
 
@@ -379,7 +382,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                              sets=[s for s in args.sets.split(",") if s], traces_per_set=args.traces_per_set,
                              requests=args.requests, minutes=args.minutes,
                              cache=Path(args.cache) if args.cache else None, live=_live_option(args.live),
-                             progress=lambda m: console.print(m, highlight=False))
+                             progress=lambda m: console.print(str(m), highlight=False))
     best = results["headline"]["best"]
     console.print(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min); ours vs device-only "
                   f"{best['throughput_vs_device_only']:.1f}x, vs Neurosurgeon {best['throughput_vs_neurosurgeon']:.1f}x "

@@ -103,9 +103,23 @@ def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_r
     proc = _cli("search", out, "--evaluations", 12, "--calibration-limit", 64, "--study", "again", "--budget", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Pareto set" in proc.stdout and "measured:host" in proc.stdout
+    # A progress bar, not Optuna's line per trial (the per-trial log is behind --verbose).
+    assert "configurations measured" in proc.stderr and "12/12" in proc.stderr and "on the Pareto set" in proc.stderr
+    assert "Trial " not in proc.stderr
     again = load_artifact(out).manifest["search"]  # checksums verified: the amended artifact is whole
     assert again["study"]["name"] == "again" and again["evaluated"] == 12 and again["accuracy_budget"] == 2
     assert again["calibration"]["samples"] == 64
+
+    verbose = _cli("search", out, "--evaluations", 2, "--calibration-limit", 16, "--study", "loud", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "Trial 0 finished" in verbose.stderr and "configurations measured 1/2: " in verbose.stderr
+
+
+def test_build_shows_a_bar_of_libraries_compiled(tmp_path):
+    proc = _cli("build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32", "--cuts", "single",
+                "--no-search", "--out", tmp_path / "r20", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "libraries compiled" in proc.stderr and "2/2" in proc.stderr
 
 
 @pytest.mark.parametrize("case", ["empty_calibration", "labels_mismatch", "bad_storage", "rpc_unreachable",

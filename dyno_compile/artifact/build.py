@@ -26,11 +26,11 @@ from dyno_compile.artifact.plan import BuildPlan, batched_name
 from dyno_compile.artifact.store import staging, write_manifest
 from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
+from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.targets import get_target
 from dyno_compile.targets.compile import compile_functions, export
 from dyno_compile.targets.records import records_fingerprint
 
-Progress = Callable[[str], None]
 Finish = Callable[[Path], dict]
 
 
@@ -55,7 +55,7 @@ def model_hash(graph: Graph) -> str:
 def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequence[str] = ("arm64",),
                    cloud_targets: Sequence[str] = ("cuda",), overwrite: bool = False,
                    records: str | Path | None = None, finish: Finish | None = None,
-                   progress: Progress = lambda msg: None) -> tuple[Path, list[LibraryBuild]]:
+                   progress: Progress = silent) -> tuple[Path, list[LibraryBuild]]:
     """Compile and write the artifact. ``records``: a MetaSchedule records directory (from
     ``targets.tune``) for the host target; its winning records are applied to the host
     libraries and the directory ships in the artifact under ``tuning/host``.
@@ -68,18 +68,21 @@ def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequ
     functions = {"device": plan.device_functions, "cloud": plan.cloud_functions}
     built: list[LibraryBuild] = []
     libraries = {}
+    total = sum(len(targets) for targets in sides.values())
     with staging(out_dir, overwrite=overwrite) as root:
         save(plan.graph, root / "model")
+        progress(Step("libraries compiled", 0, total))
         for side, targets in sides.items():
             (root / side).mkdir()
             for name in targets:
                 spec = get_target(name)
-                progress(f"compiling {side} library for {spec.name} ({len(functions[side])} functions)")
+                progress(f"compiling the {side} library for {spec.name} ({len(functions[side])} functions)")
                 t = time.perf_counter()
                 module = compile_functions(functions[side], spec, records=records if spec.is_host else None)
                 rel = f"{side}/{spec.name}.so"
                 export(module, root / rel)
                 built.append(LibraryBuild(side, spec.name, rel, time.perf_counter() - t, len(functions[side])))
+                progress(Step("libraries compiled", len(built), total, rel))
                 libraries[rel] = {"side": side, "target": spec.name, "target_spec": _spec_dict(spec),
                                   "module": module.describe()}
         tuning = {}

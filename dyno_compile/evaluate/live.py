@@ -27,12 +27,13 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from dyno_compile.progress import Progress, silent
 from dyno_compile.artifact.load import Artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
@@ -53,7 +54,6 @@ from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet, default_calibration
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, packed_cut
 
-Progress = Callable[[str], None]
 #: Seconds the server process may take to load the artifact and listen.
 SERVER_START_S = 60.0
 #: The live comparison's policies: every replayed one the live client can run (a JPEG
@@ -127,7 +127,7 @@ def emulated_evaluations(prepared: PreparedModel, device_only_s: float) -> tuple
 def live_comparison(prepared: PreparedModel, trace: LabelledTrace, *, rtt_s: float, requests: int = 2 * DEFAULT_SAMPLES,
                     device_only_s: float = 0.2, policy_names: Sequence[str] = LIVE_POLICIES,
                     probe_every_s: float = ClientOptions.probe_every_s,
-                    progress: Progress = lambda msg: None) -> list[LiveComparison]:
+                    progress: Progress = silent) -> list[LiveComparison]:
     """Each policy of ``policy_names`` live over ``trace`` and replayed (see the module)."""
     evaluations, factor = emulated_evaluations(prepared, device_only_s)
     progress(f"{prepared.name}: live run on an emulated device {factor:.0f}x slower than the host, "

@@ -19,17 +19,17 @@ model hash, so a second report costs only the replays.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from dyno_compile.configs import Config, Evaluation
+from dyno_compile.progress import Progress, prefixed, silent
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
 from dyno_compile.artifact.store import ArtifactError
-from dyno_compile.configs import Config, Evaluation
 from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 from dyno_compile.frontend.resolve import load_model
@@ -40,7 +40,6 @@ from dyno_compile.search.pipeline import SearchOptions, search, space_of
 from dyno_compile.search.profile import LibraryProfile, config_times
 from dyno_compile.search.wire_bytes import WireBytes
 
-Progress = Callable[[str], None]
 
 #: The issue's models: real CIFAR-10 ResNets, the real SqueezeNet ONNX, two zoo models.
 MODELS = ("resnet20", "resnet56", "squeezenet", "resnet50", "mobilenet_v2")
@@ -129,7 +128,7 @@ def fastest_somewhere(prepared: PreparedModel, wire: WireBytes, configs: list[Co
 
 
 def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tuple[str, str] = ("arm64", "cuda"),
-                  progress: Progress = lambda msg: None) -> PreparedModel:
+                  progress: Progress = silent) -> PreparedModel:
     """Build, profile, search and evaluate ``name`` under ``cache/name`` (reused when the
     cached evaluation matches the artifact)."""
     root = cache / name
@@ -141,11 +140,11 @@ def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tupl
     graph = run_passes(load_model(model_spec(name)))
     plan = plan_build(graph, candidate_cuts(graph), bits=BITS)
     build_artifact(plan, root, device_targets=["host"], cloud_targets=["host"], overwrite=True,
-                   progress=lambda m: progress(f"{name}: {m}"))
+                   progress=prefixed(progress, name))
     artifact = load_artifact(root)
     calibration = default_calibration(model_spec(name), graph.inputs[0].shape)
     options = SearchOptions(calibration, minutes=minutes, storage=f"sqlite:///{cache / (name + '.study.db')}")
-    result, profiles, evaluator = search(artifact, options, progress=lambda m: progress(f"{name}: {m}"))
+    result, profiles, evaluator = search(artifact, options, progress=prefixed(progress, name))
     prepared = _with_estimates(PreparedModel(name, artifact, list(result.evaluations),
                                              {f"{p.side}/{p.target}": p for p in profiles}, result.baseline_accuracy,
                                              result.accuracy_budget, evaluator.metric, calibration.source), targets)

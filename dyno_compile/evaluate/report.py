@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dyno_compile.progress import Progress
 from dyno_compile.errors import InputError  # noqa: E402
 from dyno_compile.evaluate.compare import OURS, RTT_S, PolicyRun, compare, summarise  # noqa: E402
 from dyno_compile.evaluate.jpeg import measure_jpeg_upload, raw_images  # noqa: E402
@@ -25,7 +26,6 @@ from dyno_compile.evaluate.live import live_comparison  # noqa: E402
 from dyno_compile.evaluate.prepare import MODELS, PreparedModel, prepare_model  # noqa: E402
 from dyno_compile.evaluate.traces import TRACE_SETS, mean_rate, trace_set  # noqa: E402
 
-Progress = Callable[[str], None]
 #: Which real images and preprocessing each model's JPEG baseline uses, and whether the
 #: labels mean anything (the zoo's ImageNet models have random weights).
 JPEG_DATA = {"resnet20": ("cifar10", "cifar10", True), "resnet56": ("cifar10", "cifar10", True),

@@ -28,17 +28,17 @@ from dyno_compile.errors import InputError
 from dyno_compile.passes import annotate_costs
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet
+from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
 from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
 from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storage, run_search
-from dyno_compile.search.pareto import SearchSpace
+from dyno_compile.search.pareto import Objectives, SearchSpace
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
 from dyno_compile.targets import get_target
 from dyno_compile.targets.runner import gpu_available
 
-Progress = Callable[[str], None]
 SEARCH_DIR = "search"
 #: Share of the configuration space the search evaluates unless told otherwise: the
 #: issue's bar (>= 95 % of the exhaustive hypervolume) is met at this share on resnet20.
@@ -173,7 +173,7 @@ def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOpt
 
 
 def search(artifact: Artifact, options: SearchOptions, *, default_storage: str | None = None,
-           progress: Progress = lambda msg: None) -> tuple[SearchResult, list[LibraryProfile], ArtifactEvaluator]:
+           progress: Progress = silent) -> tuple[SearchResult, list[LibraryProfile], ArtifactEvaluator]:
     """Profile both sides, then run the study; the result and every profile taken."""
     device_target = options.device_target or _default_target(artifact, "device")
     cloud_target = options.cloud_target or _default_target(artifact, "cloud")
@@ -189,21 +189,29 @@ def search(artifact: Artifact, options: SearchOptions, *, default_storage: str |
     name = options.study_name or (f"{artifact.manifest['model']}-{artifact.model_hash[:12]}-{device[-1].target}-"
                                   f"{cloud[-1].target}-{artifact.manifest['granularity']}")
     progress(f"searching {budget} of {size} configurations (study {name})")
-    result = run_search(space, _reporting(evaluator, progress, budget), n_trials=4 * budget, max_evaluations=budget,
-                        accuracy_budget=options.accuracy_budget, baseline_accuracy=simulator.float_accuracy,
+    objectives = Objectives(simulator.float_accuracy, options.accuracy_budget)
+    progress(Step("configurations measured", 0, budget))
+    result = run_search(space, _reporting(evaluator, progress, budget, objectives), n_trials=4 * budget,
+                        max_evaluations=budget, accuracy_budget=options.accuracy_budget,
+                        baseline_accuracy=simulator.float_accuracy,
                         storage=options.storage or default_storage, study_name=name, sampler=options.sampler,
                         seed=options.seed, timeout_s=options.minutes and 60 * options.minutes)
     return result, device + cloud, evaluator
 
 
-def _reporting(evaluator: ArtifactEvaluator, progress: Progress, budget: int) -> Callable[[Config], Evaluation]:
-    count = 0
+def _reporting(evaluator: ArtifactEvaluator, progress: Progress, budget: int,
+               objectives: Objectives) -> Callable[[Config], Evaluation]:
+    """The evaluator, reporting a :class:`Step` per configuration measured, with the
+    Pareto set found so far (within the accuracy budget) as the best."""
+    measured: list[Evaluation] = []
 
     def evaluate(config: Config) -> Evaluation:
-        nonlocal count
-        count += 1
-        progress(f"measuring configuration {count}/{budget}: {config.label}")
-        return evaluator(config)
+        evaluation = evaluator(config)
+        measured.append(evaluation)
+        pareto = objectives.pareto(measured)
+        best = f"{len(pareto)} on the Pareto set" if pareto else "none within the accuracy budget yet"
+        progress(Step("configurations measured", len(measured), budget, config.label, best))
+        return evaluation
     return evaluate
 
 
@@ -256,7 +264,7 @@ def preflight(options: SearchOptions, default_storage: str | None) -> None:
 
 
 def finish_with_search(options: SearchOptions, *, default_storage: str | None = None,
-                       progress: Progress = lambda msg: None) -> Callable[[Path], dict[str, Any]]:
+                       progress: Progress = silent) -> Callable[[Path], dict[str, Any]]:
     """A ``finish`` step for :func:`~dyno_compile.artifact.build.build_artifact` and
     :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the
     result. Checks storage and RPC first (:func:`preflight`)."""
