@@ -561,9 +561,7 @@ def _q_attrs(ctx: _Ctx) -> tuple[Any, bool, tuple[int, int, int]]:
     """``(bits, per_channel, 3-D view)`` of a quant_range, quantize or dequantize node
     (``bits`` unchecked; None for dequantize)."""
     a = ctx.attrs
-    granularity = a.get("granularity", "tensor")
-    return (a.get("bits"), granularity == "channel",
-            quant_view(ctx.in_types[0].shape, granularity, a.get("axis", 1)))
+    return a.get("bits"), a["granularity"] == "channel", quant_view(ctx.in_types[0].shape, a["granularity"], a["axis"])
 
 
 @converter("quant_range")

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
-
+from dyno_compile.packing import vocab
+from dyno_compile.packing.quantize import inverse_levels, levels
+from dyno_compile.packing.vocab import refused_as
 from dyno_compile.targets.errors import LoweringError
 from dyno_compile.targets.schedule_common import SCHEDULED_ATTR, child_blocks, fuse_loops, is_scheduled
 from dyno_compile.targets.spec import GPU_KINDS
@@ -46,31 +47,25 @@ CUT_KERNEL_ATTR = "dyno.cut_kernel"
 #: layout (:attr:`CutKernel.group`); the schedules unroll that many.
 GROUP_ATTR = "dyno.group"
 _OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves the call alone
-#: The smallest normal float32: a smaller scale means "no usable range" and becomes 1.
-_MIN_SCALE = 2.0 ** -126
 #: Vector widths (elements) tried for the innermost loop of the kernels, widest first: the
 #: widest divisor of the innermost extent is used (LLVM splits wide vectors into registers).
 _VECTOR_WIDTHS = (32, 16, 8, 4, 2)
 
 
-def _levels(bits: int) -> int:
-    return (1 << bits) - 1
-
-
 def code_dtype(bits: int) -> str:
-    """The dtype of ``bits``-bit codes: uint8 up to 8 bits, uint16 above (as the JAX op)."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
-        raise LoweringError(f"bits must be an int in 1..16, got {bits!r}")
-    return "uint8" if bits <= 8 else "uint16"
+    """The TVM dtype of ``bits``-bit codes (the vocabulary's rule); a bad width is a
+    :class:`LoweringError`."""
+    with refused_as(LoweringError):
+        return vocab.code_dtype(bits).name
 
 
 def quant_view(shape: Sequence[int], granularity: str, axis: int) -> tuple[int, int, int]:
     """``(outer, C, inner)`` of the 3-D view for per-tensor or per-channel ``axis``."""
     n = math.prod(shape)
+    with refused_as(LoweringError):
+        granularity = vocab.check_granularity(granularity)
     if granularity == "tensor":
         return 1, 1, n
-    if granularity != "channel":
-        raise LoweringError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
     if not shape:
         raise LoweringError("per-channel quantisation needs a tensor of rank >= 1")
     a = int(axis) % len(shape)
@@ -137,11 +132,12 @@ def _te_quant_range(x, *, bits: int, per_channel: bool):
     rl = te.reduce_axis((0, lanes), "rl")
     lo, hi = te.compute((channels,), lambda c: minmax((pmin[c, rp, rl], pmax[c, rp, rl]), axis=[rp, rl]),
                         name="range_final")
-    inv_levels = tirx.const(float(np.float32(1 / _levels(bits))), "float32")
+    inv_levels = tirx.const(float(inverse_levels(bits)), "float32")
 
     def row(i, c):
         scale = (hi[c] - lo[c]) * inv_levels
-        scale = tirx.Select(scale < tirx.const(_MIN_SCALE, "float32"), tirx.const(1.0, "float32"), scale)
+        no_range = scale < tirx.const(float(vocab.MIN_SCALE), "float32")
+        scale = tirx.Select(no_range, tirx.const(1.0, "float32"), scale)
         return tirx.Select(i == 0, lo[c], scale)
 
     if per_channel:
@@ -159,7 +155,7 @@ def _te_quantize(x, rng, *, bits: int, per_channel: bool):
     from tvm import te, tirx
 
     one, zero = tirx.const(1.0, "float32"), tirx.const(0.0, "float32")
-    top = tirx.const(float(_levels(bits)), "float32")
+    top = tirx.const(float(levels(bits)), "float32")
     dtype = code_dtype(bits)
 
     def code(o, c, i):
@@ -241,7 +237,7 @@ def _te_bitpack(codes, *, bits: int):
     nbytes = (count * bits + 7) // 8
     period_bytes, period_codes = pack_period(bits)
     full = count % period_codes == 0  # else the last period has fewer codes
-    mask = tirx.const(_levels(bits), "uint32")
+    mask = tirx.const(levels(bits), "uint32")
 
     def code(i):
         if full:
@@ -271,7 +267,7 @@ def _te_bitunpack(packed, *, bits: int, count: int):
 
     period_bytes, period_codes = pack_period(bits)
     dtype = code_dtype(bits)
-    mask = tirx.const(_levels(bits), "uint32")
+    mask = tirx.const(levels(bits), "uint32")
 
     def code(i):
         g, m = i // period_codes, i % period_codes
