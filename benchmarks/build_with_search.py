@@ -9,6 +9,7 @@ the defaults unless flags are passed through after ``--``::
     python benchmarks/build_with_search.py
     python benchmarks/build_with_search.py --models mobilenet_v2 -- --evaluations 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ MODELS = {"squeezenet": str(data_root() / "imagenet" / "squeezenet1.1_fp16.onnx"
 
 def build(model: str, out: Path, extra: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "dyno_compile", "build", model, "--out", str(out), *extra],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dyno_compile", "build", model, "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"build of {model} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -37,10 +41,10 @@ def build(model: str, out: Path, extra: list[str]) -> float:
 
 def main() -> None:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     print(f"{'model':<14}{'wall s':>8}{'goal':>7}  {'space':>6}{'measured':>9}{'Pareto':>7}  times")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -48,9 +52,12 @@ def main() -> None:
             seconds = build(MODELS[name], out, extra)
             s = load_artifact(out).manifest["search"]
             verdict = "met" if seconds < GOAL_S else "MISSED"
-            print(f"{name:<14}{seconds:>8.0f}{verdict:>7}  {s['space_size']:>6}{s['evaluated']:>9}"
-                  f"{len(s['pareto']):>7}  {s['profiles']['device']}, {s['profiles']['cloud']}; "
-                  f"{s['calibration']['samples']} calibration samples, {s['metric']}", flush=True)
+            print(
+                f"{name:<14}{seconds:>8.0f}{verdict:>7}  {s['space_size']:>6}{s['evaluated']:>9}"
+                f"{len(s['pareto']):>7}  {s['profiles']['device']}, {s['profiles']['cloud']}; "
+                f"{s['calibration']['samples']} calibration samples, {s['metric']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ host's cloud library (how the script is tested without a GPU).
     .venv/bin/python benchmarks/cloud_on_gpu.py                     # on a GPU machine
     .venv/bin/python benchmarks/cloud_on_gpu.py --cloud cuda-sm80   # A100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     from dyno_compile.artifact.build import build_artifact
     from dyno_compile.artifact.load import load_artifact, run_split
     from dyno_compile.artifact.plan import candidate_cuts, plan_build
-    from dyno_compile.frontend.resolve import load_model
-    from dyno_compile.passes import run_passes
     from dyno_compile.errors import InputError
+    from dyno_compile.frontend.resolve import load_model
     from dyno_compile.packing import bits_key, bits_value, refused_as
+    from dyno_compile.passes import run_passes
     from dyno_compile.search.profile import profile_library
     from dyno_compile.targets import get_target
     from dyno_compile.targets.runner import gpu_available
@@ -92,8 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         bits = [bits_value(b) for b in args.bits]
         root = Path(tempfile.mkdtemp(prefix="cloud_on_gpu_")) / args.model
         t = time.perf_counter()
-        build_artifact(plan_build(graph, candidate_cuts(graph), bits=bits), root,
-                       device_targets=("host",), cloud_targets=(spec.name,))
+        build_artifact(
+            plan_build(graph, candidate_cuts(graph), bits=bits),
+            root,
+            device_targets=("host",),
+            cloud_targets=(spec.name,),
+        )
         print(f"built {root} in {time.perf_counter() - t:.1f} s")
     art = load_artifact(root)
     graph = art.graph
@@ -108,8 +113,8 @@ def _run(args: argparse.Namespace) -> int:
             if str(b) not in wanted:
                 continue
             for i in range(len(x)):
-                want = run_split(art, x[i:i + 1], cut["position"], str(b), runners=runners["host"])
-                got = run_split(art, x[i:i + 1], cut["position"], str(b), runners=runners[spec.name])
+                want = run_split(art, x[i : i + 1], cut["position"], str(b), runners=runners["host"])
+                got = run_split(art, x[i : i + 1], cut["position"], str(b), runners=runners[spec.name])
                 err = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
                 worst = max(worst, err)
                 checked += 1
@@ -120,21 +125,36 @@ def _run(args: argparse.Namespace) -> int:
 
     gpu = profile_library(art, "cloud", spec.name)
     host = profile_library(art, "cloud", "host")
-    times = [{"function": f, f"{spec.name}_us": gpu.seconds[f] * 1e6, "host_us": host.seconds[f] * 1e6}
-             for f in gpu.seconds]
+    times = [
+        {"function": f, f"{spec.name}_us": gpu.seconds[f] * 1e6, "host_us": host.seconds[f] * 1e6} for f in gpu.seconds
+    ]
     rows = [t for t in times if t["function"].startswith("segment")]
     kernels = [t for t in times if not t["function"].startswith("segment")]
-    result = {"model": args.model, "target": spec.name, "source": gpu.source, "checked_splits": checked,
-              "worst_rel_err": worst, "segments": rows, "cut_kernels": kernels,
-              "total_segments_us": {spec.name: sum(r[f"{spec.name}_us"] for r in rows),
-                                    "host": sum(r["host_us"] for r in rows)}}
+    result = {
+        "model": args.model,
+        "target": spec.name,
+        "source": gpu.source,
+        "checked_splits": checked,
+        "worst_rel_err": worst,
+        "segments": rows,
+        "cut_kernels": kernels,
+        "total_segments_us": {
+            spec.name: sum(r[f"{spec.name}_us"] for r in rows),
+            "host": sum(r["host_us"] for r in rows),
+        },
+    }
     out = args.out or Path(__file__).resolve().parent.parent / "docs" / "gpu"
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{args.model}-{spec.name}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# {args.model}: cloud segments on {spec.name} ({gpu.source}) vs the host", "",
-             f"{checked} splits checked against the host: worst relative error {worst:.1e}.", "",
-             f"| segment | {spec.name} us | host us |", "|---|---:|---:|"]
+    lines = [
+        f"# {args.model}: cloud segments on {spec.name} ({gpu.source}) vs the host",
+        "",
+        f"{checked} splits checked against the host: worst relative error {worst:.1e}.",
+        "",
+        f"| segment | {spec.name} us | host us |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {r['function']} | {r[f'{spec.name}_us']:.1f} | {r['host_us']:.1f} |" for r in rows]
     tot = result["total_segments_us"]
     lines += [f"| all segments | {tot[spec.name]:.1f} | {tot['host']:.1f} |", ""]

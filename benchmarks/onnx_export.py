@@ -9,11 +9,13 @@ elementwise ops, ``pad``, ``slice``, ``flatten``, ``reshape``, ``transpose``,
 
     python benchmarks/onnx_export.py resnet20 resnet18     # export, run ORT, compare with the IR interpreter
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +61,17 @@ def _conv2d(bld: _Builder, node, ins: list[str]) -> None:
     _nchw(node)
     a = node.attrs
     kshape = list(bld.graph.node(node.inputs[1]).shape[2:])
-    bld.node("Conv", ins, node.name, node.name, kernel_shape=kshape, strides=list(a["strides"]),
-             pads=_pads(a["padding"]), dilations=list(a["dilation"]), group=int(a["groups"]))
+    bld.node(
+        "Conv",
+        ins,
+        node.name,
+        node.name,
+        kernel_shape=kshape,
+        strides=list(a["strides"]),
+        pads=_pads(a["padding"]),
+        dilations=list(a["dilation"]),
+        group=int(a["groups"]),
+    )
 
 
 def _dense(bld: _Builder, node, ins: list[str]) -> None:
@@ -81,6 +92,7 @@ def _pool(op: str) -> Callable:
             if "dilations" in kw:
                 raise NotImplementedError(f"node {node.name!r}: dilated average pooling needs opset 19")
         bld.node(op, ins, node.name, node.name, **kw)
+
     return conv
 
 
@@ -96,6 +108,7 @@ def _global_avg_pool(bld: _Builder, node, ins: list[str]) -> None:
 def _simple(op: str, **fixed: Any) -> Callable:
     def conv(bld: _Builder, node, ins: list[str]) -> None:
         bld.node(op, ins, node.name, node.name, **fixed)
+
     return conv
 
 
@@ -104,9 +117,13 @@ def _clip(lo: Any, hi: Any) -> Callable:
         dtype = np.dtype(node.dtype)
         lo_v = node.attrs.get("min") if lo == "attr" else lo
         hi_v = node.attrs.get("max") if hi == "attr" else hi
-        args = [ins[0], bld.const(node.name, np.asarray(lo_v, dtype)) if lo_v is not None else "",
-                bld.const(node.name, np.asarray(hi_v, dtype)) if hi_v is not None else ""]
+        args = [
+            ins[0],
+            bld.const(node.name, np.asarray(lo_v, dtype)) if lo_v is not None else "",
+            bld.const(node.name, np.asarray(hi_v, dtype)) if hi_v is not None else "",
+        ]
         bld.node("Clip", args, node.name, node.name)
+
     return conv
 
 
@@ -114,8 +131,9 @@ def _pad(bld: _Builder, node, ins: list[str]) -> None:
     pads = node.attrs["pads"]
     flat = [int(lo) for lo, _ in pads] + [int(hi) for _, hi in pads]
     value = bld.const(node.name, np.asarray(node.attrs["value"], np.dtype(node.dtype)))
-    bld.node("Pad", [ins[0], bld.const(node.name, np.asarray(flat, np.int64)), value], node.name, node.name,
-             mode="constant")
+    bld.node(
+        "Pad", [ins[0], bld.const(node.name, np.asarray(flat, np.int64)), value], node.name, node.name, mode="constant"
+    )
 
 
 def _slice(bld: _Builder, node, ins: list[str]) -> None:
@@ -123,8 +141,12 @@ def _slice(bld: _Builder, node, ins: list[str]) -> None:
     rank = len(a["starts"])
     steps = a["strides"] or (1,) * rank
     ends = [INT64_MAX if e is None else int(e) for e in a["limits"]]
-    ints = [np.asarray(a["starts"], np.int64), np.asarray(ends, np.int64), np.arange(rank, dtype=np.int64),
-            np.asarray(steps, np.int64)]
+    ints = [
+        np.asarray(a["starts"], np.int64),
+        np.asarray(ends, np.int64),
+        np.arange(rank, dtype=np.int64),
+        np.asarray(steps, np.int64),
+    ]
     args = [ins[0], *(bld.const(node.name, v) for v in ints)]
     bld.node("Slice", args, node.name, node.name)
 
@@ -150,14 +172,34 @@ def _cast(bld: _Builder, node, ins: list[str]) -> None:
 
 
 EXPORTERS: dict[str, Callable] = {
-    "conv2d": _conv2d, "dense": _dense, "max_pool2d": _pool("MaxPool"), "avg_pool2d": _pool("AveragePool"),
-    "global_avg_pool2d": _global_avg_pool, "batch_norm": _batch_norm,
-    "relu": _simple("Relu"), "sigmoid": _simple("Sigmoid"), "tanh": _simple("Tanh"), "exp": _simple("Exp"),
-    "log": _simple("Log"), "sqrt": _simple("Sqrt"), "neg": _simple("Neg"), "abs": _simple("Abs"),
-    "identity": _simple("Identity"), "relu6": _clip(0.0, 6.0), "clip": _clip("attr", "attr"),
-    "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"), "div": _simple("Div"),
-    "maximum": _simple("Max"), "minimum": _simple("Min"),
-    "pad": _pad, "slice": _slice, "flatten": _flatten, "reshape": _reshape, "cast": _cast,
+    "conv2d": _conv2d,
+    "dense": _dense,
+    "max_pool2d": _pool("MaxPool"),
+    "avg_pool2d": _pool("AveragePool"),
+    "global_avg_pool2d": _global_avg_pool,
+    "batch_norm": _batch_norm,
+    "relu": _simple("Relu"),
+    "sigmoid": _simple("Sigmoid"),
+    "tanh": _simple("Tanh"),
+    "exp": _simple("Exp"),
+    "log": _simple("Log"),
+    "sqrt": _simple("Sqrt"),
+    "neg": _simple("Neg"),
+    "abs": _simple("Abs"),
+    "identity": _simple("Identity"),
+    "relu6": _clip(0.0, 6.0),
+    "clip": _clip("attr", "attr"),
+    "add": _simple("Add"),
+    "sub": _simple("Sub"),
+    "mul": _simple("Mul"),
+    "div": _simple("Div"),
+    "maximum": _simple("Max"),
+    "minimum": _simple("Min"),
+    "pad": _pad,
+    "slice": _slice,
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "cast": _cast,
 }
 
 
@@ -165,11 +207,17 @@ def _with_attr(op: str, key: str) -> Callable:
     def conv(bld: _Builder, node, ins: list[str]) -> None:
         value = node.attrs[key]
         bld.node(op, ins, node.name, node.name, **{key: list(value) if isinstance(value, tuple) else int(value)})
+
     return conv
 
 
-EXPORTERS.update({"transpose": _with_attr("Transpose", "perm"), "concat": _with_attr("Concat", "axis"),
-                  "softmax": _with_attr("Softmax", "axis")})
+EXPORTERS.update(
+    {
+        "transpose": _with_attr("Transpose", "perm"),
+        "concat": _with_attr("Concat", "axis"),
+        "softmax": _with_attr("Softmax", "axis"),
+    }
+)
 
 
 def export_onnx(graph, path: str | Path | None = None, *, opset: int = OPSET):
@@ -181,8 +229,11 @@ def export_onnx(graph, path: str | Path | None = None, *, opset: int = OPSET):
     inputs, outputs = [], []
     for node in graph.nodes:
         if node.op == "input":
-            inputs.append(helper.make_tensor_value_info(
-                node.name, helper.np_dtype_to_tensor_dtype(np.dtype(node.dtype)), list(node.shape)))
+            inputs.append(
+                helper.make_tensor_value_info(
+                    node.name, helper.np_dtype_to_tensor_dtype(np.dtype(node.dtype)), list(node.shape)
+                )
+            )
         elif node.op == "const":
             from onnx import numpy_helper
 
@@ -190,14 +241,19 @@ def export_onnx(graph, path: str | Path | None = None, *, opset: int = OPSET):
         elif node.op in EXPORTERS:
             EXPORTERS[node.op](bld, node, list(node.inputs))
         else:
-            raise NotImplementedError(f"node {node.name!r}: op {node.op!r} has no ONNX export "
-                                      f"(exported: {', '.join(sorted(EXPORTERS))})")
+            raise NotImplementedError(
+                f"node {node.name!r}: op {node.op!r} has no ONNX export (exported: {', '.join(sorted(EXPORTERS))})"
+            )
     for name in graph.outputs:
         n = graph.node(name)
-        outputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(n.dtype)),
-                                                     list(n.shape)))
-    model = helper.make_model(helper.make_graph(bld.nodes, graph.name, inputs, outputs, bld.inits),
-                              opset_imports=[helper.make_opsetid("", opset)], producer_name="dyno_compile-bench")
+        outputs.append(
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(n.dtype)), list(n.shape))
+        )
+    model = helper.make_model(
+        helper.make_graph(bld.nodes, graph.name, inputs, outputs, bld.inits),
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="dyno_compile-bench",
+    )
     model.ir_version = min(model.ir_version, 9)  # ONNX Runtime releases lag the onnx package's IR version
     onnx.checker.check_model(model)
     if path is not None:

@@ -16,6 +16,7 @@ shared VM vary 10-15 % from run to run; compare the ratios printed by one run.
     .venv/bin/python benchmarks/pack_kernel.py
     .venv/bin/python benchmarks/pack_kernel.py --bits 8 4 2 1 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ SHAPES = ((1, 16, 32, 32), (1, 64, 56, 56), (1, 256, 28, 28))
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2])
-    p.add_argument("--shapes", nargs="+", default=["x".join(map(str, s)) for s in SHAPES],
-                   help="NCHW shapes as 1x64x56x56")
+    p.add_argument(
+        "--shapes", nargs="+", default=["x".join(map(str, s)) for s in SHAPES], help="NCHW shapes as 1x64x56x56"
+    )
     p.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=7)
@@ -46,11 +48,11 @@ def main() -> int:
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
+    from timing import median_seconds
 
     from dyno_compile import packing
     from dyno_compile.ir import Graph
     from dyno_compile.targets import ModuleRunner, compile_functions
-    from timing import median_seconds
 
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes]
     gran = args.granularity
@@ -78,9 +80,11 @@ def main() -> int:
             graphs[u.name] = u
     module = compile_functions(graphs, "host", name="pack_kernels")
     runner = ModuleRunner(module)
-    print(f"compiled {len(graphs)} functions in one module in {module.timings['total']:.1f} s "
-          f"({', '.join(f'{k} {v:.2f}' for k, v in module.timings.items() if k != 'total')}); "
-          f"TVM threads {threads}, granularity {gran}")
+    print(
+        f"compiled {len(graphs)} functions in one module in {module.timings['total']:.1f} s "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in module.timings.items() if k != 'total')}); "
+        f"TVM threads {threads}, granularity {gran}"
+    )
 
     def time_numpy(fn) -> float:
         return median_seconds(fn, repeat=args.repeat, min_ms=args.min_ms)
@@ -88,8 +92,10 @@ def main() -> int:
     def time_tvm(name, inputs) -> float:
         return float(np.median(runner.time(name, inputs, repeat=args.repeat, min_repeat_ms=args.min_ms)))
 
-    header = (f"{'shape':>16} {'bits':>4} | {'pack TVM us':>11} {'NumPy us':>9} {'ratio':>6} | "
-              f"{'unpack TVM us':>13} {'NumPy us':>9} {'ratio':>6}")
+    header = (
+        f"{'shape':>16} {'bits':>4} | {'pack TVM us':>11} {'NumPy us':>9} {'ratio':>6} | "
+        f"{'unpack TVM us':>13} {'NumPy us':>9} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -99,8 +105,11 @@ def main() -> int:
             k = key(shape, bits)
             packed, rng_ = runner.run(f"pack_{k}", [x])
             codes, params = packing.quantize(x, bits, granularity=gran, axis=1)
-            if packed.tobytes() != packing.pack(codes, bits) or rng_[0].tobytes() != params.lo.tobytes() \
-                    or rng_[1].tobytes() != params.scale.tobytes():
+            if (
+                packed.tobytes() != packing.pack(codes, bits)
+                or rng_[0].tobytes() != params.lo.tobytes()
+                or rng_[1].tobytes() != params.scale.tobytes()
+            ):
                 print(f"MISMATCH at {k}: TVM and NumPy disagree", file=sys.stderr)
                 return 1
             buf = packed.tobytes()
@@ -114,9 +123,11 @@ def main() -> int:
 
             t_pack, n_pack = time_tvm(f"pack_{k}", [x]), time_numpy(np_pack)
             t_unpack, n_unpack = time_tvm(f"unpack_{k}", [packed, rng_]), time_numpy(np_unpack)
-            print(f"{'x'.join(map(str, shape)):>16} {bits:>4} | {t_pack * 1e6:>11.1f} {n_pack * 1e6:>9.1f} "
-                  f"{n_pack / t_pack:>5.1f}x | {t_unpack * 1e6:>13.1f} {n_unpack * 1e6:>9.1f} "
-                  f"{n_unpack / t_unpack:>5.1f}x")
+            print(
+                f"{'x'.join(map(str, shape)):>16} {bits:>4} | {t_pack * 1e6:>11.1f} {n_pack * 1e6:>9.1f} "
+                f"{n_pack / t_pack:>5.1f}x | {t_unpack * 1e6:>13.1f} {n_unpack * 1e6:>9.1f} "
+                f"{n_unpack / t_unpack:>5.1f}x"
+            )
     return 0
 
 

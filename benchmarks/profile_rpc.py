@@ -9,6 +9,7 @@ sides alike. Prints each segment's local and RPC time and their ratio, then the 
     .venv/bin/python benchmarks/profile_rpc.py                      # builds resnet20 (host) first
     .venv/bin/python benchmarks/profile_rpc.py --artifact out/resnet20 --side cloud --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def _artifact(path: Path | None, scratch: Path):
         from dyno_compile.passes import run_passes
 
         graph = run_passes(load_model("resnet20"))
-        path, _ = build_artifact(plan_build(graph, candidate_cuts(graph)), scratch / "resnet20",
-                                 device_targets=("host",), cloud_targets=("host",))
+        path, _ = build_artifact(
+            plan_build(graph, candidate_cuts(graph)),
+            scratch / "resnet20",
+            device_targets=("host",),
+            cloud_targets=("host",),
+        )
     return load_artifact(path)
 
 
@@ -59,15 +64,21 @@ def main() -> int:
     segments = [s["function"] for s in art.segments]
     loc = {f: float(np.median([p.time(f) for p in local])) for f in segments}
     rem = {f: float(np.median([p.time(f) for p in remote])) for f in segments}
-    print(f"{args.side} library, host, median of {args.rounds} alternating rounds "
-          f"({local[0].source} vs {remote[0].source})")
+    print(
+        f"{args.side} library, host, median of {args.rounds} alternating rounds "
+        f"({local[0].source} vs {remote[0].source})"
+    )
     print(f"{'function':<12} {'local us':>10} {'rpc us':>10} {'rpc/local':>10}")
     for f in segments:
         print(f"{f:<12} {loc[f] * 1e6:>10.1f} {rem[f] * 1e6:>10.1f} {rem[f] / loc[f]:>10.2f}")
     total_l, total_r = sum(loc.values()), sum(rem.values())
     print(f"{'sum':<12} {total_l * 1e6:>10.1f} {total_r * 1e6:>10.1f} {total_r / total_l:>10.2f}")
-    print("per-round segment sums, ms: local", [round(p.total(segments) * 1e3, 3) for p in local],
-          "rpc", [round(p.total(segments) * 1e3, 3) for p in remote])
+    print(
+        "per-round segment sums, ms: local",
+        [round(p.total(segments) * 1e3, 3) for p in local],
+        "rpc",
+        [round(p.total(segments) * 1e3, 3) for p in remote],
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ the hypervolume of what it found is printed as a fraction of the exhaustive set'
 so the table must hold every configuration of that grid (the device-only cut, found as the
 cut that sends 0 bytes, needs one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,25 @@ def load_table(path: Path, device_only_cut: int | None) -> tuple[SearchSpace, li
     space's configurations. The device-only cut, unless given, is the cut whose
     evaluations all send 0 bytes."""
     evaluations = [Evaluation.from_dict(d) for d in json.loads(path.read_text())]
-    order = {"cut": int, "bits": lambda b: (-mode_width(b), b not in FLOAT_MODES), "granularity": GRANULARITIES.index,
-             "layout": LAYOUTS.index, "codec": CODECS.index}  # the order SearchSpace's defaults use
+    order = {
+        "cut": int,
+        "bits": lambda b: (-mode_width(b), b not in FLOAT_MODES),
+        "granularity": GRANULARITIES.index,
+        "layout": LAYOUTS.index,
+        "codec": CODECS.index,
+    }  # the order SearchSpace's defaults use
     axes = {name: sorted({getattr(e.config, name) for e in evaluations}, key=key) for name, key in order.items()}
     silent = [c for c in axes["cut"] if all(e.bytes == 0 for e in evaluations if e.config.cut == c)]
     if device_only_cut is None and len(silent) == 1:
         device_only_cut = silent[0]
-    space = SearchSpace(tuple(axes["cut"]), tuple(axes["bits"]), tuple(axes["granularity"]), tuple(axes["layout"]),
-                        tuple(axes["codec"]), device_only_cut)
+    space = SearchSpace(
+        tuple(axes["cut"]),
+        tuple(axes["bits"]),
+        tuple(axes["granularity"]),
+        tuple(axes["layout"]),
+        tuple(axes["codec"]),
+        device_only_cut,
+    )
     configs = set(space.configs())
     missing = configs - {e.config for e in evaluations}
     if missing:
@@ -70,14 +82,27 @@ def load_table(path: Path, device_only_cut: int | None) -> tuple[SearchSpace, li
     return space, [e for e in evaluations if e.config in configs]
 
 
-def run_one(space: SearchSpace, table: list[Evaluation], objectives: Objectives,
-            sampler: str | optuna.samplers.BaseSampler, seed: int,
-            budget: int) -> tuple[float, int, float]:
+def run_one(
+    space: SearchSpace,
+    table: list[Evaluation],
+    objectives: Objectives,
+    sampler: str | optuna.samplers.BaseSampler,
+    seed: int,
+    budget: int,
+) -> tuple[float, int, float]:
     """Hypervolume ratio, trials used and seconds for one sampler, seed and budget."""
     start = time.perf_counter()
-    result = run_search(space, TableEvaluator.of(table), n_trials=TRIAL_CAP * budget, max_evaluations=budget,
-                        accuracy_budget=objectives.accuracy_budget, baseline_accuracy=objectives.baseline_accuracy,
-                        storage=":memory:", sampler=sampler, seed=seed)
+    result = run_search(
+        space,
+        TableEvaluator.of(table),
+        n_trials=TRIAL_CAP * budget,
+        max_evaluations=budget,
+        accuracy_budget=objectives.accuracy_budget,
+        baseline_accuracy=objectives.baseline_accuracy,
+        storage=":memory:",
+        sampler=sampler,
+        seed=seed,
+    )
     return hypervolume_ratio(result.evaluations, table, objectives), result.n_trials, time.perf_counter() - start
 
 
@@ -101,18 +126,24 @@ def main(argv: list[str] | None = None) -> None:
         space, table = load_table(args.table, args.device_only_cut)
         baseline = args.baseline or max(e.accuracy for e in table if e.config.bits == "float32")
     objectives = Objectives(baseline, args.accuracy_budget)
-    print(f"{len(table)} configurations, {len(objectives.pareto(table))} on the exhaustive Pareto front "
-          f"(budget {args.accuracy_budget} points below {baseline:.4f}); {args.seeds} seeds")
+    print(
+        f"{len(table)} configurations, {len(objectives.pareto(table))} on the exhaustive Pareto front "
+        f"(budget {args.accuracy_budget} points below {baseline:.4f}); {args.seeds} seeds"
+    )
     print(f"{'sampler':<14}{'budget':>8}{'evals':>7}{'HV ratio mean':>15}{'min':>8}{'max':>8}{'trials':>8}{'s/run':>8}")
     for fraction in args.budgets:
         budget = max(1, round(fraction * len(table)))
         for name in args.only or CONTENDERS:
-            runs = [run_one(space, table, objectives, make_sampler(name, seed), seed, budget)
-                    for seed in range(args.seeds)]
+            runs = [
+                run_one(space, table, objectives, make_sampler(name, seed), seed, budget) for seed in range(args.seeds)
+            ]
             ratios = [r[0] for r in runs]
-            print(f"{name:<14}{fraction:>7.0%} {budget:>6}{statistics.mean(ratios):>15.4f}{min(ratios):>8.4f}"
-                  f"{max(ratios):>8.4f}{statistics.mean(r[1] for r in runs):>8.0f}"
-                  f"{statistics.mean(r[2] for r in runs):>8.1f}", flush=True)
+            print(
+                f"{name:<14}{fraction:>7.0%} {budget:>6}{statistics.mean(ratios):>15.4f}{min(ratios):>8.4f}"
+                f"{max(ratios):>8.4f}{statistics.mean(r[1] for r in runs):>8.0f}"
+                f"{statistics.mean(r[2] for r in runs):>8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ Timings on a shared VM vary by 2x from run to run; the p99 is mostly the schedul
     .venv/bin/python benchmarks/selector_decision.py
     .venv/bin/python benchmarks/selector_decision.py --replay
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,9 @@ def _evaluation(cut: int, bits: str, codec: str, rng: np.random.Generator) -> Ev
     loss = 0.0 if bits in FLOAT_MODES else 0.001 * (8 / width) * rng.uniform(0.5, 1.0)
     device_s = 0.005 * cut * rng.uniform(0.9, 1.1) + (0.0005 if codec != "none" else 0.0)
     cloud_s = 0.004 * (12 - cut) / 12 * rng.uniform(0.9, 1.1) + 0.0002
-    return Evaluation(Config(cut, bits, codec=codec), device_s, cloud_s, elements * width / 8 * shrink,
-                      BASELINE - loss, 1.0)
+    return Evaluation(
+        Config(cut, bits, codec=codec), device_s, cloud_s, elements * width / 8 * shrink, BASELINE - loss, 1.0
+    )
 
 
 def random_conditions(count: int, rng: np.random.Generator) -> list[Conditions]:
@@ -110,8 +112,8 @@ def python_lowest_latency(candidates: Sequence[Evaluation]) -> Callable[[Conditi
 
     def choose(c: Conditions) -> Evaluation:
         per_byte = 1.0 / c.bandwidth
-        return min(rows, key=lambda r: r[0] * c.device_load + r[1] * per_byte + r[2] * c.rtt_s
-                   + r[3] * c.cloud_load)[4]
+        return min(rows, key=lambda r: r[0] * c.device_load + r[1] * per_byte + r[2] * c.rtt_s + r[3] * c.cloud_load)[4]
+
     return choose
 
 
@@ -122,10 +124,21 @@ def decision_times(args: argparse.Namespace) -> bool:
     print(f"decision time, {len(candidates)} candidates, {len(conditions)} requests (us per request)")
     print(f"{'policy':20s} {'admitted':>8s} {'median':>8s} {'p99':>8s}  goal {GOAL_US:.0f} us")
     met = True
-    for name in ("lowest-latency", "highest-throughput", "onloading", "device-only", "cloud-only",
-                 "neurosurgeon", "fixed-8bit"):
-        selector = Selector(candidates, make_policy(name, **POLICY_OPTIONS.get(name, {})),
-                            accuracy_baseline=BASELINE, accuracy_budget=BUDGET)
+    for name in (
+        "lowest-latency",
+        "highest-throughput",
+        "onloading",
+        "device-only",
+        "cloud-only",
+        "neurosurgeon",
+        "fixed-8bit",
+    ):
+        selector = Selector(
+            candidates,
+            make_policy(name, **POLICY_OPTIONS.get(name, {})),
+            accuracy_baseline=BASELINE,
+            accuracy_budget=BUDGET,
+        )
         median, p99 = time_calls(selector.select, conditions)
         verdict = "met" if p99 <= GOAL_US else "MISSED"
         met &= verdict == "met"
@@ -191,8 +204,10 @@ def step_requests(make: Callable, before: float, after: float, rng: np.random.Ge
 def noise_spread(make: Callable, rng: np.random.Generator, n: int = 20_000) -> float:
     """Standard deviation of the log estimate around a constant 2 Mbit/s with noise and outliers."""
     estimator = make()
-    logs = [math.log(estimator.update(2 * MBIT * math.exp(rng.normal(0, 0.3)) * (0.1 if rng.random() < 0.05 else 1.0)))
-            for _ in range(n)]
+    logs = [
+        math.log(estimator.update(2 * MBIT * math.exp(rng.normal(0, 0.3)) * (0.1 if rng.random() < 0.05 else 1.0)))
+        for _ in range(n)
+    ]
     return float(np.std(logs[20:]))
 
 
@@ -223,9 +238,15 @@ def compare_estimators(traces: Sequence[UplinkTrace]) -> None:
 
 def replay_candidates() -> list[Evaluation]:
     """Seven configurations of a CIFAR-sized network on a slow device, cloud-only to device-only."""
-    rows = [(0, "float32", 0.0002, 0.004, 12_288), (0, "8", 0.0003, 0.0041, 3_072), (3, "4", 0.012, 0.003, 8_192),
-            (6, "4", 0.025, 0.002, 2_048), (8, "2", 0.035, 0.0015, 1_024), (10, "2", 0.055, 0.0001, 16),
-            (12, "float32", 0.06, 0.0, 0)]
+    rows = [
+        (0, "float32", 0.0002, 0.004, 12_288),
+        (0, "8", 0.0003, 0.0041, 3_072),
+        (3, "4", 0.012, 0.003, 8_192),
+        (6, "4", 0.025, 0.002, 2_048),
+        (8, "2", 0.035, 0.0015, 1_024),
+        (10, "2", 0.055, 0.0001, 16),
+        (12, "float32", 0.06, 0.0, 0),
+    ]
     return [Evaluation(Config(cut, bits), d, c, b, BASELINE, 1.0) for cut, bits, d, c, b in rows]
 
 
@@ -236,10 +257,12 @@ def compare_margins(traces: Sequence[UplinkTrace]) -> None:
     print(f"{'margin':>6s} {'trace':24s} {'requests':>8s} {'switches':>8s} {'oracle':>6s} {'latency/oracle':>14s}")
     for margin in (0.0, 0.05, 0.1, 0.2):
         for trace in traces:
-            selector = Selector(candidates, LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET,
-                                switch_margin=margin)
-            oracle = Selector(candidates, LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET,
-                              switch_margin=0.0)
+            selector = Selector(
+                candidates, LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET, switch_margin=margin
+            )
+            oracle = Selector(
+                candidates, LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET, switch_margin=0.0
+            )
             truth, estimator, t = trace.throughput_per_second(), LinkEstimator(), 0.0
             chosen, best, ratios = [], [], []
             while (second := int(t)) < len(truth):
@@ -253,8 +276,10 @@ def compare_margins(traces: Sequence[UplinkTrace]) -> None:
                 seconds = trace.transfer_seconds(t, sent)
                 estimator.observe_transfer(sent, seconds, 0.02)
                 t += max(seconds, e.device_s) + 0.005
-            print(f"{margin:6.2f} {trace.name:24s} {len(chosen):8d} {_switches(chosen):8d} {_switches(best):6d} "
-                  f"{np.mean(ratios):14.3f}")
+            print(
+                f"{margin:6.2f} {trace.name:24s} {len(chosen):8d} {_switches(chosen):8d} {_switches(best):6d} "
+                f"{np.mean(ratios):14.3f}"
+            )
 
 
 def _switches(choices: Sequence[Evaluation]) -> int:

@@ -22,6 +22,7 @@ the ceiling offloading is compared with, not a competitor.
     .venv/bin/python benchmarks/serve_clients.py                      # builds resnet20 first (~45 s)
     .venv/bin/python benchmarks/serve_clients.py --artifact out/resnet20 --workers 2 --processes 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,16 +48,22 @@ WARMUP = 3
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact", type=Path, help="an artifact with a Pareto set (default: build resnet20 for the host "
-                   "and search it, as the README does)")
+    p.add_argument(
+        "--artifact",
+        type=Path,
+        help="an artifact with a Pareto set (default: build resnet20 for the host and search it, as the README does)",
+    )
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=100, help="requests per client (default 100)")
     p.add_argument("--workers", type=int, default=1, help="server VMs (default 1)")
     p.add_argument("--max-queue", type=int, default=64, help="server queue bound (default 64)")
     p.add_argument("--max-batch", type=int, default=8, help="requests a worker takes at once (default 8)")
     p.add_argument("--processes", type=int, default=1, help="client processes the threads are spread over (default 1)")
-    p.add_argument("--cut", type=int, help="the pinned configuration's cut (default: the offloaded Pareto "
-                   "configuration with the fewest bytes)")
+    p.add_argument(
+        "--cut",
+        type=int,
+        help="the pinned configuration's cut (default: the offloaded Pareto configuration with the fewest bytes)",
+    )
     p.add_argument("--in-process-server", action="store_true", help="run the server in this process")
     args = p.parse_args()
     for name in ("clients", "requests", "workers", "max_queue", "max_batch", "processes"):
@@ -68,12 +75,16 @@ def _parse() -> argparse.Namespace:
 
 # --- the artifact and the server -------------------------------------------------------------
 
-def pinned_config(artifact: Any, cut: int | None) -> dict[str, Any]:
-    from dyno_compile.runtime.selector import is_device_only
-    from dyno_compile.configs import Evaluation
 
-    offloaded = [e for e in (Evaluation.from_dict(d) for d in artifact.manifest["search"]["pareto"])
-                 if not is_device_only(e) and (cut is None or e.config.cut == cut)]
+def pinned_config(artifact: Any, cut: int | None) -> dict[str, Any]:
+    from dyno_compile.configs import Evaluation
+    from dyno_compile.runtime.selector import is_device_only
+
+    offloaded = [
+        e
+        for e in (Evaluation.from_dict(d) for d in artifact.manifest["search"]["pareto"])
+        if not is_device_only(e) and (cut is None or e.config.cut == cut)
+    ]
     if not offloaded:
         sys.exit(f"the Pareto set has no offloaded configuration{'' if cut is None else f' at cut {cut}'}")
     return min(offloaded, key=lambda e: e.bytes).config.to_dict()
@@ -90,12 +101,27 @@ class Server:
             from dyno_compile.runtime.engine import CloudEngine, EngineOptions
             from dyno_compile.runtime.server import CloudServer, ServerOptions
 
-            self._server = CloudServer(CloudEngine(load_artifact(artifact), EngineOptions(workers=args.workers)),
-                                       ServerOptions(max_queue=args.max_queue, max_batch=args.max_batch))
+            self._server = CloudServer(
+                CloudEngine(load_artifact(artifact), EngineOptions(workers=args.workers)),
+                ServerOptions(max_queue=args.max_queue, max_batch=args.max_batch),
+            )
             self.endpoint = self._server.start()
             return
-        command = [sys.executable, "-m", "dyno_compile", "serve", str(artifact), "--port", "0", "--workers",
-                   str(args.workers), "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch)]
+        command = [
+            sys.executable,
+            "-m",
+            "dyno_compile",
+            "serve",
+            str(artifact),
+            "--port",
+            "0",
+            "--workers",
+            str(args.workers),
+            "--max-queue",
+            str(args.max_queue),
+            "--max-batch",
+            str(args.max_batch),
+        ]
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip()
         if not line.startswith("grpc://"):
@@ -125,6 +151,7 @@ class Server:
 
 # --- the clients -----------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     """One client's phase: per-request latencies, what went wrong, top-1 hits, and when it
@@ -145,8 +172,15 @@ def _images(count: int) -> tuple[np.ndarray, np.ndarray]:
     return x[picks], y[picks]
 
 
-def drive(artifact_path: str, endpoint: str | None, config: dict[str, Any] | None, client_ids: list[int],
-          requests: int, ready: Any, go: Any) -> tuple[list[Outcome], float]:
+def drive(
+    artifact_path: str,
+    endpoint: str | None,
+    config: dict[str, Any] | None,
+    client_ids: list[int],
+    requests: int,
+    ready: Any,
+    go: Any,
+) -> tuple[list[Outcome], float]:
     """Run ``client_ids`` as threads, each its own client: warm up, report ready, wait for
     ``go``, send ``requests`` images back to back. ``endpoint`` None: device-only. Returns
     the outcomes and this process's CPU seconds from ``go`` to the last client's end."""
@@ -194,12 +228,21 @@ def drive(artifact_path: str, endpoint: str | None, config: dict[str, Any] | Non
 
 def _same(output: np.ndarray, reference: np.ndarray) -> bool:
     scale = max(float(np.max(np.abs(reference))), 1e-12)
-    return (float(np.max(np.abs(output - reference))) / scale <= TOLERANCE
-            and int(np.argmax(output)) == int(np.argmax(reference)))
+    return float(np.max(np.abs(output - reference))) / scale <= TOLERANCE and int(np.argmax(output)) == int(
+        np.argmax(reference)
+    )
 
 
-def _child(artifact_path: str, endpoint: str | None, config: dict[str, Any] | None, client_ids: list[int],
-           requests: int, ready: Any, go: Any, results: Any) -> None:
+def _child(
+    artifact_path: str,
+    endpoint: str | None,
+    config: dict[str, Any] | None,
+    client_ids: list[int],
+    requests: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
     results.put(drive(artifact_path, endpoint, config, client_ids, requests, ready, go))
 
 
@@ -210,8 +253,15 @@ class Phase:
     server_cpu_s: float | None
 
 
-def phase(artifact: Path, endpoint: str | None, config: dict[str, Any] | None, clients: int, requests: int,
-          processes: int, server: Server | None = None) -> Phase:
+def phase(
+    artifact: Path,
+    endpoint: str | None,
+    config: dict[str, Any] | None,
+    clients: int,
+    requests: int,
+    processes: int,
+    server: Server | None = None,
+) -> Phase:
     """``clients`` clients over ``processes`` processes (1: threads of this one), all
     released together once every one has warmed up; with the CPU time the clients'
     processes and the server's took meanwhile."""
@@ -221,8 +271,9 @@ def phase(artifact: Path, endpoint: str | None, config: dict[str, Any] | None, c
 
         ready, go = queue.Queue(), threading.Event()
         box: list[tuple[list[Outcome], float]] = []
-        runner = threading.Thread(target=lambda: box.append(drive(str(artifact), endpoint, config, ids, requests,
-                                                                   ready, go)))
+        runner = threading.Thread(
+            target=lambda: box.append(drive(str(artifact), endpoint, config, ids, requests, ready, go))
+        )
         runner.start()
         for _ in ids:
             ready.get()
@@ -233,8 +284,10 @@ def phase(artifact: Path, endpoint: str | None, config: dict[str, Any] | None, c
     ctx = mp.get_context("spawn")
     ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
     groups = [ids[p::processes] for p in range(processes)]
-    children = [ctx.Process(target=_child, args=(str(artifact), endpoint, config, g, requests, ready, go, results))
-                for g in groups]
+    children = [
+        ctx.Process(target=_child, args=(str(artifact), endpoint, config, g, requests, ready, go, results))
+        for g in groups
+    ]
     for c in children:
         c.start()
     for _ in ids:
@@ -268,10 +321,18 @@ def summarise(run: Phase) -> Summary:
     wall = max(o.end for o in outcomes) - min(o.start for o in outcomes)
     errors = [e for o in outcomes for e in o.errors]
     n = len(latencies)
-    return Summary(n, n / wall, 1e3 * float(np.percentile(latencies, 50)), 1e3 * float(np.percentile(latencies, 99)),
-                   len(errors), sum(o.correct for o in outcomes) / n, _kinds(errors),
-                   1e3 * run.client_cpu_s / n, None if run.server_cpu_s is None else 1e3 * run.server_cpu_s / n,
-                   (run.client_cpu_s + (run.server_cpu_s or 0.0)) / wall)
+    return Summary(
+        n,
+        n / wall,
+        1e3 * float(np.percentile(latencies, 50)),
+        1e3 * float(np.percentile(latencies, 99)),
+        len(errors),
+        sum(o.correct for o in outcomes) / n,
+        _kinds(errors),
+        1e3 * run.client_cpu_s / n,
+        None if run.server_cpu_s is None else 1e3 * run.server_cpu_s / n,
+        (run.client_cpu_s + (run.server_cpu_s or 0.0)) / wall,
+    )
 
 
 def _kinds(errors: list[str]) -> dict[str, tuple[int, str]]:
@@ -292,36 +353,53 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.artifact is None:
-            print("building resnet20 (host device and cloud, widths float32,8,4,2) and searching 10 configurations ...",
-                  flush=True)
+            print(
+                "building resnet20 (host device and cloud, widths float32,8,4,2) and searching 10 configurations ...",
+                flush=True,
+            )
         path = args.artifact or build_served_resnet20(Path(tmp) / "resnet20")
         config = pinned_config(load_artifact(path), args.cut)
         server = Server(path, args)
         try:
             label = f"cut {config['cut']} {config['bits']} {config['codec']}"
-            print(f"server: {server.endpoint} ({'in this process' if args.in_process_server else 'own process'}), "
-                  f"{args.workers} worker(s), max queue {args.max_queue}, max batch {args.max_batch}; clients pinned "
-                  f"to {label}; {args.requests} CIFAR-10 test images per client; client threads over "
-                  f"{args.processes} process(es); {os.cpu_count()} CPUs", flush=True)
-            rows = [("1 client", phase(path, server.endpoint, config, 1, args.requests, 1, server)),
-                    (f"{args.clients} clients", phase(path, server.endpoint, config, args.clients, args.requests,
-                                                      args.processes, server))]
+            print(
+                f"server: {server.endpoint} ({'in this process' if args.in_process_server else 'own process'}), "
+                f"{args.workers} worker(s), max queue {args.max_queue}, max batch {args.max_batch}; clients pinned "
+                f"to {label}; {args.requests} CIFAR-10 test images per client; client threads over "
+                f"{args.processes} process(es); {os.cpu_count()} CPUs",
+                flush=True,
+            )
+            rows = [
+                ("1 client", phase(path, server.endpoint, config, 1, args.requests, 1, server)),
+                (
+                    f"{args.clients} clients",
+                    phase(path, server.endpoint, config, args.clients, args.requests, args.processes, server),
+                ),
+            ]
         finally:
             server.stop()
-        rows += [("device-only, 1 thread", phase(path, None, None, 1, args.requests, 1)),
-                 (f"device-only, {args.clients} threads", phase(path, None, None, args.clients, args.requests,
-                                                                args.processes))]
+        rows += [
+            ("device-only, 1 thread", phase(path, None, None, 1, args.requests, 1)),
+            (
+                f"device-only, {args.clients} threads",
+                phase(path, None, None, args.clients, args.requests, args.processes),
+            ),
+        ]
     summaries = [(name, summarise(o)) for name, o in rows]
     base = summaries[0][1]
-    print(f"\n{'phase':<28}{'requests':>9}{'req/s':>9}{'x 1 client':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'top-1':>8}   CPU ms/request: clients, server; cores busy")
+    print(
+        f"\n{'phase':<28}{'requests':>9}{'req/s':>9}{'x 1 client':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'top-1':>8}   CPU ms/request: clients, server; cores busy"
+    )
     for name, s in summaries:
         server_cpu = "-" if s.server_cpu_ms is None else f"{s.server_cpu_ms:.2f}"
-        print(f"{name:<28}{s.requests:>9}{s.throughput:>9.0f}{s.throughput / base.throughput:>11.2f}{s.p50_ms:>9.2f}"
-              f"{s.p99_ms:>9.2f}{s.errors:>8}{100 * s.top1:>7.1f}%   {s.client_cpu_ms:.2f}, {server_cpu}; "
-              f"{s.cores_busy:.2f} of {os.cpu_count()}")
+        print(
+            f"{name:<28}{s.requests:>9}{s.throughput:>9.0f}{s.throughput / base.throughput:>11.2f}{s.p50_ms:>9.2f}"
+            f"{s.p99_ms:>9.2f}{s.errors:>8}{100 * s.top1:>7.1f}%   {s.client_cpu_ms:.2f}, {server_cpu}; "
+            f"{s.cores_busy:.2f} of {os.cpu_count()}"
+        )
     for name, s in summaries:
-        for kind, (count, first) in s.kinds.items():
+        for _kind, (count, first) in s.kinds.items():
             print(f"{name}: {count} x {first[:300]}")
     offloaded = summaries[1][1]
     verdict = "met" if offloaded.errors == 0 else "MISSED"

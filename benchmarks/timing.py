@@ -1,9 +1,10 @@
 """The wall-clock timing loop the benchmark scripts share for code TVM's time_evaluator
 cannot time (jax.jit, NumPy, ONNX Runtime)."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -22,6 +22,7 @@ dequantize: every width 1-16, per tensor and per channel, shapes whose loops spl
 evenly and shapes that do not) built for the host and for ``cuda-sm80`` (a CUDA build
 needs no GPU): the zoo models cross no cut, so they do not exercise those schedules.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,8 +121,10 @@ def main() -> int:
         if name == CUT_KERNELS:
             graphs = cut_kernel_graphs()
             for target in CUT_TARGETS:
-                ok &= _report(f"{name}/{target}", [scheduled_digest(compile_functions, graphs, target)
-                                                   for _ in range(args.repeat)])
+                ok &= _report(
+                    f"{name}/{target}",
+                    [scheduled_digest(compile_functions, graphs, target) for _ in range(args.repeat)],
+                )
             continue
         m = zoo.get_model(name)
         graph = run_passes(from_jax(m.fn, m.params, m.random_input()))

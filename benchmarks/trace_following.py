@@ -27,6 +27,7 @@ latency the cost model predicts for the oracle's choices.
     .venv/bin/python benchmarks/trace_following.py                     # builds resnet20 first (~45 s)
     .venv/bin/python benchmarks/trace_following.py --artifact out/resnet20 --trace Verizon-LTE-short.up:0:140
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,9 @@ import numpy as np
 
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.configs import Config, Evaluation
-from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact
 from dyno_compile.datasets import data_root
 from dyno_compile.datasets.cifar10 import load_test
+from dyno_compile.evaluate.emulate import emulate_device, emulated_artifact
 from dyno_compile.evaluate.shaper import LinkShaper
 from dyno_compile.runtime.client import DeviceClient
 from dyno_compile.runtime.engine import CloudEngine
@@ -61,11 +62,18 @@ HOLD_S = 2
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact", type=Path, help="an artifact with a Pareto set (default: build resnet20 for the "
-                   "host and search it)")
-    p.add_argument("--trace", action="append", metavar="FILE[:START_S[:SECONDS]]",
-                   help=f"a mahimahi uplink in the shared traces and the window to replay; repeatable "
-                        f"(default: {' '.join(DEFAULT_TRACES)})")
+    p.add_argument(
+        "--artifact",
+        type=Path,
+        help="an artifact with a Pareto set (default: build resnet20 for the host and search it)",
+    )
+    p.add_argument(
+        "--trace",
+        action="append",
+        metavar="FILE[:START_S[:SECONDS]]",
+        help=f"a mahimahi uplink in the shared traces and the window to replay; repeatable "
+        f"(default: {' '.join(DEFAULT_TRACES)})",
+    )
     p.add_argument("--device-ms", type=float, default=50.0, help="the emulated device's time for the whole network")
     p.add_argument("--one-way-ms", type=float, default=10.0, help="propagation delay each way (default 10)")
     p.add_argument("--period", type=float, default=0.2, help="seconds between requests (default 0.2: 5/s)")
@@ -80,6 +88,7 @@ def _parse() -> argparse.Namespace:
 
 # --- the trace window and the emulated device (as in tests/test_trace_following.py) ----------
 
+
 def trace_window(spec: str) -> UplinkTrace:
     name, *rest = spec.split(":")
     full = UplinkTrace.read(data_root() / "traces" / "mahimahi_cellular" / name)
@@ -93,22 +102,32 @@ def trace_window(spec: str) -> UplinkTrace:
 
 
 def client_for(artifact: Artifact, endpoint: str, args: argparse.Namespace) -> DeviceClient:
-    return emulate_device(DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=args.probe_every,
-                                       probe_bytes=args.probe_bytes, link=LinkEstimator()))
+    return emulate_device(
+        DeviceClient(
+            artifact,
+            [endpoint],
+            policy="lowest-latency",
+            probe_every_s=args.probe_every,
+            probe_bytes=args.probe_bytes,
+            link=LinkEstimator(),
+        )
+    )
 
 
 # --- replay and analysis ---------------------------------------------------------------------
 
+
 @dataclass
 class Request:
-    at_s: float          # trace time the request started
+    at_s: float  # trace time the request started
     config: Config
     where: str
     latency_s: float
 
 
-def replay(target: tuple[str, int], artifact: Artifact, trace: UplinkTrace, images: np.ndarray,
-           args: argparse.Namespace) -> list[Request]:
+def replay(
+    target: tuple[str, int], artifact: Artifact, trace: UplinkTrace, images: np.ndarray, args: argparse.Namespace
+) -> list[Request]:
     seconds = trace.period_ms / 1000.0
     log: list[Request] = []
     with LinkShaper(target, uplink=None, one_way_delay_s=args.one_way_ms / 1e3) as shaper:
@@ -126,9 +145,12 @@ def replay(target: tuple[str, int], artifact: Artifact, trace: UplinkTrace, imag
                 log.append(Request(at, result.decision.evaluation.config, result.where, result.latency_s))
                 if args.verbose:
                     c = client.link.conditions()
-                    print(f"  {at:6.2f} s {result.decision.evaluation.config.label:36s} {result.where:8s} "
-                          f"{1e3 * result.latency_s:7.1f} ms  estimate {c.bandwidth / 1e3:7.0f} kB/s "
-                          f"rtt {1e3 * c.rtt_s:5.1f} ms", flush=True)
+                    print(
+                        f"  {at:6.2f} s {result.decision.evaluation.config.label:36s} {result.where:8s} "
+                        f"{1e3 * result.latency_s:7.1f} ms  estimate {c.bandwidth / 1e3:7.0f} kB/s "
+                        f"rtt {1e3 * c.rtt_s:5.1f} ms",
+                        flush=True,
+                    )
     return log
 
 
@@ -141,42 +163,50 @@ def analyse(trace: UplinkTrace, log: list[Request], evaluations: list[Evaluation
     rtt = 2 * args.one_way_ms / 1e3
     rate = trace.throughput_per_second()
     oracle = [min(p := latencies(evaluations, r, rtt), key=p.get) for r in rate]
-    label = {e.config: ("device-only" if is_device_only(e) else f"cut {e.config.cut} {e.config.bits}")
-             for e in evaluations}
+    label = {
+        e.config: ("device-only" if is_device_only(e) else f"cut {e.config.cut} {e.config.bits}") for e in evaluations
+    }
     switches = sum(a.config != b.config for a, b in zip(log, log[1:]))
     oracle_switches = sum(a != b for a, b in zip(oracle, oracle[1:]))
     where = {w: sum(r.where == w for r in log) for w in ("cloud", "device", "fallback")}
     mean_rate = trace.opportunities_ms.size * PACKET_BYTES / (trace.period_ms / 1000.0)
-    predicted = [latencies(evaluations, rate[min(int(r.at_s), len(rate) - 1)], rtt)[oracle[min(int(r.at_s),
-                                                                                                len(rate) - 1)]]
-                 for r in log]
-    print(f"\n{trace.name}: {len(rate)} s, mean {mean_rate / 1e3:.0f} kB/s; {len(log)} requests "
-          f"({where['cloud']} cloud, {where['device']} device, {where['fallback']} fallback); switches: client "
-          f"{switches}, oracle {oracle_switches}; mean latency {1e3 * statistics.mean(r.latency_s for r in log):.1f} ms "
-          f"measured, {1e3 * statistics.mean(predicted):.1f} ms predicted for the oracle's choices")
+    predicted = [
+        latencies(evaluations, rate[min(int(r.at_s), len(rate) - 1)], rtt)[oracle[min(int(r.at_s), len(rate) - 1)]]
+        for r in log
+    ]
+    print(
+        f"\n{trace.name}: {len(rate)} s, mean {mean_rate / 1e3:.0f} kB/s; {len(log)} requests "
+        f"({where['cloud']} cloud, {where['device']} device, {where['fallback']} fallback); switches: client "
+        f"{switches}, oracle {oracle_switches}; mean latency {1e3 * statistics.mean(r.latency_s for r in log):.1f} ms "
+        f"measured, {1e3 * statistics.mean(predicted):.1f} ms predicted for the oracle's choices"
+    )
     follows = []
     for i in range(1, len(rate)):
         run = 1
         while i + run < len(rate) and oracle[i + run] == oracle[i]:
             run += 1
-        before, after = rate[max(i - 2, 0):i].mean(), rate[i:i + 2].mean()
+        before, after = rate[max(i - 2, 0) : i].mean(), rate[i : i + 2].mean()
         ratio = max(before, after, 1.0) / max(min(before, after), 1.0)
         if oracle[i] == oracle[i - 1] or run < HOLD_S or ratio < args.step_ratio:
             continue
-        p = latencies(evaluations, float(rate[i:i + run].mean()), rtt)
+        p = latencies(evaluations, float(rate[i : i + run].mean()), rtt)
         best = min(p.values())
         good = {c for c, s in p.items() if s <= best * (1 + DEFAULT_SWITCH_MARGIN)}
         window = [r for r in log if i <= r.at_s < i + run]
         k = next((n for n, r in enumerate(window, 1) if r.config in good), None)
         follows.append(k)
-        print(f"  step at {i:3d} s: {before / 1e3:6.0f} -> {after / 1e3:6.0f} kB/s, {label[oracle[i - 1]]} -> "
-              f"{label[oracle[i]]} for {run} s: followed in {k if k is not None else '-'} of {len(window)} requests")
+        print(
+            f"  step at {i:3d} s: {before / 1e3:6.0f} -> {after / 1e3:6.0f} kB/s, {label[oracle[i - 1]]} -> "
+            f"{label[oracle[i]]} for {run} s: followed in {k if k is not None else '-'} of {len(window)} requests"
+        )
     if not follows:
         print("  no large step")
     else:
         done = [k for k in follows if k is not None]
-        print(f"  {len(follows)} large step(s), {len(done)} followed; requests to follow: "
-              f"median {statistics.median(done) if done else '-'}, max {max(done) if done else '-'}")
+        print(
+            f"  {len(follows)} large step(s), {len(done)} followed; requests to follow: "
+            f"median {statistics.median(done) if done else '-'}, max {max(done) if done else '-'}"
+        )
 
 
 def main() -> None:
@@ -192,14 +222,20 @@ def main() -> None:
         device, factor = emulated_artifact(load_artifact(path), args.device_ms / 1e3)
         print(f"emulated device: {factor:.0f}x this host's profiled device times")
         evaluations = [Evaluation.from_dict(d) for d in device.manifest["search"]["pareto"]]
-        print(f"candidates: {', '.join(e.config.label for e in evaluations)}; one-way delay {args.one_way_ms:g} ms, "
-              f"a request every {args.period:g} s, probes every {args.probe_every:g} s ({args.probe_bytes} B)")
+        print(
+            f"candidates: {', '.join(e.config.label for e in evaluations)}; one-way delay {args.one_way_ms:g} ms, "
+            f"a request every {args.period:g} s, probes every {args.probe_every:g} s ({args.probe_bytes} B)"
+        )
         images, _ = load_test(limit=200)
         server = CloudServer(CloudEngine(served))
         server.start()
         try:
-            with DeviceClient(served, [server.endpoint], policy="pinned",  # warm the server's VM up
-                              policy_options={"config": evaluations[0].config.to_dict()}) as warm:
+            with DeviceClient(
+                served,
+                [server.endpoint],
+                policy="pinned",  # warm the server's VM up
+                policy_options={"config": evaluations[0].config.to_dict()},
+            ) as warm:
                 for x in images[:3]:
                     warm.run(x[None])
             for trace in traces:

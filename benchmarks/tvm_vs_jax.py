@@ -10,6 +10,7 @@ compare the ratios printed by one run.
     .venv/bin/python benchmarks/tvm_vs_jax.py                  # resnet20 and resnet18
     .venv/bin/python benchmarks/tvm_vs_jax.py resnet20 --no-schedule
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,18 +33,18 @@ def main() -> int:
     args = _parse()
     cores = sorted(os.sched_getaffinity(0))
     if args.threads < len(cores):  # both runtimes size their pools from the cores they may use
-        os.sched_setaffinity(0, cores[:args.threads])
+        os.sched_setaffinity(0, cores[: args.threads])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import numpy as np
+    from timing import median_seconds
 
     from dyno_compile import zoo
     from dyno_compile.frontend.jax_import import from_jax
     from dyno_compile.ir import Interpreter
     from dyno_compile.passes import run_passes
     from dyno_compile.targets import ModuleRunner, compile_graph, get_target
-    from timing import median_seconds
 
     host = get_target("host")
     print(f"host: {host.target}, threads {args.threads}")
@@ -58,8 +59,7 @@ def main() -> int:
         jax_fn = jax.jit(m.fn)
         params = jax.device_put(m.params)
         xj = jax.device_put(x)
-        t_jax = median_seconds(lambda: jax_fn(params, xj).block_until_ready(), repeat=args.repeat,
-                               min_ms=args.min_ms)
+        t_jax = median_seconds(lambda: jax_fn(params, xj).block_until_ready(), repeat=args.repeat, min_ms=args.min_ms)
         ref = np.asarray(Interpreter(g)(x))
         for label, sched in variants:
             c = compile_graph(g, host, schedule=sched)
@@ -68,8 +68,10 @@ def main() -> int:
             err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
             t_tvm = float(np.median(runner.time("main", [x], repeat=args.repeat, min_repeat_ms=args.min_ms)))
             comp = ", ".join(f"{k} {v:.2f}" for k, v in c.timings.items())
-            print(f"{name:10s} {label:12s} {t_tvm * 1e3:9.3f} ms   jax {t_jax * 1e3:9.3f} ms   "
-                  f"tvm/jax {t_tvm / t_jax:5.2f}   rel err {err:.1e}   compile s: {comp} (import {t_import:.2f})")
+            print(
+                f"{name:10s} {label:12s} {t_tvm * 1e3:9.3f} ms   jax {t_jax * 1e3:9.3f} ms   "
+                f"tvm/jax {t_tvm / t_jax:5.2f}   rel err {err:.1e}   compile s: {comp} (import {t_import:.2f})"
+            )
             if c.schedule_report is not None and c.schedule_report.fallbacks:
                 print(f"  schedule fallbacks: {c.schedule_report.fallbacks}")
             rows.append((name, label, t_tvm, t_jax))

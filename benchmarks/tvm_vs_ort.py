@@ -20,6 +20,7 @@ the ratios to JAX and to ONNX Runtime.
 
     .venv/bin/python benchmarks/tvm_vs_ort.py --records records --tune 200 --tune-models resnet20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def main() -> int:
     args = _parse()
     cores = sorted(os.sched_getaffinity(0))
     if args.threads < len(cores):
-        os.sched_setaffinity(0, cores[:args.threads])
+        os.sched_setaffinity(0, cores[: args.threads])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.tune and args.records is None:
@@ -60,6 +61,7 @@ def main() -> int:
     import jax
     import numpy as np
     import tvm
+    from onnx_export import export_onnx, ort_session
 
     from dyno_compile import zoo
     from dyno_compile.frontend.jax_import import from_jax
@@ -69,7 +71,6 @@ def main() -> int:
     from dyno_compile.targets.compile import fused_module
     from dyno_compile.targets.records import RECORD_FILE, match_records
     from dyno_compile.targets.tune import tune
-    from onnx_export import export_onnx, ort_session
 
     host = get_target("host")
     print(f"host: {host.target}, threads {args.threads}, TVM {tvm.__version__}, jax {jax.__version__}", end="")
@@ -89,6 +90,7 @@ def main() -> int:
             for _ in range(number):
                 fn()
             return (time.perf_counter() - t0) / number
+
         return measure
 
     def tvm_timer(runner: ModuleRunner, x):
@@ -112,20 +114,33 @@ def main() -> int:
 
             def show(p):
                 best = sum(1 for v in p.best_us.values() if v is not None)
-                print(f"  [{p.elapsed_s:6.0f} s] {p.trials_done:4d}/{p.trials_budget} trials, {best} tasks measured,"
-                      f" last {p.task} ({p.batch_failed}/{p.batch} failed)", flush=True)
+                print(
+                    f"  [{p.elapsed_s:6.0f} s] {p.trials_done:4d}/{p.trials_budget} trials, {best} tasks measured,"
+                    f" last {p.task} ({p.batch_failed}/{p.batch} failed)",
+                    flush=True,
+                )
 
             print(f"{name}: tuning up to {args.tune} trials in {records}", flush=True)
-            r = tune(mod, host, records, trials=args.tune, trials_per_iter=args.trials_per_iter,
-                     population=args.population, cost_model=args.cost_model, min_task_share=args.min_task_share,
-                     progress=show)
+            r = tune(
+                mod,
+                host,
+                records,
+                trials=args.tune,
+                trials_per_iter=args.trials_per_iter,
+                population=args.population,
+                cost_model=args.cost_model,
+                min_task_share=args.min_task_share,
+                progress=show,
+            )
             print(f"{name}: {r.summary()}", flush=True)
             nan = float("nan")
             for t in r.tasks:
                 free, rec = r.paired_us.get(t, (None, None))
                 used = "  <- record used" if t in r.improved else ""
-                print(f"    {t:40s} before tuning {r.baseline_us.get(t) or nan:9.1f} us; side by side: tuning-free "
-                      f"{free or nan:9.1f} us, best record {rec or nan:9.1f} us{used}")
+                print(
+                    f"    {t:40s} before tuning {r.baseline_us.get(t) or nan:9.1f} us; side by side: tuning-free "
+                    f"{free or nan:9.1f} us, best record {rec or nan:9.1f} us{used}"
+                )
 
         variants: dict[str, tuple] = {}
         c = compile_graph(g, host)
@@ -136,8 +151,10 @@ def main() -> int:
             rt = ModuleRunner(ct)
             mt = match_records(fused_module(g, host), records)
             total = len(mt.tuned) + len(mt.slower) + len(mt.untuned)
-            note = (f"compile {ct.timings['total']:.1f} s, {len(mt.tuned)}/{total} functions from records"
-                    f" ({len(mt.slower)} records slower than tuning-free)")
+            note = (
+                f"compile {ct.timings['total']:.1f} s, {len(mt.tuned)}/{total} functions from records"
+                f" ({len(mt.slower)} records slower than tuning-free)"
+            )
             variants["tvm-tuned"] = (tvm_timer(rt, x), err(rt.run("main", [x])[0]), note)
         jfn = jax.jit(m.fn)
         params, xj = jax.device_put(m.params), jax.device_put(x)
@@ -157,13 +174,26 @@ def main() -> int:
         med = {k: float(np.median(v)) for k, v in times.items()}
         for k, (_, e, note) in variants.items():
             spread = (max(times[k]) - min(times[k])) / med[k]
-            rows.append((name, "x".join(map(str, m.input_shape[2:])), k, med[k], med[k] / med["jax"],
-                         med[k] / med["ort"], spread, e, note))
+            rows.append(
+                (
+                    name,
+                    "x".join(map(str, m.input_shape[2:])),
+                    k,
+                    med[k],
+                    med[k] / med["jax"],
+                    med[k] / med["ort"],
+                    spread,
+                    e,
+                    note,
+                )
+            )
             print(f"{name:9s} {k:10s} {med[k] * 1e3:9.3f} ms  rel err {e:.1e}  {note}", flush=True)
 
     print(f"\nmedian of {args.repeat} rounds, >= {args.min_ms} ms each, {args.threads} threads")
-    print(f"{'model':9s} {'input':7s} {'variant':10s} {'ms':>9s} {'vs jax':>7s} {'vs ort':>7s} {'spread':>7s}"
-          f" {'rel err':>8s}")
+    print(
+        f"{'model':9s} {'input':7s} {'variant':10s} {'ms':>9s} {'vs jax':>7s} {'vs ort':>7s} {'spread':>7s}"
+        f" {'rel err':>8s}"
+    )
     for name, size, k, t, rj, ro, spread, e, note in rows:
         print(f"{name:9s} {size:7s} {k:10s} {t * 1e3:9.3f} {rj:7.2f} {ro:7.2f} {spread:6.0%} {e:8.1e}  {note}")
     return 0

@@ -1,13 +1,15 @@
 """Command line: ``inspect MODEL``, ``build MODEL --out DIR``, ``search ARTIFACT`` and ``serve ARTIFACT``."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,9 +17,9 @@ from rich.table import Table
 from dyno_compile.artifact.archive import write_archive
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact
+from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.artifact.store import amend
 from dyno_compile.cli_progress import ProgressDisplay
-from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
@@ -35,7 +37,6 @@ from dyno_compile.search.study import DEFAULT_SAMPLER, SAMPLERS
 from dyno_compile.targets import get_target, list_targets
 from dyno_compile.zoo import list_models
 
-
 #: Requests the cloud's batched segments take at once by default: on the host CPU four
 #: resnet20 requests in one call cost 1.9x less each than four calls, and 32 clients got
 #: 1.8x the throughput of an unbatched server (benchmarks/serve_clients.py).
@@ -52,43 +53,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dyno_compile",
-                                     description="Compile CNNs split between a device and the cloud.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dyno_compile", description="Compile CNNs split between a device and the cloud."
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     p = sub.add_parser("inspect", help="print layers, costs and cut points of a model")
-    p.add_argument("model", metavar="MODEL",
-                   help=f"zoo name ({', '.join(list_models())}), a .onnx file, or module:function")
+    p.add_argument(
+        "model", metavar="MODEL", help=f"zoo name ({', '.join(list_models())}), a .onnx file, or module:function"
+    )
     p.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
-    p.add_argument("--all-cuts", action="store_true",
-                   help="list every cut point (default: single-tensor cuts and the two ends)")
+    p.add_argument(
+        "--all-cuts", action="store_true", help="list every cut point (default: single-tensor cuts and the two ends)"
+    )
     p.set_defaults(run=_inspect)
 
     b = sub.add_parser("build", help="compile the device and cloud libraries of a model into an artifact")
-    b.add_argument("model", metavar="MODEL", nargs="?", default="resnet20",
-                   help="zoo name, .onnx file or module:function (default: resnet20, real CIFAR-10 weights)")
-    b.add_argument("--device", action="append", metavar="TARGET",
-                   help=f"device target(s), repeatable (default arm64; known: {', '.join(list_targets())})")
+    b.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default="resnet20",
+        help="zoo name, .onnx file or module:function (default: resnet20, real CIFAR-10 weights)",
+    )
+    b.add_argument(
+        "--device",
+        action="append",
+        metavar="TARGET",
+        help=f"device target(s), repeatable (default arm64; known: {', '.join(list_targets())})",
+    )
     b.add_argument("--cloud", action="append", metavar="TARGET", help="cloud target(s), repeatable (default cuda)")
     b.add_argument("--out", metavar="DIR", help="artifact directory (default out/MODEL)")
-    b.add_argument("--cuts", choices=("single", "all"), default="single",
-                   help="candidate cuts: single-tensor cuts and both ends (default), or every position")
-    b.add_argument("--bits", default=",".join(map(str, DEFAULT_BITS)),
-                   help="transfer widths to build kernels for: 1-16, float16, float32 (comma-separated)")
-    b.add_argument("--granularity", choices=GRANULARITIES, default="tensor",
-                   help="quantization range per tensor or per channel")
+    b.add_argument(
+        "--cuts",
+        choices=("single", "all"),
+        default="single",
+        help="candidate cuts: single-tensor cuts and both ends (default), or every position",
+    )
+    b.add_argument(
+        "--bits",
+        default=",".join(map(str, DEFAULT_BITS)),
+        help="transfer widths to build kernels for: 1-16, float16, float32 (comma-separated)",
+    )
+    b.add_argument(
+        "--granularity", choices=GRANULARITIES, default="tensor", help="quantization range per tensor or per channel"
+    )
     b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
-    b.add_argument("--cloud-batch", type=int, metavar="B",
-                   help="also compile the cloud segments for B requests at once, which the server uses for "
-                        f"requests that arrive together (default {DEFAULT_CLOUD_BATCH} where the model can be "
-                        "batched; 1: none)")
-    b.add_argument("--records", metavar="DIR",
-                   help="MetaSchedule records for the host target (from targets.tune); shipped in the artifact")
-    b.add_argument("--archive", metavar="FILE",
-                   help="also write the artifact as one .tar.gz file (opens like the directory)")
+    b.add_argument(
+        "--cloud-batch",
+        type=int,
+        metavar="B",
+        help="also compile the cloud segments for B requests at once, which the server uses for "
+        f"requests that arrive together (default {DEFAULT_CLOUD_BATCH} where the model can be "
+        "batched; 1: none)",
+    )
+    b.add_argument(
+        "--records",
+        metavar="DIR",
+        help="MetaSchedule records for the host target (from targets.tune); shipped in the artifact",
+    )
+    b.add_argument(
+        "--archive", metavar="FILE", help="also write the artifact as one .tar.gz file (opens like the directory)"
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory (and archive)")
-    b.add_argument("--no-search", action="store_true",
-                   help="skip profiling and the search (the artifact then has no Pareto set)")
+    b.add_argument(
+        "--no-search", action="store_true", help="skip profiling and the search (the artifact then has no Pareto set)"
+    )
     _search_options(b)
     b.set_defaults(run=_build)
 
@@ -103,12 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks a free one)")
     v.add_argument("--target", help="cloud library to run (default: a CUDA build where a GPU is present, else host)")
     v.add_argument("--workers", type=int, default=1, help="requests run at once, one VM each (default 1)")
-    v.add_argument("--max-queue", type=int, default=64,
-                   help="requests waiting before the server answers OVERLOADED (default 64)")
+    v.add_argument(
+        "--max-queue", type=int, default=64, help="requests waiting before the server answers OVERLOADED (default 64)"
+    )
     v.add_argument("--max-batch", type=int, default=8, help="queued requests one worker takes at once (default 8)")
     v.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted, MiB (default 64)")
-    v.add_argument("--token-file", metavar="FILE",
-                   help="require clients to present the token in FILE (or set DYNO_TOKEN); never on the command line")
+    v.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require clients to present the token in FILE (or set DYNO_TOKEN); never on the command line",
+    )
     v.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     v.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     v.add_argument("--grace", type=float, default=5.0, help="seconds in-flight requests get at shutdown (default 5)")
@@ -116,51 +150,88 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="replay real traces through DynO and the baselines; write a report")
     e.add_argument("--out", default="out/evaluation", help="report folder (default out/evaluation)")
-    e.add_argument("--models", default="resnet20,resnet56,squeezenet,resnet50,mobilenet_v2",
-                   help="comma-separated models (default: all five)")
+    e.add_argument(
+        "--models",
+        default="resnet20,resnet56,squeezenet,resnet50,mobilenet_v2",
+        help="comma-separated models (default: all five)",
+    )
     e.add_argument("--sets", default="3g,lte,5g", help="trace sets (default 3g,lte,5g)")
     e.add_argument("--traces-per-set", type=int, default=2, help="traces per set, measured uplinks first (default 2)")
     e.add_argument("--requests", type=int, default=200, help="requests replayed per policy and trace (default 200)")
     e.add_argument("--minutes", type=float, default=1.0, help="search minutes per model (default 1)")
     e.add_argument("--cache", metavar="DIR", help="built and measured models (default OUT/artifacts); reused")
-    e.add_argument("--live", default="resnet20:lte:1", metavar="MODEL:SET[:N]",
-                   help="the live run over the real server and link shaper that checks the replay, on trace N of "
-                        "the set (default resnet20:lte:1; 'none' to skip)")
+    e.add_argument(
+        "--live",
+        default="resnet20:lte:1",
+        metavar="MODEL:SET[:N]",
+        help="the live run over the real server and link shaper that checks the replay, on trace N of "
+        "the set (default resnet20:lte:1; 'none' to skip)",
+    )
     e.set_defaults(run=_evaluate)
     return parser
 
 
 def _search_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("search (profiles, accuracy, Pareto set)")
-    g.add_argument("--calibration", metavar="PATH",
-                   help="calibration data: an .npz (x, optional y) or a folder of images (optional labels.tsv); "
-                        "default: the real shared data that fits the model")
+    g.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help="calibration data: an .npz (x, optional y) or a folder of images (optional labels.tsv); "
+        "default: the real shared data that fits the model",
+    )
     g.add_argument("--preprocess", choices=sorted(PRESETS), help="preprocessing of raw calibration images")
     g.add_argument("--calibration-limit", type=int, metavar="N", help="use the first N calibration samples")
-    g.add_argument("--no-labels", action="store_true",
-                   help="ignore calibration labels: accuracy is agreement with the float model")
-    g.add_argument("--simulate", choices=SIMULATORS, default="auto",
-                   help="run the model in the accuracy simulation with JAX, or with the artifact's compiled host "
-                        "library (much faster for 224x224 models); auto: by model size (default)")
-    g.add_argument("--budget", type=float, default=1.0, metavar="POINTS",
-                   help="accuracy loss allowed, in points of top-1 (default 1.0)")
-    g.add_argument("--evaluations", type=int, metavar="N",
-                   help=f"configurations to measure (default {100 * DEFAULT_SHARE:.0f} %% of the space)")
-    g.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
-                   help=f"start no measurement after M minutes of searching (default {DEFAULT_MINUTES:g}; 0: no limit)")
-    g.add_argument("--storage", metavar="URL",
-                   help="Optuna storage: sqlite:///file.db (default: beside the artifact) or postgresql://... "
-                        "for many workers")
+    g.add_argument(
+        "--no-labels", action="store_true", help="ignore calibration labels: accuracy is agreement with the float model"
+    )
+    g.add_argument(
+        "--simulate",
+        choices=SIMULATORS,
+        default="auto",
+        help="run the model in the accuracy simulation with JAX, or with the artifact's compiled host "
+        "library (much faster for 224x224 models); auto: by model size (default)",
+    )
+    g.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="accuracy loss allowed, in points of top-1 (default 1.0)",
+    )
+    g.add_argument(
+        "--evaluations",
+        type=int,
+        metavar="N",
+        help=f"configurations to measure (default {100 * DEFAULT_SHARE:.0f} %% of the space)",
+    )
+    g.add_argument(
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        metavar="M",
+        help=f"start no measurement after M minutes of searching (default {DEFAULT_MINUTES:g}; 0: no limit)",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///file.db (default: beside the artifact) or postgresql://... for many workers",
+    )
     g.add_argument("--study", metavar="NAME", help="study name (default: model, hash and targets); resumes if present")
     g.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="Optuna sampler")
     g.add_argument("--seed", type=int, default=0, help="sampler seed (give each worker its own)")
-    g.add_argument("--profile-device", metavar="TARGET",
-                   help="device target whose times the search uses (default: the first non-host device target)")
+    g.add_argument(
+        "--profile-device",
+        metavar="TARGET",
+        help="device target whose times the search uses (default: the first non-host device target)",
+    )
     g.add_argument("--profile-cloud", metavar="TARGET", help="cloud target whose times the search uses")
     g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure the device side on a TVM RPC server")
     g.add_argument("--rpc-key", metavar="KEY", help="the device's key at the RPC tracker")
-    g.add_argument("--verbose", action="store_true",
-                   help="log every trial and measured configuration (default: progress bars only)")
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log every trial and measured configuration (default: progress bars only)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -190,8 +261,15 @@ def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
     for col in ("#", "name", "op", "output", "MMACs", "weights KiB", "out KiB"):
         layers.add_column(col, justify="right" if col not in ("name", "op") else "left")
     for x in report["layers"]:
-        layers.add_row(str(x["index"]), x["name"], x["op"], f"{x['dtype']}{x['shape']}", f"{x['macs'] / 1e6:.2f}",
-                       f"{x['weight_bytes'] / 1024:.1f}", f"{x['out_bytes'] / 1024:.1f}")
+        layers.add_row(
+            str(x["index"]),
+            x["name"],
+            x["op"],
+            f"{x['dtype']}{x['shape']}",
+            f"{x['macs'] / 1e6:.2f}",
+            f"{x['weight_bytes'] / 1024:.1f}",
+            f"{x['out_bytes'] / 1024:.1f}",
+        )
     console.print(layers)
 
     cuts = Table(title=f"{report['model']}: cut points (device runs layers before the cut)", title_justify="left")
@@ -199,16 +277,24 @@ def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
         cuts.add_column(col, justify="right" if col in ("cut", "KiB sent") else "left")
     for c in report["cuts"]:
         if all_cuts or c["kind"] != "split" or len(c["tensors"]) == 1:
-            cuts.add_row(str(c["position"]), c["kind"], c["after"] or "-", ", ".join(c["tensors"]) or "-",
-                         f"{c['bytes'] / 1024:.1f}")
+            cuts.add_row(
+                str(c["position"]),
+                c["kind"],
+                c["after"] or "-",
+                ", ".join(c["tensors"]) or "-",
+                f"{c['bytes'] / 1024:.1f}",
+            )
     console.print(cuts)
 
     t = report["totals"]
     ins = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in report["inputs"])
-    console.print(f"[bold]{report['model']}[/]: input {ins}; {t['layers']} layers, {t['macs'] / 1e6:.1f} MMACs, "
-                  f"{t['weight_bytes'] / 2**20:.2f} MiB weights; {t['cuts']} cut points, "
-                  f"{t['single_tensor_cuts']} crossing a single tensor"
-                  + ("" if all_cuts else " (shown; --all-cuts lists every one)"), highlight=False)
+    console.print(
+        f"[bold]{report['model']}[/]: input {ins}; {t['layers']} layers, {t['macs'] / 1e6:.1f} MMACs, "
+        f"{t['weight_bytes'] / 2**20:.2f} MiB weights; {t['cuts']} cut points, "
+        f"{t['single_tensor_cuts']} crossing a single tensor"
+        + ("" if all_cuts else " (shown; --all-cuts lists every one)"),
+        highlight=False,
+    )
 
 
 def _parse_bits(text: str) -> list:
@@ -233,8 +319,16 @@ def _build(args: argparse.Namespace) -> int:
             options = _options(args, args.model, graph.inputs[0].shape)
             finish = finish_with_search(options, default_storage=_storage_beside(out), progress=progress)
         plan = _plan(args, graph, bits, console)
-        root, built = build_artifact(plan, out, device_targets=device, cloud_targets=cloud, overwrite=args.overwrite,
-                                     records=args.records, finish=finish, progress=progress)
+        root, built = build_artifact(
+            plan,
+            out,
+            device_targets=device,
+            cloud_targets=cloud,
+            overwrite=args.overwrite,
+            records=args.records,
+            finish=finish,
+            progress=progress,
+        )
     table = Table(title=f"{graph.name}: artifact {root}", title_justify="left")
     for col in ("side", "target", "functions", "compile s", "MiB"):
         table.add_column(col, justify="left" if col in ("side", "target") else "right")
@@ -242,9 +336,12 @@ def _build(args: argparse.Namespace) -> int:
         size = (root / lib.path).stat().st_size / 2**20
         table.add_row(lib.side, lib.target, str(lib.functions), f"{lib.seconds:.1f}", f"{size:.1f}")
     _stdout_console().print(table)
-    _stdout_console().print(f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
-                    f"{len(plan.device_functions) - len(plan.segments)} pack kernels; "
-                    f"built in {time.perf_counter() - t0:.0f} s", highlight=False)
+    _stdout_console().print(
+        f"{len(plan.cuts)} cuts x {len(bits)} widths, {len(plan.segments)} segments, "
+        f"{len(plan.device_functions) - len(plan.segments)} pack kernels; "
+        f"built in {time.perf_counter() - t0:.0f} s",
+        highlight=False,
+    )
     if finish is not None:
         _print_search(load_artifact(root))
     if args.archive:
@@ -281,8 +378,13 @@ def _storage_beside(out: Path) -> str:
 
 def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions:
     if args.calibration:
-        calibration = load_calibration(args.calibration, input_shape=input_shape, preprocess=args.preprocess,
-                                       limit=args.calibration_limit, labels=not args.no_labels)
+        calibration = load_calibration(
+            args.calibration,
+            input_shape=input_shape,
+            preprocess=args.preprocess,
+            limit=args.calibration_limit,
+            labels=not args.no_labels,
+        )
     else:
         calibration = default_calibration(model, input_shape)
         if args.calibration_limit:
@@ -291,42 +393,71 @@ def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions
             calibration = replace(calibration, labels=None)
     for t in filter(None, (args.profile_device, args.profile_cloud)):
         get_target(t)
-    return SearchOptions(calibration, accuracy_budget=args.budget, device_target=args.profile_device,
-                         cloud_target=args.profile_cloud, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                         evaluations=args.evaluations, minutes=args.minutes or None, storage=args.storage,
-                         study_name=args.study, sampler=args.sampler, seed=args.seed, simulate=args.simulate)
+    return SearchOptions(
+        calibration,
+        accuracy_budget=args.budget,
+        device_target=args.profile_device,
+        cloud_target=args.profile_cloud,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
+        evaluations=args.evaluations,
+        minutes=args.minutes or None,
+        storage=args.storage,
+        study_name=args.study,
+        sampler=args.sampler,
+        seed=args.seed,
+        simulate=args.simulate,
+    )
 
 
 def _search(args: argparse.Namespace) -> int:
     if Path(args.artifact).is_file():
-        raise DynoError(f"{args.artifact}: search stores its result in the artifact; give the artifact directory, "
-                        "not an archive (re-archive it afterwards with build --archive)")
+        raise DynoError(
+            f"{args.artifact}: search stores its result in the artifact; give the artifact directory, "
+            "not an archive (re-archive it afterwards with build --archive)"
+        )
     artifact = load_artifact(args.artifact)
     options = _options(args, artifact.manifest["model"], artifact.manifest["inputs"][0]["shape"])
     with ProgressDisplay("searching", verbose=args.verbose) as progress:
-        amend(artifact.root, finish_with_search(options, default_storage=_storage_beside(artifact.root),
-                                                progress=progress))
+        amend(
+            artifact.root,
+            finish_with_search(options, default_storage=_storage_beside(artifact.root), progress=progress),
+        )
     _print_search(load_artifact(artifact.root))
     return 0
 
 
 def _print_search(artifact) -> None:
     s = artifact.manifest["search"]
-    table = Table(title=f"{artifact.manifest['model']}: Pareto set ({len(s['pareto'])} of {s['evaluated']} "
-                        f"configurations measured, space {s['space_size']}; budget {s['accuracy_budget']} points)",
-                  title_justify="left")
+    table = Table(
+        title=f"{artifact.manifest['model']}: Pareto set ({len(s['pareto'])} of {s['evaluated']} "
+        f"configurations measured, space {s['space_size']}; budget {s['accuracy_budget']} points)",
+        title_justify="left",
+    )
     for col in ("cut", "bits", "granularity", "layout", "codec", "device ms", "cloud ms", "KiB", s["metric"]):
         table.add_column(col, justify="right" if col not in ("granularity", "layout", "codec") else "left")
     for e in sorted(s["pareto"], key=lambda e: (e["config"]["cut"], e["bytes"])):
         c = e["config"]
-        table.add_row(str(c["cut"]), c["bits"], c["granularity"], c["layout"], c["codec"],
-                      f"{e['device_s'] * 1e3:.3f}", f"{e['cloud_s'] * 1e3:.3f}", f"{e['bytes'] / 1024:.2f}",
-                      f"{100 * e['accuracy']:.2f} %")
+        table.add_row(
+            str(c["cut"]),
+            c["bits"],
+            c["granularity"],
+            c["layout"],
+            c["codec"],
+            f"{e['device_s'] * 1e3:.3f}",
+            f"{e['cloud_s'] * 1e3:.3f}",
+            f"{e['bytes'] / 1024:.2f}",
+            f"{100 * e['accuracy']:.2f} %",
+        )
     console = _stdout_console()
     console.print(table)
-    console.print(f"float model: {100 * s['baseline_accuracy']:.2f} % {s['metric']} on {s['calibration']['samples']} "
-                  f"samples ({s['calibration']['source']}); times: {s['profiles']['device']}, "
-                  f"{s['profiles']['cloud']}; plots in {artifact.root / 'search'}", highlight=False, markup=False)
+    console.print(
+        f"float model: {100 * s['baseline_accuracy']:.2f} % {s['metric']} on {s['calibration']['samples']} "
+        f"samples ({s['calibration']['source']}); times: {s['profiles']['device']}, "
+        f"{s['profiles']['cloud']}; plots in {artifact.root / 'search'}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -345,18 +476,37 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as e:
             raise DynoError(f"--token-file {args.token_file}: {e.strerror}") from None
     artifact = load_artifact(args.artifact)
-    engine = CloudEngine(artifact, EngineOptions(target=args.target, token=token, workers=args.workers,
-                                                 max_request_bytes=int(args.max_request_mb * (1 << 20))))
-    server = CloudServer(engine, ServerOptions(host=args.host, port=args.port, max_queue=args.max_queue,
-                                               max_batch=args.max_batch, tls_cert=args.tls_cert,
-                                               tls_key=args.tls_key, grace_s=args.grace))
+    engine = CloudEngine(
+        artifact,
+        EngineOptions(
+            target=args.target,
+            token=token,
+            workers=args.workers,
+            max_request_bytes=int(args.max_request_mb * (1 << 20)),
+        ),
+    )
+    server = CloudServer(
+        engine,
+        ServerOptions(
+            host=args.host,
+            port=args.port,
+            max_queue=args.max_queue,
+            max_batch=args.max_batch,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            grace_s=args.grace,
+        ),
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     endpoint = server.start()
-    Console(stderr=True).print(f"serving {artifact.manifest.get('model', '?')} ({artifact.model_hash[:12]}) on "
-                               f"{endpoint} with the {engine.target} cloud library, {args.workers} worker(s)"
-                               f"{', token required' if token else ''}", highlight=False)
+    Console(stderr=True).print(
+        f"serving {artifact.manifest.get('model', '?')} ({artifact.model_hash[:12]}) on "
+        f"{endpoint} with the {engine.target} cloud library, {args.workers} worker(s)"
+        f"{', token required' if token else ''}",
+        highlight=False,
+    )
     print(endpoint, flush=True)
     stop.wait()
     server.stop()
@@ -378,13 +528,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     out = Path(args.out)
-    results = run_evaluation(out, models=[m for m in args.models.split(",") if m],
-                             sets=[s for s in args.sets.split(",") if s], traces_per_set=args.traces_per_set,
-                             requests=args.requests, minutes=args.minutes,
-                             cache=Path(args.cache) if args.cache else None, live=_live_option(args.live),
-                             progress=lambda m: console.print(str(m), highlight=False))
+    results = run_evaluation(
+        out,
+        models=[m for m in args.models.split(",") if m],
+        sets=[s for s in args.sets.split(",") if s],
+        traces_per_set=args.traces_per_set,
+        requests=args.requests,
+        minutes=args.minutes,
+        cache=Path(args.cache) if args.cache else None,
+        live=_live_option(args.live),
+        progress=lambda m: console.print(str(m), highlight=False),
+    )
     best = results["headline"]["best"]
-    console.print(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min); ours vs device-only "
-                  f"{best['throughput_vs_device_only']:.1f}x, vs Neurosurgeon {best['throughput_vs_neurosurgeon']:.1f}x "
-                  f"throughput; {best['bytes_vs_neurosurgeon']:.0f}x fewer bytes than a float32 split", highlight=False)
+    console.print(
+        f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min); ours vs device-only "
+        f"{best['throughput_vs_device_only']:.1f}x, vs Neurosurgeon {best['throughput_vs_neurosurgeon']:.1f}x "
+        f"throughput; {best['bytes_vs_neurosurgeon']:.0f}x fewer bytes than a float32 split",
+        highlight=False,
+    )
     return 0

@@ -8,6 +8,7 @@ INFO lines are switched off while it runs, unless ``verbose``: the bar says the 
 one line instead of 200. Where stderr is no terminal (a CI log, a pipe) nothing is
 animated: each phase is one line, and each counted phase one line when it ends.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,9 +53,16 @@ class ProgressDisplay:
         self._live = self.console.is_terminal
         self._bars: dict[str, TaskID] = {}
         self._last: dict[str, Step] = {}  # unanimated: the latest step of each counted phase not yet printed
-        self._progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
-                                  BarColumn(bar_width=24), _Count(), TimeElapsedColumn(), _Remaining(),
-                                  TextColumn("{task.fields[best]}"), console=self.console)
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(bar_width=24),
+            _Count(),
+            TimeElapsedColumn(),
+            _Remaining(),
+            TextColumn("{task.fields[best]}"),
+            console=self.console,
+        )
         self._phase = self._progress.add_task(first_phase, total=None, best="")
         self._first_phase = first_phase
         self._optuna_level = optuna.logging.get_verbosity()
@@ -68,8 +76,9 @@ class ProgressDisplay:
             self._line(self._first_phase)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._live:
             self._progress.update(self._phase, visible=False)
             self._progress.stop()

@@ -11,6 +11,7 @@ live bandwidth, round-trip time and load without measuring anything again.
 It sits beside :mod:`dyno_compile.errors`, importing only it and the packing vocabulary,
 so the runtime can read a Pareto set without importing the search.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -75,11 +76,24 @@ class Evaluation:
     sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "device_s": self.device_s, "cloud_s": self.cloud_s,
-                "bytes": self.bytes, "accuracy": self.accuracy, "agreement": self.agreement,
-                "sources": dict(self.sources)}
+        return {
+            "config": self.config.to_dict(),
+            "device_s": self.device_s,
+            "cloud_s": self.cloud_s,
+            "bytes": self.bytes,
+            "accuracy": self.accuracy,
+            "agreement": self.agreement,
+            "sources": dict(self.sources),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Evaluation:
-        return cls(Config.from_dict(d["config"]), float(d["device_s"]), float(d["cloud_s"]), float(d["bytes"]),
-                   float(d["accuracy"]), float(d["agreement"]), dict(d.get("sources", {})))
+        return cls(
+            Config.from_dict(d["config"]),
+            float(d["device_s"]),
+            float(d["cloud_s"]),
+            float(d["bytes"]),
+            float(d["accuracy"]),
+            float(d["agreement"]),
+            dict(d.get("sources", {})),
+        )

@@ -7,6 +7,7 @@ as a status line and progress bars (:mod:`dyno_compile.cli_progress`), the evalu
 them as lines, and tests collect them. A :class:`Step` formats as a line of text, so a
 consumer that only knows strings (``print``, a prefixing wrapper) still reads it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

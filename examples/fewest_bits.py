@@ -9,6 +9,7 @@ top-1 at that width and the mean bytes of a real wire frame at that width (plain
 and bit planes + zstd). Accuracy runs on real weights and real images; bytes are measured
 by packing the real activations.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,22 @@ def main() -> None:
     tables = {g: fewest_bits(simulator, budget=args.budget, granularity=g) for g in GRANULARITIES}
 
     print(f"{args.model}: {len(calibration)} images from {calibration.source}")
-    print(f"float top-1 {simulator.float_accuracy:.2%}; fewest bits within {args.budget:g} point(s); "
-          "bytes: mean frame, plain / bit planes + zstd\n")
-    print(f"{'cut':>4}  {'device -> cloud':44s} {'tensor':16s}" +
-          "".join(f" | {g + ' bits':>12s} {'top-1':>7s} {'bytes':>15s}" for g in GRANULARITIES))
+    print(
+        f"float top-1 {simulator.float_accuracy:.2%}; fewest bits within {args.budget:g} point(s); "
+        "bytes: mean frame, plain / bit planes + zstd\n"
+    )
+    print(
+        f"{'cut':>4}  {'device -> cloud':44s} {'tensor':16s}"
+        + "".join(f" | {g + ' bits':>12s} {'top-1':>7s} {'bytes':>15s}" for g in GRANULARITIES)
+    )
     for position in tables["tensor"]:
         cut = simulator.cut(position)
         nodes = f"{cut.after or '(input)'} -> {cut.before}"
-        shape = "x".join(str(d) for d in graph.node(cut.tensors[0]).shape) if cut.single_tensor else \
-            f"{len(cut.tensors)} tensors"
+        shape = (
+            "x".join(str(d) for d in graph.node(cut.tensors[0]).shape)
+            if cut.single_tensor
+            else f"{len(cut.tensors)} tensors"
+        )
         cells = "".join(_cell(simulator, wire, position, g, tables[g][position]) for g in GRANULARITIES)
         print(f"{position:4d}  {nodes:44s} {shape:16s}{cells}")
 

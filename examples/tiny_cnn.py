@@ -2,6 +2,7 @@
 
 ``build()`` returns ``(fn, params, example_input)``; ``fn(params, x)`` is the model.
 """
+
 from __future__ import annotations
 
 import jax
@@ -11,12 +12,14 @@ from jax import lax
 
 
 def tiny_cnn(params: dict[str, np.ndarray], x: jax.Array) -> jax.Array:
-    y = lax.conv_general_dilated(x, params["conv1.weight"], (1, 1), ((1, 1), (1, 1)),
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    y = lax.conv_general_dilated(
+        x, params["conv1.weight"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     y = jax.nn.relu(y + params["conv1.bias"][None, :, None, None])
     y = lax.reduce_window(y, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
-    y = lax.conv_general_dilated(y, params["conv2.weight"], (1, 1), ((1, 1), (1, 1)),
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    y = lax.conv_general_dilated(
+        y, params["conv2.weight"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     y = jax.nn.relu(y)
     return jnp.mean(y, axis=(2, 3)) @ params["fc.weight"].T + params["fc.bias"]
 

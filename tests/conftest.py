@@ -1,4 +1,5 @@
 """Shared test helpers: tiny graphs and a relative-error check."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,10 @@ def conv_bn_relu_graph(rng: np.random.Generator, *, residual: bool = False) -> G
     g = Graph("tiny")
     g.add_input("x", (2, 4, 8, 8))
     g.add_const("w1", rng.normal(size=(4, 4, 3, 3)).astype(np.float32))
-    bn = [g.add_const(f"bn.{k}", rng.uniform(0.5, 1.5, 4).astype(np.float32)).name
-          for k in ("gamma", "beta", "mean", "var")]
+    bn = [
+        g.add_const(f"bn.{k}", rng.uniform(0.5, 1.5, 4).astype(np.float32)).name
+        for k in ("gamma", "beta", "mean", "var")
+    ]
     c = g.add("conv2d", ["x", "w1"], {"padding": ((1, 1), (1, 1))}, name="conv1")
     b = g.add("batch_norm", [c.name, *bn], name="bn1")
     r = g.add("relu", [b.name], name="relu1")
@@ -64,8 +67,12 @@ def resnet20_host(tmp_path_factory) -> Path:
     from dyno_compile.passes import run_passes
 
     graph = run_passes(load_model("resnet20"))
-    root, _ = build_artifact(plan_build(graph, candidate_cuts(graph)), tmp_path_factory.mktemp("art") / "resnet20",
-                             device_targets=("host",), cloud_targets=("host",))
+    root, _ = build_artifact(
+        plan_build(graph, candidate_cuts(graph)),
+        tmp_path_factory.mktemp("art") / "resnet20",
+        device_targets=("host",),
+        cloud_targets=("host",),
+    )
     return root
 
 
@@ -83,7 +90,29 @@ def searched_resnet20(tmp_path_factory) -> Path:
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("served") / "resnet20"
-    assert main(["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32,8,4,2",
-                 "--cloud-batch", "4", "--out", str(out), "--evaluations", str(SEARCHED_EVALUATIONS),
-                 "--calibration", str(shared_data("cifar10", "test_932.npz")), "--preprocess", "cifar10"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "resnet20",
+                "--device",
+                "host",
+                "--cloud",
+                "host",
+                "--bits",
+                "float32,8,4,2",
+                "--cloud-batch",
+                "4",
+                "--out",
+                str(out),
+                "--evaluations",
+                str(SEARCHED_EVALUATIONS),
+                "--calibration",
+                str(shared_data("cifar10", "test_932.npz")),
+                "--preprocess",
+                "cifar10",
+            ]
+        )
+        == 0
+    )
     return out

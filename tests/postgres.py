@@ -19,6 +19,7 @@ Two ways to use it, sharing this code:
 Every failure raises :class:`PostgresUnavailable` with the tool's own output, so a machine
 without PostgreSQL fails the tests loudly rather than skipping them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ DIR_ENV = "DYNO_TEST_POSTGRES_DIR"
 SUPERUSER = "dyno"
 START_TIMEOUT_S = 60
 #: Server settings for a disposable test database: no durability, small and quiet.
-SERVER_OPTIONS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                  "-c max_connections=100 -c shared_buffers=32MB")
+SERVER_OPTIONS = (
+    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c shared_buffers=32MB"
+)
 
 
 class PostgresUnavailable(RuntimeError):
@@ -75,8 +77,10 @@ def _binary(name: str) -> str:
     packaged = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[-3]))
     found = shutil.which(name) or (packaged[-1] if packaged else None)
     if found is None:
-        raise PostgresUnavailable(f"PostgreSQL's {name!r} is not installed (not on PATH, not in "
-                                  "/usr/lib/postgresql/*/bin); the multi-worker search test needs a real server")
+        raise PostgresUnavailable(
+            f"PostgreSQL's {name!r} is not installed (not on PATH, not in "
+            "/usr/lib/postgresql/*/bin); the multi-worker search test needs a real server"
+        )
     return found
 
 
@@ -88,16 +92,25 @@ def _server_user() -> pwd.struct_passwd | None:
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    raise PostgresUnavailable("running as root and neither a 'postgres' nor a 'nobody' user exists; "
-                              "PostgreSQL refuses to run as root")
+    raise PostgresUnavailable(
+        "running as root and neither a 'postgres' nor a 'nobody' user exists; PostgreSQL refuses to run as root"
+    )
 
 
 def _run(args: list[str], root: Path, user: pwd.struct_passwd | None, timeout: float) -> None:
     """Run a PostgreSQL tool as ``user``; its output goes into the error if it fails."""
     ids = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     try:
-        done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=timeout, check=False,
-                              env={**os.environ, "LC_ALL": "C"}, **ids)
+        done = subprocess.run(
+            args,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+            **ids,
+        )
     except subprocess.TimeoutExpired as e:
         raise PostgresUnavailable(f"{Path(args[0]).name} did not finish in {timeout:.0f} s") from e
     if done.returncode != 0:
@@ -120,11 +133,31 @@ def start() -> Server:
         os.chown(root, user.pw_uid, user.pw_gid)
     server = Server(root, _free_port())
     try:
-        _run([_binary("initdb"), "-D", str(server.data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
-              "-E", "UTF8"], root, user, START_TIMEOUT_S)
+        _run(
+            [_binary("initdb"), "-D", str(server.data), "-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8"],
+            root,
+            user,
+            START_TIMEOUT_S,
+        )
         options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 {SERVER_OPTIONS}"
-        _run([_binary("pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-o", options, "-w",
-              "-t", str(START_TIMEOUT_S), "start"], root, user, START_TIMEOUT_S + 10)
+        _run(
+            [
+                _binary("pg_ctl"),
+                "-D",
+                str(server.data),
+                "-l",
+                str(server.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "start",
+            ],
+            root,
+            user,
+            START_TIMEOUT_S + 10,
+        )
     except BaseException as e:
         log = server.log.read_text(errors="replace") if server.log.exists() else ""
         stop(root)
@@ -149,8 +182,7 @@ def stop(root: str | Path) -> None:
     pid = _postmaster_pid(data)
     if pid is not None:
         with contextlib.suppress(PostgresUnavailable):
-            _run([_binary("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"], root,
-                 _server_user(), 40)
+            _run([_binary("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"], root, _server_user(), 40)
         if _postmaster_pid(data) == pid:  # pg_ctl could not stop the server we started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

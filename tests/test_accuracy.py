@@ -6,6 +6,7 @@ is computed on the first ``TABLE_IMAGES`` of the 932 test images to keep this fi
 three minutes on two shared cores (``examples/fewest_bits.py`` prints it on all 932);
 the float-exactness test uses all 932.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,14 +59,19 @@ def table_sim(resnet20: Graph, cifar: CalibrationSet) -> AccuracySimulator:
 
 # --- (a) the DynO observation ----------------------------------------------------------
 
+
 def test_fewest_bits_differ_between_cuts(table_sim: AccuracySimulator) -> None:
     table = fewest_bits(table_sim, budget=1.0, granularity="tensor")
-    print(f"\nResNet-20, first {TABLE_IMAGES} CIFAR-10 images, float top-1 {table_sim.float_accuracy:.2%}; "
-          "fewest bits within 1 point (per-tensor range):")
+    print(
+        f"\nResNet-20, first {TABLE_IMAGES} CIFAR-10 images, float top-1 {table_sim.float_accuracy:.2%}; "
+        "fewest bits within 1 point (per-tensor range):"
+    )
     for position, bits in table.items():
         cut = table_sim.cut(position)
-        print(f"  cut {position:2d}  {str(cut.tensors):24s}  {bits} bits  "
-              f"top-1 {table_sim.evaluate(position, bits)[0]:.2%}")
+        print(
+            f"  cut {position:2d}  {str(cut.tensors):24s}  {bits} bits  "
+            f"top-1 {table_sim.evaluate(position, bits)[0]:.2%}"
+        )
     assert set(table) == {c.position for c in table_sim.cuts if c.kind != "device-only"}
     assert None not in table.values()
     assert len(set(table.values())) > 1, f"the same width at every cut: {table}"
@@ -76,6 +82,7 @@ def test_fewest_bits_differ_between_cuts(table_sim: AccuracySimulator) -> None:
 
 
 # --- (b) float32 is exact at every cut -------------------------------------------------
+
 
 def test_float32_at_every_cut_reproduces_the_float_model(full: AccuracySimulator, cifar: CalibrationSet) -> None:
     assert len(cifar) == 932 and int((full.float_predictions == cifar.labels).sum()) == FLOAT_CORRECT
@@ -94,29 +101,37 @@ def test_default_calibration_is_the_cifar_loader(cifar: CalibrationSet) -> None:
 
 # --- (c) the simulation is what the split graphs compute -------------------------------
 
-def _ir_predictions(resnet20: Graph, position: int, bits: int | str, granularity: str,
-                    x: np.ndarray) -> list[int]:
+
+def _ir_predictions(resnet20: Graph, position: int, bits: int | str, granularity: str, x: np.ndarray) -> list[int]:
     """Top-1 per sample through the device graph, the wire values, then the cloud graph."""
     model = insert_pack(split(resnet20, position), bits, granularity=granularity)
     device, cloud = Interpreter(model.device), Interpreter(model.cloud)
     predictions = []
     for i in range(len(x)):
-        sent = device(x[i:i + 1])
+        sent = device(x[i : i + 1])
         sent = sent if isinstance(sent, tuple) else (sent,)
         by_name = {name.removesuffix(".send"): value for name, value in zip(model.device.outputs, sent)}
         predictions.append(int(np.argmax(cloud(*(by_name[n.name] for n in model.cloud.inputs)))))
     return predictions
 
 
-@pytest.mark.parametrize("position, bits, granularity", [  # harsh widths, so that predictions change
-    (2, 2, "tensor"), (6, 1, "channel"), (23, 2, "tensor"), (40, 1, "channel"), (12, 1, "tensor"),
-    (17, "float16", "tensor")])
-def test_simulation_matches_the_split_graphs(resnet20: Graph, table_sim: AccuracySimulator, position: int,
-                                             bits: int | str, granularity: str) -> None:
+@pytest.mark.parametrize(
+    "position, bits, granularity",
+    [  # harsh widths, so that predictions change
+        (2, 2, "tensor"),
+        (6, 1, "channel"),
+        (23, 2, "tensor"),
+        (40, 1, "channel"),
+        (12, 1, "tensor"),
+        (17, "float16", "tensor"),
+    ],
+)
+def test_simulation_matches_the_split_graphs(
+    resnet20: Graph, table_sim: AccuracySimulator, position: int, bits: int | str, granularity: str
+) -> None:
     count = 24
     simulated = table_sim.predictions(position, bits, granularity)[:count]
-    assert simulated.tolist() == _ir_predictions(resnet20, position, bits, granularity,
-                                                 table_sim.calibration.x[:count])
+    assert simulated.tolist() == _ir_predictions(resnet20, position, bits, granularity, table_sim.calibration.x[:count])
     if bits != "float16":
         assert (simulated != table_sim.float_predictions[:count]).any()
 
@@ -132,6 +147,7 @@ def test_round_trip_matches_the_packing_reference(full: AccuracySimulator) -> No
 
 # --- (d) bytes on the wire -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wire(full: AccuracySimulator) -> WireBytes:
     return WireBytes(full, samples=16)
@@ -143,8 +159,9 @@ def test_frames_decode_to_the_cut_tensor(full: AccuracySimulator, wire: WireByte
     assert cost.samples == 16 and cost.bytes > 0 and cost.encode_s > 0 and cost.decode_s > 0
     assert wire.measure(config) is cost  # cached
     a = full.activations(17)[0][3]
-    frame = decode(encode([a], PackConfig(bits=4, granularity="channel", layout="bitplane", codec="zstd"),
-                          cut_id=17, request_id=3))
+    frame = decode(
+        encode([a], PackConfig(bits=4, granularity="channel", layout="bitplane", codec="zstd"), cut_id=17, request_id=3)
+    )
     assert frame.cut_id == 17 and frame.tensors[0].shape == a.shape == (1, 16, 32, 32)
     assert np.abs(frame.tensors[0] - a).max() <= (a.max() - a.min()) / 15  # within one 4-bit step
 
@@ -172,6 +189,7 @@ def test_cloud_only_sends_the_input_and_device_only_nothing(full: AccuracySimula
 
 # --- (e) bad input -----------------------------------------------------------------------
 
+
 def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
     path = tmp_path / "cal.npz"
     np.savez(path, **arrays)
@@ -181,28 +199,31 @@ def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
 CIFAR_INPUT = (1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("arrays, preset, match", [
-    ({"x": np.zeros((0, 32, 32, 3), np.uint8)}, "cifar10", "empty"),
-    ({"x": np.zeros((2, 3, 16, 16), np.float32)}, None, r"do not fit the model input"),
-    ({"x": np.zeros((2, 16, 16, 3), np.uint8)}, "cifar10", "does not resize"),
-    ({"x": np.zeros((2, 32, 32, 1), np.uint8)}, "cifar10", r"uint8 \[N, H, W, 3\]"),
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.zeros(3, np.int64)}, "cifar10", "3 labels for 2"),
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, "cifar100", "unknown preprocessing preset"),
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, None, "name their preprocessing"),
-    ({"y": np.zeros(2, np.int64)}, "cifar10", "lacks the array 'x'"),
-    ({"x": np.full((1, 3, 32, 32), np.nan, np.float32)}, None, "NaN"),
-])
+@pytest.mark.parametrize(
+    "arrays, preset, match",
+    [
+        ({"x": np.zeros((0, 32, 32, 3), np.uint8)}, "cifar10", "empty"),
+        ({"x": np.zeros((2, 3, 16, 16), np.float32)}, None, r"do not fit the model input"),
+        ({"x": np.zeros((2, 16, 16, 3), np.uint8)}, "cifar10", "does not resize"),
+        ({"x": np.zeros((2, 32, 32, 1), np.uint8)}, "cifar10", r"uint8 \[N, H, W, 3\]"),
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.zeros(3, np.int64)}, "cifar10", "3 labels for 2"),
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, "cifar100", "unknown preprocessing preset"),
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, None, "name their preprocessing"),
+        ({"y": np.zeros(2, np.int64)}, "cifar10", "lacks the array 'x'"),
+        ({"x": np.full((1, 3, 32, 32), np.nan, np.float32)}, None, "NaN"),
+    ],
+)
 def test_bad_npz_is_refused(tmp_path: Path, arrays: dict, preset: str | None, match: str) -> None:
     with pytest.raises(InputError, match=match):
         load_calibration(_npz(tmp_path, **arrays), input_shape=CIFAR_INPUT, preprocess=preset)
 
 
 def test_npz_sources(tmp_path: Path, cifar: CalibrationSet) -> None:
-    raw = load_calibration(shared_data("cifar10", "test_932.npz"), input_shape=CIFAR_INPUT, preprocess="cifar10",
-                           limit=5)
+    raw = load_calibration(
+        shared_data("cifar10", "test_932.npz"), input_shape=CIFAR_INPUT, preprocess="cifar10", limit=5
+    )
     assert np.array_equal(raw.x, cifar.x[:5]) and np.array_equal(raw.labels, cifar.labels[:5])
-    ready = load_calibration(_npz(tmp_path, x=cifar.x[:3], y=cifar.labels[:3]), input_shape=CIFAR_INPUT,
-                             labels=False)
+    ready = load_calibration(_npz(tmp_path, x=cifar.x[:3], y=cifar.labels[:3]), input_shape=CIFAR_INPUT, labels=False)
     assert np.array_equal(ready.x, cifar.x[:3]) and ready.labels is None
 
 
@@ -277,6 +298,7 @@ def test_simulator_refuses_bad_requests(resnet20: Graph, table_sim: AccuracySimu
 
 # --- (f) the 224x224 path: SqueezeNet (real fp16 ONNX, real images) ---------------------
 
+
 def test_squeezenet_smoke_within_the_memory_bound() -> None:
     path = shared_data(*SQUEEZENET)
     shared_data("imagenet", "samples")
@@ -312,9 +334,9 @@ def test_mobilenet_default_calibration_has_no_labels() -> None:
 def test_a_head_computes_only_its_samples_or_slices_the_parents(resnet20: Graph, cifar: CalibrationSet) -> None:
     sim = AccuracySimulator(resnet20, cifar.head(64))
     position = sim.cuts[3].position
-    alone = sim.head(8).activations(position)          # the parent has nothing cached: computed
+    alone = sim.head(8).activations(position)  # the parent has nothing cached: computed
     whole = sim.activations(position)
     assert all(np.allclose(a, w[:8], rtol=1e-5, atol=1e-6) for a, w in zip(alone, whole))
-    sliced = sim.head(8).activations(position)          # now the parent's, sliced
+    sliced = sim.head(8).activations(position)  # now the parent's, sliced
     assert all(np.shares_memory(s, w) and s.shape[0] == 8 for s, w in zip(sliced, whole))
     assert sim.head(8)._segment_fns is sim._segment_fns  # compiled once, shared

@@ -1,5 +1,6 @@
 """Artifacts end to end: build resnet20 (real weights) for arm64 + cuda (+ host), run every cut
 at every width from the host libraries, and refuse tampered, mismatched or partial artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,7 @@ def _check_against_ir(graph, x, position, bits, record, got) -> None:
 def test_layout_and_libraries(built):
     graph, root, libs = built
     manifest = json.loads((root / "manifest.json").read_text())
-    assert sorted(manifest["libraries"]) == ["cloud/cuda-sm80.so", "cloud/host.so", "device/arm64.so",
-                                             "device/host.so"]
+    assert sorted(manifest["libraries"]) == ["cloud/cuda-sm80.so", "cloud/host.so", "device/arm64.so", "device/host.so"]
     assert set(manifest["files"]) >= {"model.json", "model.npz", *manifest["libraries"]}
     assert manifest["model_hash"] == model_hash(graph)
     header = (root / "device/arm64.so").read_bytes()[:20]
@@ -90,12 +90,13 @@ def test_every_cut_and_width_matches_the_jax_reference(built):
 
 def test_real_accuracy_through_the_artifact_at_8_bits(built):
     from dyno_compile.datasets import cifar10
+
     _, root, _ = built
     art = load_artifact(root)
     x, y = cifar10.load_test(limit=200)
     mid = art.cuts[len(art.cuts) // 2]["position"]
-    hits = sum(int(run_split(art, x[i:i + 1], mid, "8").argmax() == y[i]) for i in range(len(y)))
-    full = int((np.asarray(Interpreter(art.graph)(x[:1])).shape[0]))  # graph built at batch 1
+    hits = sum(int(run_split(art, x[i : i + 1], mid, "8").argmax() == y[i]) for i in range(len(y)))
+    full = int(np.asarray(Interpreter(art.graph)(x[:1])).shape[0])  # graph built at batch 1
     assert full == 1 and hits >= 180  # 91.6 % on the full set; 8-bit costs < 1 point
 
 
@@ -141,6 +142,7 @@ def test_failed_build_leaves_nothing_and_existing_out_is_kept(built, tmp_path, m
 
     def explode(*args, **kwargs):
         raise RuntimeError("compiler crashed")
+
     monkeypatch.setattr(build_mod, "compile_functions", explode)
     with pytest.raises(RuntimeError):
         build_artifact(plan, tmp_path / "new", device_targets=["host"], cloud_targets=["host"])
@@ -148,8 +150,13 @@ def test_failed_build_leaves_nothing_and_existing_out_is_kept(built, tmp_path, m
 
 
 def test_build_cli_refuses_unknown_target(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "dyno_compile", "build", "resnet20", "--device", "pdp11",
-                          "--out", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dyno_compile", "build", "resnet20", "--device", "pdp11", "--out", str(tmp_path / "a")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "pdp11" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "a").exists()
 
@@ -169,8 +176,9 @@ def test_one_file_archive_opens_like_the_directory(built, tmp_path, monkeypatch)
     art = load_artifact(archive)
     assert art.root.is_relative_to(tmp_path / "cache") and art.model_hash == load_artifact(root).model_hash
     x = zoo.get_model("resnet20").random_input(seed=2)
-    np.testing.assert_array_equal(run_split(art, x, art.cuts[5]["position"], "4"),
-                                  run_split(load_artifact(root), x, art.cuts[5]["position"], "4"))
+    np.testing.assert_array_equal(
+        run_split(art, x, art.cuts[5]["position"], "4"), run_split(load_artifact(root), x, art.cuts[5]["position"], "4")
+    )
     assert load_artifact(archive).root == art.root  # unpacked once, reused
 
     evil = tmp_path / "evil.tar.gz"

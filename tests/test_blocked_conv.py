@@ -1,6 +1,7 @@
 """Convolutions legalized with output-channel-blocked weights on CPU targets
 (``targets/blocked_conv.py``) and the schedule's output-channel vector tiles: equal to
 the IR interpreter, used where they fit, TVM's own legalization where they do not."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,12 @@ BLOCKED_CASES = {
     # (odd, so no Winograd tile divides it)
     "3x3_13wide": dict(x=(1, 16, 13, 13), w=(32, 16, 3, 3), bias=False, attrs={"padding": ((1, 1), (1, 1))}),
     # stride 2, asymmetric padding: the strided width is not vectorised (it would gather)
-    "stride2_asym": dict(x=(1, 3, 33, 30), w=(16, 3, 7, 7), bias=True,
-                         attrs={"strides": (2, 2), "padding": ((3, 2), (3, 3))}),
-    "dilation": dict(x=(2, 8, 12, 12), w=(16, 8, 3, 3), bias=True,
-                     attrs={"dilation": (2, 2), "padding": ((2, 2), (2, 2))}),
+    "stride2_asym": dict(
+        x=(1, 3, 33, 30), w=(16, 3, 7, 7), bias=True, attrs={"strides": (2, 2), "padding": ((3, 2), (3, 3))}
+    ),
+    "dilation": dict(
+        x=(2, 8, 12, 12), w=(16, 8, 3, 3), bias=True, attrs={"dilation": (2, 2), "padding": ((2, 2), (2, 2))}
+    ),
     "pointwise_32wide": dict(x=(1, 24, 5, 32), w=(48, 24, 1, 1), bias=True, attrs={}),
 }
 
@@ -30,8 +33,7 @@ BLOCKED_CASES = {
 def _prim_names(mod) -> list[str]:
     from tvm import tirx
 
-    return [str(b.name_hint) for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
-            for b in _blocks(f)]
+    return [str(b.name_hint) for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) for b in _blocks(f)]
 
 
 def _blocks(func) -> list:
@@ -66,8 +68,9 @@ def test_blocked_only_on_cpu_with_constant_weights(rng):
     assert "conv2d_blocked" in _prim_names(fused_module(g, "arm64"))
     assert "conv2d_blocked" not in _prim_names(fused_module(g, "cuda-sm80"))
     assert "conv2d_blocked" not in _prim_names(fused_module(g, "host", bind_weights=False))
-    grouped = conv_graph(rng, x=(1, 32, 7, 7), w=(32, 16, 3, 3), bias=False,
-                         attrs={"groups": 2, "padding": ((1, 1), (1, 1))})
+    grouped = conv_graph(
+        rng, x=(1, 32, 7, 7), w=(32, 16, 3, 3), bias=False, attrs={"groups": 2, "padding": ((1, 1), (1, 1))}
+    )
     assert "conv2d_blocked" not in _prim_names(fused_module(grouped, "host"))
     x = normal(rng, (1, 32, 7, 7))
     check(g, [x], bind_weights=False)

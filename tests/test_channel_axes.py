@@ -7,6 +7,7 @@ scales them back before the argmax. Ranges taken per channel keep every channel'
 ranges taken along another axis (the old NCHW-only rule read axis 1, the rows) are set by
 the largest channel and wipe out the small ones, so the predictions change.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -48,8 +49,12 @@ def nhwc() -> Graph:
     model = _ScaledChannels()
     x = np.zeros(SHAPE, np.float32)
     model.init(jax.random.key(0), x)
-    variables = {"params": {"Conv_0": {"kernel": jnp.asarray(np.diag(SCALES)[None, None])},
-                            "Dense_0": {"kernel": jnp.asarray(np.diag(1 / SCALES))}}}
+    variables = {
+        "params": {
+            "Conv_0": {"kernel": jnp.asarray(np.diag(SCALES)[None, None])},
+            "Dense_0": {"kernel": jnp.asarray(np.diag(1 / SCALES))},
+        }
+    }
     return run_passes(from_jax(model.apply, variables, x, name="nhwc"))
 
 
@@ -93,8 +98,10 @@ def test_accuracy_simulation_quantises_nhwc_cuts_per_channel(nhwc, samples):
     simulator = AccuracySimulator(nhwc, CalibrationSet(samples, None, "uniform"), [RELU_CUT])
     crossing = simulator.activations(RELU_CUT)[0]
     cloud = split(nhwc, RELU_CUT).cloud
-    expected = [int(np.argmax(_run(cloud, dequantize(*quantize(a, 8, granularity="channel", axis=NHWC_AXIS)))[0]))
-                for a in crossing]
+    expected = [
+        int(np.argmax(_run(cloud, dequantize(*quantize(a, 8, granularity="channel", axis=NHWC_AXIS)))[0]))
+        for a in crossing
+    ]
     assert simulator.predictions(RELU_CUT, 8, "channel").tolist() == expected
     assert simulator.evaluate(RELU_CUT, 8, "channel")[1] == 1.0
     assert simulator.evaluate(RELU_CUT, 8, "tensor")[1] < 0.6  # the model does punish one shared range

@@ -1,4 +1,5 @@
 """CIFAR-10 test-set loader: preprocessing as the README states, clear errors for bad files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,13 +51,16 @@ def test_not_an_npz(tmp_path, monkeypatch) -> None:
         cifar10.load_test()
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, r"lacks array\(s\) \['y'\]"),
-    ({"x": np.zeros((2, 3, 32, 32), np.uint8), "y": np.zeros(2, np.uint8)}, "'x' must be uint8"),
-    ({"x": np.zeros((2, 32, 32, 3), np.float32), "y": np.zeros(2, np.uint8)}, "'x' must be uint8"),
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.zeros(3, np.uint8)}, "'y' must be 2 integer labels"),
-    ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.array([0, 10], np.uint8)}, "labels must lie in 0..9"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8)}, r"lacks array\(s\) \['y'\]"),
+        ({"x": np.zeros((2, 3, 32, 32), np.uint8), "y": np.zeros(2, np.uint8)}, "'x' must be uint8"),
+        ({"x": np.zeros((2, 32, 32, 3), np.float32), "y": np.zeros(2, np.uint8)}, "'x' must be uint8"),
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.zeros(3, np.uint8)}, "'y' must be 2 integer labels"),
+        ({"x": np.zeros((2, 32, 32, 3), np.uint8), "y": np.array([0, 10], np.uint8)}, "labels must lie in 0..9"),
+    ],
+)
 def test_malformed_file(tmp_path, monkeypatch, arrays, message: str) -> None:
     np.savez(_data_dir(tmp_path, monkeypatch), **arrays)
     with pytest.raises(InputError, match=message):

@@ -1,4 +1,5 @@
 """The ``inspect`` command, end to end in a subprocess, as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dyno_compile", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dyno_compile", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_inspect_zoo_model_prints_layers_and_cuts():
@@ -33,12 +35,15 @@ def test_inspect_json_is_machine_readable_and_consistent():
     assert report["cuts"][0]["bytes"] == 2 * 3 * 32 * 32 * 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (("inspect", "no_such_model"), "is not a zoo model"),
-    (("inspect", "missing.onnx"), "no such ONNX file"),
-    (("inspect", "no_such_module:build"), "cannot import module"),
-    (("inspect", "resnet20", "--batch", "0"), "--batch must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("inspect", "no_such_model"), "is not a zoo model"),
+        (("inspect", "missing.onnx"), "no such ONNX file"),
+        (("inspect", "no_such_module:build"), "cannot import module"),
+        (("inspect", "resnet20", "--batch", "0"), "--batch must be at least 1"),
+    ],
+)
 def test_bad_input_is_a_clear_error_with_exit_code_2(args, message):
     out = _run(*args)
     assert out.returncode == 2

@@ -3,6 +3,7 @@ it reads a loaded or slow gRPC server: a 429 or 503 is busy, not down, and a pad
 held past the ping timeout is a slow uplink, not a dead endpoint. The front here is a
 plain HTTP server on loopback around a real :class:`CloudEngine`, as the deployment's
 replica is, so no Ray is needed."""
+
 from __future__ import annotations
 
 import http.server
@@ -124,8 +125,14 @@ def test_a_busy_http_front_keeps_the_endpoint(artifact, engine, config, x, statu
     device, and the first one after the load is gone is served by the cloud."""
     with _front(engine) as front:
         front.busy, front.busy_pings = status, busy_pings
-        with DeviceClient(artifact, [front.endpoint], policy=make_policy("pinned", config=config),
-                          retry_after_s=30.0, max_retry_after_s=30.0, probe_every_s=0.05) as client:
+        with DeviceClient(
+            artifact,
+            [front.endpoint],
+            policy=make_policy("pinned", config=config),
+            retry_after_s=30.0,
+            max_retry_after_s=30.0,
+            probe_every_s=0.05,
+        ) as client:
             _poll(lambda: front.pings >= 3 or not client.endpoints_up)
             assert client.endpoints_up == [front.endpoint], "a busy ping marked the endpoint down"
             results = [client.run(x) for _ in range(3)]
@@ -144,9 +151,15 @@ def test_a_padded_ping_held_past_the_timeout_over_http_is_a_slow_link(artifact, 
     timeout_s = 0.4
     with _front(engine) as front:
         front.hold_padded = True
-        with DeviceClient(artifact, [front.endpoint], policy=make_policy("pinned", config=config),
-                          timeout_s=timeout_s, retry_after_s=30.0, max_retry_after_s=30.0,
-                          probe_every_s=60.0) as client:
+        with DeviceClient(
+            artifact,
+            [front.endpoint],
+            policy=make_policy("pinned", config=config),
+            timeout_s=timeout_s,
+            retry_after_s=30.0,
+            max_retry_after_s=30.0,
+            probe_every_s=60.0,
+        ) as client:
             _poll(lambda: client.link.conditions().bandwidth != PRIOR_BANDWIDTH or not client.endpoints_up)
             assert client.endpoints_up == [front.endpoint], "a slow padded ping marked the endpoint down"
             assert front.padded_pings == 0  # still held: the client gave up on it

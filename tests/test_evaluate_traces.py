@@ -1,6 +1,7 @@
 """The evaluation's network traces: every real file of the three sets reads, the measured
 uplinks keep the data README's figures, throughput logs keep their bytes, and bad files
 fail clearly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,12 @@ from dyno_compile.runtime.link import PACKET_BYTES, UplinkTrace
 from tests.conftest import shared_data
 
 #: The data README's uplink means (Mbit/s).
-README_UPLINK_MBIT = {"Verizon-EVDO-driving.up": 0.84, "TMobile-UMTS-driving.up": 0.94,
-                      "ATT-LTE-driving-2016.up": 1.89, "Verizon-LTE-short.up": 5.95}
+README_UPLINK_MBIT = {
+    "Verizon-EVDO-driving.up": 0.84,
+    "TMobile-UMTS-driving.up": 0.94,
+    "ATT-LTE-driving-2016.up": 1.89,
+    "Verizon-LTE-short.up": 5.95,
+}
 
 
 def _log(path):
@@ -50,11 +55,14 @@ def _check_bytes_per_interval(trace: UplinkTrace, times_s: np.ndarray, rates: np
 
 def test_three_sets_name_their_files_and_label_directions():
     assert set(TRACE_SETS) == {"3g", "lte", "5g"}
-    for name, ups in (("3g", {"TMobile-UMTS-driving.up", "Verizon-EVDO-driving.up"}),
-                      ("lte", {"ATT-LTE-driving-2016.up", "Verizon-LTE-short.up"}), ("5g", set())):
+    for name, ups in (
+        ("3g", {"TMobile-UMTS-driving.up", "Verizon-EVDO-driving.up"}),
+        ("lte", {"ATT-LTE-driving-2016.up", "Verizon-LTE-short.up"}),
+        ("5g", set()),
+    ):
         files = trace_files(name)
         assert {p.name for p, d in files if d == UPLINK} == ups
-        assert [d for _, d in files][:len(ups)] == [UPLINK] * len(ups)  # uplinks first
+        assert [d for _, d in files][: len(ups)] == [UPLINK] * len(ups)  # uplinks first
         assert all(p.suffix != ".up" and "mahimahi" not in str(p) for p, d in files if d == DOWNLINK)
         assert "downlink throughput used as a plausible uplink process" in TRACE_SETS[name].description
     counts = {name: len(trace_files(name)) for name in TRACE_SETS}
@@ -63,7 +71,7 @@ def test_three_sets_name_their_files_and_label_directions():
 
 @pytest.mark.parametrize("name", sorted(TRACE_SETS))
 def test_every_real_trace_file_reads(name):
-    for path, direction in trace_files(name):
+    for path, _direction in trace_files(name):
         trace = read_trace(path)
         assert trace.name == f"{path.parent.name}/{path.name}"
         assert trace.opportunities_ms.size > 0 and trace.period_ms > 0
@@ -81,18 +89,23 @@ def test_mahimahi_uplink_means_match_the_readme():
         assert mean_rate(trace) * 8 / 1e6 == pytest.approx(mbit, rel=0.05)
 
 
-@pytest.mark.parametrize("parts", [("norway_hsdpa_3g", "norway_bus_1"), ("norway_hsdpa_3g", "norway_ferry_5"),
-                                   ("lumos5g_verizon", "4G", "4g_trace_driving_50015_dr"),
-                                   ("lumos5g_verizon", "4G", "4g_trace_walking_50007_c"),  # repeats a second
-                                   ("lumos5g_verizon", "5G", "5g_trace_100_walking")])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("norway_hsdpa_3g", "norway_bus_1"),
+        ("norway_hsdpa_3g", "norway_ferry_5"),
+        ("lumos5g_verizon", "4G", "4g_trace_driving_50015_dr"),
+        ("lumos5g_verizon", "4G", "4g_trace_walking_50007_c"),  # repeats a second
+        ("lumos5g_verizon", "5G", "5g_trace_100_walking"),
+    ],
+)
 def test_throughput_logs_keep_bytes_per_interval(parts):
     path = shared_data("traces", *parts)
     times, rates = _log(path)
     trace = read_trace(path)
     assert np.all(np.diff(trace.opportunities_ms) >= 0)
     _check_bytes_per_interval(trace, times, rates)
-    assert mean_rate(trace) == pytest.approx(rates[1:] @ np.diff(times) * 125_000 / (times[-1] - times[0]),
-                                             rel=1e-3)
+    assert mean_rate(trace) == pytest.approx(rates[1:] @ np.diff(times) * 125_000 / (times[-1] - times[0]), rel=1e-3)
 
 
 def test_log_conversion_on_hand_made_logs():
@@ -124,22 +137,25 @@ def test_formats_are_detected_with_tabs_or_spaces(tmp_path):
     assert mean_rate(c) == pytest.approx(150_000.0)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "empty"),
-    ("\n  \n", "empty"),
-    ("0 1 2\n1 1 2\n", "fields"),
-    ("0\t1.0\n1\tfast\n", "line 2"),
-    ("0 1.0\n1\n", "line 2"),
-    ("5\n7 8\n", "one integer"),
-    ("5\n1.5\n", "mahimahi"),
-    ("10\n5\n", "mahimahi"),
-    ("0 1.0\n", "two samples"),
-    ("0 1.0\n2 1.0\n1 1.0\n", "decrease"),
-    ("0 1.0\n1 -1.0\n", ">= 0"),
-    ("0 1.0\n1 nan\n", "finite"),
-    ("0 1.0\n1 0.0\n2 0.0\n", "less than one"),
-    ("3 1.0\n3 1.0\n", "no time"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty"),
+        ("\n  \n", "empty"),
+        ("0 1 2\n1 1 2\n", "fields"),
+        ("0\t1.0\n1\tfast\n", "line 2"),
+        ("0 1.0\n1\n", "line 2"),
+        ("5\n7 8\n", "one integer"),
+        ("5\n1.5\n", "mahimahi"),
+        ("10\n5\n", "mahimahi"),
+        ("0 1.0\n", "two samples"),
+        ("0 1.0\n2 1.0\n1 1.0\n", "decrease"),
+        ("0 1.0\n1 -1.0\n", ">= 0"),
+        ("0 1.0\n1 nan\n", "finite"),
+        ("0 1.0\n1 0.0\n2 0.0\n", "less than one"),
+        ("3 1.0\n3 1.0\n", "no time"),
+    ],
+)
 def test_bad_files_raise_input_error(tmp_path, text, match):
     path = tmp_path / "bad"
     path.write_text(text)

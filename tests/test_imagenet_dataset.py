@@ -1,4 +1,5 @@
 """ImageNet sample loader and SqueezeNet preprocessing: shapes, values, and clear failures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_data
-from dyno_compile.datasets.imagenet import (SQUEEZENET_MEAN_BGR, load_samples, preprocess_squeezenet,
-                                            squeezenet_batch)
+from dyno_compile.datasets.imagenet import SQUEEZENET_MEAN_BGR, load_samples, preprocess_squeezenet, squeezenet_batch
 from dyno_compile.errors import InputError
 
 
@@ -40,7 +40,7 @@ def test_squeezenet_batch_layout_and_values(shared_samples: Path) -> None:
     new = (256, round(256 * h / w)) if w <= h else (round(256 * w / h), 256)
     resized = np.asarray(img.resize(new, Image.Resampling.BILINEAR), np.float32)
     top, left = (new[1] - 224) // 2, (new[0] - 224) // 2
-    crop = resized[top:top + 224, left:left + 224]
+    crop = resized[top : top + 224, left : left + 224]
     expected = (crop[:, :, ::-1] - np.array(SQUEEZENET_MEAN_BGR, np.float32)).transpose(2, 0, 1)
     np.testing.assert_array_equal(x[0], expected)
 

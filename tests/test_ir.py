@@ -1,4 +1,5 @@
 """Graph IR: building, validation errors, deterministic order, save/load, interpreter."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,27 @@ def test_types_are_inferred_on_add(rng):
 
 
 def test_required_op_set_is_registered():
-    needed = {"conv2d", "dense", "batch_norm", "relu", "relu6", "clip", "sigmoid", "hardswish", "silu", "add",
-              "mul", "concat", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "pad", "flatten", "reshape",
-              "softmax"}
+    needed = {
+        "conv2d",
+        "dense",
+        "batch_norm",
+        "relu",
+        "relu6",
+        "clip",
+        "sigmoid",
+        "hardswish",
+        "silu",
+        "add",
+        "mul",
+        "concat",
+        "max_pool2d",
+        "avg_pool2d",
+        "global_avg_pool2d",
+        "pad",
+        "flatten",
+        "reshape",
+        "softmax",
+    }
     assert needed <= set(registered_ops())
 
 
@@ -109,8 +128,9 @@ def test_save_load_round_trip_is_exact(tmp_path, rng):
     g.node("conv1").meta["macs"] = 123
     save(g, tmp_path / "m")
     h = load(tmp_path / "m")
-    assert [(n.name, n.op, n.inputs, n.attrs, n.type) for n in g.nodes] == \
-           [(n.name, n.op, n.inputs, n.attrs, n.type) for n in h.nodes]
+    assert [(n.name, n.op, n.inputs, n.attrs, n.type) for n in g.nodes] == [
+        (n.name, n.op, n.inputs, n.attrs, n.type) for n in h.nodes
+    ]
     assert h.node("conv1").meta == {"macs": 123}
     x = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(Interpreter(g)(x), Interpreter(h)(x))

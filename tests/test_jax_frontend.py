@@ -1,4 +1,5 @@
 """JAX frontend: plain lax/jnp functions and Flax modules into the IR, and its refusals."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -17,8 +18,9 @@ from dyno_compile.passes import run_passes
 
 def _mixed(p, x):
     """Exercises every translation rule the zoo does not."""
-    y = lax.conv_general_dilated(x, p["w"], (2, 2), ((1, 0), (0, 1)), rhs_dilation=(1, 1),
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    y = lax.conv_general_dilated(
+        x, p["w"], (2, 2), ((1, 0), (0, 1)), rhs_dilation=(1, 1), dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     y = jax.nn.silu(y) + jax.nn.hard_swish(y) - jax.nn.sigmoid(y) * jnp.tanh(y)
     y = jnp.clip(y, -1.0, 2.0) ** 2 + jnp.exp(-jnp.abs(y)) + jnp.sqrt(jnp.abs(y) + 1)
     y = jnp.maximum(y, 0.1 * y)
@@ -43,11 +45,13 @@ def test_translates_a_mixed_function_exactly(rng):
 
 def _flat_width(p, x) -> int:
     """Width of ``_mixed``'s flattened features, to size its dense weight."""
+
     def upto_flat(p, x):
         y = lax.conv_general_dilated(x, p["w"], (2, 2), ((1, 0), (0, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
         y = lax.reduce_window(y, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 1, 1), "VALID")
         y = jnp.concatenate([y, jnp.transpose(y, (0, 1, 3, 2))], axis=1)
         return jnp.pad(y, ((0, 0), (0, 0), (1, 1), (1, 1)))[:, :, ::2, 1:].reshape(x.shape[0], -1)
+
     return jax.eval_shape(upto_flat, p, x).shape[1]
 
 

@@ -1,5 +1,6 @@
 """The JPEG-upload cloud-only baseline, measured on real CIFAR-10 images with a real
 ResNet-20 artifact's host library."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,26 @@ def artifact(tmp_path_factory):
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("jpeg") / "resnet20"
-    assert main(["build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32",
-                 "--cloud-batch", "1", "--no-search", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "resnet20",
+                "--device",
+                "host",
+                "--cloud",
+                "host",
+                "--bits",
+                "float32",
+                "--cloud-batch",
+                "1",
+                "--no-search",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return load_artifact(out)
 
 
@@ -49,7 +68,7 @@ def test_quality_90_is_small_and_keeps_accuracy(measured, artifact):
     x, y = cifar10.load_test(SAMPLES)
     side = DeviceSide(artifact)
     cut = artifact.cuts[-1]["position"]
-    top1 = np.array([np.argmax(side.finish(side.start(x[i:i + 1], cut), cut)) for i in range(SAMPLES)])
+    top1 = np.array([np.argmax(side.finish(side.start(x[i : i + 1], cut), cut)) for i in range(SAMPLES)])
     assert q90.float_accuracy == pytest.approx(np.mean(top1 == y))
 
 

@@ -2,6 +2,7 @@
 :class:`LinkObserver` on their own, and the same events fed through the live client's
 observation path (its requests and its prober, on a clock the test moves) and the
 replay's (its event handlers) leaving the same estimates."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,9 @@ PING_TIMEOUT_S = 1.0
 
 
 def _observer() -> LinkObserver:
-    return LinkObserver(LinkEstimator(), probe_every_s=PROBE_EVERY_S, probe_bytes=PROBE_BYTES,
-                        ping_timeout_s=PING_TIMEOUT_S)
+    return LinkObserver(
+        LinkEstimator(), probe_every_s=PROBE_EVERY_S, probe_bytes=PROBE_BYTES, ping_timeout_s=PING_TIMEOUT_S
+    )
 
 
 def test_ping_timeout_is_the_request_timeout_up_to_a_second():
@@ -109,8 +111,13 @@ class _ScriptedCloud(Transport):
         self.request_bytes.append(len(request))
         network_s, queue_s, compute_s = self.answer
         self.clock.t += network_s
-        return encode_reply(Status.OK, request_id=decode_packed(envelope.body).request_id,
-                            output=np.zeros(self.output_shape, np.float32), queue_s=queue_s, compute_s=compute_s)
+        return encode_reply(
+            Status.OK,
+            request_id=decode_packed(envelope.body).request_id,
+            output=np.zeros(self.output_shape, np.float32),
+            queue_s=queue_s,
+            compute_s=compute_s,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +146,18 @@ def test_the_client_and_the_replay_observe_the_same_events_alike(artifact, monke
     x = np.zeros(client.device.input_shape, client.device.input_dtype)
 
     settings = ReplaySettings(rtt_s=0.01, requests=100)
-    assert (settings.probe_every_s, settings.probe_bytes, settings.ping_timeout_s) == \
-        (client.options.probe_every_s, client.options.probe_bytes, ping_timeout_s(client.options.timeout_s))
+    assert (settings.probe_every_s, settings.probe_bytes, settings.ping_timeout_s) == (
+        client.options.probe_every_s,
+        client.options.probe_bytes,
+        ping_timeout_s(client.options.timeout_s),
+    )
     trace = UplinkTrace("1ms", np.arange(1, 100_001, dtype=np.int64), 100_000)
-    run = _Replay(Selector.from_manifest(artifact.manifest, make_policy("pinned", config=config)), trace, settings,
-                  LinkEstimator())
+    run = _Replay(
+        Selector.from_manifest(artifact.manifest, make_policy("pinned", config=config)),
+        trace,
+        settings,
+        LinkEstimator(),
+    )
 
     def same() -> None:
         live, replayed = client.link.conditions(), run.link.conditions()
@@ -156,10 +170,18 @@ def test_the_client_and_the_replay_observe_the_same_events_alike(artifact, monke
         result = client.run(x)
         assert result.where == "cloud", result.error
         evaluation = dataclasses.replace(result.decision.evaluation, bytes=float(cloud.request_bytes[-1]))
-        wire = decode_reply(encode_reply(Status.OK, output=np.zeros(1, np.float32), queue_s=queue_s,
-                                         compute_s=compute_s))  # the times as the reply carries them
-        r = _Request(len(cloud.request_bytes), t0, evaluation, result.decision.latency_s, device_s=device_s,
-                     cloud_s=wire.compute_s, server_s=wire.server_s)
+        wire = decode_reply(
+            encode_reply(Status.OK, output=np.zeros(1, np.float32), queue_s=queue_s, compute_s=compute_s)
+        )  # the times as the reply carries them
+        r = _Request(
+            len(cloud.request_bytes),
+            t0,
+            evaluation,
+            result.decision.latency_s,
+            device_s=device_s,
+            cloud_s=wire.compute_s,
+            server_s=wire.server_s,
+        )
         run.now = t0 + device_s
         run.device_done(r)
         assert r.sent_s == run.now
@@ -194,8 +216,12 @@ def test_the_client_and_the_replay_observe_the_same_events_alike(artifact, monke
 
     probe(0.060, 0.300)  # t=0: nothing known of the uplink: padded
     clock.t = 1.0
-    request(device_s=1.5 * profiled_device_s, network_s=0.400, queue_s=0.5 * profiled_cloud_s,
-            compute_s=1.2 * profiled_cloud_s)
+    request(
+        device_s=1.5 * profiled_device_s,
+        network_s=0.400,
+        queue_s=0.5 * profiled_cloud_s,
+        compute_s=1.2 * profiled_cloud_s,
+    )
     clock.t = 2.0
     probe(0.050)  # the frame sampled the uplink under probe_every_s ago: no padding
     clock.t = 4.0

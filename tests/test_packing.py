@@ -3,6 +3,7 @@
 References here are written independently of the implementation (Python big integers for
 the bit streams, the formula spelt out for quantisation) so a shared mistake cannot pass.
 """
+
 from __future__ import annotations
 
 import struct
@@ -58,7 +59,7 @@ def refresh_crc(frame: bytes) -> bytes:
 
 def patch(frame: bytes, offset: int, data: bytes) -> bytes:
     """Overwrite bytes at ``offset`` and fix the CRC."""
-    return refresh_crc(frame[:offset] + data + frame[offset + len(data):])
+    return refresh_crc(frame[:offset] + data + frame[offset + len(data) :])
 
 
 # --- bitpack ------------------------------------------------------------------------------
@@ -115,18 +116,21 @@ def test_empty_code_arrays_pack_to_nothing(layout):
     assert unpack(b"", 5, 0, layout).shape == (0,)
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda: pack(np.array([4], np.uint16), 2), "codes"),
-    (lambda: pack(np.array([-1]), 4), "codes"),
-    (lambda: pack(np.array([0.5]), 4), "codes"),
-    (lambda: pack(np.array([1]), 0), "bits"),
-    (lambda: pack(np.array([1]), 17), "bits"),
-    (lambda: pack(np.array([1]), 4, "planar"), "layout"),
-    (lambda: unpack(b"\x00", 4, 3), "payload length"),
-    (lambda: unpack(b"\x00\x00\x00", 4, 3), "payload length"),
-    (lambda: unpack(b"\x00\xf0", 4, 3), "payload padding"),
-    (lambda: unpack(b"", 4, -1), "count"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: pack(np.array([4], np.uint16), 2), "codes"),
+        (lambda: pack(np.array([-1]), 4), "codes"),
+        (lambda: pack(np.array([0.5]), 4), "codes"),
+        (lambda: pack(np.array([1]), 0), "bits"),
+        (lambda: pack(np.array([1]), 17), "bits"),
+        (lambda: pack(np.array([1]), 4, "planar"), "layout"),
+        (lambda: unpack(b"\x00", 4, 3), "payload length"),
+        (lambda: unpack(b"\x00\x00\x00", 4, 3), "payload length"),
+        (lambda: unpack(b"\x00\xf0", 4, 3), "payload padding"),
+        (lambda: unpack(b"", 4, -1), "count"),
+    ],
+)
 def test_bitpack_rejects_bad_arguments(call, field):
     with pytest.raises(PackError) as err:
         call()
@@ -150,9 +154,9 @@ def ref_quantize(x: np.ndarray, bits: int, axis: int | None):
     reduce = None if axis is None else tuple(d for d in range(x.ndim) if d != axis)
     lo = np.min(x, axis=reduce, keepdims=True).astype(f32)
     hi = np.max(x, axis=reduce, keepdims=True).astype(f32)
-    scale = (hi - lo) * f32(1 / (2 ** bits - 1))
-    scale = np.where(scale >= f32(2.0 ** -126), scale, f32(1)).astype(f32)
-    q = np.clip(np.rint((x - lo) * (f32(1) / scale)), 0, 2 ** bits - 1).astype(np.uint16)
+    scale = (hi - lo) * f32(1 / (2**bits - 1))
+    scale = np.where(scale >= f32(2.0**-126), scale, f32(1)).astype(f32)
+    q = np.clip(np.rint((x - lo) * (f32(1) / scale)), 0, 2**bits - 1).astype(np.uint16)
     return q, (q.astype(f32) * scale + lo), scale
 
 
@@ -175,11 +179,15 @@ def test_quantize_frame_decode_is_bit_exact(bits, granularity, rng):
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
-@pytest.mark.parametrize("x", [
-    np.zeros((1, 4, 3, 3), np.float32),
-    np.full((1, 4, 3, 3), -2.75, np.float32),
-    np.array([[[[3.5]]]], np.float32),
-], ids=["all-zero", "constant", "single-element"])
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.zeros((1, 4, 3, 3), np.float32),
+        np.full((1, 4, 3, 3), -2.75, np.float32),
+        np.array([[[[3.5]]]], np.float32),
+    ],
+    ids=["all-zero", "constant", "single-element"],
+)
 @pytest.mark.parametrize("bits", [1, 4, 8, 16])
 def test_constant_tensors_decode_exactly(x, bits, granularity):
     codes, params = quantize(x, bits, granularity=granularity)
@@ -254,7 +262,7 @@ def test_tiny_ranges_never_produce_nan_or_inf(x):
     with np.errstate(all="raise"):
         for bits in (1, 8, 16):
             codes, params = quantize(x, bits)
-            assert params.scale[0] >= np.float32(2.0 ** -126)
+            assert params.scale[0] >= np.float32(2.0**-126)
             err = np.max(np.abs(dequantize(codes, params) - x))
             assert err <= max(params.scale[0] / 2 + 4 * np.spacing(np.float32(3)), 1e-37)
 
@@ -289,8 +297,9 @@ def test_matches_the_jax_cut_ops_bit_for_bit(granularity, rng):
         # Under jit, XLA's CPU backend contracts q * scale + lo into an FMA (one rounding, not
         # two); float64 emulates it (the product is exact in double).
         shape = (1, -1, 1, 1) if granularity == "channel" else ()
-        fused = (codes * params.scale.astype(np.float64).reshape(shape)
-                 + params.lo.astype(np.float64).reshape(shape)).astype(np.float32)
+        fused = (
+            codes * params.scale.astype(np.float64).reshape(shape) + params.lo.astype(np.float64).reshape(shape)
+        ).astype(np.float32)
         assert np.all((deq_jit == reference) | (deq_jit == fused))
         assert packed_jax.tobytes() == pack(codes, bits, "stream")
 
@@ -336,24 +345,46 @@ def test_zstd_frames_without_content_size_or_with_trailing_data_are_refused():
 # --- PackConfig ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    {}, {"bits": 1}, {"bits": 16}, {"bits": np.int64(5)}, {"bits": "float16"}, {"bits": "float32"},
-    {"granularity": "channel", "axis": -1}, {"layout": "bitplane"}, {"codec": "lz4", "level": 12},
-    {"codec": "zstd", "level": 22}, {"codec": "zstd", "level": 1}, {"codec": "none", "level": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"bits": 1},
+        {"bits": 16},
+        {"bits": np.int64(5)},
+        {"bits": "float16"},
+        {"bits": "float32"},
+        {"granularity": "channel", "axis": -1},
+        {"layout": "bitplane"},
+        {"codec": "lz4", "level": 12},
+        {"codec": "zstd", "level": 22},
+        {"codec": "zstd", "level": 1},
+        {"codec": "none", "level": 0},
+    ],
+)
 def test_pack_config_accepts(kwargs):
     cfg = PackConfig(**kwargs)
     assert isinstance(cfg.level, int)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"bits": 0}, r"1\.\.16"), ({"bits": 17}, r"1\.\.16"), ({"bits": True}, r"1\.\.16"),
-    ({"bits": 8.0}, r"1\.\.16"), ({"bits": "int8"}, "float16"),
-    ({"granularity": "row"}, "'tensor', 'channel'"), ({"axis": 8}, r"-8\.\.7"), ({"axis": "1"}, r"-8\.\.7"),
-    ({"layout": "planes"}, "'stream', 'bitplane'"), ({"codec": "gzip"}, "'none', 'lz4', 'zstd'"),
-    ({"codec": "zstd", "level": 23}, r"1\.\.22"), ({"codec": "lz4", "level": -1}, r"0\.\.12"),
-    ({"codec": "none", "level": 3}, r"0\.\.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bits": 0}, r"1\.\.16"),
+        ({"bits": 17}, r"1\.\.16"),
+        ({"bits": True}, r"1\.\.16"),
+        ({"bits": 8.0}, r"1\.\.16"),
+        ({"bits": "int8"}, "float16"),
+        ({"granularity": "row"}, "'tensor', 'channel'"),
+        ({"axis": 8}, r"-8\.\.7"),
+        ({"axis": "1"}, r"-8\.\.7"),
+        ({"layout": "planes"}, "'stream', 'bitplane'"),
+        ({"codec": "gzip"}, "'none', 'lz4', 'zstd'"),
+        ({"codec": "zstd", "level": 23}, r"1\.\.22"),
+        ({"codec": "lz4", "level": -1}, r"0\.\.12"),
+        ({"codec": "none", "level": 3}, r"0\.\.0"),
+    ],
+)
 def test_pack_config_rejects_with_the_allowed_range(kwargs, message):
     with pytest.raises(PackError, match=message) as err:
         PackConfig(**kwargs)
@@ -370,8 +401,9 @@ def test_pack_config_is_keyword_only():
 
 def small_frame(codec: str = "none") -> bytes:
     x = np.array([[0.0, 1.5, 3.0], [0.25, 0.0, 2.0]], np.float32)
-    return encode([x, x[:1]], PackConfig(bits=5, granularity="channel", axis=0, codec=codec),
-                  cut_id=9, request_id=2**64 - 1)
+    return encode(
+        [x, x[:1]], PackConfig(bits=5, granularity="channel", axis=0, codec=codec), cut_id=9, request_id=2**64 - 1
+    )
 
 
 def test_frame_round_trip_of_a_residual_cut(rng):
@@ -434,31 +466,34 @@ def test_corrupt_payload_is_caught_by_the_checksum_before_the_codec():
 # Offsets in small_frame(): fixed header 22 bytes; tensor 0 header: dtype 22, rank 23,
 # dims 24..31, mode 32, granularity 33, axis 34, layout 35, codec 36, lo 37..44, scale 45..52,
 # raw length 53, compressed length 57.
-@pytest.mark.parametrize("offset, data, field", [
-    (0, b"DYNX", "magic"),
-    (4, struct.pack("<H", 2), "version"),
-    (6, struct.pack("<H", 1), "flags"),
-    (20, struct.pack("<H", 0), "n_tensors"),
-    (20, struct.pack("<H", 3), "tensor[2].rank"),  # reads payload bytes as a third header
-    (22, b"\x02", "tensor[0].dtype"),
-    (23, b"\x09", "tensor[0].rank"),
-    (24, struct.pack("<I", 100_000), "tensor[0].lo"),  # 100,000 channels: lo runs past the end
-    (24, struct.pack("<II", 65536, 65536), "tensor[0].dims"),
-    (32, b"\x00", "tensor[0].mode"),
-    (32, b"\x11", "tensor[0].mode"),
-    (32, b"\x90", "tensor[0].mode"),
-    (33, b"\x02", "tensor[0].granularity"),
-    (34, b"\x02", "tensor[0].axis"),
-    (35, b"\x02", "tensor[0].layout"),
-    (36, b"\x03", "tensor[0].codec"),
-    (37, struct.pack("<f", np.nan), "tensor[0].lo"),
-    (45, struct.pack("<f", 0.0), "tensor[0].scale"),
-    (49, struct.pack("<f", -1.0), "tensor[0].scale"),
-    (45, struct.pack("<f", np.inf), "tensor[0].scale"),
-    (53, struct.pack("<I", 5), "tensor[0].raw length"),
-    (57, struct.pack("<I", 2**32 - 1), "tensor[0].compressed length"),
-    (57, struct.pack("<I", 3), "tensor[0].compressed length"),
-])
+@pytest.mark.parametrize(
+    "offset, data, field",
+    [
+        (0, b"DYNX", "magic"),
+        (4, struct.pack("<H", 2), "version"),
+        (6, struct.pack("<H", 1), "flags"),
+        (20, struct.pack("<H", 0), "n_tensors"),
+        (20, struct.pack("<H", 3), "tensor[2].rank"),  # reads payload bytes as a third header
+        (22, b"\x02", "tensor[0].dtype"),
+        (23, b"\x09", "tensor[0].rank"),
+        (24, struct.pack("<I", 100_000), "tensor[0].lo"),  # 100,000 channels: lo runs past the end
+        (24, struct.pack("<II", 65536, 65536), "tensor[0].dims"),
+        (32, b"\x00", "tensor[0].mode"),
+        (32, b"\x11", "tensor[0].mode"),
+        (32, b"\x90", "tensor[0].mode"),
+        (33, b"\x02", "tensor[0].granularity"),
+        (34, b"\x02", "tensor[0].axis"),
+        (35, b"\x02", "tensor[0].layout"),
+        (36, b"\x03", "tensor[0].codec"),
+        (37, struct.pack("<f", np.nan), "tensor[0].lo"),
+        (45, struct.pack("<f", 0.0), "tensor[0].scale"),
+        (49, struct.pack("<f", -1.0), "tensor[0].scale"),
+        (45, struct.pack("<f", np.inf), "tensor[0].scale"),
+        (53, struct.pack("<I", 5), "tensor[0].raw length"),
+        (57, struct.pack("<I", 2**32 - 1), "tensor[0].compressed length"),
+        (57, struct.pack("<I", 3), "tensor[0].compressed length"),
+    ],
+)
 def test_each_header_field_is_validated(offset, data, field):
     with pytest.raises(PackError) as err:
         decode(patch(small_frame(), offset, data))
@@ -490,17 +525,20 @@ def test_trailing_garbage_and_wrong_magic():
         decode(b"")
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"tensors": np.zeros(3, np.float32)}, "tensors"),
-    ({"tensors": []}, "tensors"),
-    ({"tensors": [np.zeros(3)]}, "tensor[0].dtype"),
-    ({"tensors": [np.zeros((1,) * 9, np.float32)]}, "tensor[0].dims"),
-    ({"cut_id": -1}, "cut_id"),
-    ({"cut_id": 2**32}, "cut_id"),
-    ({"request_id": 2**64}, "request_id"),
-    ({"config": {"bits": 8}}, "config"),
-    ({"config": PackConfig(granularity="channel", axis=3)}, "tensor[0].axis"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"tensors": np.zeros(3, np.float32)}, "tensors"),
+        ({"tensors": []}, "tensors"),
+        ({"tensors": [np.zeros(3)]}, "tensor[0].dtype"),
+        ({"tensors": [np.zeros((1,) * 9, np.float32)]}, "tensor[0].dims"),
+        ({"cut_id": -1}, "cut_id"),
+        ({"cut_id": 2**32}, "cut_id"),
+        ({"request_id": 2**64}, "request_id"),
+        ({"config": {"bits": 8}}, "config"),
+        ({"config": PackConfig(granularity="channel", axis=3)}, "tensor[0].axis"),
+    ],
+)
 def test_encode_rejects_bad_arguments(kwargs, field):
     args = {"tensors": [np.zeros(3, np.float32)], "config": PackConfig(), "cut_id": 0, "request_id": 0} | kwargs
     with pytest.raises(PackError) as err:
@@ -511,14 +549,22 @@ def test_encode_rejects_bad_arguments(kwargs, field):
 def _valid_frames() -> list[bytes]:
     rng = np.random.default_rng(1)
     x = post_relu(rng, (1, 3, 4, 4))
-    configs = [PackConfig(bits=3, granularity="channel", codec="zstd"), PackConfig(bits=12, layout="bitplane",
-               codec="lz4"), PackConfig(bits="float16"), PackConfig(bits=1, codec="none")]
+    configs = [
+        PackConfig(bits=3, granularity="channel", codec="zstd"),
+        PackConfig(bits=12, layout="bitplane", codec="lz4"),
+        PackConfig(bits="float16"),
+        PackConfig(bits=1, codec="none"),
+    ]
     return [encode([x, x[0, 0]], cfg, cut_id=i, request_id=i) for i, cfg in enumerate(configs)]
 
 
 VALID_FRAMES = _valid_frames()
-FUZZ = settings(max_examples=1200, deadline=timedelta(milliseconds=500), derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=1200,
+    deadline=timedelta(milliseconds=500),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _decode_only_pack_errors(buf: bytes) -> None:
@@ -549,7 +595,7 @@ def test_mutated_frames_only_raise_pack_error(frame, data, fix_crc):
         elif kind == "insert":
             buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
         else:
-            del buf[i:i + data.draw(st.integers(1, 8))]
+            del buf[i : i + data.draw(st.integers(1, 8))]
     out = refresh_crc(bytes(buf)) if fix_crc and len(buf) >= 4 else bytes(buf)
     _decode_only_pack_errors(out)
 
@@ -560,8 +606,11 @@ def test_mutated_frames_only_raise_pack_error(frame, data, fix_crc):
 def test_bitplane_zstd_beats_plain_stream_on_a_sparse_post_relu_map(rng):
     x = post_relu(rng, (1, 64, 32, 32), zeros=0.7)
     raw = x.nbytes
-    sizes = {(layout, codec): len(encode([x], PackConfig(bits=8, layout=layout, codec=codec), cut_id=0, request_id=0))
-             for layout in LAYOUTS for codec in ("none", "lz4", "zstd")}
+    sizes = {
+        (layout, codec): len(encode([x], PackConfig(bits=8, layout=layout, codec=codec), cut_id=0, request_id=0))
+        for layout in LAYOUTS
+        for codec in ("none", "lz4", "zstd")
+    }
     print(f"\n8-bit frame bytes for a 1x64x32x32 map, 70% zeros (float32: {raw} B):")
     for (layout, codec), n in sizes.items():
         print(f"  {layout:8s} {codec:4s} {n:7d} B  {raw / n:5.2f}x smaller than float32")

@@ -1,4 +1,5 @@
 """Each pass alone, checked through the reference interpreter before and after."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,16 @@ import pytest
 from conftest import conv_bn_relu_graph, rel_err
 from dyno_compile.errors import GraphError
 from dyno_compile.ir import Graph, Interpreter, validate
-from dyno_compile.passes import (annotate_costs, eliminate_dead_code, find_cuts, fold_bn, fold_constants,
-                                 infer_shapes, run_passes, simplify)
+from dyno_compile.passes import (
+    annotate_costs,
+    eliminate_dead_code,
+    find_cuts,
+    fold_bn,
+    fold_constants,
+    infer_shapes,
+    run_passes,
+    simplify,
+)
 
 X = np.random.default_rng(1).normal(size=(2, 4, 8, 8)).astype(np.float32)
 
@@ -156,6 +165,7 @@ def test_pipeline_names_the_failing_pass(rng):
         graph = graph.copy()
         graph.outputs = []
         return graph
+
     with pytest.raises(GraphError, match="pass breaks failed \\(passes run before it: fold_constants\\)"):
         run_passes(conv_bn_relu_graph(rng), [fold_constants, breaks])
 

@@ -2,6 +2,7 @@
 times added up from the right functions, the same timings over a loopback TVM RPC tracker
 and server, bounded failures for unreachable trackers and unknown keys, and labelled,
 calibrated roofline estimates for targets with no hardware here."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.search.estimate import estimate_library, function_costs
-from dyno_compile.search.profile import (SIDES, LibraryProfile, ProfileError, config_times, profile_library,
-                                         profile_runner)
+from dyno_compile.search.profile import (
+    SIDES,
+    LibraryProfile,
+    ProfileError,
+    config_times,
+    profile_library,
+    profile_runner,
+)
 from dyno_compile.search.rpc import RPCError, local_rpc, profile_library_rpc
 from dyno_compile.targets import get_target
 
@@ -72,8 +79,9 @@ def test_every_function_of_both_libraries_gets_a_positive_time(artifact, profile
         assert all(s > 0 for s in p.seconds.values())
         assert (p.side, p.target, p.source, p.repeat) == (side, "host", "measured:host", 5)
         assert took[side] < 60, f"profiling the {side} library took {took[side]:.0f} s"
-    assert {f for f in profiles["device"].seconds if not f.startswith("segment_")} == \
-        {f for f in _functions(artifact, "device") if f.startswith("pack_")}
+    assert {f for f in profiles["device"].seconds if not f.startswith("segment_")} == {
+        f for f in _functions(artifact, "device") if f.startswith("pack_")
+    }
 
 
 def test_profiles_round_trip_and_never_lose_their_label(profiles):
@@ -145,8 +153,10 @@ def test_rpc_loopback_times_agree_with_local_times(artifact, profiles):
     segments = _segments(artifact, range(len(artifact.segments)))
     local = [p.total(segments) for p in (profiles["device"], profiles["cloud"], after)]
     remote_sum = rp.total(segments)
-    print(f"\nsum over {len(segments)} segments: rpc {remote_sum * 1e3:.3f} ms; local (device, cloud, after) "
-          f"{', '.join(f'{s * 1e3:.3f}' for s in local)} ms")
+    print(
+        f"\nsum over {len(segments)} segments: rpc {remote_sum * 1e3:.3f} ms; local (device, cloud, after) "
+        f"{', '.join(f'{s * 1e3:.3f}' for s in local)} ms"
+    )
     assert min(local) / 1.3 <= remote_sum <= max(local) * 1.3, (remote_sum, local)
 
 
@@ -180,7 +190,9 @@ def test_estimates_are_labelled_positive_and_rank_targets(artifact, profiles):
     middle = _middle_split(artifact)["position"]
     arm, gpu = (estimate_library(artifact, profiles[s], t) for s, t in (("device", "arm64"), ("cloud", "cuda")))
     assert config_times(artifact, arm, gpu, Config(middle, "8"))[2] == {
-        "device_s": "estimated:roofline:arm64", "cloud_s": "estimated:roofline:cuda-sm80"}
+        "device_s": "estimated:roofline:arm64",
+        "cloud_s": "estimated:roofline:cuda-sm80",
+    }
 
 
 def test_the_calibration_is_applied(artifact, profiles):
@@ -216,8 +228,8 @@ class _LoadedRunner:
 def test_a_pass_slowed_by_passing_load_is_retimed_and_dropped(artifact):
     runner = _LoadedRunner(artifact.runner("device", "host"), [6.0, 1.1, 1.0])
     profile = profile_runner(runner, "device", "measured:host")
-    assert runner.calls == 3 * len(runner.module.functions)     # 6 vs 1.1 disagree; 1.1 vs 1.0 agree
-    assert set(profile.seconds.values()) == {1e-3}                # each function keeps its fastest pass
+    assert runner.calls == 3 * len(runner.module.functions)  # 6 vs 1.1 disagree; 1.1 vs 1.0 agree
+    assert set(profile.seconds.values()) == {1e-3}  # each function keeps its fastest pass
 
 
 def test_passes_that_never_agree_are_refused_not_recorded(artifact):

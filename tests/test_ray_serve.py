@@ -2,6 +2,7 @@
 HTTP gives the in-process answer exactly; refusals come back as envelopes and leave the
 deployment serving; two replicas take concurrent requests; and the HTTP transport turns
 every failure to get a reply into a TransportError."""
+
 from __future__ import annotations
 
 import asyncio
@@ -60,8 +61,9 @@ def artifact(tmp_path_factory):
     graph = run_passes(from_jax(m.fn, m.params, m.random_input()))
     splits = [c for c in candidate_cuts(graph) if c.kind == "split"]
     plan = plan_build(graph, [splits[len(splits) // 2]], bits=("float32", 8))
-    root, _ = build_artifact(plan, tmp_path_factory.mktemp("art") / "resnet20", device_targets=["host"],
-                             cloud_targets=["host"])
+    root, _ = build_artifact(
+        plan, tmp_path_factory.mktemp("art") / "resnet20", device_targets=["host"], cloud_targets=["host"]
+    )
     return load_artifact(root)
 
 
@@ -72,11 +74,10 @@ def endpoint(artifact):
     ray_dir = tempfile.mkdtemp(prefix="dyno-ray-")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("RAY_AUTH_MODE", "disabled")        # Ray 2.60 would otherwise write ~/.ray/auth_token
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would otherwise write ~/.ray/auth_token
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         start = time.perf_counter()
-        ray.init(address="local", num_cpus=REPLICAS, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=ray_dir)
+        ray.init(address="local", num_cpus=REPLICAS, include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
         try:
             url = ray_serve.run(str(artifact.root), port=_free_port(), num_replicas=REPLICAS, token=TOKEN)
             print(f"\nRay + Serve up, {REPLICAS} replicas deployed in {time.perf_counter() - start:.1f} s")
@@ -150,14 +151,17 @@ def test_two_replicas_serve_concurrent_requests(artifact, device, case, endpoint
     status = serve.status().applications[ray_serve.DEPLOYMENT_NAME].deployments[ray_serve.DEPLOYMENT_NAME]
     assert status.replica_states.get("RUNNING") == REPLICAS
     threads, each = 8, 4
-    frames = [device.frame(device.start(x, cut), Config(cut, "8"), request_id=next(_ids))
-              for _ in range(threads * each)]  # one VM: the device halves run here, before the threads
+    frames = [
+        device.frame(device.start(x, cut), Config(cut, "8"), request_id=next(_ids)) for _ in range(threads * each)
+    ]  # one VM: the device halves run here, before the threads
     model = protocol.model_id(artifact.model_hash)
     transport = connect(endpoint, token=TOKEN)  # one transport shared by every thread
 
     def client(k: int) -> list[protocol.Reply]:
-        return [protocol.decode_reply(transport.call(protocol.encode_request(frame, model=model), 60.0))
-                for frame in frames[k::threads]]
+        return [
+            protocol.decode_reply(transport.call(protocol.encode_request(frame, model=model), 60.0))
+            for frame in frames[k::threads]
+        ]
 
     start = time.perf_counter()
     try:
@@ -260,7 +264,7 @@ def _starlette_request(body: bytes, *, content_length: bool, token: str | None =
     headers = [(b"content-length", str(len(body)).encode())] if content_length else []
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
-    parts = [body[i:i + 100] for i in range(0, len(body), 100)] or [b""]
+    parts = [body[i : i + 100] for i in range(0, len(body), 100)] or [b""]
     messages = [{"type": "http.request", "body": p, "more_body": i + 1 < len(parts)} for i, p in enumerate(parts)]
 
     async def receive():
@@ -281,7 +285,8 @@ def test_replica_refuses_an_oversized_body_with_an_envelope(artifact, device, ca
         assert reply.status is Status.BAD_REQUEST and "exceeds the limit" in reply.message
     request = _request(artifact, device, x, cut)
     assert len(request) <= 65536
-    reply = protocol.decode_reply(asyncio.run(replica(_starlette_request(request, content_length=False,
-                                                                         token=TOKEN))).body)
+    reply = protocol.decode_reply(
+        asyncio.run(replica(_starlette_request(request, content_length=False, token=TOKEN))).body
+    )
     assert reply.ok
     np.testing.assert_array_equal(reply.output, expected)

@@ -1,6 +1,7 @@
 """The trace replay: its figures against the cost model on synthetic uplinks where the
 answer is known, the estimator and prober rules it mirrors from the client, and a smoke
 run of every policy on real mahimahi uplinks."""
+
 from __future__ import annotations
 
 import time
@@ -8,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.evaluate.replay import ReplaySettings, delivered_bytes, oracle, replay
@@ -35,7 +37,6 @@ from dyno_compile.runtime.observations import (
     UplinkProbe,
 )
 from dyno_compile.runtime.protocol import REQUEST_HEADER_BYTES
-from conftest import shared_data
 
 BASELINE = 0.92
 RTT = 0.04
@@ -51,13 +52,15 @@ def constant_trace(every_ms: int, seconds: float = 100.0) -> UplinkTrace:
 def step_trace(first_ms: int, then_ms: int, step_s: float, seconds: float) -> UplinkTrace:
     """Opportunities every ``first_ms`` until ``step_s``, every ``then_ms`` after."""
     step = int(step_s * 1000)
-    stamps = np.concatenate([np.arange(first_ms, step + 1, first_ms),
-                             np.arange(step + then_ms, int(seconds * 1000) + 1, then_ms)]).astype(np.int64)
+    stamps = np.concatenate(
+        [np.arange(first_ms, step + 1, first_ms), np.arange(step + then_ms, int(seconds * 1000) + 1, then_ms)]
+    ).astype(np.int64)
     return UplinkTrace(f"step-{first_ms}-{then_ms}ms", stamps, int(stamps[-1]))
 
 
-def offloaded(cut: int, bits: str, device_s: float, nbytes: float, cloud_s: float,
-              accuracy: float = BASELINE) -> Evaluation:
+def offloaded(
+    cut: int, bits: str, device_s: float, nbytes: float, cloud_s: float, accuracy: float = BASELINE
+) -> Evaluation:
     return Evaluation(Config(cut, bits), device_s, cloud_s, nbytes, accuracy, 1.0)
 
 
@@ -73,13 +76,13 @@ def test_sequential_latency_is_the_cost_models_once_converged() -> None:
     config = offloaded(3, "8", device_s=0.010, nbytes=30_000, cloud_s=0.005)
     trace, estimator = constant_trace(1), LinkEstimator()
     result = replay(pinned(config), trace, ReplaySettings(rtt_s=RTT, requests=60), estimator=estimator)
-    truth = predict(config, Conditions(1.5e6, RTT))[0]   # 1.5 MB/s: 10 + 20 + 40 + 5 ms
+    truth = predict(config, Conditions(1.5e6, RTT))[0]  # 1.5 MB/s: 10 + 20 + 40 + 5 ms
     estimated = predict(config, estimator.conditions())[0]
     assert truth == pytest.approx(0.075) and estimated == pytest.approx(truth, abs=1e-3)
     for r in result.requests[5:]:
         assert r.where == "cloud" and r.bytes == 30_000 and r.cloud_s == pytest.approx(0.005)
         assert r.latency_s == pytest.approx(truth, abs=1e-3)
-        assert r.predicted_s == pytest.approx(r.latency_s, abs=1e-3)   # what the selector expected
+        assert r.predicted_s == pytest.approx(r.latency_s, abs=1e-3)  # what the selector expected
     assert result.throughput_rps == pytest.approx(1 / truth, rel=0.01)
     # one padded probe, the first (nothing was known of the uplink); frames sample it after
     assert result.bytes_per_inference == 30_000 and [p.start_s for p in result.probes] == [0.0]
@@ -98,17 +101,24 @@ def test_device_only_runs_at_the_devices_rate_and_sends_nothing() -> None:
 
 def test_device_load_slows_the_device_and_the_estimator_learns_it() -> None:
     estimator = LinkEstimator()
-    result = replay(selector([DEVICE_ONLY], DeviceOnly()), constant_trace(1),
-                    ReplaySettings(rtt_s=RTT, requests=50, device_load=2.0), estimator=estimator)
+    result = replay(
+        selector([DEVICE_ONLY], DeviceOnly()),
+        constant_trace(1),
+        ReplaySettings(rtt_s=RTT, requests=50, device_load=2.0),
+        estimator=estimator,
+    )
     assert result.throughput_rps == pytest.approx(1 / (2 * DEVICE_ONLY.device_s))
     assert estimator.conditions().device_load == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("device_s, nbytes, cloud_s", [
-    (0.005, 30_000, 0.003),    # uplink: 20 packets at 1 ms
-    (0.020, 15_000, 0.005),    # device
-    (0.005, 7_500, 0.0125),    # cloud
-])
+@pytest.mark.parametrize(
+    "device_s, nbytes, cloud_s",
+    [
+        (0.005, 30_000, 0.003),  # uplink: 20 packets at 1 ms
+        (0.020, 15_000, 0.005),  # device
+        (0.005, 7_500, 0.0125),  # cloud
+    ],
+)
 def test_pipelined_throughput_is_one_over_the_bottleneck(device_s: float, nbytes: float, cloud_s: float) -> None:
     config = offloaded(3, "8", device_s, nbytes, cloud_s)
     settings = ReplaySettings(rtt_s=RTT, requests=500, mode="pipelined", max_in_flight=8)
@@ -123,21 +133,22 @@ def test_pipelined_throughput_is_one_over_the_bottleneck(device_s: float, nbytes
 def test_in_flight_limit_caps_pipelined_throughput() -> None:
     """Little's law: one request outstanding is the sequential client."""
     config = offloaded(3, "8", 0.005, 30_000, 0.003)
-    one = replay(pinned(config), constant_trace(1),
-                 ReplaySettings(rtt_s=RTT, requests=100, mode="pipelined", max_in_flight=1))
+    one = replay(
+        pinned(config), constant_trace(1), ReplaySettings(rtt_s=RTT, requests=100, mode="pipelined", max_in_flight=1)
+    )
     sequential = replay(pinned(config), constant_trace(1), ReplaySettings(rtt_s=RTT, requests=100))
     assert one.throughput_rps == pytest.approx(sequential.throughput_rps, rel=0.01)
 
 
 STEP_CANDIDATES = [
-    offloaded(0, "float32", device_s=0.001, nbytes=30_000, cloud_s=0.003),   # 64 ms at 1.5 MB/s, > 1 s at 30 kB/s
-    offloaded(5, "4", device_s=0.030, nbytes=3_000, cloud_s=0.003),          # 75 ms fast, ~150 ms slow
-    Evaluation(Config(20), 0.2, 0.0, 0.0, BASELINE, 1.0),                    # device-only, 200 ms
+    offloaded(0, "float32", device_s=0.001, nbytes=30_000, cloud_s=0.003),  # 64 ms at 1.5 MB/s, > 1 s at 30 kB/s
+    offloaded(5, "4", device_s=0.030, nbytes=3_000, cloud_s=0.003),  # 75 ms fast, ~150 ms slow
+    Evaluation(Config(20), 0.2, 0.0, 0.0, BASELINE, 1.0),  # device-only, 200 ms
 ]
 
 
 def test_lowest_latency_follows_a_step_down_within_a_few_requests() -> None:
-    trace = step_trace(1, 50, step_s=10.0, seconds=200.0)   # 1.5 MB/s, then 30 kB/s
+    trace = step_trace(1, 50, step_s=10.0, seconds=200.0)  # 1.5 MB/s, then 30 kB/s
     settings = ReplaySettings(rtt_s=RTT, duration_s=20.0)
     result = replay(selector(STEP_CANDIDATES, LowestLatency()), trace, settings)
     before = [r for r in result.requests if 9.0 <= r.start_s < 10.0]
@@ -186,7 +197,7 @@ def test_probes_only_while_nothing_samples_the_uplink() -> None:
 def test_probes_find_a_recovered_uplink_and_stop() -> None:
     """Device-only on a dead-slow uplink until a probe sees it recover; probes only while
     no frame has sampled the uplink for probe_every_s, and they delay frames behind them."""
-    trace = step_trace(500, 1, step_s=10.0, seconds=200.0)   # 3 kB/s, then 1.5 MB/s
+    trace = step_trace(500, 1, step_s=10.0, seconds=200.0)  # 3 kB/s, then 1.5 MB/s
     settings = ReplaySettings(rtt_s=RTT, duration_s=30.0, probe_every_s=1.0)
     result = replay(selector(STEP_CANDIDATES, LowestLatency()), trace, settings)
     assert all(r.where == "device" for r in result.requests if 2.0 <= r.start_s < 10.0)
@@ -207,13 +218,13 @@ def test_a_padding_the_round_trip_hides_grows_and_goes_again() -> None:
     """On a link faster than the padding can show (the empty and the padded ping arrive
     in the same millisecond), the prober does not wait ``probe_every_s`` on the prior: it
     grows the padding (UplinkProbe) and sends it again at once, until it is a sample."""
-    stamps = np.repeat(np.arange(1, 10_001, dtype=np.int64), 200)   # 200 packets per ms: 2.4 Gbit/s
+    stamps = np.repeat(np.arange(1, 10_001, dtype=np.int64), 200)  # 200 packets per ms: 2.4 Gbit/s
     trace = UplinkTrace("fast", stamps, 10_000)
     settings = ReplaySettings(rtt_s=RTT, duration_s=3.0, probe_every_s=2.0)
     result = replay(selector([DEVICE_ONLY], DeviceOnly()), trace, settings)
     sizes = [p.bytes for p in result.probes]
     first = [p for p in result.probes if p.start_s < 1.0]
-    assert [p.bytes for p in first] == [16_384 * PROBE_GROWTH ** k for k in range(len(first))]
+    assert [p.bytes for p in first] == [16_384 * PROBE_GROWTH**k for k in range(len(first))]
     assert 2 <= len(first) <= 4 and max(p.start_s for p in first) < 0.2
     assert all(s <= MAX_PROBE_BYTES for s in sizes)
 
@@ -222,7 +233,7 @@ def test_uplink_probe_rule() -> None:
     probe = UplinkProbe(16_384)
     assert probe.size(1e5) == 16_384 and probe.size(1e8) == int(PROBE_SECONDS * 1e8)
     assert probe.again(False, 16_384) and probe.size(1e5) == 16_384 * PROBE_GROWTH
-    assert not probe.again(True, 65_536) and probe.size(1e5) == 16_384   # a sample resets it
+    assert not probe.again(True, 65_536) and probe.size(1e5) == 16_384  # a sample resets it
     probe.scale = 1 << 10
     assert probe.size(1e5) == MAX_PROBE_BYTES and not probe.again(False, MAX_PROBE_BYTES)
 
@@ -230,7 +241,7 @@ def test_uplink_probe_rule() -> None:
 def test_a_probe_delays_the_frame_behind_it() -> None:
     """A small frame (not an uplink sample) keeps the prober padding; a frame handed to
     the uplink while a probe's padding is on it waits."""
-    trace = constant_trace(10)   # 150 kB/s: 16 kB of padding holds the link ~110 ms
+    trace = constant_trace(10)  # 150 kB/s: 16 kB of padding holds the link ~110 ms
     config = offloaded(3, "2", device_s=0.045, nbytes=1_000, cloud_s=0.005)
     settings = ReplaySettings(rtt_s=RTT, duration_s=6.0, probe_every_s=1.0)
     result = replay(pinned(config), trace, settings)
@@ -240,20 +251,39 @@ def test_a_probe_delays_the_frame_behind_it() -> None:
 
 def test_replays_are_deterministic_and_noise_follows_the_seed() -> None:
     trace = UplinkTrace.read(shared_data("traces", "mahimahi_cellular", "Verizon-LTE-short.up"))
-    runs = [replay(selector(STEP_CANDIDATES, LowestLatency()), trace,
-                   ReplaySettings(rtt_s=RTT, requests=200, noise=0.2, seed=seed)).requests for seed in (1, 1, 2)]
+    runs = [
+        replay(
+            selector(STEP_CANDIDATES, LowestLatency()),
+            trace,
+            ReplaySettings(rtt_s=RTT, requests=200, noise=0.2, seed=seed),
+        ).requests
+        for seed in (1, 1, 2)
+    ]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("options", [
-    {"rtt_s": -0.01, "requests": 10}, {"rtt_s": float("nan"), "requests": 10}, {"rtt_s": 1.5, "requests": 10},
-    {"rtt_s": RTT}, {"rtt_s": RTT, "requests": 10, "duration_s": 5.0}, {"rtt_s": RTT, "requests": 0},
-    {"rtt_s": RTT, "requests": True}, {"rtt_s": RTT, "requests": 2.5}, {"rtt_s": RTT, "duration_s": 0.0},
-    {"rtt_s": RTT, "requests": 10, "mode": "parallel"}, {"rtt_s": RTT, "requests": 10, "start_s": -1.0},
-    {"rtt_s": RTT, "requests": 10, "probe_every_s": 0}, {"rtt_s": RTT, "requests": 10, "probe_bytes": -1},
-    {"rtt_s": RTT, "requests": 10, "max_in_flight": 0}, {"rtt_s": RTT, "requests": 10, "device_load": 0.0},
-    {"rtt_s": RTT, "requests": 10, "cloud_load": float("inf")}, {"rtt_s": RTT, "requests": 10, "noise": -0.1},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rtt_s": -0.01, "requests": 10},
+        {"rtt_s": float("nan"), "requests": 10},
+        {"rtt_s": 1.5, "requests": 10},
+        {"rtt_s": RTT},
+        {"rtt_s": RTT, "requests": 10, "duration_s": 5.0},
+        {"rtt_s": RTT, "requests": 0},
+        {"rtt_s": RTT, "requests": True},
+        {"rtt_s": RTT, "requests": 2.5},
+        {"rtt_s": RTT, "duration_s": 0.0},
+        {"rtt_s": RTT, "requests": 10, "mode": "parallel"},
+        {"rtt_s": RTT, "requests": 10, "start_s": -1.0},
+        {"rtt_s": RTT, "requests": 10, "probe_every_s": 0},
+        {"rtt_s": RTT, "requests": 10, "probe_bytes": -1},
+        {"rtt_s": RTT, "requests": 10, "max_in_flight": 0},
+        {"rtt_s": RTT, "requests": 10, "device_load": 0.0},
+        {"rtt_s": RTT, "requests": 10, "cloud_load": float("inf")},
+        {"rtt_s": RTT, "requests": 10, "noise": -0.1},
+    ],
+)
 def test_bad_settings_raise(options: dict) -> None:
     with pytest.raises(InputError):
         ReplaySettings(**options)
@@ -270,7 +300,7 @@ def test_bad_arguments_raise() -> None:
 
 
 def test_delivered_bytes_counts_across_loops() -> None:
-    trace = constant_trace(2, seconds=1.0)   # 500 opportunities a second, looping every 1 s
+    trace = constant_trace(2, seconds=1.0)  # 500 opportunities a second, looping every 1 s
     assert delivered_bytes(trace, 0.0, 1.0) == 500 * PACKET_BYTES
     assert delivered_bytes(trace, 0.5, 2.5) == 1000 * PACKET_BYTES
 
@@ -289,8 +319,13 @@ REAL_CANDIDATES = [
     offloaded(14, "float32", 0.160, 4_000, 0.0005),
     offloaded(14, "2", 0.161, 300, 0.0006, accuracy=0.914),
 ]
-POLICIES = {"device-only": DeviceOnly, "cloud-only": CloudOnly, "neurosurgeon": Neurosurgeon,
-            "fixed-8bit": Fixed8Bit, "ours": LowestLatency}
+POLICIES = {
+    "device-only": DeviceOnly,
+    "cloud-only": CloudOnly,
+    "neurosurgeon": Neurosurgeon,
+    "fixed-8bit": Fixed8Bit,
+    "ours": LowestLatency,
+}
 
 
 @pytest.mark.parametrize("name", ["TMobile-UMTS-driving.up", "Verizon-LTE-short.up"])
@@ -298,27 +333,40 @@ def test_policies_on_real_uplinks(name: str) -> None:
     trace = UplinkTrace.read(shared_data("traces", "mahimahi_cellular", name))
     settings = ReplaySettings(rtt_s=RTT, requests=300, start_s=5.0)
     results = {key: replay(selector(REAL_CANDIDATES, policy()), trace, settings) for key, policy in POLICIES.items()}
-    for key, r in results.items():
+    for _key, r in results.items():
         figures = r.summary()
-        nothing_sent = {"bytes_per_offload"} if r.offloaded_fraction == 0 else set()   # NaN: no such request
-        assert figures["requests"] == 300 and all(np.isfinite(v) for k, v in figures.items()
-                                                  if isinstance(v, float) and k not in nothing_sent)
+        nothing_sent = {"bytes_per_offload"} if r.offloaded_fraction == 0 else set()  # NaN: no such request
+        assert figures["requests"] == 300 and all(
+            np.isfinite(v) for k, v in figures.items() if isinstance(v, float) and k not in nothing_sent
+        )
         assert r.p95_latency_s >= r.mean_latency_s * 0.5 and 0.914 <= r.accuracy <= BASELINE
     assert results["device-only"].mean_latency_s == pytest.approx(SLOW_DEVICE_ONLY.device_s)
     assert results["cloud-only"].bytes_per_inference == 600_000
     best_baseline = min(r.mean_latency_s for key, r in results.items() if key != "ours")
     assert results["ours"].mean_latency_s <= 1.05 * best_baseline
-    if "LTE" in name:   # measured: ours 138 ms, offloading every request at 4 bits, vs 160-875 ms
+    if "LTE" in name:  # measured: ours 138 ms, offloading every request at 4 bits, vs 160-875 ms
         assert results["ours"].offloaded_fraction > 0.5 and results["ours"].mean_latency_s < 0.9 * best_baseline
-    pipelined = replay(selector(REAL_CANDIDATES, HighestThroughput()), trace,
-                       ReplaySettings(rtt_s=RTT, requests=300, start_s=5.0, mode="pipelined"))
+    pipelined = replay(
+        selector(REAL_CANDIDATES, HighestThroughput()),
+        trace,
+        ReplaySettings(rtt_s=RTT, requests=300, start_s=5.0, mode="pipelined"),
+    )
     assert pipelined.throughput_rps > results["device-only"].throughput_rps
 
 
 def test_thousand_requests_over_a_hundred_candidates_well_under_a_second() -> None:
     widths = ("float32", "float16", "8", "6", "4", "2")
-    candidates = [offloaded(cut, bits, 0.001 + 0.003 * cut, 600_000 / (cut + 1) * (1 if bits[0] == "f" else
-                  int(bits) / 32), 0.02 - 0.001 * cut) for cut in range(17) for bits in widths][:99] + [DEVICE_ONLY]
+    candidates = [
+        offloaded(
+            cut,
+            bits,
+            0.001 + 0.003 * cut,
+            600_000 / (cut + 1) * (1 if bits[0] == "f" else int(bits) / 32),
+            0.02 - 0.001 * cut,
+        )
+        for cut in range(17)
+        for bits in widths
+    ][:99] + [DEVICE_ONLY]
     trace = UplinkTrace.read(shared_data("traces", "mahimahi_cellular", "ATT-LTE-driving-2016.up"))
     sel = selector(candidates, LowestLatency())
     assert len(sel.candidates) == 100

@@ -1,5 +1,6 @@
 """The runtime end to end on loopback: protocol, engine refusals, the gRPC server, the
 device client, TLS and the shared token, and the accuracy a real server delivers."""
+
 from __future__ import annotations
 
 import datetime
@@ -79,18 +80,25 @@ def _request(artifact, device, x, config: Config, request_id: int, **kw) -> byte
 
 def test_reply_round_trip_and_error_reply():
     out = np.arange(10, dtype=np.float32).reshape(1, 10)
-    reply = decode_reply(encode_reply(Status.OK, request_id=7, output=out, queue_s=0.001, compute_s=0.002,
-                                      in_flight=3, workers=2))
+    reply = decode_reply(
+        encode_reply(Status.OK, request_id=7, output=out, queue_s=0.001, compute_s=0.002, in_flight=3, workers=2)
+    )
     assert reply.ok and reply.request_id == 7 and np.array_equal(reply.output.reshape(1, 10), out)
     assert reply.server_s == pytest.approx(0.003) and (reply.in_flight, reply.workers) == (3, 2)
     error = decode_reply(encode_reply(Status.OVERLOADED, message="x" * 5000))
     assert error.status is Status.OVERLOADED and error.output is None and len(error.message) == 1024
 
 
-@pytest.mark.parametrize("bad, why", [
-    (b"", "shorter"), (b"DYRQ" + b"\0" * 10, "shorter"), (b"XXXX" + b"\0" * 20, "magic"),
-    (b"DYRQ\x02\x00\x01\x00" + b"\0" * 16, "version"), (b"DYRQ\x01\x00\x09\x00" + b"\0" * 16, "kind"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (b"", "shorter"),
+        (b"DYRQ" + b"\0" * 10, "shorter"),
+        (b"XXXX" + b"\0" * 20, "magic"),
+        (b"DYRQ\x02\x00\x01\x00" + b"\0" * 16, "version"),
+        (b"DYRQ\x01\x00\x09\x00" + b"\0" * 16, "kind"),
+    ],
+)
 def test_malformed_requests_are_refused_with_a_reason(bad, why):
     with pytest.raises(ProtocolError, match=why) as e:
         decode_request(bad)
@@ -141,12 +149,12 @@ def test_engine_refuses_without_raising(artifact, device, cifar):
     assert status(good, token=None) is Status.UNAUTHENTICATED
     assert status(good, token="wrong") is Status.UNAUTHENTICATED
     assert status(good) is Status.OK
-    assert status(good) is Status.REPLAYED                        # the same bytes again
+    assert status(good) is Status.REPLAYED  # the same bytes again
     stale = _request(artifact, device, x, config, request_id=100, sent_at_us=now_us() - 3_600_000_000)
     assert status(stale) is Status.REPLAYED
     other = encode_request(device.frame(device.start(x, config.cut), config, 101), model=model_id("ab" * 32))
     assert status(other) is Status.WRONG_MODEL
-    assert status(good[:-3]) is Status.BAD_REQUEST                # truncated frame
+    assert status(good[:-3]) is Status.BAD_REQUEST  # truncated frame
     assert status(good + b"\0" * (1 << 16)) is Status.BAD_REQUEST  # over the size limit
     assert status(b"\xff" * 40) is Status.BAD_REQUEST
     ping = decode_reply(engine.handle(encode_request(b"", model=0, kind=Kind.PING), token="s3cret"))
@@ -189,9 +197,9 @@ def test_client_over_grpc_matches_the_split_model(artifact, server, cifar):
     config = _offloaded(artifact)[0].config
     with DeviceClient(artifact, [server.endpoint], policy=make_policy("pinned", config=config)) as client:
         for i in range(5):
-            result = client.run(cifar.x[i:i + 1])
+            result = client.run(cifar.x[i : i + 1])
             assert result.where == "cloud" and result.endpoint == server.endpoint and result.bytes_sent > 0
-            assert rel_err(result.output, run_split(artifact, cifar.x[i:i + 1], config.cut, config.bits)) <= 1e-6
+            assert rel_err(result.output, run_split(artifact, cifar.x[i : i + 1], config.cut, config.bits)) <= 1e-6
 
 
 def test_loopback_accuracy_equals_the_pareto_entry(artifact, server, cifar):
@@ -201,7 +209,7 @@ def test_loopback_accuracy_equals_the_pareto_entry(artifact, server, cifar):
     for evaluation in (entries[0], min(entries, key=lambda e: e.bytes)):
         policy = make_policy("pinned", config=evaluation.config)
         with DeviceClient(artifact, [server.endpoint], policy=policy) as client:
-            results = [client.run(cifar.x[i:i + 1]) for i in range(len(cifar.x))]
+            results = [client.run(cifar.x[i : i + 1]) for i in range(len(cifar.x))]
         assert {r.where for r in results} == {"cloud"}
         correct = sum(int(np.argmax(r.output)) == int(y) for r, y in zip(results, cifar.labels))
         assert correct == round(evaluation.accuracy * len(cifar.x)), evaluation.config.label
@@ -218,8 +226,9 @@ def test_device_only_needs_no_server(artifact, cifar):
 def test_unreachable_endpoint_falls_back_to_the_device(artifact, cifar):
     config = _offloaded(artifact)[0].config
     float_model = run_split(artifact, cifar.x[:1], max(c["position"] for c in artifact.cuts))
-    with DeviceClient(artifact, ["grpc://127.0.0.1:1"], policy=make_policy("pinned", config=config),
-                      timeout_s=0.5) as client:
+    with DeviceClient(
+        artifact, ["grpc://127.0.0.1:1"], policy=make_policy("pinned", config=config), timeout_s=0.5
+    ) as client:
         results = [client.run(cifar.x[:1]) for _ in range(3)]
     # The first request fails over to the device, unless the prober's first ping already
     # found the endpoint down; after that the endpoint is skipped until a ping gets through.
@@ -235,8 +244,10 @@ def test_an_error_reply_falls_back_to_the_device(artifact, cifar):
     other = CloudEngine(replace(artifact, manifest={**artifact.manifest, "model_hash": "ab" * 32}))
     config = _offloaded(artifact)[0].config
     float_model = run_split(artifact, cifar.x[:1], max(c["position"] for c in artifact.cuts))
-    with CloudServer(other) as srv, DeviceClient(artifact, [srv.endpoint],
-                                                 policy=make_policy("pinned", config=config)) as client:
+    with (
+        CloudServer(other) as srv,
+        DeviceClient(artifact, [srv.endpoint], policy=make_policy("pinned", config=config)) as client,
+    ):
         result = client.run(cifar.x[:1])
     assert result.where == "fallback" and "WRONG_MODEL" in result.error
     assert rel_err(result.output, float_model) <= 1e-6
@@ -252,8 +263,11 @@ def test_grpc_refusing_a_call_for_load_keeps_the_endpoint(artifact, server, cifa
 
         def refused(request, timeout_s):
             transport.call = real_call
-            raise TransportError(server.endpoint, status_reason("RESOURCE_EXHAUSTED"),
-                                 "gRPC RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!")
+            raise TransportError(
+                server.endpoint,
+                status_reason("RESOURCE_EXHAUSTED"),
+                "gRPC RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!",
+            )
 
         transport.call = refused
         first, second = client.run(cifar.x[:1]), client.run(cifar.x[1:2])
@@ -266,7 +280,7 @@ def test_requests_rotate_over_several_endpoints(artifact, engine, cifar):
     config = _offloaded(artifact)[0].config
     with CloudServer(engine) as a, CloudServer(engine) as b:
         with DeviceClient(artifact, [a.endpoint, b.endpoint], policy=make_policy("pinned", config=config)) as c:
-            used = [c.run(cifar.x[i:i + 1]).endpoint for i in range(4)]
+            used = [c.run(cifar.x[i : i + 1]).endpoint for i in range(4)]
     assert used == [a.endpoint, b.endpoint, a.endpoint, b.endpoint]
 
 
@@ -320,8 +334,9 @@ def test_graceful_shutdown_finishes_calls_in_flight(artifact, device, cifar):
     call = connect(endpoint)
     config = _offloaded(artifact)[0].config
     replies = []
-    t = threading.Thread(target=lambda: replies.append(call.call(
-        _request(artifact, device, cifar.x[:1], config, request_id=900), 10)))
+    t = threading.Thread(
+        target=lambda: replies.append(call.call(_request(artifact, device, cifar.x[:1], config, request_id=900), 10))
+    )
     t.start()
     while engine.in_flight == 0:
         threading.Event().wait(0.01)
@@ -344,17 +359,23 @@ def _self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return tmp_path / "cert.pem", tmp_path / "key.pem"
 
 
@@ -417,13 +438,16 @@ def test_requests_that_arrive_together_run_as_one_batch(artifact, engine, device
     each answer equals the request run alone; the refusal stays with its request."""
     assert artifact.manifest["cloud_batch"] == 4
     config = _offloaded(artifact)[0].config
-    bodies = [(_request(artifact, device, cifar.x[i:i + 1], config, request_id=7000 + i), None, 0.0)
-              for i in range(6)]
+    bodies = [
+        (_request(artifact, device, cifar.x[i : i + 1], config, request_id=7000 + i), None, 0.0) for i in range(6)
+    ]
     bodies.insert(3, (b"junk", None, 0.0))
     replies = [decode_reply(r) for r in engine.handle_batch(bodies)]
     assert replies[3].status is Status.BAD_REQUEST
     answered = replies[:3] + replies[4:]
     for i, reply in enumerate(answered):
         assert reply.ok and reply.request_id == 7000 + i
-        assert rel_err(reply.output.reshape(1, 10), run_split(artifact, cifar.x[i:i + 1], config.cut,
-                                                              config.bits)) <= 1e-5
+        assert (
+            rel_err(reply.output.reshape(1, 10), run_split(artifact, cifar.x[i : i + 1], config.cut, config.bits))
+            <= 1e-5
+        )

@@ -11,6 +11,7 @@
 Right answers: a cloud result equals ``run_split`` at the pinned cut and width; a device or
 fallback result equals the float model (``run_split`` at the device-only cut).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,6 @@ import pytest
 pytest.importorskip("grpc")
 
 from conftest import rel_err, shared_data  # noqa: E402
-
 from dyno_compile.artifact.load import load_artifact, run_split  # noqa: E402
 from dyno_compile.configs import Config  # noqa: E402
 from dyno_compile.evaluate.shaper import LinkShaper  # noqa: E402
@@ -76,7 +76,10 @@ class ServeProcess:
             with open(self.log, "a") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "dyno_compile", "serve", str(self.artifact), "--port", str(self.port)],
-                    stdout=subprocess.PIPE, stderr=log, text=True)
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                )
             line = _readline(self.proc, START_TIMEOUT_S)
             if line == self.endpoint:
                 self.starts += 1
@@ -141,12 +144,16 @@ def config(artifact) -> Config:
 def data(artifact, config):
     """Real CIFAR-10 test images, with the cloud answer (run_split at the pinned
     configuration) and the float model's (device-only) for each."""
-    x = load_calibration(shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10",
-                         limit=IMAGES).x
+    x = load_calibration(
+        shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10", limit=IMAGES
+    ).x
     last = max(c["position"] for c in artifact.cuts)
-    float_ref = [run_split(artifact, x[i:i + 1], last) for i in range(len(x))]
-    cloud_ref = float_ref if config.bits == "float32" else \
-        [run_split(artifact, x[i:i + 1], config.cut, config.bits) for i in range(len(x))]
+    float_ref = [run_split(artifact, x[i : i + 1], last) for i in range(len(x))]
+    cloud_ref = (
+        float_ref
+        if config.bits == "float32"
+        else [run_split(artifact, x[i : i + 1], config.cut, config.bits) for i in range(len(x))]
+    )
     return x, cloud_ref, float_ref
 
 
@@ -160,8 +167,13 @@ def server(searched_resnet20, tmp_path_factory):
 
 
 def _client(artifact, endpoint: str, config: Config, **options) -> DeviceClient:
-    fields = dict(policy="pinned", policy_options={"config": config}, timeout_s=TIMEOUT_S,
-                  retry_after_s=RETRY_AFTER_S, max_retry_after_s=MAX_RETRY_AFTER_S)
+    fields = dict(
+        policy="pinned",
+        policy_options={"config": config},
+        timeout_s=TIMEOUT_S,
+        retry_after_s=RETRY_AFTER_S,
+        max_retry_after_s=MAX_RETRY_AFTER_S,
+    )
     fields.update(options)
     return DeviceClient(artifact, [endpoint], **fields)
 
@@ -182,14 +194,15 @@ def _until_cloud(client: DeviceClient, data, deadline_s: float, pace_s: float = 
     results, end = [], time.monotonic() + deadline_s
     while time.monotonic() < end:
         k = len(results) % len(x)
-        r = client.run(x[k:k + 1])
+        r = client.run(x[k : k + 1])
         _check(r, k, data)
         results.append(r)
         if r.where == "cloud":
             return results
         time.sleep(pace_s)
-    pytest.fail(f"the client did not return to the cloud within {deadline_s} s: "
-                f"{[(r.where, r.error) for r in results[-3:]]}")
+    pytest.fail(
+        f"the client did not return to the cloud within {deadline_s} s: {[(r.where, r.error) for r in results[-3:]]}"
+    )
 
 
 # --- the tests -----------------------------------------------------------------------------
@@ -202,7 +215,7 @@ def test_server_killed_at_random_points_loses_no_request(artifact, config, data,
     rng = random.Random(SEED)
     span = (REQUESTS - 250) // KILLS
     planned = [50 + k * span + rng.randrange(span // 2) for k in range(KILLS)]
-    kills: list[dict] = []           # per kill: index, mid-request?, restart seconds, back-on-cloud index
+    kills: list[dict] = []  # per kill: index, mid-request?, restart seconds, back-on-cloud index
     restarting = threading.Event()
     errors: list[BaseException] = []
 
@@ -233,13 +246,18 @@ def test_server_killed_at_random_points_loses_no_request(artifact, config, data,
                 chaos.start()
             k = i % len(x)
             t0 = time.perf_counter()
-            r = client.run(x[k:k + 1])
+            r = client.run(x[k : k + 1])
             t1 = time.perf_counter()
             results.append(r)
             if kills and "killed_at" in kills[-1] and "mid" not in kills[-1] and kills[-1]["index"] == i:
                 kills[-1]["mid"] = t0 <= kills[-1]["killed_at"] <= t1
-            if kills and "back" not in kills[-1] and "up_at" in kills[-1] and r.where == "cloud" and t0 > \
-                    kills[-1]["up_at"]:
+            if (
+                kills
+                and "back" not in kills[-1]
+                and "up_at" in kills[-1]
+                and r.where == "cloud"
+                and t0 > kills[-1]["up_at"]
+            ):
                 kills[-1]["back"] = i
                 kills[-1]["back_s"] = t1 - kills[-1]["up_at"]
             if r.where != "cloud":
@@ -253,10 +271,15 @@ def test_server_killed_at_random_points_loses_no_request(artifact, config, data,
 
     where = [r.where for r in results]
     counts = {w: where.count(w) for w in ("cloud", "device", "fallback")}
-    print(f"\n{REQUESTS} requests in {elapsed:.1f} s with {len(kills)} kills: {counts}; kills "
-          + "; ".join(f"#{k['index']} +{1e3 * k['delay_s']:.1f} ms{' mid-request' if k.get('mid') else ''}, "
-                      f"restart {k.get('restart_s', float('nan')):.1f} s, cloud again at #{k.get('back')} "
-                      f"({k.get('back_s', float('nan')):.2f} s after)" for k in kills))
+    print(
+        f"\n{REQUESTS} requests in {elapsed:.1f} s with {len(kills)} kills: {counts}; kills "
+        + "; ".join(
+            f"#{k['index']} +{1e3 * k['delay_s']:.1f} ms{' mid-request' if k.get('mid') else ''}, "
+            f"restart {k.get('restart_s', float('nan')):.1f} s, cloud again at #{k.get('back')} "
+            f"({k.get('back_s', float('nan')):.2f} s after)"
+            for k in kills
+        )
+    )
 
     # None lost, every answer right.
     assert len(results) == REQUESTS
@@ -268,7 +291,7 @@ def test_server_killed_at_random_points_loses_no_request(artifact, config, data,
     assert counts["fallback"] >= 1 and all(r.error for r in results if r.where == "fallback")
     for n, kill in enumerate(kills):
         end = kills[n + 1]["index"] if n + 1 < len(kills) else REQUESTS
-        assert any(w != "cloud" for w in where[kill["index"]:end]), f"kill {n} at #{kill['index']} went unnoticed"
+        assert any(w != "cloud" for w in where[kill["index"] : end]), f"kill {n} at #{kill['index']} went unnoticed"
         assert "back" in kill, f"no cloud answer after restart {n} (killed at #{kill['index']})"
     assert where[-1] == "cloud"
 
@@ -288,7 +311,7 @@ def test_hung_server_times_out_to_the_device_and_recovers(artifact, config, data
             _check(hung, 1, data)
             assert hung.where == "fallback" and "DEADLINE_EXCEEDED" in hung.error, (hung.where, hung.error)
             assert TIMEOUT_S * 0.9 <= hung.latency_s <= TIMEOUT_S + 0.5, hung.latency_s
-            after = [client.run(x[k:k + 1]) for k in range(2, 12)]
+            after = [client.run(x[k : k + 1]) for k in range(2, 12)]
             for k, r in enumerate(after, start=2):
                 _check(r, k, data)
                 assert r.where == "device" and r.latency_s < TIMEOUT_S, (r.where, r.latency_s)
@@ -298,9 +321,11 @@ def test_hung_server_times_out_to_the_device_and_recovers(artifact, config, data
             server.signal(signal.SIGCONT)
         t0 = time.perf_counter()
         back = _until_cloud(client, data, 10.0)
-        print(f"\nhung: fallback after {hung.latency_s:.3f} s (timeout {TIMEOUT_S} s), device-only "
-              f"{1e3 * max(r.latency_s for r in after):.1f} ms max; cloud again {time.perf_counter() - t0:.2f} s "
-              f"after SIGCONT ({len(back)} requests)")
+        print(
+            f"\nhung: fallback after {hung.latency_s:.3f} s (timeout {TIMEOUT_S} s), device-only "
+            f"{1e3 * max(r.latency_s for r in after):.1f} ms max; cloud again {time.perf_counter() - t0:.2f} s "
+            f"after SIGCONT ({len(back)} requests)"
+        )
     finally:
         client.close()
 
@@ -330,8 +355,8 @@ def test_connection_dropped_mid_transfer_falls_back_with_the_right_answer(artifa
     _check(r, 3, data)
     assert r.where == "fallback", (r.where, r.error)
     assert "DEADLINE_EXCEEDED" not in r.error and any(
-        code in r.error for code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN")), r.error
+        code in r.error for code in ("UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN")
+    ), r.error
     assert r.latency_s < 3.0, r.latency_s
     assert 0 < crossed < r.bytes_sent, (crossed, r.bytes_sent)  # it was dropped part-way through
-    print(f"\ndropped: {crossed} of {r.bytes_sent} bytes had crossed; fell back after {r.latency_s:.2f} s: "
-          f"{r.error}")
+    print(f"\ndropped: {crossed} of {r.bytes_sent} bytes had crossed; fell back after {r.latency_s:.2f} s: {r.error}")

@@ -2,6 +2,7 @@
 (sample efficiency, resuming, many worker processes on a real PostgreSQL server), storage
 and budget errors, plots. Evaluators are tables of synthetic ResNet-20-shaped measures
 (``synthetic_evaluations``), so nothing here measures a model."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import postgres
 import pytest
 from matplotlib.image import imread
 
-import postgres
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.search.pareto import (
@@ -29,7 +30,7 @@ from dyno_compile.search.pareto import (
     hypervolume_ratio,
     non_dominated,
 )
-from dyno_compile.search.plots import plot_per_cut, plot_pareto
+from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.study import (
     SYNTHETIC_BASELINE,
     SearchError,
@@ -87,13 +88,14 @@ def ev(cut: int, device_s: float, cloud_s: float, nbytes: float, accuracy: float
 
 # --- Pareto filtering and hypervolume ---------------------------------------------------------
 
+
 def test_pareto_removes_dominated_and_over_budget():
     a = ev(1, 1.0, 1.0, 100, 0.92)
     dominated = ev(2, 2.0, 2.0, 200, 0.91)
     trade_off = ev(3, 0.5, 3.0, 100, 0.92)
     same_as_a = ev(4, 1.0, 1.0, 100, 0.92)
-    over_budget = ev(5, 0.1, 0.1, 10, 0.80)        # best everywhere but 12 points of accuracy
-    at_budget = ev(6, 0.9, 1.0, 100, 0.91)          # exactly 1.0 point below (0.92-0.91 is not 0.01 in floats)
+    over_budget = ev(5, 0.1, 0.1, 10, 0.80)  # best everywhere but 12 points of accuracy
+    at_budget = ev(6, 0.9, 1.0, 100, 0.91)  # exactly 1.0 point below (0.92-0.91 is not 0.01 in floats)
     found = OBJECTIVES.pareto([a, dominated, trade_off, same_as_a, over_budget, at_budget])
     assert found == [a, trade_off, same_as_a, at_budget]
     assert OBJECTIVES.loss(at_budget) == 1.0
@@ -102,7 +104,7 @@ def test_pareto_removes_dominated_and_over_budget():
 
 
 def test_non_dominated_matches_the_definition(rng):
-    points = rng.integers(0, 4, size=(60, 4)).astype(float)   # small integers: many ties
+    points = rng.integers(0, 4, size=(60, 4)).astype(float)  # small integers: many ties
     mask = non_dominated(points)
     for i, p in enumerate(points):
         dominated = any(np.all(q <= p) and np.any(q < p) for q in points)
@@ -120,7 +122,7 @@ def test_hypervolume_subset_front_and_scale(table, rng):
     scale = HypervolumeScale.fit(table, OBJECTIVES)
     full = hypervolume(table, OBJECTIVES, scale)
     front = OBJECTIVES.pareto(table)
-    assert 0 < full <= 1.1 ** 4
+    assert 0 < full <= 1.1**4
     assert hypervolume(front, OBJECTIVES, scale) == pytest.approx(full)
     assert hypervolume_ratio(table, table, OBJECTIVES) == pytest.approx(1.0)
     assert hypervolume([], OBJECTIVES, scale) == 0.0
@@ -131,6 +133,7 @@ def test_hypervolume_subset_front_and_scale(table, rng):
 
 
 # --- the space --------------------------------------------------------------------------------
+
 
 def test_space_enumerates_canonical_configs(space):
     configs = space.configs()
@@ -143,14 +146,17 @@ def test_space_enumerates_canonical_configs(space):
     assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"cuts": ()}, "cuts is empty"),
-    ({"cuts": (1, 1)}, "repeated"),
-    ({"cuts": (1.5,)}, "integer"),
-    ({"cuts": (1,), "bits": ("17",)}, "bits"),
-    ({"cuts": (1,), "layouts": ("zigzag",)}, "layouts"),
-    ({"cuts": (1, 2), "device_only_cut": 3}, "device_only_cut"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cuts": ()}, "cuts is empty"),
+        ({"cuts": (1, 1)}, "repeated"),
+        ({"cuts": (1.5,)}, "integer"),
+        ({"cuts": (1,), "bits": ("17",)}, "bits"),
+        ({"cuts": (1,), "layouts": ("zigzag",)}, "layouts"),
+        ({"cuts": (1, 2), "device_only_cut": 3}, "device_only_cut"),
+    ],
+)
 def test_space_refuses_bad_axes(kwargs, message):
     with pytest.raises(InputError, match=message):
         SearchSpace(**kwargs)
@@ -158,15 +164,24 @@ def test_space_refuses_bad_axes(kwargs, message):
 
 # --- the search -------------------------------------------------------------------------------
 
+
 def test_search_finds_95_percent_of_the_hypervolume_with_a_quarter_of_the_space(space, table, tmp_path):
     budget = len(table) // 4
     ratios = []
     for seed in (0, 1, 2):
         evaluator = CountingTable(table, tmp_path / f"measured-{seed}.txt")
-        result = run_search(space, evaluator, n_trials=4 * budget, max_evaluations=budget, accuracy_budget=BUDGET,
-                            baseline_accuracy=SYNTHETIC_BASELINE, storage=":memory:", seed=seed)
+        result = run_search(
+            space,
+            evaluator,
+            n_trials=4 * budget,
+            max_evaluations=budget,
+            accuracy_budget=BUDGET,
+            baseline_accuracy=SYNTHETIC_BASELINE,
+            storage=":memory:",
+            seed=seed,
+        )
         assert result.n_evaluated <= budget
-        assert result.n_measured == result.n_evaluated == len(evaluator.measured())    # repeats were reused
+        assert result.n_measured == result.n_evaluated == len(evaluator.measured())  # repeats were reused
         assert result.n_trials >= result.n_evaluated
         assert list(result.pareto) == OBJECTIVES.pareto(result.evaluations)
         assert all(OBJECTIVES.loss(e) <= BUDGET for e in result.pareto)
@@ -177,8 +192,15 @@ def test_search_finds_95_percent_of_the_hypervolume_with_a_quarter_of_the_space(
 
 def test_a_new_study_starts_with_the_widest_and_narrowest_width_per_cut(space, table):
     anchors = space.anchors()
-    result = run_search(space, TableEvaluator.of(table), n_trials=len(anchors), accuracy_budget=BUDGET,
-                        baseline_accuracy=SYNTHETIC_BASELINE, storage=":memory:", seed=0)
+    result = run_search(
+        space,
+        TableEvaluator.of(table),
+        n_trials=len(anchors),
+        accuracy_budget=BUDGET,
+        baseline_accuracy=SYNTHETIC_BASELINE,
+        storage=":memory:",
+        seed=0,
+    )
     expected = sorted(space.canonical(Config(**point)) for point in anchors)
     assert [e.config for e in result.evaluations] == expected
     assert {c.cut for c in expected} == set(space.cuts) and Config(12) in expected
@@ -196,13 +218,17 @@ def test_exhaustive_evaluates_each_config_once(space, table, tmp_path):
 def test_a_second_run_continues_the_study(space, table, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     evaluator = CountingTable(table, tmp_path / "measured.txt")
-    common = {"accuracy_budget": BUDGET, "baseline_accuracy": SYNTHETIC_BASELINE, "storage": storage,
-              "study_name": "resume"}
+    common = {
+        "accuracy_budget": BUDGET,
+        "baseline_accuracy": SYNTHETIC_BASELINE,
+        "storage": storage,
+        "study_name": "resume",
+    }
     first = run_search(space, evaluator, n_trials=20, seed=1, **common)
     second = run_search(space, evaluator, n_trials=15, seed=2, **common)
     assert (first.n_trials, second.n_trials) == (20, 35)
     assert {e.config for e in first.evaluations} <= {e.config for e in second.evaluations}
-    assert len(evaluator.measured()) == second.n_measured == second.n_evaluated   # nothing measured twice
+    assert len(evaluator.measured()) == second.n_measured == second.n_evaluated  # nothing measured twice
     assert load_results(storage, "resume") == second
     with pytest.raises(SearchError, match="accuracy_budget=1.0, not 2.0"):
         run_search(space, evaluator, n_trials=1, **{**common, "accuracy_budget": 2.0})
@@ -217,37 +243,57 @@ def test_a_budget_nothing_meets_names_the_best_loss(table):
     evaluations = [e for e in table if e.config in set(lossy.configs())]
     best = min(OBJECTIVES.loss(e) for e in evaluations)
     with pytest.raises(SearchError, match=f"smallest accuracy loss found is {best:.3f} points"):
-        run_search(lossy, TableEvaluator.of(evaluations), n_trials=len(evaluations), accuracy_budget=BUDGET,
-                   baseline_accuracy=SYNTHETIC_BASELINE, storage=":memory:", seed=0)
+        run_search(
+            lossy,
+            TableEvaluator.of(evaluations),
+            n_trials=len(evaluations),
+            accuracy_budget=BUDGET,
+            baseline_accuracy=SYNTHETIC_BASELINE,
+            storage=":memory:",
+            seed=0,
+        )
 
 
-@pytest.mark.parametrize("answer, message", [
-    (lambda c: Evaluation(Config(c.cut + 1), 0.0, 0.0, 0.0, 0.9, 0.9), "returned an evaluation of"),
-    (lambda c: Evaluation(c, math.nan, 0.0, 0.0, 0.9, 0.9), "device_s=nan"),
-    (lambda c: Evaluation(c, 0.0, 0.0, 0.0, 91.0, 0.9), "fraction"),
-    (lambda c: None, "not an Evaluation"),
-])
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (lambda c: Evaluation(Config(c.cut + 1), 0.0, 0.0, 0.0, 0.9, 0.9), "returned an evaluation of"),
+        (lambda c: Evaluation(c, math.nan, 0.0, 0.0, 0.9, 0.9), "device_s=nan"),
+        (lambda c: Evaluation(c, 0.0, 0.0, 0.0, 91.0, 0.9), "fraction"),
+        (lambda c: None, "not an Evaluation"),
+    ],
+)
 def test_nonsense_from_the_evaluator_is_refused(space, answer, message):
     with pytest.raises(SearchError, match=message):
-        run_search(space, answer, n_trials=1, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE,
-                   storage=":memory:")
+        run_search(
+            space, answer, n_trials=1, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE, storage=":memory:"
+        )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_trials": 0}, "n_trials"),
-    ({"max_evaluations": 0}, "max_evaluations"),
-    ({"sampler": "annealing"}, "sampler"),
-    ({"accuracy_budget": None}, "accuracy_budget"),
-    ({"baseline_accuracy": 92.0}, "fraction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"max_evaluations": 0}, "max_evaluations"),
+        ({"sampler": "annealing"}, "sampler"),
+        ({"accuracy_budget": None}, "accuracy_budget"),
+        ({"baseline_accuracy": 92.0}, "fraction"),
+    ],
+)
 def test_bad_arguments_are_refused(space, table, kwargs, message):
-    args = {"n_trials": 1, "accuracy_budget": BUDGET, "baseline_accuracy": SYNTHETIC_BASELINE, "storage": ":memory:",
-            **kwargs}
+    args = {
+        "n_trials": 1,
+        "accuracy_budget": BUDGET,
+        "baseline_accuracy": SYNTHETIC_BASELINE,
+        "storage": ":memory:",
+        **kwargs,
+    }
     with pytest.raises(InputError, match=message):
         run_search(space, TableEvaluator.of(table), **args)
 
 
 # --- storage errors ---------------------------------------------------------------------------
+
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -255,16 +301,22 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("url, message", [
-    ("not a url", "not a database URL"),
-    ("redis://localhost/0", "unsupported database 'redis'"),
-    ("postgres://u@localhost/db", "postgresql://"),
-    ("sqlite://", "give a file"),
-    ("sqlite:////nonexistent/folder/study.db", "folder /nonexistent/folder does not exist"),
-    ("mysql://u@127.0.0.1/db", "driver is not installed"),
-    ("postgresql://u:secret@nonexistent.invalid/db", r"storage postgresql\+psycopg2://u:\*\*\*@nonexistent.*host name"),
-    (f"postgresql://u@127.0.0.1:{_closed_port()}/db", "cannot open storage"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url", "not a database URL"),
+        ("redis://localhost/0", "unsupported database 'redis'"),
+        ("postgres://u@localhost/db", "postgresql://"),
+        ("sqlite://", "give a file"),
+        ("sqlite:////nonexistent/folder/study.db", "folder /nonexistent/folder does not exist"),
+        ("mysql://u@127.0.0.1/db", "driver is not installed"),
+        (
+            "postgresql://u:secret@nonexistent.invalid/db",
+            r"storage postgresql\+psycopg2://u:\*\*\*@nonexistent.*host name",
+        ),
+        (f"postgresql://u@127.0.0.1:{_closed_port()}/db", "cannot open storage"),
+    ],
+)
 def test_bad_storage_fails_fast_with_a_clear_error(url, message):
     start = time.monotonic()
     with pytest.raises(SearchError, match=message):
@@ -292,6 +344,7 @@ def test_a_file_that_is_not_a_database(tmp_path):
 
 # --- many workers on PostgreSQL ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """The CI's server (``DYNO_TEST_POSTGRES_URL``, from ``.ci/run``), or one of our own for
@@ -317,8 +370,17 @@ def _worker(url: str, sampler: str, seed: int, n_trials: int, log: str) -> None:
     space = synthetic_space(CONTENDED_CUTS, CONTENDED_BITS)
     evaluator = CountingTable(synthetic_evaluations(space), Path(log), delay_s=0.05)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_search(space, evaluator, n_trials=n_trials, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE,
-               storage=url, study_name="shared", sampler=sampler, seed=seed)
+    run_search(
+        space,
+        evaluator,
+        n_trials=n_trials,
+        accuracy_budget=BUDGET,
+        baseline_accuracy=SYNTHETIC_BASELINE,
+        storage=url,
+        study_name="shared",
+        sampler=sampler,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
@@ -348,7 +410,7 @@ def test_worker_processes_share_one_study_on_postgresql(postgres_server_url, tmp
     measured = CountingTable([], log).measured()
     assert result.n_trials == len(seeds) * n_trials
     assert len(measured) == len(set(measured)) == result.n_measured == result.n_evaluated
-    assert result.n_evaluated < result.n_trials     # repeats were reused, not measured
+    assert result.n_evaluated < result.n_trials  # repeats were reused, not measured
 
 
 def test_workers_starting_together_on_an_empty_database(postgres_server_url):
@@ -373,6 +435,7 @@ def test_workers_starting_together_on_an_empty_database(postgres_server_url):
 
 # --- plots ------------------------------------------------------------------------------------
 
+
 def _assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width, _ = imread(path).shape
@@ -383,7 +446,7 @@ def _assert_png(path: Path) -> None:
 def test_plots_are_written_as_png(table, tmp_path):
     _assert_png(plot_pareto(table, OBJECTIVES, tmp_path / "pareto.png"))
     _assert_png(plot_per_cut(table, tmp_path / "per_cut.png"))
-    _assert_png(plot_per_cut(table, tmp_path / "per_cut.png"))     # replaces the file in place
+    _assert_png(plot_per_cut(table, tmp_path / "per_cut.png"))  # replaces the file in place
     with pytest.raises(InputError, match="does not exist"):
         plot_pareto(table, OBJECTIVES, tmp_path / "missing" / "pareto.png")
     with pytest.raises(InputError, match="no evaluations"):
@@ -393,7 +456,15 @@ def test_plots_are_written_as_png(table, tmp_path):
 def test_a_time_limit_stops_the_search_after_the_running_measurement(space, table, tmp_path):
     evaluator = CountingTable(table, tmp_path / "measured.txt", delay_s=0.2)
     start = time.perf_counter()
-    result = run_search(space, evaluator, n_trials=200, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE,
-                        storage=":memory:", seed=0, timeout_s=1.0)
+    result = run_search(
+        space,
+        evaluator,
+        n_trials=200,
+        accuracy_budget=BUDGET,
+        baseline_accuracy=SYNTHETIC_BASELINE,
+        storage=":memory:",
+        seed=0,
+        timeout_s=1.0,
+    )
     assert time.perf_counter() - start < 3.0
     assert 3 <= result.n_measured == len(evaluator.measured()) <= 7

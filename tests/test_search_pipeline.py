@@ -1,6 +1,7 @@
 """The search on a real artifact: resnet20 (real weights, real CIFAR-10 images) profiled,
 measured and searched; the Optuna front against an exhaustive sweep; `build` and `search`
 storing the Pareto set; bad input refused with nothing half-written."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def artifact(resnet20_host):
 
 @pytest.fixture(scope="module")
 def calibration():
-    return load_calibration(shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10",
-                            limit=SAMPLES)
+    return load_calibration(
+        shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10", limit=SAMPLES
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +57,24 @@ def test_optuna_front_reaches_95_percent_of_the_exhaustive_hypervolume(artifact,
     every = exhaustive(space, evaluator)
     baseline = evaluator.simulator.float_accuracy
     budget = len(configs) // 4
-    result = run_search(space, evaluator, n_trials=4 * budget, max_evaluations=budget, accuracy_budget=1.0,
-                        baseline_accuracy=baseline, storage=":memory:", study_name="hv", seed=0)
+    result = run_search(
+        space,
+        evaluator,
+        n_trials=4 * budget,
+        max_evaluations=budget,
+        accuracy_budget=1.0,
+        baseline_accuracy=baseline,
+        storage=":memory:",
+        study_name="hv",
+        seed=0,
+    )
     ratio = hypervolume_ratio(result.pareto, every, result.objectives)
     with capsys.disabled():
-        print(f"\nresnet20: {len(configs)} configurations; Optuna measured {result.n_evaluated} "
-              f"({result.n_evaluated / len(configs):.0%}); Pareto set {len(result.pareto)}; "
-              f"hypervolume {ratio:.3f} of the exhaustive sweep's")
+        print(
+            f"\nresnet20: {len(configs)} configurations; Optuna measured {result.n_evaluated} "
+            f"({result.n_evaluated / len(configs):.0%}); Pareto set {len(result.pareto)}; "
+            f"hypervolume {ratio:.3f} of the exhaustive sweep's"
+        )
     assert result.n_evaluated <= len(configs) / 4
     assert ratio >= 0.95
 
@@ -73,16 +86,21 @@ def test_evaluations_add_up_from_their_parts(artifact, evaluator):
     e = evaluator(Config(mid["position"], "4", layout="bitplane", codec="zstd"))
     f = evaluator(Config(mid["position"], "float32"))
     raw = 4 * int(np.prod(artifact.graph.node(mid["tensors"][0]).shape))
-    assert raw < f.bytes < raw + 256                       # float32: the tensor plus a header
-    assert e.bytes < raw / 8                               # 4 bits and zstd: under an eighth
+    assert raw < f.bytes < raw + 256  # float32: the tensor plus a header
+    assert e.bytes < raw / 8  # 4 bits and zstd: under an eighth
     assert f.accuracy == evaluator.simulator.float_accuracy and e.agreement > 0.9
     assert e.device_s > 0 and e.cloud_s > 0 and e.sources["device_s"] == "measured:host"
     assert e.sources["accuracy"].startswith("simulated:jax")
 
 
 def _cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "dyno_compile", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dyno_compile", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_resnet20, tmp_path):
@@ -116,14 +134,29 @@ def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_r
 
 
 def test_build_shows_a_bar_of_libraries_compiled(tmp_path):
-    proc = _cli("build", "resnet20", "--device", "host", "--cloud", "host", "--bits", "float32", "--cuts", "single",
-                "--no-search", "--out", tmp_path / "r20", timeout=600)
+    proc = _cli(
+        "build",
+        "resnet20",
+        "--device",
+        "host",
+        "--cloud",
+        "host",
+        "--bits",
+        "float32",
+        "--cuts",
+        "single",
+        "--no-search",
+        "--out",
+        tmp_path / "r20",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "libraries compiled" in proc.stderr and "2/2" in proc.stderr
 
 
-@pytest.mark.parametrize("case", ["empty_calibration", "labels_mismatch", "bad_storage", "rpc_unreachable",
-                                  "negative_budget"])
+@pytest.mark.parametrize(
+    "case", ["empty_calibration", "labels_mismatch", "bad_storage", "rpc_unreachable", "negative_budget"]
+)
 def test_bad_search_input_leaves_no_artifact(tmp_path, case):
     out = tmp_path / "r20"
     extra: list = ["--calibration-limit", 32, "--evaluations", 4]
@@ -144,8 +177,20 @@ def test_bad_search_input_leaves_no_artifact(tmp_path, case):
     else:
         extra += ["--budget", -1]
         match = "budget"
-    proc = _cli("build", "resnet20", "--device", "host", "--cloud", "host", "--out", out, "--bits", "float32,8",
-                *extra, timeout=600)
+    proc = _cli(
+        "build",
+        "resnet20",
+        "--device",
+        "host",
+        "--cloud",
+        "host",
+        "--out",
+        out,
+        "--bits",
+        "float32,8",
+        *extra,
+        timeout=600,
+    )
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert match in proc.stderr.lower() and "Traceback" not in proc.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r20")]

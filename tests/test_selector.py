@@ -2,6 +2,7 @@
 answers are worked out in the comments, a cost-model oracle, bandwidth steps and noise
 replayed through the estimator, and the real mahimahi uplink traces. Pure Python and
 NumPy: runs in seconds."""
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ BUDGET = 1.0
 MBIT = 1e6 / 8  # bytes/s
 
 
-def ev(cut: int, bits: str, device_s: float, cloud_s: float, nbytes: float, accuracy: float = BASELINE,
-       **config: str) -> Evaluation:
+def ev(
+    cut: int, bits: str, device_s: float, cloud_s: float, nbytes: float, accuracy: float = BASELINE, **config: str
+) -> Evaluation:
     return Evaluation(Config(cut, bits, **config), device_s, cloud_s, nbytes, accuracy, accuracy)
 
 
@@ -57,8 +59,9 @@ SLOW = Conditions(0.5 * MBIT, 0.005)
 
 
 def selector(policy=None, candidates=ALL, **options) -> Selector:
-    return Selector(candidates, policy or LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET,
-                    **options)
+    return Selector(
+        candidates, policy or LowestLatency(), accuracy_baseline=BASELINE, accuracy_budget=BUDGET, **options
+    )
 
 
 def latency(e: Evaluation, c: Conditions) -> float:
@@ -74,6 +77,7 @@ def bottleneck(e: Evaluation, c: Conditions) -> float:
 
 
 # --- cost model and lowest latency ---------------------------------------------------------
+
 
 def test_high_bandwidth_offloads_the_input_low_bandwidth_keeps_work_on_the_device():
     # 100 Mbit/s: input at 8 bits 0.4 + 0.25 + 5 + 4.1 ms = 9.7 ms beats cloud-only 10.2 ms
@@ -106,8 +110,10 @@ def test_lowest_latency_and_highest_throughput_match_the_oracle_on_random_sets()
         busiest = selector(HighestThroughput(), candidates, switch_margin=0.0).select(c)
         # the slowest stage, or the latency over the requests in flight (Little's law)
         window = HighestThroughput().max_in_flight
+
         def score(e: Evaluation) -> float:
             return max(bottleneck(e, c), latency(e, c) / window)
+
         assert score(busiest.evaluation) == pytest.approx(min(score(e) for e in candidates))
         assert 1 / busiest.throughput_rps == pytest.approx(bottleneck(busiest.evaluation, c))
 
@@ -131,6 +137,7 @@ def test_device_load_moves_work_to_the_cloud():
 
 # --- accuracy budget --------------------------------------------------------------------
 
+
 def test_the_accuracy_budget_is_respected():
     # At 0.5 Mbit/s the 1-bit input would take 0.4 + 6.1 + 5 + 4.1 = 15.6 ms, half of device-only.
     assert latency(OVER_BUDGET, SLOW) < latency(DEVICE_ONLY, SLOW)
@@ -149,11 +156,15 @@ def test_a_loss_of_exactly_the_budget_is_within_it():
 
 # --- onloading --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bound_s, expected", [
-    (0.031, DEVICE_ONLY),  # device-only (30 ms) meets it and uses no cloud at all
-    (0.025, MID_4BIT),     # meeting it: 8-bit input 12 ms, cloud-only 19 ms, mid cut 21.9 ms; least cloud 3.1 ms
-    (0.015, INPUT_8BIT),   # only the 8-bit input (12 ms) meets it
-])
+
+@pytest.mark.parametrize(
+    "bound_s, expected",
+    [
+        (0.031, DEVICE_ONLY),  # device-only (30 ms) meets it and uses no cloud at all
+        (0.025, MID_4BIT),  # meeting it: 8-bit input 12 ms, cloud-only 19 ms, mid cut 21.9 ms; least cloud 3.1 ms
+        (0.015, INPUT_8BIT),  # only the 8-bit input (12 ms) meets it
+    ],
+)
 def test_onloading_picks_the_least_cloud_compute_that_meets_the_bound(bound_s, expected):
     decision = selector(Onloading(bound_s)).select(TEN)
     assert decision.evaluation == expected and decision.note == ""
@@ -168,12 +179,16 @@ def test_onloading_falls_back_to_the_lowest_latency_and_says_so():
 
 # --- fixed comparison policies ----------------------------------------------------------
 
-@pytest.mark.parametrize("policy, fast, slow", [
-    (DeviceOnly(), DEVICE_ONLY, DEVICE_ONLY),
-    (CloudOnly(), CLOUD_ONLY, CLOUD_ONLY),
-    (Neurosurgeon(), CLOUD_ONLY, DEVICE_ONLY),  # float32 cuts only: never the quantised input
-    (Fixed8Bit(), INPUT_8BIT, DEVICE_ONLY),     # 8-bit cuts (or device-only): never the 4-bit mid cut
-])
+
+@pytest.mark.parametrize(
+    "policy, fast, slow",
+    [
+        (DeviceOnly(), DEVICE_ONLY, DEVICE_ONLY),
+        (CloudOnly(), CLOUD_ONLY, CLOUD_ONLY),
+        (Neurosurgeon(), CLOUD_ONLY, DEVICE_ONLY),  # float32 cuts only: never the quantised input
+        (Fixed8Bit(), INPUT_8BIT, DEVICE_ONLY),  # 8-bit cuts (or device-only): never the 4-bit mid cut
+    ],
+)
 def test_fixed_policies_choose_within_their_kind(policy, fast, slow):
     assert selector(policy).select(TEN).evaluation == fast
     assert selector(policy).select(SLOW).evaluation == slow
@@ -200,6 +215,7 @@ def test_make_policy_by_name():
 
 
 # --- estimates: steps, noise, bad samples ---------------------------------------------------
+
 
 def test_priors_before_any_observation_and_the_first_sample_replaces_them():
     estimator = LinkEstimator()
@@ -229,7 +245,7 @@ def test_a_padded_ping_after_a_slow_link_counts_against_its_own_round_trip():
         estimator.observe_rtt(0.2)
     assert estimator.observe_padded_ping(0.02, 8_000, 0.025)
     assert estimator.conditions().rtt_s == pytest.approx(0.2)
-    assert not estimator.observe_padded_ping(0.02, 8_000, 0.015)   # faster than its own ping: no sample
+    assert not estimator.observe_padded_ping(0.02, 8_000, 0.015)  # faster than its own ping: no sample
 
 
 def replay(sel: Selector, estimator: LinkEstimator, bandwidths, rng, sigma: float) -> list[Evaluation]:
@@ -252,7 +268,7 @@ def test_after_a_bandwidth_step_the_selector_switches_within_five_requests():
         chosen = replay(selector(), LinkEstimator(), [10 * MBIT] * 20 + [0.5 * MBIT] * 20, rng, sigma=0.2)
         assert chosen[19] == INPUT_8BIT  # the best at 10 Mbit/s
         assert new_best in chosen[20:25]
-        assert all(e == new_best for e in chosen[chosen.index(new_best, 20):])
+        assert all(e == new_best for e in chosen[chosen.index(new_best, 20) :])
 
 
 def count_switches(chosen: list[Evaluation]) -> int:
@@ -277,16 +293,19 @@ def test_noise_around_a_constant_bandwidth_does_not_make_it_flap():
     assert run(selector(switch_margin=0.0), LinkEstimator(window=1)) > 50
 
 
-@pytest.mark.parametrize("call", [
-    lambda e: e.observe_transfer(1_000, 0.0),
-    lambda e: e.observe_transfer(1_000, -0.1),
-    lambda e: e.observe_transfer(0, 0.1),
-    lambda e: e.observe_transfer(1_000, math.nan),
-    lambda e: e.observe_rtt(-0.01),
-    lambda e: e.observe_device(0.0, 0.01),
-    lambda e: e.observe_cloud(0.01, 0.0),
-    lambda e: e.observe_cloud(math.inf, 0.01),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda e: e.observe_transfer(1_000, 0.0),
+        lambda e: e.observe_transfer(1_000, -0.1),
+        lambda e: e.observe_transfer(0, 0.1),
+        lambda e: e.observe_transfer(1_000, math.nan),
+        lambda e: e.observe_rtt(-0.01),
+        lambda e: e.observe_device(0.0, 0.01),
+        lambda e: e.observe_cloud(0.01, 0.0),
+        lambda e: e.observe_cloud(math.inf, 0.01),
+    ],
+)
 def test_zero_negative_or_non_finite_samples_are_errors(call):
     with pytest.raises(InputError, match="must be a finite number"):
         call(LinkEstimator())
@@ -308,32 +327,37 @@ def test_loads_are_smoothed():
 
 # --- bad inputs -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: selector(candidates=[]), "at least one candidate"),
-    (lambda: selector(candidates=[OVER_BUDGET]), "no candidate is within the accuracy budget of 1.0 points"),
-    (lambda: selector("lowest-latency"), "policy must be a Policy"),
-    (lambda: selector(switch_margin=1.5), "switch_margin"),
-    (lambda: selector(candidates=[ev(1, "8", -0.01, 0.0, 10)]), "finite and >= 0"),
-    (lambda: selector(candidates=[CLOUD_ONLY.to_dict()]), "Evaluation objects"),
-    (lambda: Selector(ALL, LowestLatency(), accuracy_baseline=92.0, accuracy_budget=1.0), "fraction"),
-    (lambda: Selector(ALL, LowestLatency(), accuracy_baseline=0.92, accuracy_budget=-1.0), ">= 0"),
-    (lambda: make_policy("fastest"), "unknown policy 'fastest'"),
-    (lambda: make_policy("onloading"), "bad options"),
-    (lambda: make_policy("lowest-latency", latency_bound_s=0.1), "bad options"),
-    (lambda: make_policy("onloading", latency_bound_s=-1.0), "latency_bound_s must be"),
-    (lambda: Onloading("fast"), "latency_bound_s must be"),
-    (lambda: Conditions(0.0, 0.01), "bandwidth must be"),
-    (lambda: Selector.from_manifest({"name": "m"}, LowestLatency()), "no search results"),
-    (lambda: Selector.from_manifest({"search": {"pareto": []}}, LowestLatency()), "incomplete or malformed"),
-])
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: selector(candidates=[]), "at least one candidate"),
+        (lambda: selector(candidates=[OVER_BUDGET]), "no candidate is within the accuracy budget of 1.0 points"),
+        (lambda: selector("lowest-latency"), "policy must be a Policy"),
+        (lambda: selector(switch_margin=1.5), "switch_margin"),
+        (lambda: selector(candidates=[ev(1, "8", -0.01, 0.0, 10)]), "finite and >= 0"),
+        (lambda: selector(candidates=[CLOUD_ONLY.to_dict()]), "Evaluation objects"),
+        (lambda: Selector(ALL, LowestLatency(), accuracy_baseline=92.0, accuracy_budget=1.0), "fraction"),
+        (lambda: Selector(ALL, LowestLatency(), accuracy_baseline=0.92, accuracy_budget=-1.0), ">= 0"),
+        (lambda: make_policy("fastest"), "unknown policy 'fastest'"),
+        (lambda: make_policy("onloading"), "bad options"),
+        (lambda: make_policy("lowest-latency", latency_bound_s=0.1), "bad options"),
+        (lambda: make_policy("onloading", latency_bound_s=-1.0), "latency_bound_s must be"),
+        (lambda: Onloading("fast"), "latency_bound_s must be"),
+        (lambda: Conditions(0.0, 0.01), "bandwidth must be"),
+        (lambda: Selector.from_manifest({"name": "m"}, LowestLatency()), "no search results"),
+        (lambda: Selector.from_manifest({"search": {"pareto": []}}, LowestLatency()), "incomplete or malformed"),
+    ],
+)
 def test_bad_inputs_are_input_errors(make, match):
     with pytest.raises(InputError, match=match):
         make()
 
 
 def test_from_manifest_reads_the_pareto_set_baseline_and_budget():
-    manifest = {"search": {"pareto": [e.to_dict() for e in ALL], "baseline_accuracy": BASELINE,
-                           "accuracy_budget": BUDGET}}
+    manifest = {
+        "search": {"pareto": [e.to_dict() for e in ALL], "baseline_accuracy": BASELINE, "accuracy_budget": BUDGET}
+    }
     sel = Selector.from_manifest(manifest, LowestLatency())
     assert OVER_BUDGET not in sel.candidates.evaluations and sel.select(FAST).evaluation == INPUT_8BIT
 
@@ -342,8 +366,12 @@ def test_from_manifest_reads_the_pareto_set_baseline_and_budget():
 
 TRACES = ("ATT-LTE-driving-2016.up", "TMobile-UMTS-driving.up", "Verizon-EVDO-driving.up", "Verizon-LTE-short.up")
 #: Mean uplink throughput, Mbit/s, from ../shared/data/README.md.
-TRACE_MEANS = {"ATT-LTE-driving-2016.up": 1.89, "TMobile-UMTS-driving.up": 0.94, "Verizon-EVDO-driving.up": 0.84,
-               "Verizon-LTE-short.up": 5.95}
+TRACE_MEANS = {
+    "ATT-LTE-driving-2016.up": 1.89,
+    "TMobile-UMTS-driving.up": 0.94,
+    "Verizon-EVDO-driving.up": 0.84,
+    "Verizon-LTE-short.up": 5.95,
+}
 
 
 def trace(name: str) -> UplinkTrace:

@@ -12,6 +12,7 @@ envelope's, the frame's fixed header, each tensor header's) with edge values —
 the frame's CRC32 recomputed, so the fuzz reaches the parser, the cut checks and the
 compiled cloud segments instead of stopping at the checksum.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from conftest import rel_err, shared_data  # noqa: E402
 from dyno_compile.artifact.load import load_artifact, run_split  # noqa: E402
 from dyno_compile.configs import Config  # noqa: E402
 from dyno_compile.packing import decode_packed  # noqa: E402
@@ -44,8 +46,6 @@ from dyno_compile.runtime.protocol import Kind, Status  # noqa: E402
 from dyno_compile.runtime.server import CloudServer, ServerOptions  # noqa: E402
 from dyno_compile.runtime.sides import DeviceSide  # noqa: E402
 from dyno_compile.search.calibration import load_calibration  # noqa: E402
-
-from conftest import rel_err, shared_data  # noqa: E402
 
 #: Frames sent over the wire: EXAMPLES hypothesis examples of BATCH frames each.
 BATCH = 16
@@ -66,10 +66,35 @@ TEMPLATE_CONFIGS = [
     Config(29, "float16", codec="zstd"),
     Config(52, "8", layout="bitplane"),
 ]
-_ENV = 24                                    # envelope header bytes; the frame follows
+_ENV = 24  # envelope header bytes; the frame follows
 _U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-_EDGE = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 53, 0x7F, 0x80, 0x90, 0xA0, 0xFF, 0x100, 0xFFFF, 0x10000,
-         0x7FFFFFFF, 0xFFFFFFFF, (1 << 63), (1 << 64) - 1]
+_EDGE = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    15,
+    16,
+    17,
+    31,
+    32,
+    53,
+    0x7F,
+    0x80,
+    0x90,
+    0xA0,
+    0xFF,
+    0x100,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0xFFFFFFFF,
+    (1 << 63),
+    (1 << 64) - 1,
+]
 
 
 class Template:
@@ -79,14 +104,25 @@ class Template:
         self.name, self.envelope, self.infer = name, envelope, infer
         self.expected: np.ndarray | None = None  # the engine's answer to it (INFER), set by the fixture
         self.fields: dict[str, tuple[int, int]] = {
-            "env.version": (4, 2), "env.kind": (6, 2), "env.model": (8, 8), "env.sent_at": (16, 8)}
+            "env.version": (4, 2),
+            "env.kind": (6, 2),
+            "env.model": (8, 8),
+            "env.sent_at": (16, 8),
+        }
         self.header_end = _ENV
         if not infer:
             return
         f = _ENV
-        self.fields.update({"frame.magic": (f, 4), "frame.version": (f + 4, 2), "frame.flags": (f + 6, 2),
-                            "frame.cut_id": (f + 8, 4), "frame.request_id": (f + 12, 8),
-                            "frame.n_tensors": (f + 20, 2)})
+        self.fields.update(
+            {
+                "frame.magic": (f, 4),
+                "frame.version": (f + 4, 2),
+                "frame.flags": (f + 6, 2),
+                "frame.cut_id": (f + 8, 4),
+                "frame.request_id": (f + 12, 8),
+                "frame.n_tensors": (f + 20, 2),
+            }
+        )
         frame = decode_packed(envelope[_ENV:])
         pos = f + 22
         for i, h in enumerate(frame.headers):
@@ -94,8 +130,15 @@ class Template:
             self.fields.update({f"t{i}.dtype": (pos, 1), f"t{i}.rank": (pos + 1, 1)})
             self.fields.update({f"t{i}.dim{d}": (pos + 2 + 4 * d, 4) for d in range(rank)})
             c = pos + 2 + 4 * rank
-            self.fields.update({f"t{i}.mode": (c, 1), f"t{i}.granularity": (c + 1, 1), f"t{i}.axis": (c + 2, 1),
-                                f"t{i}.layout": (c + 3, 1), f"t{i}.codec": (c + 4, 1)})
+            self.fields.update(
+                {
+                    f"t{i}.mode": (c, 1),
+                    f"t{i}.granularity": (c + 1, 1),
+                    f"t{i}.axis": (c + 2, 1),
+                    f"t{i}.layout": (c + 3, 1),
+                    f"t{i}.codec": (c + 4, 1),
+                }
+            )
             if nlo:
                 self.fields.update({f"t{i}.lo": (c + 5, 4), f"t{i}.scale": (c + 5 + 4 * nlo, 4)})
             lengths = c + 5 + 8 * nlo
@@ -141,7 +184,6 @@ class Fuzz:
     def __repr__(self) -> str:  # short: hypothesis prints failing examples
         head = self.frame[:80].hex() + ("..." if len(self.frame) > 80 else "")
         return f"Fuzz({self.kind} {self.how}, {len(self.frame)} B, expect {self.expected}, {head})"
-
 
 
 def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
@@ -248,8 +290,18 @@ def mutations(templates: list[Template], model: int) -> st.SearchStrategy:
         fix_crc(buf)
         return Fuzz("header-overwrite", buf, how=f"{t.name} @{offset}:{width}={value:#x} crc")
 
-    return st.one_of(raw(), envelope_then_random(), valid(), refused(), bit_flips(), truncated(), extended(),
-                     spliced(), field_overwrite(), header_overwrite())
+    return st.one_of(
+        raw(),
+        envelope_then_random(),
+        valid(),
+        refused(),
+        bit_flips(),
+        truncated(),
+        extended(),
+        spliced(),
+        field_overwrite(),
+        header_overwrite(),
+    )
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -262,8 +314,9 @@ def artifact(searched_resnet20):
 
 @pytest.fixture(scope="module")
 def images():
-    calib = load_calibration(shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32),
-                             preprocess="cifar10", limit=16)
+    calib = load_calibration(
+        shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10", limit=16
+    )
     return calib.x
 
 
@@ -282,7 +335,7 @@ def templates(artifact, images, server):
     model = protocol.model_id(artifact.model_hash)
     out = []
     for k, config in enumerate(TEMPLATE_CONFIGS):
-        x = images[k:k + 1]
+        x = images[k : k + 1]
         env = device.start(x, config.cut)
         t = Template(config.label, protocol.encode_request(device.frame(env, config, 1), model=model), infer=True)
         reply = protocol.decode_reply(server.engine.handle(bytes(t.fresh())))
@@ -292,8 +345,11 @@ def templates(artifact, images, server):
         t.expected = reply.output.copy()
         out.append(t)
     for padding in (0, 300):
-        out.append(Template(f"ping+{padding}", protocol.encode_request(b"\0" * padding, model=model, kind=Kind.PING),
-                            infer=False))
+        out.append(
+            Template(
+                f"ping+{padding}", protocol.encode_request(b"\0" * padding, model=model, kind=Kind.PING), infer=False
+            )
+        )
     return out
 
 
@@ -304,10 +360,20 @@ class ValidClients:
     def __init__(self, artifact, endpoint: str, images: np.ndarray) -> None:
         pareto = [Config.from_dict(d["config"]) for d in artifact.manifest["search"]["pareto"] if d["bytes"] > 0]
         configs = sorted({min(pareto, key=lambda c: c.cut), max(pareto, key=lambda c: c.cut)})
-        self.clients = [DeviceClient(artifact, [endpoint], policy="pinned", policy_options={"config": c},
-                                     timeout_s=CALL_TIMEOUT_S, retry_after_s=0.1) for c in configs]
-        self.refs = {c.cut: [run_split(artifact, images[i:i + 1], c.cut, c.bits) for i in range(len(images))]
-                     for c in configs}
+        self.clients = [
+            DeviceClient(
+                artifact,
+                [endpoint],
+                policy="pinned",
+                policy_options={"config": c},
+                timeout_s=CALL_TIMEOUT_S,
+                retry_after_s=0.1,
+            )
+            for c in configs
+        ]
+        self.refs = {
+            c.cut: [run_split(artifact, images[i : i + 1], c.cut, c.bits) for i in range(len(images))] for c in configs
+        }
         self.images = images
         self.results: list[tuple[int, object]] = []
         self._stop = threading.Event()
@@ -318,7 +384,7 @@ class ValidClients:
         while not self._stop.is_set():
             client = self.clients[i % len(self.clients)]
             k = i % len(self.images)
-            self.results.append((k, client.run(self.images[k:k + 1])))
+            self.results.append((k, client.run(self.images[k : k + 1])))
             i += 1
 
     def __enter__(self) -> ValidClients:
@@ -342,8 +408,7 @@ class ValidClients:
 # --- the test ------------------------------------------------------------------------------
 
 
-def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(artifact, images, server,
-                                                                               templates):
+def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(artifact, images, server, templates):
     model = protocol.model_id(artifact.model_hash)
     address = server.endpoint.split("://", 1)[1]
     local = threading.local()
@@ -368,8 +433,7 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
         try:
             raw_reply = stub()(frame, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as e:
-            assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, \
-                f"{item!r}: gRPC {e.code().name} {e.details()!r}"
+            assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, f"{item!r}: gRPC {e.code().name} {e.details()!r}"
             with lock:
                 statuses["grpc RESOURCE_EXHAUSTED"] += 1
                 kinds[kind] += 1
@@ -400,8 +464,15 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
     start = time.perf_counter()
     with ValidClients(artifact, server.endpoint, images) as clients:
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=SEED is None, print_blob=True,
-                  phases=(Phase.explicit, Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=SEED is None,
+            print_blob=True,
+            phases=(Phase.explicit, Phase.generate, Phase.shrink),
+            suppress_health_check=list(HealthCheck),
+        )
         @given(st.lists(mutations(templates, model), min_size=BATCH, max_size=BATCH))
         def fuzz(batch):
             list(pool.map(send, batch))
@@ -416,10 +487,12 @@ def test_fuzzed_frames_never_crash_or_hang_and_valid_clients_keep_being_served(a
     clients.check()
 
     sent = sum(statuses.values())
-    print(f"\nfuzz: {sent} frames over gRPC from {FUZZ_THREADS} threads in {fuzz_s:.1f} s "
-          f"({sent / fuzz_s:.0f}/s), slowest call {1e3 * slowest[0]:.0f} ms; {len(clients.results)} valid client "
-          f"requests all served by the cloud\nstatuses: {dict(statuses.most_common())}\nkinds: "
-          f"{dict(kinds.most_common())}")
+    print(
+        f"\nfuzz: {sent} frames over gRPC from {FUZZ_THREADS} threads in {fuzz_s:.1f} s "
+        f"({sent / fuzz_s:.0f}/s), slowest call {1e3 * slowest[0]:.0f} ms; {len(clients.results)} valid client "
+        f"requests all served by the cloud\nstatuses: {dict(statuses.most_common())}\nkinds: "
+        f"{dict(kinds.most_common())}"
+    )
     assert sent >= MIN_FRAMES
     assert statuses["OK"] > 0 and statuses["BAD_REQUEST"] > 0 and statuses["REPLAYED"] > 0
     assert len(clients.results) >= 20

@@ -1,5 +1,6 @@
 """The user-space link shaper: byte-exact forwarding, pacing by rate and by a real trace,
 propagation delay, step changes, prompt shutdown and input checks."""
+
 from __future__ import annotations
 
 import socket
@@ -200,7 +201,7 @@ def test_stop_closes_open_connections_promptly(server):
             pass
         s.close()
     with pytest.raises(RuntimeError):
-        shaper.address
+        _ = shaper.address
 
 
 def test_unreachable_target_closes_the_client():
@@ -216,11 +217,19 @@ def test_unreachable_target_closes_the_client():
         assert shaper.bytes_up == shaper.bytes_down == 0
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"uplink": 0.0}, {"uplink": -5.0}, {"uplink": float("nan")}, {"uplink": True}, {"uplink": "fast"},
-    {"uplink": None, "one_way_delay_s": -0.01}, {"uplink": None, "one_way_delay_s": float("inf")},
-    {"uplink": None, "listen_port": 70000},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"uplink": 0.0},
+        {"uplink": -5.0},
+        {"uplink": float("nan")},
+        {"uplink": True},
+        {"uplink": "fast"},
+        {"uplink": None, "one_way_delay_s": -0.01},
+        {"uplink": None, "one_way_delay_s": float("inf")},
+        {"uplink": None, "listen_port": 70000},
+    ],
+)
 def test_bad_inputs_raise_input_error(kwargs):
     with pytest.raises(InputError):
         LinkShaper(("127.0.0.1", 9), **kwargs)

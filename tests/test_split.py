@@ -1,8 +1,9 @@
 """Segments, split and pack insertion: every cut of resnet20 (real weights) against the whole
 model and against a NumPy reference of the same input-specific quantization."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from dyno_compile.passes.segment import segment
 from dyno_compile.passes.split import split
 
 
-@lru_cache(maxsize=None)
+@cache
 def _resnet20() -> tuple[Graph, np.ndarray]:
     m = zoo.get_model("resnet20")
     return run_passes(from_jax(m.fn, m.params, m.random_input())), m.random_input(seed=3)
@@ -59,7 +60,7 @@ def test_bitpack_layout_is_lsb_first_stream():
     codes = np.array([1, 2, 3, 0, 7], np.uint8)  # 3 bits each: 001 010 011 000 111
     stream = "".join(format(int(c), "03b")[::-1] for c in codes)  # LSB first
     stream += "0" * (-len(stream) % 8)
-    expected = [int(stream[i:i + 8][::-1], 2) for i in range(0, len(stream), 8)]
+    expected = [int(stream[i : i + 8][::-1], 2) for i in range(0, len(stream), 8)]
     np.testing.assert_array_equal(bitpack(codes, bits=3), np.array(expected, np.uint8))
 
 
@@ -138,7 +139,8 @@ def test_every_packed_split_equals_the_reference_with_the_same_quantization(bits
         sent = _run(packed.device, x)
         if bits != "float16":  # the packed payload is the dense size
             assert sum(np.asarray(s).size for s in sent[0::2]) == sum(
-                (np.asarray(c).size * bits + 7) // 8 for c in crossing)
+                (np.asarray(c).size * bits + 7) // 8 for c in crossing
+            )
         assert rel_err(_run(packed.cloud, *sent)[0], expected) <= 1e-4, (bits, cut.position)
 
 
@@ -158,6 +160,7 @@ def test_per_channel_packing_and_bad_widths():
 def test_standalone_pack_and_unpack_kernels_round_trip(rng, bits):
     from dyno_compile.ir import TensorType
     from dyno_compile.passes.insert_pack import pack_graph, unpack_graph
+
     t = TensorType((1, 8, 5, 5), "float32")
     x = np.maximum(rng.normal(size=t.shape), 0).astype(np.float32)
     wire = _run(pack_graph(t, bits, granularity="channel"), x)

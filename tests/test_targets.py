@@ -1,6 +1,7 @@
 """TVM targets: every IR op lowered to Relax and built for the host equals the IR
 interpreter (JAX, the semantics' source); zoo models compiled with the tuning-free
 schedule; arm64 cross-linked shared objects; CUDA builds without a GPU; clear errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -142,8 +143,16 @@ def test_integer_div_is_true_division(rng):
     check(g, [rng.integers(-50, 50, (4, 5)).astype(np.int32), rng.integers(1, 7, (4, 5)).astype(np.int32)])
 
 
-@pytest.mark.parametrize("op,dtype,lo,hi", [("pow", "int32", -3, 5), ("pow", "uint8", 0, 9), ("add", "int8", -100, 100),
-                                         ("maximum", "uint8", 0, 255), ("mul", "int32", -1000, 1000)])
+@pytest.mark.parametrize(
+    "op,dtype,lo,hi",
+    [
+        ("pow", "int32", -3, 5),
+        ("pow", "uint8", 0, 9),
+        ("add", "int8", -100, 100),
+        ("maximum", "uint8", 0, 255),
+        ("mul", "int32", -1000, 1000),
+    ],
+)
 def test_integer_binary(op, dtype, lo, hi, rng):
     g = Graph(op)
     g.add_input("a", (3, 8), dtype)
@@ -153,8 +162,10 @@ def test_integer_binary(op, dtype, lo, hi, rng):
     check(g, [rng.integers(lo, hi, (3, 8)).astype(dtype), rng.integers(lo, hi, (8,)).astype(dtype)])
 
 
-@pytest.mark.parametrize("src,dst", [("float32", "int32"), ("float32", "float16"), ("int32", "float32"),
-                                     ("float32", "bool"), ("float16", "float32")])
+@pytest.mark.parametrize(
+    "src,dst",
+    [("float32", "int32"), ("float32", "float16"), ("int32", "float32"), ("float32", "bool"), ("float16", "float32")],
+)
 def test_cast(src, dst, rng):
     x = (normal(rng, (3, 7)) * 5).astype(src)
     if dst == "bool":
@@ -165,19 +176,29 @@ def test_cast(src, dst, rng):
 # --------------------------------------------------------------------------- nn
 CONV_CASES = {
     "plain_bias": dict(x=(2, 4, 9, 9), w=(6, 4, 3, 3), bias=True, attrs={"padding": ((1, 1), (1, 1))}),
-    "stride_asym_pad": dict(x=(1, 3, 11, 10), w=(8, 3, 3, 3), bias=False,
-                            attrs={"strides": (2, 2), "padding": ((1, 0), (2, 1))}),
-    "dilation": dict(x=(1, 4, 12, 12), w=(4, 4, 3, 3), bias=True,
-                     attrs={"dilation": (2, 2), "padding": ((2, 2), (2, 2))}),
+    "stride_asym_pad": dict(
+        x=(1, 3, 11, 10), w=(8, 3, 3, 3), bias=False, attrs={"strides": (2, 2), "padding": ((1, 0), (2, 1))}
+    ),
+    "dilation": dict(
+        x=(1, 4, 12, 12), w=(4, 4, 3, 3), bias=True, attrs={"dilation": (2, 2), "padding": ((2, 2), (2, 2))}
+    ),
     "groups": dict(x=(1, 8, 7, 7), w=(6, 4, 3, 3), bias=True, attrs={"groups": 2, "padding": ((1, 1), (1, 1))}),
-    "depthwise": dict(x=(1, 8, 10, 10), w=(8, 1, 3, 3), bias=True,
-                      attrs={"groups": 8, "strides": (2, 2), "padding": ((1, 1), (1, 1))}),
+    "depthwise": dict(
+        x=(1, 8, 10, 10), w=(8, 1, 3, 3), bias=True, attrs={"groups": 8, "strides": (2, 2), "padding": ((1, 1), (1, 1))}
+    ),
     "pointwise_rect": dict(x=(1, 16, 5, 7), w=(12, 16, 1, 1), bias=True, attrs={}),
-    "nhwc_hwio": dict(x=(1, 9, 9, 4), w=(3, 3, 4, 6), bias=True,
-                      attrs={"padding": ((1, 1), (0, 1)), "data_layout": "NHWC", "kernel_layout": "HWIO"}),
-    "nhwc_depthwise": dict(x=(1, 8, 8, 6), w=(3, 3, 1, 6), bias=False,
-                           attrs={"groups": 6, "padding": ((1, 1), (1, 1)), "data_layout": "NHWC",
-                                  "kernel_layout": "HWIO"}),
+    "nhwc_hwio": dict(
+        x=(1, 9, 9, 4),
+        w=(3, 3, 4, 6),
+        bias=True,
+        attrs={"padding": ((1, 1), (0, 1)), "data_layout": "NHWC", "kernel_layout": "HWIO"},
+    ),
+    "nhwc_depthwise": dict(
+        x=(1, 8, 8, 6),
+        w=(3, 3, 1, 6),
+        bias=False,
+        attrs={"groups": 6, "padding": ((1, 1), (1, 1)), "data_layout": "NHWC", "kernel_layout": "HWIO"},
+    ),
 }
 
 
@@ -202,8 +223,9 @@ def test_conv2d(case, rng):
     check(g, [normal(rng, spec["x"])])
 
 
-@pytest.mark.parametrize("channels,lanes,want", [(64, 16, 16), (24, 16, 8), (12, 16, 0), (24, 8, 8), (20, 8, 4),
-                                                 (6, 4, 2), (3, 4, 0)])
+@pytest.mark.parametrize(
+    "channels,lanes,want", [(64, 16, 16), (24, 16, 8), (12, 16, 0), (24, 8, 8), (20, 8, 4), (6, 4, 2), (3, 4, 0)]
+)
 def test_weight_blocks_fill_a_register_or_half_of_one(channels, lanes, want):
     """MobileNetV2's 24-channel projections take blocks of 8 on 16 lanes rather than TVM's
     own convolution; blocks under half a register are not worth a layout (0: none)."""
@@ -284,19 +306,34 @@ def test_batch_norm(shape, axis, rng):
 
 POOL_CASES = {
     "max_pad_stride": ("max_pool2d", (1, 3, 9, 9), {"kernel": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))}),
-    "max_asym_dilated": ("max_pool2d", (2, 2, 10, 9), {"kernel": (2, 3), "padding": ((0, 1), (2, 1)),
-                                                       "dilation": (2, 1)}),
+    "max_asym_dilated": (
+        "max_pool2d",
+        (2, 2, 10, 9),
+        {"kernel": (2, 3), "padding": ((0, 1), (2, 1)), "dilation": (2, 1)},
+    ),
     "max_nhwc": ("max_pool2d", (1, 8, 8, 5), {"kernel": (2, 2), "strides": (2, 2), "layout": "NHWC"}),
     # windows that see only padding: JAX gives -inf (its init value)
     "max_all_padding": ("max_pool2d", (1, 2, 4, 4), {"kernel": (1, 1), "padding": ((1, 1), (1, 1))}),
-    "avg_exclude_pad": ("avg_pool2d", (1, 3, 9, 9), {"kernel": (3, 3), "strides": (2, 2),
-                                                     "padding": ((1, 1), (1, 1)), "count_include_pad": False}),
-    "avg_include_pad": ("avg_pool2d", (1, 3, 9, 9), {"kernel": (3, 3), "strides": (2, 2),
-                                                     "padding": ((1, 1), (1, 1)), "count_include_pad": True}),
-    "avg_asym_dilated_exclude": ("avg_pool2d", (1, 2, 10, 11), {"kernel": (3, 2), "padding": ((2, 0), (1, 2)),
-                                                                "dilation": (2, 2), "count_include_pad": False}),
-    "avg_dilated_include": ("avg_pool2d", (1, 2, 10, 11), {"kernel": (3, 2), "padding": ((2, 0), (1, 2)),
-                                                           "dilation": (2, 2), "count_include_pad": True}),
+    "avg_exclude_pad": (
+        "avg_pool2d",
+        (1, 3, 9, 9),
+        {"kernel": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1)), "count_include_pad": False},
+    ),
+    "avg_include_pad": (
+        "avg_pool2d",
+        (1, 3, 9, 9),
+        {"kernel": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1)), "count_include_pad": True},
+    ),
+    "avg_asym_dilated_exclude": (
+        "avg_pool2d",
+        (1, 2, 10, 11),
+        {"kernel": (3, 2), "padding": ((2, 0), (1, 2)), "dilation": (2, 2), "count_include_pad": False},
+    ),
+    "avg_dilated_include": (
+        "avg_pool2d",
+        (1, 2, 10, 11),
+        {"kernel": (3, 2), "padding": ((2, 0), (1, 2)), "dilation": (2, 2), "count_include_pad": True},
+    ),
     "avg_nhwc": ("avg_pool2d", (1, 7, 7, 4), {"kernel": (3, 3), "padding": ((1, 1), (1, 1)), "layout": "NHWC"}),
     "gap_nchw": ("global_avg_pool2d", (2, 6, 5, 7), {}),
     "gap_nchw_keepdims_false": ("global_avg_pool2d", (2, 6, 5, 7), {"keepdims": False}),
@@ -310,8 +347,20 @@ def test_pooling(case, rng):
     check(unary_graph(op, shape, attrs), [normal(rng, shape)])
 
 
-@pytest.mark.parametrize("extent,regs,want", [(64, 2, 32), (48, 2, 16), (28, 2, 28), (56, 2, 8), (56, 1, 8),
-                                              (1000, 1, 8), (28, 1, 14), (113, 2, 1), (226, 2, 1)])
+@pytest.mark.parametrize(
+    "extent,regs,want",
+    [
+        (64, 2, 32),
+        (48, 2, 16),
+        (28, 2, 28),
+        (56, 2, 8),
+        (56, 1, 8),
+        (1000, 1, 8),
+        (28, 1, 14),
+        (113, 2, 1),
+        (226, 2, 1),
+    ],
+)
 def test_vector_tiles_are_whole_registers_where_a_divisor_allows(extent, regs, want):
     """Up to ``regs`` registers of 16 lanes: the whole extent if it fits, else multiples of
     the lanes, then a power of two of at least half the lanes (a 14-lane vector costs LLVM
@@ -342,8 +391,7 @@ def test_strided_pooling_leaves_the_width_loop_to_llvm(rng):
     stride) is not such a window. Both equal to the interpreter."""
     from tvm import tirx
 
-    pool = unary_graph("max_pool2d", (1, 8, 32, 32), {"kernel": (3, 3), "strides": (2, 2),
-                                                      "padding": ((1, 1), (1, 1))})
+    pool = unary_graph("max_pool2d", (1, 8, 32, 32), {"kernel": (3, 3), "strides": (2, 2), "padding": ((1, 1), (1, 1))})
     loops, report = _scheduled_loops(pool)
     assert set(report.functions.values()) == {"window"}, report.functions
     kinds = {lp.loop_var.name: lp.kind for lp in loops}
@@ -383,8 +431,13 @@ def test_depthwise_conv_pads_each_plane_inside_its_parallel_loop(stride, how, rn
     convolution and its epilogue on it. Equal to the interpreter."""
     from tvm import tirx
 
-    g = conv_graph(rng, x=(1, 16, 20, 20), w=(16, 1, 3, 3), bias=True,
-                   attrs={"groups": 16, "strides": (stride, stride), "padding": ((1, 1), (1, 1))})
+    g = conv_graph(
+        rng,
+        x=(1, 16, 20, 20),
+        w=(16, 1, 3, 3),
+        bias=True,
+        attrs={"groups": 16, "strides": (stride, stride), "padding": ((1, 1), (1, 1))},
+    )
     relu = g.add("relu", [g.outputs[0]])
     g.set_outputs([relu.name])
     loops, report = _scheduled_loops(g)
@@ -439,8 +492,12 @@ def test_pointwise_conv_fuses_rows_and_columns_into_one_vector_axis(epilogue, ba
         g.set_outputs([relu.name])
     funcs, report = _scheduled(g)
     assert set(report.functions.values()) == {"tiled"}, report.functions
-    local = [tuple(int(d) for d in b.shape) for blk in _nodes(funcs, s_tir.SBlock) for b in blk.alloc_buffers
-             if b.scope() == "local"]
+    local = [
+        tuple(int(d) for d in b.shape)
+        for blk in _nodes(funcs, s_tir.SBlock)
+        for b in blk.alloc_buffers
+        if b.scope() == "local"
+    ]
     if epilogue:  # pixels in whole registers
         assert local == [(batch, 24, 144)], local
         vectors = {int(lp.extent) for lp in _nodes(funcs, tirx.For) if lp.kind == tirx.ForKind.VECTORIZED}
@@ -478,20 +535,29 @@ def test_pad(pads, value, rng):
     check(unary_graph("pad", (2, 4, 5), {"pads": pads, "value": value}), [normal(rng, (2, 4, 5))])
 
 
-@pytest.mark.parametrize("op,attrs", [
-    ("flatten", {}), ("flatten", {"axis": 2}), ("reshape", {"shape": (6, 20)}),
-    ("transpose", {"perm": (0, 2, 3, 1)}), ("broadcast_to", {"shape": (3, 2, 3, 4, 5)}),
-])
+@pytest.mark.parametrize(
+    "op,attrs",
+    [
+        ("flatten", {}),
+        ("flatten", {"axis": 2}),
+        ("reshape", {"shape": (6, 20)}),
+        ("transpose", {"perm": (0, 2, 3, 1)}),
+        ("broadcast_to", {"shape": (3, 2, 3, 4, 5)}),
+    ],
+)
 def test_shape_ops(op, attrs, rng):
     check(unary_graph(op, (2, 3, 4, 5), attrs), [normal(rng, (2, 3, 4, 5))])
 
 
-@pytest.mark.parametrize("starts,limits,strides", [
-    ((0, 1, 0, 0), (None, 3, None, None), None),
-    ((0, 0, 1, 0), (None, None, None, None), (1, 1, 2, 2)),
-    ((1, -2, 0, 1), (2, None, 3, -1), (1, 1, 1, 3)),
-    ((0, 2, 3, 4), (None, 0, None, None), (1, -1, -2, -1)),   # negative strides
-])
+@pytest.mark.parametrize(
+    "starts,limits,strides",
+    [
+        ((0, 1, 0, 0), (None, 3, None, None), None),
+        ((0, 0, 1, 0), (None, None, None, None), (1, 1, 2, 2)),
+        ((1, -2, 0, 1), (2, None, 3, -1), (1, 1, 1, 3)),
+        ((0, 2, 3, 4), (None, 0, None, None), (1, -1, -2, -1)),  # negative strides
+    ],
+)
 def test_slice(starts, limits, strides, rng):
     attrs = {"starts": starts, "limits": limits, "strides": strides}
     check(unary_graph("slice", (2, 3, 4, 5), attrs), [normal(rng, (2, 3, 4, 5))])
@@ -511,10 +577,38 @@ def test_integer_reduction(rng):
 def test_every_registered_op_has_a_converter():
     from dyno_compile.ir.ops import registered_ops
 
-    core = set(UNARY) | {"log", "sqrt", "rsqrt", "clip", "add", "sub", "mul", "div", "maximum", "minimum", "pow",
-                         "cast", "conv2d", "dense", "batch_norm", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
-                         "softmax", "concat", "pad", "flatten", "reshape", "transpose", "broadcast_to", "slice",
-                         "reduce_sum", "reduce_max", "reduce_min", "reduce_mean"}
+    core = set(UNARY) | {
+        "log",
+        "sqrt",
+        "rsqrt",
+        "clip",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "pow",
+        "cast",
+        "conv2d",
+        "dense",
+        "batch_norm",
+        "max_pool2d",
+        "avg_pool2d",
+        "global_avg_pool2d",
+        "softmax",
+        "concat",
+        "pad",
+        "flatten",
+        "reshape",
+        "transpose",
+        "broadcast_to",
+        "slice",
+        "reduce_sum",
+        "reduce_max",
+        "reduce_min",
+        "reduce_mean",
+    }
     assert core <= set(supported_ops())
     assert core <= set(registered_ops())
 
@@ -670,7 +764,7 @@ def test_cuda_builds_and_exports_without_gpu(name, resnet20, tmp_path):
     so = export(c, tmp_path / f"resnet20_{name}.so")
     magic, klass, machine = _elf_header(so)
     assert magic == b"\x7fELF" and klass == 2 and machine == 62  # x86-64 host code
-    assert b"__global__" in so.read_bytes() or b"extern \"C\"" in so.read_bytes()  # CUDA kernels inside
+    assert b"__global__" in so.read_bytes() or b'extern "C"' in so.read_bytes()  # CUDA kernels inside
 
 
 @pytest.mark.slow

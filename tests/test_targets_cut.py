@@ -3,6 +3,7 @@
 pack/unpack functions compiled into ONE multi-function module per side run every cut of
 resnet20 (real weights) and of mobilenet_v2 as the interpreter does; the same modules
 export for arm64 and CUDA, and an exported library runs with the TVM runtime alone."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from math import prod
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from dyno_compile.targets import (
     run,
 )
 
-TOL = 1e-4      # whole-model outputs, relative to the output's scale
+TOL = 1e-4  # whole-model outputs, relative to the output's scale
 TOL_DEQ = 1e-6  # dequantised values: one float32 rounding at most (an FMA where a compiler contracts)
 MODES = (16, 8, 4, 2, "float16")
 #: The model-level references run the interpreter jitted (one XLA program per segment):
@@ -55,8 +56,9 @@ def pack_graph(shape, mode, name: str | None = None) -> Graph:
 
 def unpack_graph(shape, mode, name: str | None = None) -> Graph:
     """Cloud side: what came off the wire in, the tensor out (``insert_pack.unpack_graph``)."""
-    return insert_pack.unpack_graph(TensorType(tuple(shape), "float32"), mode,
-                                    name=name or f"unpack_{_key(shape)}_{mode}")
+    return insert_pack.unpack_graph(
+        TensorType(tuple(shape), "float32"), mode, name=name or f"unpack_{_key(shape)}_{mode}"
+    )
 
 
 _INTERPRETERS: dict[tuple[int, bool], Interpreter] = {}
@@ -205,8 +207,12 @@ def test_cut_op_kernels_are_scheduled_and_deduplicated():
     info = module.functions["q_img_channel_4"]
     assert [t.name for t in info.inputs] == ["x"] and info.num_input == 1
     assert [(t.name, t.shape, t.dtype) for t in info.outputs] == [
-        ("range", (2, 16), "float32"), ("codes", (1, 16, 9, 9), "uint8"), ("packed", (648,), "uint8"),
-        ("unpacked", (1, 16, 9, 9), "uint8"), ("sent", (1, 16, 9, 9), "float32")]
+        ("range", (2, 16), "float32"),
+        ("codes", (1, 16, 9, 9), "uint8"),
+        ("packed", (648,), "uint8"),
+        ("unpacked", (1, 16, 9, 9), "uint8"),
+        ("sent", (1, 16, 9, 9), "float32"),
+    ]
 
 
 def test_insert_pack_split_graphs_compile_and_match(resnet20):
@@ -220,7 +226,7 @@ def test_insert_pack_split_graphs_compile_and_match(resnet20):
     sent = run(compile_graph(model.device, "host"), [x])
     want = interp(model.device, x)
     for slot, t in enumerate(model.cut.tensors):
-        (packed, rng_), (packed_ref, rng_ref) = sent[2 * slot:2 * slot + 2], want[2 * slot:2 * slot + 2]
+        (packed, rng_), (packed_ref, rng_ref) = sent[2 * slot : 2 * slot + 2], want[2 * slot : 2 * slot + 2]
         assert rel_err(rng_, rng_ref) <= 1e-5
         count = prod(graph.node(t).shape)
         codes, codes_ref = (packing.unpack(p.tobytes(), 4, count).astype(int) for p in (packed, packed_ref))
@@ -260,8 +266,9 @@ def build_split(name: str, graph: Graph, x: np.ndarray, positions, *, cloud_bind
             cloud_graphs[f"unpack_{_key(shape)}_{mode}"] = unpack_graph(shape, mode)
     device = compile_functions(device_graphs, "host", name=f"{name}.device")
     cloud = compile_functions(cloud_graphs, "host", bind_weights=cloud_bind_weights, name=f"{name}.cloud")
-    setup = SplitSetup(name, graph, x, segs, device_graphs, cloud_graphs, device, cloud,
-                       ModuleRunner(device), ModuleRunner(cloud))
+    setup = SplitSetup(
+        name, graph, x, segs, device_graphs, cloud_graphs, device, cloud, ModuleRunner(device), ModuleRunner(cloud)
+    )
     # the device runs the segments in a chain; every boundary tensor is kept
     setup.tvm_values = {graph.inputs[0].name: x}
     setup.ref_values = {graph.inputs[0].name: x}
@@ -373,8 +380,10 @@ def test_resnet20_modules(resnet20_split, capsys):
     assert set(s.cloud.weight_specs) == set(s.graph.params)
     with capsys.disabled():
         for m in (s.device, s.cloud):
-            print(f"\n{m.name}: {len(m.functions)} functions, compile "
-                  + ", ".join(f"{k} {v:.2f}s" for k, v in m.timings.items()))
+            print(
+                f"\n{m.name}: {len(m.functions)} functions, compile "
+                + ", ".join(f"{k} {v:.2f}s" for k, v in m.timings.items())
+            )
 
 
 def test_resnet20_every_cut_and_width(resnet20_split, capsys):
@@ -458,8 +467,13 @@ def test_exported_module_runs_with_the_runtime_alone(resnet20_split, tmp_path):
     packed, rng_ = s.rd.run(f"pack_{fn}", [s.tvm_values[t]])
     np.savez(tmp_path / "inputs.npz", packed=packed, range=rng_)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(tmp_path), f"unpack_{fn}", f"segment_{seg.index}"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(tmp_path), f"unpack_{fn}", f"segment_{seg.index}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(tmp_path / "outputs.npz")
     received = s.rc.run(f"unpack_{fn}", [packed, rng_])[0]
@@ -491,7 +505,9 @@ def test_multi_function_modules_export_for_arm64_and_cuda(resnet20_split, tmp_pa
     json.dumps(desc)
     assert desc["target"]["tvm"] == {"kind": "cuda", "arch": "sm_80"}
     assert desc["functions"]["unpack_1x16x32x32_4"]["inputs"] == [
-        {"name": "x.packed", "shape": [8192], "dtype": "uint8"}, {"name": "x.range", "shape": [2], "dtype": "float32"}]
+        {"name": "x.packed", "shape": [8192], "dtype": "uint8"},
+        {"name": "x.range", "shape": [2], "dtype": "float32"},
+    ]
 
 
 # --------------------------------------------------------------------------- mobilenet_v2
@@ -509,8 +525,10 @@ def mobilenet_split():
 def _report_mobilenet(s: SplitSetup, worst: dict) -> None:
     print("\nmobilenet_v2 worst rel. error per mode:", {k: f"{v:.1e}" for k, v in worst.items()})
     for m in (s.device, s.cloud):
-        print(f"{m.name}: {len(m.functions)} functions, compile "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in m.timings.items()))
+        print(
+            f"{m.name}: {len(m.functions)} functions, compile "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in m.timings.items())
+        )
 
 
 @pytest.mark.slow  # ~80 s: the slow job runs it; resnet20's every cut and width runs in CI

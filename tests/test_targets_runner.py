@@ -1,6 +1,7 @@
 """The one runner (``ModuleRunner``): every function of a compiled module called the same
 way here and over TVM RPC (multi-output functions included), ``time`` returning every
 repeat's seconds, and inputs checked against each function's shapes and dtypes."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -37,6 +37,7 @@ round-trip medians need 3 fresh samples each, ~0.1 s apart: 0.4-0.8 s measured, 
 2-4 requests at 5 requests/s. At 10 requests/s the same 0.4-0.9 s is 4-10 requests, so
 the 5-request bound for a rise assumes 5 requests/s or fewer (or faster probing).
 """
+
 from __future__ import annotations
 
 import time
@@ -80,6 +81,7 @@ SETTLE_WITHIN = 40
 
 # --- the link ------------------------------------------------------------------------------
 
+
 def trace_segment(name: str, start_s: int, seconds: int) -> UplinkTrace:
     """``seconds`` of a real mahimahi uplink from ``start_s``, as a trace that loops them."""
     full = UplinkTrace.read(shared_data("traces", "mahimahi_cellular", name))
@@ -102,13 +104,23 @@ def true_conditions(uplink: UplinkTrace | float) -> Conditions:
 
 # --- the emulated device --------------------------------------------------------------------
 
+
 def emulated_client(artifact: Artifact, endpoint: str) -> DeviceClient:
     """A lowest-latency client on the emulated device."""
-    return emulate_device(DeviceClient(artifact, [endpoint], policy="lowest-latency", probe_every_s=PROBE_EVERY_S,
-                                       probe_bytes=PROBE_BYTES, link=LinkEstimator()))
+    return emulate_device(
+        DeviceClient(
+            artifact,
+            [endpoint],
+            policy="lowest-latency",
+            probe_every_s=PROBE_EVERY_S,
+            probe_bytes=PROBE_BYTES,
+            link=LinkEstimator(),
+        )
+    )
 
 
 # --- what counts as following -----------------------------------------------------------------
+
 
 def acceptable(evaluations: list[Evaluation], conditions: Conditions) -> set[Config]:
     """The best configuration under ``conditions`` and any within the selector's switch
@@ -134,9 +146,11 @@ class Requests:
         result = self.client.run(self.images[self.sent % len(self.images)][None])
         self.sent += 1
         c = self.client.link.conditions()
-        self.log.append(f"{self.sent:3d} {result.decision.evaluation.config.label:40s} {result.where:8s} "
-                        f"{1e3 * result.latency_s:7.1f} ms  estimate {c.bandwidth / 1e3:8.1f} kB/s "
-                        f"rtt {1e3 * c.rtt_s:6.1f} ms device x{c.device_load:.2f} cloud x{c.cloud_load:.2f}")
+        self.log.append(
+            f"{self.sent:3d} {result.decision.evaluation.config.label:40s} {result.where:8s} "
+            f"{1e3 * result.latency_s:7.1f} ms  estimate {c.bandwidth / 1e3:8.1f} kB/s "
+            f"rtt {1e3 * c.rtt_s:6.1f} ms device x{c.device_load:.2f} cloud x{c.cloud_load:.2f}"
+        )
         return result
 
     def note(self, text: str) -> None:
@@ -145,7 +159,7 @@ class Requests:
     def follow(self, target: set[Config], within: int) -> int:
         """Requests until the decision is in ``target`` (1 = the first after the step),
         then :data:`HOLD` more that must stay in it; fails beyond ``within``."""
-        for k in range(1, within + 1):
+        for k in range(1, within + 1):  # noqa: B007 - k is returned after the loop
             if self.one().decision.evaluation.config in target:
                 break
         else:
@@ -162,14 +176,19 @@ def _labels(configs: set[Config]) -> str:
 
 # --- fixtures ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def served(searched_resnet20: Path) -> Iterator[tuple[str, int]]:
     """The fixture artifact's cloud half on loopback (its own copy of the artifact)."""
     artifact = load_artifact(searched_resnet20)
     server = CloudServer(CloudEngine(artifact))
     server.start()
-    with DeviceClient(artifact, [server.endpoint], policy="pinned",  # warm the server's VM up
-                      policy_options={"config": artifact.manifest["search"]["pareto"][0]["config"]}) as warm:
+    with DeviceClient(
+        artifact,
+        [server.endpoint],
+        policy="pinned",  # warm the server's VM up
+        policy_options={"config": artifact.manifest["search"]["pareto"][0]["config"]},
+    ) as warm:
         for x in load_test(limit=3)[0]:
             assert warm.run(x[None]).where == "cloud"
     yield ("127.0.0.1", server.port)
@@ -179,8 +198,10 @@ def served(searched_resnet20: Path) -> Iterator[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def device_artifact(searched_resnet20: Path) -> Artifact:
     artifact, factor = emulated_artifact(load_artifact(searched_resnet20), DEVICE_ONLY_S)
-    assert factor > 10, (f"the search profiled resnet20 at {1e3 * DEVICE_ONLY_S / factor:.1f} ms on the device: "
-                         "this host was too busy to emulate a device much slower than itself")
+    assert factor > 10, (
+        f"the search profiled resnet20 at {1e3 * DEVICE_ONLY_S / factor:.1f} ms on the device: "
+        "this host was too busy to emulate a device much slower than itself"
+    )
     return artifact
 
 
@@ -215,4 +236,3 @@ def test_selector_follows_a_step_within_5_requests(link, served, device_artifact
             shaper.set_uplink(high)
             rise = requests.follow(fast, FOLLOW_WITHIN)
     print(f"\n{link}: followed the drop in {drop} and the rise in {rise} requests\n" + "\n".join(requests.log))
-

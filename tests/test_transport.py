@@ -1,6 +1,7 @@
 """The transports' one vocabulary of failure: each maps its own codes (gRPC status codes;
 HTTP statuses and socket errors) to a :class:`Reason`, keeps its own words in the
 message, and the modules that define them import each other without a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -47,10 +48,19 @@ def http_base():
     server.server_close()
 
 
-@pytest.mark.parametrize("status, reason", [
-    (429, Reason.BUSY), (503, Reason.BUSY), (408, Reason.TIMEOUT), (504, Reason.TIMEOUT), (502, Reason.UNREACHABLE),
-    (401, Reason.REJECTED), (404, Reason.REJECTED), (500, Reason.PROTOCOL),
-])
+@pytest.mark.parametrize(
+    "status, reason",
+    [
+        (429, Reason.BUSY),
+        (503, Reason.BUSY),
+        (408, Reason.TIMEOUT),
+        (504, Reason.TIMEOUT),
+        (502, Reason.UNREACHABLE),
+        (401, Reason.REJECTED),
+        (404, Reason.REJECTED),
+        (500, Reason.PROTOCOL),
+    ],
+)
 def test_http_statuses_map_to_reasons(http_base, status, reason):
     transport = connect(f"{http_base}/{status}")
     with pytest.raises(TransportError) as e:
@@ -75,8 +85,9 @@ def grpc_endpoint():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handler = grpc.unary_unary_rpc_method_handler(infer)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        SERVICE_NAME, {INFER_METHOD.rsplit("/", 1)[1]: handler})])
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE_NAME, {INFER_METHOD.rsplit("/", 1)[1]: handler})]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"grpc://127.0.0.1:{port}"
@@ -84,10 +95,17 @@ def grpc_endpoint():
     server.stop(0).wait()
 
 
-@pytest.mark.parametrize("asked, reason", [
-    ("RESOURCE_EXHAUSTED", Reason.BUSY), ("UNAVAILABLE", Reason.UNREACHABLE), ("UNAUTHENTICATED", Reason.REJECTED),
-    ("UNIMPLEMENTED", Reason.REJECTED), ("INTERNAL", Reason.PROTOCOL), ("SLOW", Reason.TIMEOUT),
-])
+@pytest.mark.parametrize(
+    "asked, reason",
+    [
+        ("RESOURCE_EXHAUSTED", Reason.BUSY),
+        ("UNAVAILABLE", Reason.UNREACHABLE),
+        ("UNAUTHENTICATED", Reason.REJECTED),
+        ("UNIMPLEMENTED", Reason.REJECTED),
+        ("INTERNAL", Reason.PROTOCOL),
+        ("SLOW", Reason.TIMEOUT),
+    ],
+)
 def test_grpc_statuses_map_to_reasons(grpc_endpoint, asked, reason):
     transport = connect(grpc_endpoint)
     with pytest.raises(TransportError) as e:

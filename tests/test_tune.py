@@ -3,6 +3,7 @@ run reuses them with no new trial, the tuned build equals the IR interpreter, fu
 without records keep the tuning-free schedule, and missing, corrupt or foreign records
 fail clearly. One tiny tuning run (one conv+relu, a few trials, random cost model) is
 shared by the fast tests; a ResNet-20 tuning run is marked slow."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """3x3 stride-1 convolutions as Winograd F(4x4, 3x3) or F(2x2, 3x3) on CPU targets (``targets/winograd_conv.py``):
 the transforms, equality with the IR interpreter through the fused schedule (epilogues,
 batches, rectangular maps), and the convolutions that keep the direct legalization."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_matrices_compute_a_correlation(m):
     a, b, g = winograd_matrices(m)
     rng = np.random.default_rng(0)
     d, f = rng.standard_normal(m + 2), rng.standard_normal(3)
-    want = np.array([d[i:i + 3] @ f for i in range(m)])
+    want = np.array([d[i : i + 3] @ f for i in range(m)])
     np.testing.assert_allclose(a.T @ ((g @ f) * (b.T @ d)), want, rtol=1e-12, atol=1e-12)
 
 
@@ -39,8 +40,9 @@ def test_transform_weights_layout(rng):
     _, _, g = winograd_matrices(4)
     assert u.shape == (6, 6, 2, 5, 16) and u.dtype == np.float32
     for k in (0, 17, 31):
-        np.testing.assert_allclose(u[:, :, k // 16, :, k % 16], np.einsum("ai,cij,bj->abc", g, w[k], g),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            u[:, :, k // 16, :, k % 16], np.einsum("ai,cij,bj->abc", g, w[k], g), rtol=1e-5, atol=1e-6
+        )
 
 
 def _residual_graph(rng, x, k):
@@ -58,14 +60,14 @@ def _residual_graph(rng, x, k):
 
 CASES = {
     "bias": lambda rng: conv_graph(rng, x=(1, 16, 8, 8), w=(16, 16, 3, 3), bias=True, attrs=dict(SAME)),
-    "few_inputs_wide_output": lambda rng: conv_graph(rng, x=(1, 3, 12, 20), w=(32, 3, 3, 3), bias=False,
-                                                     attrs=dict(SAME)),
+    "few_inputs_wide_output": lambda rng: conv_graph(
+        rng, x=(1, 3, 12, 20), w=(32, 3, 3, 3), bias=False, attrs=dict(SAME)
+    ),
     "batch2_residual_relu": lambda rng: _residual_graph(rng, (2, 16, 16, 12), 16),
     # 6x10 divides into 2x2 tiles only: F(2x2, 3x3)
     "tile2_residual_relu": lambda rng: _residual_graph(rng, (1, 32, 6, 10), 32),
     # 18 columns of tiles: the input transform runs over two vectors, 14 columns of them padding
-    "wide_row_two_vectors": lambda rng: conv_graph(rng, x=(1, 8, 8, 72), w=(16, 8, 3, 3), bias=True,
-                                                   attrs=dict(SAME)),
+    "wide_row_two_vectors": lambda rng: conv_graph(rng, x=(1, 8, 8, 72), w=(16, 8, 3, 3), bias=True, attrs=dict(SAME)),
 }
 
 
@@ -78,14 +80,17 @@ def test_winograd_matches_interpreter(case, rng):
     check(g, [normal(rng, tuple(g.nodes[0].type.shape))])
 
 
-@pytest.mark.parametrize("attrs,x,w", [
-    ({"strides": (2, 2), **SAME}, (1, 16, 8, 8), (16, 16, 3, 3)),
-    ({"dilation": (2, 2), "padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 3, 3)),
-    ({}, (1, 16, 10, 10), (16, 16, 3, 3)),                 # no padding
-    (dict(SAME), (1, 16, 7, 7), (16, 16, 3, 3)),           # 7 divides into no tile
-    ({"padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 5, 5)),
-    (dict(SAME), (1, 16, 8, 8), (24, 16, 3, 3)),           # output channels fill no SIMD register
-])
+@pytest.mark.parametrize(
+    "attrs,x,w",
+    [
+        ({"strides": (2, 2), **SAME}, (1, 16, 8, 8), (16, 16, 3, 3)),
+        ({"dilation": (2, 2), "padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 3, 3)),
+        ({}, (1, 16, 10, 10), (16, 16, 3, 3)),  # no padding
+        (dict(SAME), (1, 16, 7, 7), (16, 16, 3, 3)),  # 7 divides into no tile
+        ({"padding": ((2, 2), (2, 2))}, (1, 16, 8, 8), (16, 16, 5, 5)),
+        (dict(SAME), (1, 16, 8, 8), (24, 16, 3, 3)),  # output channels fill no SIMD register
+    ],
+)
 def test_direct_where_winograd_does_not_fit(attrs, x, w, rng):
     g = conv_graph(rng, x=x, w=w, bias=True, attrs=attrs)
     names = _prim_names(fused_module(g, "host"))
@@ -111,8 +116,10 @@ def test_little_work_stays_direct(rng, monkeypatch):
     assert "winograd_gemm" in _prim_names(fused_module(large, "host"))
 
 
-@pytest.mark.parametrize("cols,lanes,want", [(14, 16, 16), (7, 16, 8), (16, 16, 16), (18, 16, 32), (3, 16, 4),
-                                             (1, 16, 1), (7, 4, 8), (2, 4, 2)])
+@pytest.mark.parametrize(
+    "cols,lanes,want",
+    [(14, 16, 16), (7, 16, 8), (16, 16, 16), (18, 16, 32), (3, 16, 4), (1, 16, 1), (7, 4, 8), (2, 4, 2)],
+)
 def test_tile_columns_round_up_to_whole_vectors(cols, lanes, want):
     assert winograd_conv._vector_width(cols, lanes) == want
 
@@ -127,8 +134,9 @@ def test_padding_and_column_split_are_separate_stages(rng):
     g = CASES["bias"](rng)
     mod, report = schedule_module(fused_module(g, "host"), get_target("host").tvm_target())
     assert "winograd" in report.functions.values(), report.functions
-    func = next(f for _, f in mod.functions_items()
-                if isinstance(f, tirx.PrimFunc) and "winograd_split" in _block_names(f.body))
+    func = next(
+        f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "winograd_split" in _block_names(f.body)
+    )
     assert "winograd_pad" in _block_names(func.body)
     loops: list = []
     tvm_ffi.structural_walk(func.body, (tirx.For, loops.append), order="post")

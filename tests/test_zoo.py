@@ -1,5 +1,6 @@
 """Model zoo: every model runs and traces to frontend-supported primitives, weights load
 and validate, and the real CIFAR-10 ResNets reach their published accuracy on test_932."""
+
 from __future__ import annotations
 
 import functools
@@ -18,15 +19,39 @@ CIFAR = ["resnet20", "resnet56"]
 
 # What the JAX frontend translates; relu/relu6 arrive wrapped in custom_jvp_call and jit.
 FRONTEND_PRIMITIVES = {
-    "conv_general_dilated", "add", "sub", "mul", "div", "rsqrt", "max", "min", "custom_jvp_call", "jit",
-    "reduce_sum", "reduce_window_max", "dot_general", "transpose", "reshape", "broadcast_in_dim", "slice",
-    "pad", "concatenate", "squeeze", "convert_element_type",
+    "conv_general_dilated",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "rsqrt",
+    "max",
+    "min",
+    "custom_jvp_call",
+    "jit",
+    "reduce_sum",
+    "reduce_window_max",
+    "dot_general",
+    "transpose",
+    "reshape",
+    "broadcast_in_dim",
+    "slice",
+    "pad",
+    "concatenate",
+    "squeeze",
+    "convert_element_type",
 }
 
 # Trainable parameter counts (running statistics excluded) as published by torchvision
 # and by akamaster/pytorch_resnet_cifar10: an architecture slip changes these.
-TRAINABLE = {"resnet18": 11_689_512, "resnet50": 25_557_032, "mobilenet_v2": 3_504_872,
-             "vgg16": 138_357_544, "resnet20": 269_722, "resnet56": 853_018}
+TRAINABLE = {
+    "resnet18": 11_689_512,
+    "resnet50": 25_557_032,
+    "mobilenet_v2": 3_504_872,
+    "vgg16": 138_357_544,
+    "resnet20": 269_722,
+    "resnet56": 853_018,
+}
 # state_dict entries without num_batches_tracked.
 KEYS = {"resnet18": 102, "resnet50": 267, "mobilenet_v2": 262, "vgg16": 32, "resnet20": 97, "resnet56": 277}
 
@@ -43,6 +68,7 @@ def _model(name: str) -> ZooModel:
 @functools.cache
 def _cifar_test() -> tuple[np.ndarray, np.ndarray]:
     from dyno_compile.datasets.cifar10 import load_test
+
     return load_test()
 
 
@@ -167,13 +193,18 @@ def _bad_weights(tmp_path, edit) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("edit, named", [
-    (lambda a: a.pop("layer2.1.bn1.running_var"), "missing key 'layer2.1.bn1.running_var'"),
-    (lambda a: a.update({"layer3.0.conv1.weight": np.zeros((64, 32, 1, 1), np.float32)}),
-     "'layer3.0.conv1.weight' has shape (64, 32, 1, 1), expected (64, 32, 3, 3)"),
-    (lambda a: a.update({"fc.weight": np.zeros((10, 64), np.float32)}), "unexpected key 'fc.weight'"),
-    (lambda a: a.update({"linear.bias": np.zeros(10, np.int32)}), "'linear.bias' has dtype int32"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda a: a.pop("layer2.1.bn1.running_var"), "missing key 'layer2.1.bn1.running_var'"),
+        (
+            lambda a: a.update({"layer3.0.conv1.weight": np.zeros((64, 32, 1, 1), np.float32)}),
+            "'layer3.0.conv1.weight' has shape (64, 32, 1, 1), expected (64, 32, 3, 3)",
+        ),
+        (lambda a: a.update({"fc.weight": np.zeros((10, 64), np.float32)}), "unexpected key 'fc.weight'"),
+        (lambda a: a.update({"linear.bias": np.zeros(10, np.int32)}), "'linear.bias' has dtype int32"),
+    ],
+)
 def test_bad_weights_file_names_the_key(tmp_path, edit, named: str) -> None:
     with pytest.raises(InputError, match="resnet20") as err:
         get_model("resnet20", weights=_bad_weights(tmp_path, edit))

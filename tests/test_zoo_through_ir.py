@@ -1,8 +1,9 @@
 """Every zoo model through the JAX frontend and every pass, against the original JAX function;
 real CIFAR-10 weights reach their published accuracy through the IR; ResNet-50 cut points."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ from dyno_compile.ir import Graph, Interpreter
 from dyno_compile.passes import STANDARD_PASSES, find_cuts, infer_shapes, run_passes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imported(name: str) -> tuple[zoo.ZooModel, Graph]:
     model = zoo.get_model(name, weights=None if name in ("resnet20", "resnet56") else zoo.RANDOM, random_bn=True)
     return model, from_jax(model.fn, model.params, model.random_input(), name=name)
@@ -24,8 +25,9 @@ def _imported(name: str) -> tuple[zoo.ZooModel, Graph]:
 
 #: vgg16 (15 GMACs) takes ~25 s op by op through six passes; its ops are all covered by
 #: the others, so it runs in the slow job.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16" else n
-                                  for n in zoo.list_models()])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16" else n for n in zoo.list_models()]
+)
 def test_ir_matches_jax_before_and_after_every_pass(name):
     model, graph = _imported(name)
     x = model.random_input(seed=1)

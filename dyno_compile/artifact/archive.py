@@ -7,6 +7,7 @@ opens that folder like any artifact — checksums verified. The archive comes fr
 so every member is checked before anything is written: regular files and folders only,
 relative paths that stay inside, bounded count and size.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -40,8 +41,11 @@ def write_archive(root: str | os.PathLike, path: str | os.PathLike, *, overwrite
     os.close(fd)
     try:
         # gzip's header carries a time and a file name: zero both for byte-identical archives
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w") as tar:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w") as tar,
+        ):
             for file in sorted(p for p in root.rglob("*") if p.is_file()):
                 tar.add(file, arcname=file.relative_to(root).as_posix(), filter=_normalised)
         os.replace(tmp, path)

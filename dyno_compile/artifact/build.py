@@ -12,15 +12,16 @@ Layout of ``OUT``::
 
 The host CPU target is always built for both sides, so every artifact runs locally.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dyno_compile.artifact.plan import BuildPlan, batched_name
 from dyno_compile.artifact.store import staging, write_manifest
@@ -52,10 +53,17 @@ def model_hash(graph: Graph) -> str:
     return digest.hexdigest()
 
 
-def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequence[str] = ("arm64",),
-                   cloud_targets: Sequence[str] = ("cuda",), overwrite: bool = False,
-                   records: str | Path | None = None, finish: Finish | None = None,
-                   progress: Progress = silent) -> tuple[Path, list[LibraryBuild]]:
+def build_artifact(
+    plan: BuildPlan,
+    out_dir: str | Path,
+    *,
+    device_targets: Sequence[str] = ("arm64",),
+    cloud_targets: Sequence[str] = ("cuda",),
+    overwrite: bool = False,
+    records: str | Path | None = None,
+    finish: Finish | None = None,
+    progress: Progress = silent,
+) -> tuple[Path, list[LibraryBuild]]:
     """Compile and write the artifact. ``records``: a MetaSchedule records directory (from
     ``targets.tune``) for the host target; its winning records are applied to the host
     libraries and the directory ships in the artifact under ``tuning/host``.
@@ -83,8 +91,12 @@ def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequ
                 export(module, root / rel)
                 built.append(LibraryBuild(side, spec.name, rel, time.perf_counter() - t, len(functions[side])))
                 progress(Step("libraries compiled", len(built), total, rel))
-                libraries[rel] = {"side": side, "target": spec.name, "target_spec": _spec_dict(spec),
-                                  "module": module.describe()}
+                libraries[rel] = {
+                    "side": side,
+                    "target": spec.name,
+                    "target_spec": _spec_dict(spec),
+                    "module": module.describe(),
+                }
         tuning = {}
         if records is not None:
             shutil.copytree(records, root / "tuning" / "host")
@@ -98,9 +110,14 @@ def build_artifact(plan: BuildPlan, out_dir: str | Path, *, device_targets: Sequ
 
 def _spec_dict(spec) -> dict:
     """The target facts a reader of the artifact needs (the roofline figures feed estimates)."""
-    return {"name": spec.name, "target": json.loads(json.dumps(spec.target)), "threads": spec.threads,
-            "peak_gflops": spec.peak_gflops, "mem_bandwidth_gbs": spec.mem_bandwidth_gbs,
-            "description": spec.description}
+    return {
+        "name": spec.name,
+        "target": json.loads(json.dumps(spec.target)),
+        "threads": spec.threads,
+        "peak_gflops": spec.peak_gflops,
+        "mem_bandwidth_gbs": spec.mem_bandwidth_gbs,
+        "description": spec.description,
+    }
 
 
 def _with_host(targets: Sequence[str]) -> list[str]:
@@ -117,10 +134,18 @@ def _manifest(plan: BuildPlan, libraries: dict) -> dict:
         "outputs": [{"name": o, "shape": list(g.node(o).shape), "dtype": g.node(o).dtype} for o in g.outputs],
         "bits": [str(b) for b in plan.bits],
         "granularity": plan.granularity,
-        "segments": [{"index": s.index, "function": f"segment_{s.index}", "start": s.start.position,
-                      "end": s.end.position, "inputs": list(s.inputs), "outputs": list(s.outputs),
-                      **({"batched_function": batched_name(s.index, plan.cloud_batch)} if plan.cloud_batch > 1 else {})}
-                     for s in plan.segments],
+        "segments": [
+            {
+                "index": s.index,
+                "function": f"segment_{s.index}",
+                "start": s.start.position,
+                "end": s.end.position,
+                "inputs": list(s.inputs),
+                "outputs": list(s.outputs),
+                **({"batched_function": batched_name(s.index, plan.cloud_batch)} if plan.cloud_batch > 1 else {}),
+            }
+            for s in plan.segments
+        ],
         "cloud_batch": plan.cloud_batch,
         "cuts": plan.cut_table,
         "libraries": libraries,

@@ -1,16 +1,19 @@
-"""Open a built artifact (a directory or its one-file archive): verified manifest, the cut table, and runners for each library.
+"""Open a built artifact (a directory or its one-file archive): verified manifest, the cut
+table, and runners for each library.
 
 Opening needs only the TVM runtime (``tvm.runtime.load_module`` and the Relax VM) and
 NumPy; it verifies every file's checksum first, and refuses an artifact whose model hash
 differs from the one the caller expects (a client and a server must run the same model).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +65,9 @@ class Artifact:
         for c in self.cuts:
             if c["position"] == position:
                 return c
-        raise ArtifactError(f"{self.root}: cut {position} is not one of the built cuts "
-                            f"{[c['position'] for c in self.cuts]}")
+        raise ArtifactError(
+            f"{self.root}: cut {position} is not one of the built cuts {[c['position'] for c in self.cuts]}"
+        )
 
 
 def load_artifact(root: str | os.PathLike, *, expect_model_hash: str | None = None) -> Artifact:
@@ -75,14 +79,23 @@ def load_artifact(root: str | os.PathLike, *, expect_model_hash: str | None = No
         raise ArtifactError(f"{root}: no such artifact directory or archive")
     manifest = read_manifest(root)
     if expect_model_hash is not None and manifest.get("model_hash") != expect_model_hash:
-        raise ArtifactError(f"{root}: built for model {manifest.get('model_hash', '?')[:12]}, expected "
-                            f"{expect_model_hash[:12]}: the two sides must run the same build")
+        raise ArtifactError(
+            f"{root}: built for model {manifest.get('model_hash', '?')[:12]}, expected "
+            f"{expect_model_hash[:12]}: the two sides must run the same build"
+        )
     return Artifact(root, manifest)
 
 
-def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "float32", *,
-              target: str = "host", runners: tuple[Any, Any] | None = None,
-              record: dict[str, Any] | None = None) -> np.ndarray:
+def run_split(
+    artifact: Artifact,
+    x: np.ndarray,
+    position: int,
+    bits: str = "float32",
+    *,
+    target: str = "host",
+    runners: tuple[Any, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Run cut ``position`` at ``bits`` with both sides' libraries for ``target``, in this
     process, or with ``runners``: (device, cloud) ``ModuleRunner``s opened once for many
     calls (the cloud's may run on a GPU here).
@@ -101,7 +114,9 @@ def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "flo
         try:
             kernels = cut["kernels"][bits]
         except KeyError:
-            raise ArtifactError(f"{artifact.root}: bits {bits!r} not built; built: {artifact.manifest['bits']}") from None
+            raise ArtifactError(
+                f"{artifact.root}: bits {bits!r} not built; built: {artifact.manifest['bits']}"
+            ) from None
         for k in kernels:
             wire = device.run(k["pack"], [env[k["tensor"]]])
             if record is not None:
@@ -112,8 +127,14 @@ def run_split(artifact: Artifact, x: np.ndarray, position: int, bits: str = "flo
     return env[artifact.manifest["outputs"][0]["name"]]
 
 
-def run_segments(artifact: Artifact, call: Callable[[str, list], list], indices: list[int], env: dict[str, Any],
-                 *, key: str = "function") -> None:
+def run_segments(
+    artifact: Artifact,
+    call: Callable[[str, list], list],
+    indices: list[int],
+    env: dict[str, Any],
+    *,
+    key: str = "function",
+) -> None:
     """Run segments ``indices`` in order, reading inputs from and writing outputs to
     ``env``; ``call(function, inputs)`` is a runner's ``run`` (NumPy out) or ``invoke``
     (tensors stay on the device); ``key`` picks the segment's ``"function"`` or its

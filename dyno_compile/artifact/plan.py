@@ -5,6 +5,7 @@ their half of the cut kernels — ``pack_*`` on the device, ``unpack_*`` in the 
 kernel serves every crossing tensor of its shape, dtype and bit width (and, per channel,
 channel axis), so a ResNet's many cuts of equal shape share a handful of kernels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,8 +47,14 @@ def candidate_cuts(graph: Graph, which: str = "single") -> list[CutPoint]:
     return [c for c in cuts if c.kind != "split" or c.single_tensor]
 
 
-def plan_build(graph: Graph, cuts: Sequence[CutPoint], *, bits: Sequence[Mode] = DEFAULT_BITS,
-               granularity: str = "tensor", batched: Graph | None = None) -> BuildPlan:
+def plan_build(
+    graph: Graph,
+    cuts: Sequence[CutPoint],
+    *,
+    bits: Sequence[Mode] = DEFAULT_BITS,
+    granularity: str = "tensor",
+    batched: Graph | None = None,
+) -> BuildPlan:
     """``batched``: the same model imported at a larger batch size B; its segments go into
     the cloud library as ``segment_<i>_b<B>``, so a server can run B requests that arrive
     together in one call (each is unpacked alone, since each has its own range)."""
@@ -81,12 +88,19 @@ def _batch_of(graph: Graph, batched: Graph) -> int:
         raise DynoError(f"model {graph.name!r}: cloud batching needs the model built at batch 1")
     batch = batched.inputs[0].shape[0]
     mine, theirs = graph.compute_nodes, batched.compute_nodes
-    same = len(mine) == len(theirs) and batch > 1 and all(
-        a.name == b.name and a.op == b.op and a.shape[:1] == (1,) and b.shape == (batch, *a.shape[1:])
-        for a, b in zip(mine, theirs))
+    same = (
+        len(mine) == len(theirs)
+        and batch > 1
+        and all(
+            a.name == b.name and a.op == b.op and a.shape[:1] == (1,) and b.shape == (batch, *a.shape[1:])
+            for a, b in zip(mine, theirs)
+        )
+    )
     if not same:
-        raise DynoError(f"model {graph.name!r}: the batched import is not the same graph with batch {batch} on axis 0; "
-                        "this model cannot be batched in the cloud (build with --cloud-batch 1)")
+        raise DynoError(
+            f"model {graph.name!r}: the batched import is not the same graph with batch {batch} on axis 0; "
+            "this model cannot be batched in the cloud (build with --cloud-batch 1)"
+        )
     return batch
 
 
@@ -99,8 +113,12 @@ def kernel_key(t: TensorType, bits: Mode, granularity: str, axis: int) -> str:
 
 def _cut_entry(plan: BuildPlan, index: int, cut: CutPoint) -> dict[str, Any]:
     """One row of the cut table: which segments each side runs and which kernels pack the tensors."""
-    entry = {**cut.to_dict(), "device_segments": list(range(index)),
-             "cloud_segments": list(range(index, len(plan.segments))), "kernels": {}}
+    entry = {
+        **cut.to_dict(),
+        "device_segments": list(range(index)),
+        "cloud_segments": list(range(index, len(plan.segments))),
+        "kernels": {},
+    }
     if cut.kind == "device-only":
         return entry
     for b in plan.bits:

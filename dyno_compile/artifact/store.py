@@ -6,6 +6,7 @@ interrupted build never leaves a half-written artifact where a loader could find
 Opening checks the format version and every file's SHA-256 against the manifest before
 anything is loaded, and refuses a tampered or mismatched artifact naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from dyno_compile.errors import DynoError
 
@@ -79,8 +81,9 @@ def amend(root: str | os.PathLike, change: Callable[[Path], dict[str, Any]]) -> 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Record every file under ``root`` with its checksum, then write the manifest."""
-    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
     body = {"format": FORMAT, "version": VERSION, **manifest, "files": files}
     (root / MANIFEST).write_text(json.dumps(body, indent=1))
 
@@ -98,8 +101,10 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a dyno-compile artifact (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
-        raise ArtifactError(f"{path}: artifact format version {manifest.get('version')!r}; this build reads "
-                            f"version {VERSION}: rebuild the artifact")
+        raise ArtifactError(
+            f"{path}: artifact format version {manifest.get('version')!r}; this build reads "
+            f"version {VERSION}: rebuild the artifact"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{path}: lists no files")

@@ -3,6 +3,7 @@
 The data lives outside the repository, in ``../shared/data`` beside the project root;
 ``DYNO_DATA`` overrides that location.
 """
+
 from dyno_compile.datasets.location import data_root
 
 __all__ = ["data_root"]

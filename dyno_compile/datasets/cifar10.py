@@ -4,6 +4,7 @@ Preprocessing is the one the trained CIFAR ResNets expect (``../shared/data/READ
 ``x / 255``, minus the per-channel mean, divided by the per-channel std, NCHW float32.
 Doing it here, once, keeps accuracy figures comparable between every caller.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -29,8 +30,9 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise InputError(f"CIFAR-10 test file {path} does not exist; set DYNO_DATA to the folder holding "
-                         "cifar10/test_932.npz")
+        raise InputError(
+            f"CIFAR-10 test file {path} does not exist; set DYNO_DATA to the folder holding cifar10/test_932.npz"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]

@@ -12,10 +12,11 @@ rounded long side with a floored crop offset, 131 rounded/rounded, 134 truncated
 (torchvision's choice), 135 truncated/floored. The first is the one that reproduces the
 README's 130/200, so it is the one used here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,8 +24,14 @@ from PIL import Image, UnidentifiedImageError
 from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 
-__all__ = ["SQUEEZENET_MEAN_BGR", "load_image", "load_samples", "preprocess_squeezenet", "samples_dir",
-           "squeezenet_batch"]
+__all__ = [
+    "SQUEEZENET_MEAN_BGR",
+    "load_image",
+    "load_samples",
+    "preprocess_squeezenet",
+    "samples_dir",
+    "squeezenet_batch",
+]
 
 #: Per-channel mean subtracted from 0-255 BGR pixels (Caffe convention of the model zoo).
 SQUEEZENET_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -36,8 +43,9 @@ def samples_dir() -> Path:
     """``data_root()/imagenet/samples``, refusing a missing folder with what to do."""
     folder = data_root() / "imagenet" / "samples"
     if not folder.is_dir():
-        raise InputError(f"ImageNet sample folder {folder} does not exist; set DYNO_DATA to the folder "
-                         "holding imagenet/samples/")
+        raise InputError(
+            f"ImageNet sample folder {folder} does not exist; set DYNO_DATA to the folder holding imagenet/samples/"
+        )
     return folder
 
 

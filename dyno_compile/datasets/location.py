@@ -1,4 +1,5 @@
 """Where the shared data directory is."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ def data_root() -> Path:
     """``$DYNO_DATA`` if set, else ``../shared/data`` relative to the project root."""
     root = Path(os.environ.get("DYNO_DATA", _PROJECT_ROOT.parent / "shared" / "data"))
     if not root.is_dir():
-        raise InputError(f"data directory {root} does not exist; set DYNO_DATA to the folder holding "
-                         "cifar10/ and imagenet/")
+        raise InputError(
+            f"data directory {root} does not exist; set DYNO_DATA to the folder holding cifar10/ and imagenet/"
+        )
     return root

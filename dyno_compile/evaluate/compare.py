@@ -7,6 +7,7 @@ the first and the highest-throughput policy in the second, always within the acc
 budget; the baselines are what they are (their accuracy is reported, not constrained).
 Round trips per trace set are assumptions, labelled in the report.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -51,16 +52,28 @@ def jpeg_evaluation(jpeg: JpegUpload, evaluations: list[Evaluation]) -> Evaluati
     """Cloud-only with a JPEG upload: the device encodes, the cloud decodes and runs the
     whole model (the cloud time of cut 0 at float32)."""
     raw = next(e for e in evaluations if e.config == Config(0, "float32"))
-    return Evaluation(Config(0, "float32"), jpeg.encode_s, jpeg.decode_s + raw.cloud_s, jpeg.bytes, jpeg.accuracy,
-                      jpeg.agreement, {**raw.sources, "device_s": "measured:host:jpeg-encode",
-                                       "bytes": f"measured:jpeg:q{jpeg.quality}",
-                                       "accuracy": f"measured:jpeg:q{jpeg.quality}"})
+    return Evaluation(
+        Config(0, "float32"),
+        jpeg.encode_s,
+        jpeg.decode_s + raw.cloud_s,
+        jpeg.bytes,
+        jpeg.accuracy,
+        jpeg.agreement,
+        {
+            **raw.sources,
+            "device_s": "measured:host:jpeg-encode",
+            "bytes": f"measured:jpeg:q{jpeg.quality}",
+            "accuracy": f"measured:jpeg:q{jpeg.quality}",
+        },
+    )
 
 
-def policies(prepared: PreparedModel, evaluations: list[Evaluation],
-             jpeg: Evaluation | None) -> dict[str, Callable[[str], Selector]]:
+def policies(
+    prepared: PreparedModel, evaluations: list[Evaluation], jpeg: Evaluation | None
+) -> dict[str, Callable[[str], Selector]]:
     """Each policy's selector factory by name; the mode ("sequential" or "pipelined")
     picks ours' objective."""
+
     def make(candidates: list[Evaluation], policy: Policy, budget: float) -> Selector:
         return Selector(candidates, policy, accuracy_baseline=prepared.baseline_accuracy, accuracy_budget=budget)
 
@@ -69,16 +82,24 @@ def policies(prepared: PreparedModel, evaluations: list[Evaluation],
         "cloud-only (raw)": lambda mode: make(evaluations, CloudOnly(), UNCONSTRAINED),
         "Neurosurgeon": lambda mode: make(evaluations, Neurosurgeon(), UNCONSTRAINED),
         "JALAD (8-bit + zstd)": lambda mode: make(evaluations, Jalad(), UNCONSTRAINED),
-        OURS: lambda mode: make(evaluations, LowestLatency() if mode == "sequential" else HighestThroughput(),
-                                prepared.accuracy_budget),
+        OURS: lambda mode: make(
+            evaluations, LowestLatency() if mode == "sequential" else HighestThroughput(), prepared.accuracy_budget
+        ),
     }
     if jpeg is not None:
         out["cloud-only (JPEG)"] = lambda mode: make([jpeg], LowestLatency(), UNCONSTRAINED)
     return out
 
 
-def compare(prepared: PreparedModel, traces: list[LabelledTrace], *, device: str, cloud: str,
-            jpeg: JpegUpload | None, requests: int) -> list[PolicyRun]:
+def compare(
+    prepared: PreparedModel,
+    traces: list[LabelledTrace],
+    *,
+    device: str,
+    cloud: str,
+    jpeg: JpegUpload | None,
+    requests: int,
+) -> list[PolicyRun]:
     evaluations = prepared.evaluations(device, cloud)
     factories = policies(prepared, evaluations, jpeg_evaluation(jpeg, evaluations) if jpeg else None)
     runs = []
@@ -86,8 +107,9 @@ def compare(prepared: PreparedModel, traces: list[LabelledTrace], *, device: str
         rtt = RTT_S[trace.set]
         for name, factory in factories.items():
             seq = replay(factory("sequential"), trace.trace, ReplaySettings(rtt_s=rtt, requests=requests))
-            pipe = replay(factory("pipelined"), trace.trace,
-                          ReplaySettings(rtt_s=rtt, requests=requests, mode="pipelined"))
+            pipe = replay(
+                factory("pipelined"), trace.trace, ReplaySettings(rtt_s=rtt, requests=requests, mode="pipelined")
+            )
             runs.append(PolicyRun(name, trace, seq, pipe))
     return runs
 

@@ -11,6 +11,7 @@ first (outputs stay exact), then a sleep for the difference. The candidates' dev
 are scaled the same way, so the client's device-load estimate stays near 1, as for a device
 profiled on itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,9 @@ def device_only_evaluation(artifact: Artifact) -> Evaluation:
     """Device-only as the search measures it: the device segments' profiled host times
     (``search/profiles.json``), no bytes, no cloud time, the float model's accuracy. A short
     search may not have evaluated it, yet a client can always fall back to it."""
-    profiles = [LibraryProfile.from_dict(d) for d in json.loads((artifact.root / "search" / "profiles.json").read_text())]
+    profiles = [
+        LibraryProfile.from_dict(d) for d in json.loads((artifact.root / "search" / "profiles.json").read_text())
+    ]
     device = next(p for p in profiles if p.side == "device" and p.target == "host")
     cloud = next(p for p in profiles if p.side == "cloud" and p.target == "host")
     search = artifact.manifest["search"]
@@ -55,9 +58,14 @@ def emulated_artifact(artifact: Artifact, device_only_s: float) -> tuple[Artifac
 
 def slower_device(evaluations: list[Evaluation], factor: float) -> list[Evaluation]:
     """``evaluations`` on a device ``factor`` times slower (their sources say so)."""
-    return [dataclasses.replace(e, device_s=e.device_s * factor,
-                                sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"})
-            for e in evaluations]
+    return [
+        dataclasses.replace(
+            e,
+            device_s=e.device_s * factor,
+            sources={**e.sources, "device_s": f"{e.sources.get('device_s')} x{factor:.1f}"},
+        )
+        for e in evaluations
+    ]
 
 
 class EmulatedDevice:

@@ -24,13 +24,14 @@ that changes cannot silently make the JPEG path see something else.
 to RGB pixels (cloud), each the mean of one timed run per image on this machine; resizing,
 cropping and normalising are left out, since every way of offloading pays them alike.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -84,10 +85,13 @@ class JpegUpload:
 
 # --- presets split into geometry (before the JPEG) and normalisation (after it) --------------
 
+
 def _cifar10_geometry(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.size != (size[1], size[0]):
-        raise InputError(f"preset 'cifar10' does not resize: image is {img.size[0]}x{img.size[1]}, the model "
-                         f"takes {size[1]}x{size[0]}")
+        raise InputError(
+            f"preset 'cifar10' does not resize: image is {img.size[0]}x{img.size[1]}, the model "
+            f"takes {size[1]}x{size[0]}"
+        )
     return img
 
 
@@ -126,8 +130,9 @@ def _split(preset: str) -> tuple[_Geometry, _Normalise]:
     if preset not in PRESETS:
         raise InputError(f"unknown preprocessing preset {preset!r}; known presets: {sorted(PRESETS)}")
     if preset not in _SPLIT:
-        raise InputError(f"preset {preset!r} has no JPEG-upload split (geometry, then normalisation); "
-                         f"known: {sorted(_SPLIT)}")
+        raise InputError(
+            f"preset {preset!r} has no JPEG-upload split (geometry, then normalisation); known: {sorted(_SPLIT)}"
+        )
     return _SPLIT[preset]
 
 
@@ -140,12 +145,15 @@ def model_view(img: Image.Image, preset: str, size: tuple[int, int]) -> tuple[Im
     crop = geometry(img, size)
     x = PRESETS[preset][0](img, size)
     if not np.array_equal(normalise(crop), x):
-        raise AssertionError(f"preset {preset!r} no longer equals its geometry + normalisation split in "
-                             f"{__name__}; update the split to match the preset")
+        raise AssertionError(
+            f"preset {preset!r} no longer equals its geometry + normalisation split in "
+            f"{__name__}; update the split to match the preset"
+        )
     return crop, x
 
 
 # --- real images -----------------------------------------------------------------------------
+
 
 def raw_images(name: str, limit: int | None = None) -> tuple[list[Image.Image], np.ndarray | None]:
     """Raw RGB images and int64 labels of a shared data set: ``"cifar10"`` (the 932 test
@@ -184,6 +192,7 @@ def _as_images(images: Images) -> list[Image.Image]:
 
 # --- the measurement ---------------------------------------------------------------------------
 
+
 def _whole_model(artifact: Artifact) -> tuple[DeviceSide, int, tuple[int, int], int]:
     """The device side, its device-only cut, the model's (H, W) and its raw input's bytes."""
     side = DeviceSide(artifact, "host")
@@ -195,9 +204,14 @@ def _whole_model(artifact: Artifact) -> tuple[DeviceSide, int, tuple[int, int], 
     return side, whole[0], (shape[2], shape[3]), int(np.prod(shape)) * side.input_dtype.itemsize
 
 
-def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: Images, labels: Sequence[int] | None,
-                         preprocess: str, qualities: Sequence[int] = (90,),
-                         limit: int | None = None) -> dict[int, JpegUpload]:
+def measure_jpeg_uploads(
+    artifact: Artifact | str | os.PathLike,
+    images: Images,
+    labels: Sequence[int] | None,
+    preprocess: str,
+    qualities: Sequence[int] = (90,),
+    limit: int | None = None,
+) -> dict[int, JpegUpload]:
     """:func:`measure_jpeg_upload` at several qualities, sharing the float reference run."""
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
@@ -211,8 +225,9 @@ def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: Images,
     if labels is not None:
         y = np.asarray(labels)
         if y.ndim != 1 or len(y) != len(pictures) or not np.issubdtype(y.dtype, np.integer):
-            raise InputError(f"labels must be {len(pictures)} integer class indices (one per image), "
-                             f"got {y.dtype} {y.shape}")
+            raise InputError(
+                f"labels must be {len(pictures)} integer class indices (one per image), got {y.dtype} {y.shape}"
+            )
         y = y[:limit]
     pictures = pictures[:limit]
     if not pictures:
@@ -250,16 +265,28 @@ def measure_jpeg_uploads(artifact: Artifact | str | os.PathLike, images: Images,
         pred = np.asarray(got)
         agreement = float(np.mean(pred == ref))
         results[q] = JpegUpload(
-            quality=q, bytes=float(np.mean(sizes)), encode_s=float(np.median(enc)), decode_s=float(np.median(dec)),
-            accuracy=float(np.mean(pred == y)) if y is not None else agreement, agreement=agreement,
-            samples=len(crops), float_accuracy=float(np.mean(ref == y)) if y is not None else 1.0,
-            labelled=y is not None, input_bytes=input_bytes)
+            quality=q,
+            bytes=float(np.mean(sizes)),
+            encode_s=float(np.median(enc)),
+            decode_s=float(np.median(dec)),
+            accuracy=float(np.mean(pred == y)) if y is not None else agreement,
+            agreement=agreement,
+            samples=len(crops),
+            float_accuracy=float(np.mean(ref == y)) if y is not None else 1.0,
+            labelled=y is not None,
+            input_bytes=input_bytes,
+        )
     return results
 
 
-def measure_jpeg_upload(artifact: Artifact | str | os.PathLike, images_uint8_hwc: Images,
-                        labels_or_none: Sequence[int] | None, preprocess: str, quality: int = 90,
-                        limit: int | None = None) -> JpegUpload:
+def measure_jpeg_upload(
+    artifact: Artifact | str | os.PathLike,
+    images_uint8_hwc: Images,
+    labels_or_none: Sequence[int] | None,
+    preprocess: str,
+    quality: int = 90,
+    limit: int | None = None,
+) -> JpegUpload:
     """The JPEG-upload baseline of ``artifact`` on real images (see the module docstring).
 
     ``images_uint8_hwc``: uint8 [N, H, W, 3] RGB, or a sequence of PIL images or such
@@ -268,7 +295,8 @@ def measure_jpeg_upload(artifact: Artifact | str | os.PathLike, images_uint8_hwc
     :data:`~dyno_compile.search.calibration.PRESETS`); ``limit``: the first images only.
     """
     return measure_jpeg_uploads(artifact, images_uint8_hwc, labels_or_none, preprocess, (quality,), limit)[
-        _quality(quality)]
+        _quality(quality)
+    ]
 
 
 def _quality(q: object) -> int:

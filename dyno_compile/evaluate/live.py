@@ -20,6 +20,7 @@ the same trace with the same prober settings. Agreement means:
 Both sides run on the host CPU here: the cloud's times are the host profile's (what the
 loopback server computes with), the device's are the host's times a factor slower.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -33,7 +34,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dyno_compile.progress import Progress, silent
 from dyno_compile.artifact.load import Artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
@@ -44,6 +44,7 @@ from dyno_compile.evaluate.replay import ReplayResult, ReplaySettings, replay
 from dyno_compile.evaluate.shaper import LinkShaper
 from dyno_compile.evaluate.traces import LabelledTrace
 from dyno_compile.packing import encode_packed
+from dyno_compile.progress import Progress, silent
 from dyno_compile.runtime.client import ClientOptions, DeviceClient
 from dyno_compile.runtime.endpoint import connect
 from dyno_compile.runtime.link import LinkEstimator
@@ -104,15 +105,22 @@ class LiveComparison:
         return sum(r.where == "fallback" for r in self.live)
 
     def summary(self) -> dict:
-        return {"policy": self.policy, "requests": len(self.live),
-                "live_mean_latency_ms": 1e3 * self.live_mean_latency_s,
-                "replay_mean_latency_ms": 1e3 * self.replayed.mean_latency_s,
-                "latency_ratio": self.live_mean_latency_s / self.replayed.mean_latency_s,
-                "live_bytes": self.live_bytes_per_inference, "replay_bytes": self.replayed.bytes_per_inference,
-                "frames_exact": self.frames_exact, "same_configs": self.same_configs, "fallbacks": self.fallbacks,
-                "live_offloaded": sum(r.where == "cloud" for r in self.live) / len(self.live),
-                "replay_offloaded": self.replayed.offloaded_fraction,
-                "rtt_s": self.replayed.settings.rtt_s, "cloud_load": self.replayed.settings.cloud_load}
+        return {
+            "policy": self.policy,
+            "requests": len(self.live),
+            "live_mean_latency_ms": 1e3 * self.live_mean_latency_s,
+            "replay_mean_latency_ms": 1e3 * self.replayed.mean_latency_s,
+            "latency_ratio": self.live_mean_latency_s / self.replayed.mean_latency_s,
+            "live_bytes": self.live_bytes_per_inference,
+            "replay_bytes": self.replayed.bytes_per_inference,
+            "frames_exact": self.frames_exact,
+            "same_configs": self.same_configs,
+            "fallbacks": self.fallbacks,
+            "live_offloaded": sum(r.where == "cloud" for r in self.live) / len(self.live),
+            "replay_offloaded": self.replayed.offloaded_fraction,
+            "rtt_s": self.replayed.settings.rtt_s,
+            "cloud_load": self.replayed.settings.cloud_load,
+        }
 
 
 def emulated_evaluations(prepared: PreparedModel, device_only_s: float) -> tuple[list[Evaluation], float]:
@@ -124,14 +132,23 @@ def emulated_evaluations(prepared: PreparedModel, device_only_s: float) -> tuple
     return slower_device(evaluations, factor), factor
 
 
-def live_comparison(prepared: PreparedModel, trace: LabelledTrace, *, rtt_s: float, requests: int = 2 * DEFAULT_SAMPLES,
-                    device_only_s: float = 0.2, policy_names: Sequence[str] = LIVE_POLICIES,
-                    probe_every_s: float = ClientOptions.probe_every_s,
-                    progress: Progress = silent) -> list[LiveComparison]:
+def live_comparison(
+    prepared: PreparedModel,
+    trace: LabelledTrace,
+    *,
+    rtt_s: float,
+    requests: int = 2 * DEFAULT_SAMPLES,
+    device_only_s: float = 0.2,
+    policy_names: Sequence[str] = LIVE_POLICIES,
+    probe_every_s: float = ClientOptions.probe_every_s,
+    progress: Progress = silent,
+) -> list[LiveComparison]:
     """Each policy of ``policy_names`` live over ``trace`` and replayed (see the module)."""
     evaluations, factor = emulated_evaluations(prepared, device_only_s)
-    progress(f"{prepared.name}: live run on an emulated device {factor:.0f}x slower than the host, "
-             f"trace {trace.name}, round trip {1e3 * rtt_s:.0f} ms")
+    progress(
+        f"{prepared.name}: live run on an emulated device {factor:.0f}x slower than the host, "
+        f"trace {trace.name}, round trip {1e3 * rtt_s:.0f} ms"
+    )
     factories = policies(prepared, evaluations, None)
     images = default_calibration(model_spec(prepared.name), prepared.artifact.graph.inputs[0].shape).x[:DEFAULT_SAMPLES]
     frames = _FrameSizes(prepared.artifact, images)
@@ -142,16 +159,19 @@ def live_comparison(prepared: PreparedModel, trace: LabelledTrace, *, rtt_s: flo
             out = []
             for name in policy_names:
                 settings = ReplaySettings(rtt_s=rtt_s, requests=requests, probe_every_s=probe_every_s)
-                live, measured = _live(factories[name]("sequential"), evaluations, prepared, endpoint, shaper, trace,
-                                       images, settings)
+                live, measured = _live(
+                    factories[name]("sequential"), evaluations, prepared, endpoint, shaper, trace, images, settings
+                )
                 replayed = replay(factories[name]("sequential"), trace.trace, replace(settings, **measured))
                 expected = [frames.size(r.config, i % len(images)) for i, r in enumerate(live)]
                 out.append(LiveComparison(name, live, replayed, expected))
                 s = out[-1].summary()
-                progress(f"{prepared.name}: {name}: live {s['live_mean_latency_ms']:.1f} ms, replay "
-                         f"{s['replay_mean_latency_ms']:.1f} ms (round trip {1e3 * s['rtt_s']:.1f} ms, server load "
-                         f"x{s['cloud_load']:.2f} as measured live); bytes {s['live_bytes']:.0f} vs "
-                         f"{s['replay_bytes']:.0f}")
+                progress(
+                    f"{prepared.name}: {name}: live {s['live_mean_latency_ms']:.1f} ms, replay "
+                    f"{s['replay_mean_latency_ms']:.1f} ms (round trip {1e3 * s['rtt_s']:.1f} ms, server load "
+                    f"x{s['cloud_load']:.2f} as measured live); bytes {s['live_bytes']:.0f} vs "
+                    f"{s['replay_bytes']:.0f}"
+                )
             return out
 
 
@@ -165,7 +185,7 @@ def _warm_cloud(endpoint: str, artifact: Artifact, evaluations: list[Evaluation]
         for e in evaluations:
             if not is_device_only(e):
                 env = device.start(x[None], e.config.cut)
-                frame = device.frame(env, e.config, secrets.randbits(64))   # the replay guard wants fresh ids
+                frame = device.frame(env, e.config, secrets.randbits(64))  # the replay guard wants fresh ids
                 reply = decode_reply(transport.call(encode_request(frame, model=model), 60.0))
                 if not reply.ok:
                     raise InputError(f"warming the cloud up with {e.config.label}: {reply.status.name} {reply.message}")
@@ -184,9 +204,22 @@ class _ServeProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> tuple[str, int]:
-        self.proc = subprocess.Popen([sys.executable, "-m", "dyno_compile", "serve", str(self.artifact.root),
-                                      "--host", "127.0.0.1", "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dyno_compile",
+                "serve",
+                str(self.artifact.root),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         ready = select.select([self.proc.stdout], [], [], SERVER_START_S)[0]
         line = self.proc.stdout.readline().strip() if ready else ""
         parts = urlsplit(line)
@@ -205,9 +238,16 @@ class _ServeProcess:
                 self.proc.wait()
 
 
-def _live(selector: Selector, evaluations: list[Evaluation], prepared: PreparedModel, endpoint: str,
-          shaper: LinkShaper, trace: LabelledTrace, images: np.ndarray,
-          settings: ReplaySettings) -> tuple[list[LiveRequest], dict[str, float]]:
+def _live(
+    selector: Selector,
+    evaluations: list[Evaluation],
+    prepared: PreparedModel,
+    endpoint: str,
+    shaper: LinkShaper,
+    trace: LabelledTrace,
+    images: np.ndarray,
+    settings: ReplaySettings,
+) -> tuple[list[LiveRequest], dict[str, float]]:
     """``settings.requests`` requests, one at a time, with the trace starting at the first
     (no time-out: the replay never abandons a frame either); and what the live run
     measured of its surroundings for the replay to be given: the round trip through the
@@ -215,8 +255,13 @@ def _live(selector: Selector, evaluations: list[Evaluation], prepared: PreparedM
     add a few ms to the delay asked for) and the server's load (its reported time over the
     profiled cloud time: decoding, the codec and the RPC stack cost a Python server more
     than the kernels alone; the replay's default is 1, the profile exactly)."""
-    options = ClientOptions(selector=selector, link=LinkEstimator(), probe_every_s=settings.probe_every_s,
-                            probe_bytes=settings.probe_bytes, timeout_s=60.0)
+    options = ClientOptions(
+        selector=selector,
+        link=LinkEstimator(),
+        probe_every_s=settings.probe_every_s,
+        probe_bytes=settings.probe_bytes,
+        timeout_s=60.0,
+    )
     shaper.set_uplink(None)
     out, loads = [], []
     with emulate_device(DeviceClient(prepared.artifact, [endpoint], options), evaluations) as client:
@@ -238,8 +283,9 @@ class _FrameSizes:
     (NumPy quantise/pack, bit-identical to the kernels; the same codec)."""
 
     def __init__(self, artifact: Artifact, images: np.ndarray) -> None:
-        self.simulator = AccuracySimulator(artifact.graph, CalibrationSet(images, None, "live-run images"),
-                                           [c["position"] for c in artifact.cuts])
+        self.simulator = AccuracySimulator(
+            artifact.graph, CalibrationSet(images, None, "live-run images"), [c["position"] for c in artifact.cuts]
+        )
         self._sizes: dict[tuple[Config, int], int] = {}
 
     def size(self, config: Config, image: int) -> int:

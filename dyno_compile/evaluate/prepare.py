@@ -16,6 +16,7 @@ targets asked for, keeping each figure's source label. Bytes and accuracy do not
 on the target. Everything is cached beside the artifact (``evaluate.json``), keyed by the
 model hash, so a second report costs only the replays.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from dyno_compile.configs import Config, Evaluation
-from dyno_compile.progress import Progress, prefixed, silent
 from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
 from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.configs import Config, Evaluation
 from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.passes import run_passes
+from dyno_compile.progress import Progress, prefixed, silent
 from dyno_compile.search.calibration import default_calibration
 from dyno_compile.search.estimate import estimate_library
 from dyno_compile.search.pipeline import SearchOptions, search, space_of
 from dyno_compile.search.profile import LibraryProfile, config_times
 from dyno_compile.search.wire_bytes import WireBytes
-
 
 #: The issue's models: real CIFAR-10 ResNets, the real SqueezeNet ONNX, two zoo models.
 MODELS = ("resnet20", "resnet56", "squeezenet", "resnet50", "mobilenet_v2")
@@ -62,7 +62,7 @@ class PreparedModel:
 
     name: str
     artifact: Artifact
-    measured: list[Evaluation]           # host device, host cloud
+    measured: list[Evaluation]  # host device, host cloud
     profiles: dict[str, LibraryProfile]  # "device/host", "device/arm64", "cloud/host", "cloud/cuda-sm80"
     baseline_accuracy: float
     accuracy_budget: float
@@ -83,8 +83,14 @@ class PreparedModel:
         for e in self.measured:
             d_host, c_host, _ = config_times(self.artifact, host_d, host_c, e.config)
             d, c, sources = config_times(self.artifact, dev, cld, e.config)
-            out.append(replace(e, device_s=d + (e.device_s - d_host), cloud_s=c + (e.cloud_s - c_host),
-                               sources={**e.sources, **sources}))
+            out.append(
+                replace(
+                    e,
+                    device_s=d + (e.device_s - d_host),
+                    cloud_s=c + (e.cloud_s - c_host),
+                    sources={**e.sources, **sources},
+                )
+            )
         return out
 
     def profile(self, side: str, target: str) -> LibraryProfile:
@@ -118,8 +124,12 @@ def fastest_somewhere(prepared: PreparedModel, wire: WireBytes, configs: list[Co
     keep: set[int] = set()
     for device in (p for p in prepared.profiles.values() if p.side == "device"):
         for cloud in (p for p in prepared.profiles.values() if p.side == "cloud"):
-            compute = np.array([sum(config_times(prepared.artifact, device, cloud, c)[:2]) + w.encode_s + w.decode_s
-                                for c, w in zip(configs, costs)])
+            compute = np.array(
+                [
+                    sum(config_times(prepared.artifact, device, cloud, c)[:2]) + w.encode_s + w.decode_s
+                    for c, w in zip(configs, costs)
+                ]
+            )
             total = compute[None, :] + SECONDS_PER_BYTE[:, None] * nbytes[None, :]
             best = total.argmin(axis=1)
             faster = total[np.arange(len(best)), best] < config_times(prepared.artifact, device, cloud, device_only)[0]
@@ -127,8 +137,14 @@ def fastest_somewhere(prepared: PreparedModel, wire: WireBytes, configs: list[Co
     return [configs[i] for i in sorted(keep)]
 
 
-def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tuple[str, str] = ("arm64", "cuda"),
-                  progress: Progress = silent) -> PreparedModel:
+def prepare_model(
+    name: str,
+    cache: Path,
+    *,
+    minutes: float = 1.5,
+    targets: tuple[str, str] = ("arm64", "cuda"),
+    progress: Progress = silent,
+) -> PreparedModel:
     """Build, profile, search and evaluate ``name`` under ``cache/name`` (reused when the
     cached evaluation matches the artifact)."""
     root = cache / name
@@ -139,20 +155,33 @@ def prepare_model(name: str, cache: Path, *, minutes: float = 1.5, targets: tupl
     progress(f"{name}: importing and building for the host")
     graph = run_passes(load_model(model_spec(name)))
     plan = plan_build(graph, candidate_cuts(graph), bits=BITS)
-    build_artifact(plan, root, device_targets=["host"], cloud_targets=["host"], overwrite=True,
-                   progress=prefixed(progress, name))
+    build_artifact(
+        plan, root, device_targets=["host"], cloud_targets=["host"], overwrite=True, progress=prefixed(progress, name)
+    )
     artifact = load_artifact(root)
     calibration = default_calibration(model_spec(name), graph.inputs[0].shape)
     options = SearchOptions(calibration, minutes=minutes, storage=f"sqlite:///{cache / (name + '.study.db')}")
     result, profiles, evaluator = search(artifact, options, progress=prefixed(progress, name))
-    prepared = _with_estimates(PreparedModel(name, artifact, list(result.evaluations),
-                                             {f"{p.side}/{p.target}": p for p in profiles}, result.baseline_accuracy,
-                                             result.accuracy_budget, evaluator.metric, calibration.source), targets)
+    prepared = _with_estimates(
+        PreparedModel(
+            name,
+            artifact,
+            list(result.evaluations),
+            {f"{p.side}/{p.target}": p for p in profiles},
+            result.baseline_accuracy,
+            result.accuracy_budget,
+            evaluator.metric,
+            calibration.source,
+        ),
+        targets,
+    )
     space = set(space_of(artifact).configs())
     neurosurgeon, jalad = ([c for c in configs if c in space] for configs in baseline_configs(artifact))
     jalad_kept = fastest_somewhere(prepared, evaluator.wire, jalad)
-    progress(f"{name}: baselines: float32 at {len(neurosurgeon)} cuts; JALAD's 8-bit zstd at the {len(jalad_kept)} "
-             f"of {len(jalad)} cuts some uplink makes its fastest")
+    progress(
+        f"{name}: baselines: float32 at {len(neurosurgeon)} cuts; JALAD's 8-bit zstd at the {len(jalad_kept)} "
+        f"of {len(jalad)} cuts some uplink makes its fastest"
+    )
     seen = {e.config: e for e in prepared.measured}
     for config in neurosurgeon + jalad_kept:
         if config not in seen:
@@ -173,11 +202,17 @@ def _with_estimates(prepared: PreparedModel, targets: tuple[str, str]) -> Prepar
 
 
 def _write_cache(root: Path, p: PreparedModel) -> None:
-    data = {"version": CACHE_VERSION, "model_hash": p.artifact.model_hash, "name": p.name,
-            "measured": [e.to_dict() for e in p.measured],
-            "profiles": [prof.to_dict() for prof in p.profiles.values()],
-            "baseline_accuracy": p.baseline_accuracy, "accuracy_budget": p.accuracy_budget, "metric": p.metric,
-            "calibration": p.calibration}
+    data = {
+        "version": CACHE_VERSION,
+        "model_hash": p.artifact.model_hash,
+        "name": p.name,
+        "measured": [e.to_dict() for e in p.measured],
+        "profiles": [prof.to_dict() for prof in p.profiles.values()],
+        "baseline_accuracy": p.baseline_accuracy,
+        "accuracy_budget": p.accuracy_budget,
+        "metric": p.metric,
+        "calibration": p.calibration,
+    }
     tmp = root / (CACHE_FILE + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(root / CACHE_FILE)
@@ -193,8 +228,15 @@ def _read_cache(root: Path) -> PreparedModel | None:
         if data.get("version") != CACHE_VERSION or data.get("model_hash") != artifact.model_hash:
             return None
         profiles = [LibraryProfile.from_dict(d) for d in data["profiles"]]
-        return PreparedModel(data["name"], artifact, [Evaluation.from_dict(d) for d in data["measured"]],
-                             {f"{p.side}/{p.target}": p for p in profiles}, data["baseline_accuracy"],
-                             data["accuracy_budget"], data["metric"], data["calibration"])
+        return PreparedModel(
+            data["name"],
+            artifact,
+            [Evaluation.from_dict(d) for d in data["measured"]],
+            {f"{p.side}/{p.target}": p for p in profiles},
+            data["baseline_accuracy"],
+            data["accuracy_budget"],
+            data["metric"],
+            data["calibration"],
+        )
     except (ArtifactError, OSError, ValueError, KeyError):
         return None  # a damaged cache is rebuilt, not trusted

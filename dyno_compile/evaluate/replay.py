@@ -40,6 +40,7 @@ device busy (the next request starts as soon as the device is free, at most
 ``max_in_flight`` outstanding) with device, uplink and cloud each serving one request at
 a time in order: its throughput is the one to report.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -109,8 +110,10 @@ class ReplaySettings:
         _number("ReplaySettings.rtt_s", self.rtt_s)
         _number("ReplaySettings.ping_timeout_s", self.ping_timeout_s, strict=True)
         if self.rtt_s >= self.ping_timeout_s:
-            raise InputError(f"ReplaySettings.rtt_s ({self.rtt_s} s) must be below ping_timeout_s "
-                             f"({self.ping_timeout_s} s), or every ping the prober sends times out")
+            raise InputError(
+                f"ReplaySettings.rtt_s ({self.rtt_s} s) must be below ping_timeout_s "
+                f"({self.ping_timeout_s} s), or every ping the prober sends times out"
+            )
         if (self.requests is None) == (self.duration_s is None):
             raise InputError("ReplaySettings: give exactly one of requests (a count) and duration_s (seconds)")
         if self.requests is not None:
@@ -235,13 +238,22 @@ class ReplayResult:
 
     def summary(self) -> dict[str, Any]:
         """The reported figures as plain numbers (for a JSON table)."""
-        return {"policy": self.policy, "trace": self.trace, "mode": self.settings.mode,
-                "requests": len(self.requests), "throughput_rps": self.throughput_rps,
-                "mean_latency_s": self.mean_latency_s, "p95_latency_s": self.p95_latency_s,
-                "bytes_per_inference": self.bytes_per_inference, "bytes_per_offload": self.bytes_per_offload,
-                "probe_bytes_total": self.probe_bytes_total,
-                "cloud_s_per_inference": self.cloud_s_per_inference, "accuracy": self.accuracy,
-                "offloaded_fraction": self.offloaded_fraction, "switches": self.switches}
+        return {
+            "policy": self.policy,
+            "trace": self.trace,
+            "mode": self.settings.mode,
+            "requests": len(self.requests),
+            "throughput_rps": self.throughput_rps,
+            "mean_latency_s": self.mean_latency_s,
+            "p95_latency_s": self.p95_latency_s,
+            "bytes_per_inference": self.bytes_per_inference,
+            "bytes_per_offload": self.bytes_per_offload,
+            "probe_bytes_total": self.probe_bytes_total,
+            "cloud_s_per_inference": self.cloud_s_per_inference,
+            "accuracy": self.accuracy,
+            "offloaded_fraction": self.offloaded_fraction,
+            "switches": self.switches,
+        }
 
 
 class _Uplink:
@@ -278,11 +290,16 @@ class _Request:
 class _Replay:
     """The event loop: requests and the prober, in simulated time."""
 
-    def __init__(self, selector: Selector, trace: UplinkTrace, settings: ReplaySettings,
-                 estimator: LinkEstimator) -> None:
+    def __init__(
+        self, selector: Selector, trace: UplinkTrace, settings: ReplaySettings, estimator: LinkEstimator
+    ) -> None:
         self.selector, self.settings, self.link = selector, settings, estimator
-        self.observer = LinkObserver(estimator, probe_every_s=settings.probe_every_s,
-                                     probe_bytes=settings.probe_bytes, ping_timeout_s=settings.ping_timeout_s)
+        self.observer = LinkObserver(
+            estimator,
+            probe_every_s=settings.probe_every_s,
+            probe_bytes=settings.probe_bytes,
+            ping_timeout_s=settings.ping_timeout_s,
+        )
         self.uplink = _Uplink(trace)
         self.frame_delivered_s = 0.0
         self.cloud_free_s = 0.0
@@ -363,14 +380,29 @@ class _Replay:
         """The answer is back: observed as the client observes its replies
         (:meth:`LinkObserver.offload`)."""
         e = request.evaluation
-        self.observer.offload(e.bytes, self.now - request.sent_s, server_s=request.server_s, compute_s=request.cloud_s,
-                              profiled_cloud_s=e.cloud_s, now_s=self.now)
+        self.observer.offload(
+            e.bytes,
+            self.now - request.sent_s,
+            server_s=request.server_s,
+            compute_s=request.cloud_s,
+            profiled_cloud_s=e.cloud_s,
+            now_s=self.now,
+        )
         self.finish(request, "cloud")
 
     def finish(self, request: _Request, where: str) -> None:
         e = request.evaluation
-        record = RequestRecord(request.start_s, e.config, where, self.now - request.start_s, e.bytes,
-                               request.device_s, request.cloud_s, e.accuracy, request.predicted_s)
+        record = RequestRecord(
+            request.start_s,
+            e.config,
+            where,
+            self.now - request.start_s,
+            e.bytes,
+            request.device_s,
+            request.cloud_s,
+            e.accuracy,
+            request.predicted_s,
+        )
         self.records.append((request.index, record))
         self.in_flight -= 1
         if self.settings.mode == "sequential":
@@ -411,8 +443,9 @@ class _Replay:
         sent = self.now
         returned = self.uplink.send(sent, size) + s.rtt_s
         timed_out = returned - sent > s.ping_timeout_s
-        self.at(sent + s.ping_timeout_s if timed_out else returned,
-                lambda: self.padded_reply(size, sent, timed_out, rtt))
+        self.at(
+            sent + s.ping_timeout_s if timed_out else returned, lambda: self.padded_reply(size, sent, timed_out, rtt)
+        )
 
     def padded_reply(self, size: int, sent_s: float, timed_out: bool, rtt: float) -> None:
         """The padded ping is back, or timed out: observed as the client observes it
@@ -429,8 +462,9 @@ class _Replay:
             self.probe()
 
 
-def replay(selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *,
-           estimator: LinkEstimator | None = None) -> ReplayResult:
+def replay(
+    selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *, estimator: LinkEstimator | None = None
+) -> ReplayResult:
     """Replay ``settings``' requests over ``trace`` with ``selector`` choosing each one
     under ``estimator``'s estimates (a fresh :class:`LinkEstimator` with its priors unless
     given). The selector and the estimator keep their state: give fresh ones per replay."""
@@ -463,8 +497,9 @@ def delivered_bytes(trace: UplinkTrace, start_s: float, end_s: float) -> float:
     return float(PACKET_BYTES * (trace.first_opportunity(1000.0 * end_s) - trace.first_opportunity(1000.0 * start_s)))
 
 
-def oracle(selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *,
-           seconds: int | None = None) -> list[OracleChoice]:
+def oracle(
+    selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *, seconds: int | None = None
+) -> list[OracleChoice]:
     """Per second from ``settings.start_s``, the choice of ``selector``'s policy among its
     candidates under perfect knowledge: that second's true throughput, the true round trip
     and loads, and no hysteresis (nothing noisy to guard against). ``seconds``: how many
@@ -479,8 +514,9 @@ def oracle(selector: Selector, trace: UplinkTrace, settings: ReplaySettings, *,
     for k in range(seconds):
         t = settings.start_s + k
         bandwidth = max(delivered_bytes(trace, t, t + 1.0), float(PACKET_BYTES))
-        prediction = Prediction(candidates, Conditions(bandwidth, settings.rtt_s, settings.device_load,
-                                                       settings.cloud_load))
+        prediction = Prediction(
+            candidates, Conditions(bandwidth, settings.rtt_s, settings.device_load, settings.cloud_load)
+        )
         scores, _ = policy.scores(prediction)
         index = int(np.argmin(scores))
         choices.append(OracleChoice(t, bandwidth, candidates.evaluations[index], *prediction.of(index)))

@@ -5,6 +5,7 @@ a labelled estimate.
 (:mod:`.jpeg`), replays every policy over the chosen traces (:mod:`.compare`) for each
 device target, and writes ``report.md``, ``results.json`` and the plots to a folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dyno_compile.progress import Progress
 from dyno_compile.errors import InputError  # noqa: E402
 from dyno_compile.evaluate.compare import OURS, RTT_S, PolicyRun, compare, summarise  # noqa: E402
 from dyno_compile.evaluate.jpeg import measure_jpeg_upload, raw_images  # noqa: E402
 from dyno_compile.evaluate.live import live_comparison  # noqa: E402
 from dyno_compile.evaluate.prepare import MODELS, PreparedModel, prepare_model  # noqa: E402
 from dyno_compile.evaluate.traces import TRACE_SETS, mean_rate, trace_set  # noqa: E402
+from dyno_compile.progress import Progress
 
 #: Which real images and preprocessing each model's JPEG baseline uses, and whether the
 #: labels mean anything (the zoo's ImageNet models have random weights).
-JPEG_DATA = {"resnet20": ("cifar10", "cifar10", True), "resnet56": ("cifar10", "cifar10", True),
-             "squeezenet": ("imagenet", "squeezenet", True), "resnet50": ("imagenet", "imagenet", False),
-             "mobilenet_v2": ("imagenet", "imagenet", False)}
+JPEG_DATA = {
+    "resnet20": ("cifar10", "cifar10", True),
+    "resnet56": ("cifar10", "cifar10", True),
+    "squeezenet": ("imagenet", "squeezenet", True),
+    "resnet50": ("imagenet", "imagenet", False),
+    "mobilenet_v2": ("imagenet", "imagenet", False),
+}
 DEVICES = ("host", "arm64")
 CLOUD = "cuda-sm80"
 #: The live run's model, trace set and trace (index in the set): Verizon-LTE-short. The
@@ -41,10 +46,18 @@ CLOUD = "cuda-sm80"
 LIVE = ("resnet20", "lte", 1)
 
 
-def run_evaluation(out: Path, *, models: Sequence[str] = MODELS, sets: Sequence[str] = tuple(TRACE_SETS),
-                   traces_per_set: int = 2, requests: int = 200, minutes: float = 1.0,
-                   cache: Path | None = None, live: tuple[str, str, int] | None = LIVE,
-                   progress: Progress = print) -> dict:
+def run_evaluation(
+    out: Path,
+    *,
+    models: Sequence[str] = MODELS,
+    sets: Sequence[str] = tuple(TRACE_SETS),
+    traces_per_set: int = 2,
+    requests: int = 200,
+    minutes: float = 1.0,
+    cache: Path | None = None,
+    live: tuple[str, str, int] | None = LIVE,
+    progress: Progress = print,
+) -> dict:
     """``live``: (model, trace set, trace index) of the live run checking the replay, or
     None for none."""
     unknown = [m for m in models if m not in MODELS] + [s for s in sets if s not in TRACE_SETS]
@@ -56,17 +69,27 @@ def run_evaluation(out: Path, *, models: Sequence[str] = MODELS, sets: Sequence[
     cache = cache or out / "artifacts"
     start = time.perf_counter()
     traces = {s: trace_set(s, limit=traces_per_set) for s in sets}
-    results: dict = {"models": {}, "traces": {s: [_trace_info(t) for t in ts] for s, ts in traces.items()},
-                     "rtt_s": {s: RTT_S[s] for s in sets}, "requests": requests}
+    results: dict = {
+        "models": {},
+        "traces": {s: [_trace_info(t) for t in ts] for s, ts in traces.items()},
+        "rtt_s": {s: RTT_S[s] for s in sets},
+        "requests": requests,
+    }
     for model in models:
         prepared = prepare_model(model, cache, minutes=minutes, targets=("arm64", "cuda"), progress=progress)
         dataset, preset, labelled = JPEG_DATA[model]
         images, labels = raw_images(dataset)
         progress(f"{model}: measuring the JPEG upload baseline on {len(images)} images")
         jpeg = measure_jpeg_upload(prepared.artifact, images, labels if labelled else None, preset)
-        entry = {"metric": prepared.metric, "baseline_accuracy": prepared.baseline_accuracy,
-                 "accuracy_budget": prepared.accuracy_budget, "calibration": prepared.calibration,
-                 "jpeg": jpeg.__dict__, "configurations": len(prepared.measured), "devices": {}}
+        entry = {
+            "metric": prepared.metric,
+            "baseline_accuracy": prepared.baseline_accuracy,
+            "accuracy_budget": prepared.accuracy_budget,
+            "calibration": prepared.calibration,
+            "jpeg": jpeg.__dict__,
+            "configurations": len(prepared.measured),
+            "devices": {},
+        }
         for device in DEVICES:
             progress(f"{model}: replaying {len(sets)} trace sets on device {device}, cloud {CLOUD}")
             per_set = {}
@@ -102,15 +125,24 @@ def _strict_json(value):
 
 
 def _trace_info(t) -> dict:
-    return {"name": t.name, "direction": t.direction, "mean_mbit_s": 8 * mean_rate(t.trace) / 1e6,
-            "source": str(t.source)}
+    return {
+        "name": t.name,
+        "direction": t.direction,
+        "mean_mbit_s": 8 * mean_rate(t.trace) / 1e6,
+        "source": str(t.source),
+    }
 
 
 def _run_info(r: PolicyRun) -> dict:
-    return {"policy": r.policy, "trace": r.trace.name, "mean_mbit_s": 8 * mean_rate(r.trace.trace) / 1e6,
-            "throughput_rps": r.pipelined.throughput_rps, "mean_latency_s": r.sequential.mean_latency_s,
-            "bytes": r.sequential.bytes_per_inference,
-            "cuts": r.sequential.cut_over_time(changes_only=True) if r.policy == OURS else []}
+    return {
+        "policy": r.policy,
+        "trace": r.trace.name,
+        "mean_mbit_s": 8 * mean_rate(r.trace.trace) / 1e6,
+        "throughput_rps": r.pipelined.throughput_rps,
+        "mean_latency_s": r.sequential.mean_latency_s,
+        "bytes": r.sequential.bytes_per_inference,
+        "cuts": r.sequential.cut_over_time(changes_only=True) if r.policy == OURS else [],
+    }
 
 
 def _sources(prepared: PreparedModel, device: str) -> dict:
@@ -125,18 +157,26 @@ def headline(results: dict) -> dict:
             for s, v in d["sets"].items():
                 m = v["summary"]
                 ours = m[OURS]
-                rows.append({
-                    "model": model, "device": device, "set": s,
-                    "throughput_vs_device_only": ours["throughput_rps"] / m["device-only"]["throughput_rps"],
-                    "throughput_vs_neurosurgeon": ours["throughput_rps"] / m["Neurosurgeon"]["throughput_rps"],
-                    "latency_vs_neurosurgeon": m["Neurosurgeon"]["mean_latency_ms"] / ours["mean_latency_ms"],
-                    "bytes_vs_float32_input": _ratio(m["cloud-only (raw)"]["offload_bytes"], ours["offload_bytes"]),
-                    "bytes_vs_jpeg": _ratio(m.get("cloud-only (JPEG)", {}).get("offload_bytes", math.nan),
-                                            ours["offload_bytes"]),
-                    "bytes_vs_neurosurgeon": _ratio(m["Neurosurgeon"]["offload_bytes"], ours["offload_bytes"]),
-                })
-    best = {k: max((r[k] for r in rows if math.isfinite(r[k])), default=math.nan)
-            for k in rows[0] if k not in ("model", "device", "set")}
+                rows.append(
+                    {
+                        "model": model,
+                        "device": device,
+                        "set": s,
+                        "throughput_vs_device_only": ours["throughput_rps"] / m["device-only"]["throughput_rps"],
+                        "throughput_vs_neurosurgeon": ours["throughput_rps"] / m["Neurosurgeon"]["throughput_rps"],
+                        "latency_vs_neurosurgeon": m["Neurosurgeon"]["mean_latency_ms"] / ours["mean_latency_ms"],
+                        "bytes_vs_float32_input": _ratio(m["cloud-only (raw)"]["offload_bytes"], ours["offload_bytes"]),
+                        "bytes_vs_jpeg": _ratio(
+                            m.get("cloud-only (JPEG)", {}).get("offload_bytes", math.nan), ours["offload_bytes"]
+                        ),
+                        "bytes_vs_neurosurgeon": _ratio(m["Neurosurgeon"]["offload_bytes"], ours["offload_bytes"]),
+                    }
+                )
+    best = {
+        k: max((r[k] for r in rows if math.isfinite(r[k])), default=math.nan)
+        for k in rows[0]
+        if k not in ("model", "device", "set")
+    }
     return {"rows": rows, "best": best}
 
 
@@ -146,61 +186,98 @@ def _ratio(a: float, b: float) -> float:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# dyno-compile evaluation", "",
-             f"Replays of {results['requests']} requests per policy and trace (sequential for latency, pipelined "
-             "for throughput). Round trips assumed per set: "
-             + ", ".join(f"{s} {1e3 * r:.0f} ms" for s, r in results["rtt_s"].items())
-             + f". Took {results['seconds'] / 60:.1f} min.", "", "## Traces", "",
-             "| set | trace | direction | mean Mbit/s |", "| --- | --- | --- | ---: |"]
+    lines = [
+        "# dyno-compile evaluation",
+        "",
+        f"Replays of {results['requests']} requests per policy and trace (sequential for latency, pipelined "
+        "for throughput). Round trips assumed per set: "
+        + ", ".join(f"{s} {1e3 * r:.0f} ms" for s, r in results["rtt_s"].items())
+        + f". Took {results['seconds'] / 60:.1f} min.",
+        "",
+        "## Traces",
+        "",
+        "| set | trace | direction | mean Mbit/s |",
+        "| --- | --- | --- | ---: |",
+    ]
     for s, ts in results["traces"].items():
         lines += [f"| {s} | {t['name']} | {t['direction']} | {t['mean_mbit_s']:.2f} |" for t in ts]
     b = results["headline"]["best"]
-    lines += ["", "## Headline (best over models, devices and sets)", "",
-              f"- throughput, ours vs device-only: {b['throughput_vs_device_only']:.2f}x",
-              f"- throughput, ours vs Neurosurgeon: {b['throughput_vs_neurosurgeon']:.2f}x",
-              "- bytes per offloaded inference (where both offload):",
-              f"  - float32 input upload vs ours: {b['bytes_vs_float32_input']:.1f}x",
-              f"  - JPEG upload vs ours: {b['bytes_vs_jpeg']:.1f}x",
-              f"  - Neurosurgeon (float32 split) vs ours: {b['bytes_vs_neurosurgeon']:.1f}x", ""]
+    lines += [
+        "",
+        "## Headline (best over models, devices and sets)",
+        "",
+        f"- throughput, ours vs device-only: {b['throughput_vs_device_only']:.2f}x",
+        f"- throughput, ours vs Neurosurgeon: {b['throughput_vs_neurosurgeon']:.2f}x",
+        "- bytes per offloaded inference (where both offload):",
+        f"  - float32 input upload vs ours: {b['bytes_vs_float32_input']:.1f}x",
+        f"  - JPEG upload vs ours: {b['bytes_vs_jpeg']:.1f}x",
+        f"  - Neurosurgeon (float32 split) vs ours: {b['bytes_vs_neurosurgeon']:.1f}x",
+        "",
+    ]
     if "live" in results:
         lines += _live_markdown(results["live"])
     for model, entry in results["models"].items():
         j = entry["jpeg"]
-        lines += [f"## {model}", "",
-                  f"Accuracy metric: {entry['metric']} (float model {100 * entry['baseline_accuracy']:.2f} %, budget "
-                  f"{entry['accuracy_budget']} points) on {entry['calibration']}; {entry['configurations']} "
-                  f"configurations measured. JPEG q{j['quality']}: {j['bytes']:.0f} B, "
-                  f"{100 * j['accuracy']:.2f} % (measured on {j['samples']} images).", ""]
+        lines += [
+            f"## {model}",
+            "",
+            f"Accuracy metric: {entry['metric']} (float model {100 * entry['baseline_accuracy']:.2f} %, budget "
+            f"{entry['accuracy_budget']} points) on {entry['calibration']}; {entry['configurations']} "
+            f"configurations measured. JPEG q{j['quality']}: {j['bytes']:.0f} B, "
+            f"{100 * j['accuracy']:.2f} % (measured on {j['samples']} images).",
+            "",
+        ]
         for device, d in entry["devices"].items():
-            lines += [f"### device {device} [{d['sources']['device']}], cloud [{d['sources']['cloud']}]", "",
-                      f"![latency, throughput and bytes per inference vs bandwidth]({model}_{device}_vs_bandwidth.png)", ""]
+            lines += [
+                f"### device {device} [{d['sources']['device']}], cloud [{d['sources']['cloud']}]",
+                "",
+                f"![latency, throughput and bytes per inference vs bandwidth]({model}_{device}_vs_bandwidth.png)",
+                "",
+            ]
             for s, v in d["sets"].items():
-                lines += [f"**{s}**", "", "| policy | throughput req/s | mean ms | p95 ms | bytes/inf | bytes/offload "
-                          "| cloud ms/inf | accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                lines += [
+                    f"**{s}**",
+                    "",
+                    "| policy | throughput req/s | mean ms | p95 ms | bytes/inf | bytes/offload "
+                    "| cloud ms/inf | accuracy |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                ]
                 for name, m in v["summary"].items():
                     sent = "-" if math.isnan(m["offload_bytes"]) else f"{m['offload_bytes']:.0f}"
-                    lines.append(f"| {name} | {m['throughput_rps']:.1f} | {m['mean_latency_ms']:.1f} | "
-                                 f"{m['p95_latency_ms']:.1f} | {m['bytes']:.0f} | {sent} | {m['cloud_ms']:.3f} | "
-                                 f"{100 * m['accuracy']:.2f} % |")
+                    lines.append(
+                        f"| {name} | {m['throughput_rps']:.1f} | {m['mean_latency_ms']:.1f} | "
+                        f"{m['p95_latency_ms']:.1f} | {m['bytes']:.0f} | {sent} | {m['cloud_ms']:.3f} | "
+                        f"{100 * m['accuracy']:.2f} % |"
+                    )
                 lines.append("")
-        lines += [f"Chosen cut over time (ours, {DEVICES[-1]}): " + ", ".join(
-            f"![{s}]({model}_{s}_cuts.png)" for s in entry["devices"][DEVICES[-1]]["sets"]), ""]
+        lines += [
+            f"Chosen cut over time (ours, {DEVICES[-1]}): "
+            + ", ".join(f"![{s}]({model}_{s}_cuts.png)" for s in entry["devices"][DEVICES[-1]]["sets"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _live_markdown(live: dict) -> list[str]:
-    lines = ["## Live run against the replay", "",
-             f"{live['model']} over the real gRPC server on loopback, behind the link shaper playing {live['trace']} "
-             f"({live['set']}: the round trip and the server's load as the live run measured them), on a device "
-             "emulated from the host's profile (the cloud: this host). Frames: whether every live frame had the "
-             "length the wire measurement gives for its image and configuration.", "",
-             "| policy | requests | live mean ms | replay mean ms | live/replay | live bytes/inf | replay bytes/inf "
-             "| frames exact | same choices |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        "## Live run against the replay",
+        "",
+        f"{live['model']} over the real gRPC server on loopback, behind the link shaper playing {live['trace']} "
+        f"({live['set']}: the round trip and the server's load as the live run measured them), on a device "
+        "emulated from the host's profile (the cloud: this host). Frames: whether every live frame had the "
+        "length the wire measurement gives for its image and configuration.",
+        "",
+        "| policy | requests | live mean ms | replay mean ms | live/replay | live bytes/inf | replay bytes/inf "
+        "| frames exact | same choices |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in live["runs"]:
-        lines.append(f"| {r['policy']} | {r['requests']} | {r['live_mean_latency_ms']:.1f} | "
-                     f"{r['replay_mean_latency_ms']:.1f} | {r['latency_ratio']:.2f} | {r['live_bytes']:.1f} | "
-                     f"{r['replay_bytes']:.1f} | {'yes' if r['frames_exact'] else 'no'} | "
-                     f"{'yes' if r['same_configs'] else 'no'} |")
+        lines.append(
+            f"| {r['policy']} | {r['requests']} | {r['live_mean_latency_ms']:.1f} | "
+            f"{r['replay_mean_latency_ms']:.1f} | {r['latency_ratio']:.2f} | {r['live_bytes']:.1f} | "
+            f"{r['replay_bytes']:.1f} | {'yes' if r['frames_exact'] else 'no'} | "
+            f"{'yes' if r['same_configs'] else 'no'} |"
+        )
     return lines + [""]
 
 
@@ -218,7 +295,7 @@ def _plot_vs_bandwidth(per_set: dict, path: Path, title: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("trace mean uplink (Mbit/s)")
         ax.set_ylabel(label)
-    sent.set_yscale("symlog", linthresh=1)   # device-only sends 0 bytes
+    sent.set_yscale("symlog", linthresh=1)  # device-only sends 0 bytes
     thr.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

@@ -23,6 +23,7 @@ than the link feels backpressure, as it would behind a real link, instead of gro
 shaper's memory without limit. Timers run on asyncio's clock, good to about a
 millisecond.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -180,8 +181,13 @@ class _Direction:
     """One direction of one connection: read chunks, hold each piece until its due time,
     write pieces in order, pass on a half-close once everything before it is delivered."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 schedule: Callable[[float, int], Segments], count: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        schedule: Callable[[float, int], Segments],
+        count: Callable[[int], None],
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._schedule = schedule
@@ -207,7 +213,7 @@ class _Direction:
                 return
             offset = 0
             for due, n in self._schedule(loop.time(), len(data)):
-                self._queue.append((due, data[offset:offset + n]))
+                self._queue.append((due, data[offset : offset + n]))
                 offset += n
             self._pending += len(data)
             if self._pending > HIGH_WATER:
@@ -260,8 +266,15 @@ class LinkShaper:
     the client's connection is simply closed.
     """
 
-    def __init__(self, target: tuple[str, int], *, uplink: Uplink, one_way_delay_s: float = 0.0,
-                 listen_host: str = "127.0.0.1", listen_port: int = 0) -> None:
+    def __init__(
+        self,
+        target: tuple[str, int],
+        *,
+        uplink: Uplink,
+        one_way_delay_s: float = 0.0,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+    ) -> None:
         self._target = _check_target(target)
         self._uplink = _check_uplink(uplink)
         self._delay = _check_delay(one_way_delay_s)
@@ -352,8 +365,9 @@ class LinkShaper:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- the shaper's thread --------------------------------------------------------------
@@ -401,7 +415,8 @@ class LinkShaper:
         finished = False
         try:
             server_reader, opened_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self._target), CONNECT_TIMEOUT_S)
+                asyncio.open_connection(*self._target), CONNECT_TIMEOUT_S
+            )
             server_writer = opened_writer  # for the finally clause, which must close it
             up = _Direction(client_reader, opened_writer, self._schedule_up, self._count_up)
             down = _Direction(server_reader, client_writer, self._schedule_down, self._count_down)

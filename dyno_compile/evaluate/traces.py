@@ -24,6 +24,7 @@ Only the mahimahi ``.up`` files measure uplink capacity. The Norway and Lumos lo
 downlink throughput; here they stand in as plausible uplink processes (each trace carries
 its ``direction`` label so every result can say so).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,19 @@ from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.link import PACKET_BYTES, UplinkTrace
 
-__all__ = ["DOWNLINK", "TRACE_SETS", "UPLINK", "LabelledTrace", "TraceSet", "TraceSource", "mean_rate",
-           "read_trace", "trace_files", "trace_set", "traces_dir"]
+__all__ = [
+    "DOWNLINK",
+    "TRACE_SETS",
+    "UPLINK",
+    "LabelledTrace",
+    "TraceSet",
+    "TraceSource",
+    "mean_rate",
+    "read_trace",
+    "trace_files",
+    "trace_set",
+    "traces_dir",
+]
 
 #: Direction labels of a trace.
 UPLINK = "uplink (measured)"
@@ -47,6 +59,7 @@ _BYTES_PER_MS_PER_MBIT = 1e6 / 8 / 1000
 
 
 # --- reading one trace -------------------------------------------------------------------
+
 
 def read_trace(path: str | Path) -> UplinkTrace:
     """A mahimahi trace or a ``time_s rate_Mbit/s`` throughput log as an :class:`UplinkTrace`
@@ -63,14 +76,18 @@ def read_trace(path: str | Path) -> UplinkTrace:
     columns = len(lines[0].split())
     if columns == 1:
         if len(text.split()) != len(lines):
-            raise InputError(f"trace {path}: a mahimahi trace has one integer millisecond timestamp per line; "
-                             "some lines hold more than one field")
+            raise InputError(
+                f"trace {path}: a mahimahi trace has one integer millisecond timestamp per line; "
+                "some lines hold more than one field"
+            )
         return replace(UplinkTrace.read(path), name=name)
     if columns == 2:
         times, rates = _parse_log(path, lines)
         return log_to_trace(name, times, rates, source=str(path))
-    raise InputError(f"trace {path}: line 1 has {columns} fields; expected one integer millisecond timestamp "
-                     "(mahimahi) or 'time_s rate_Mbit/s' (a throughput log)")
+    raise InputError(
+        f"trace {path}: line 1 has {columns} fields; expected one integer millisecond timestamp "
+        "(mahimahi) or 'time_s rate_Mbit/s' (a throughput log)"
+    )
 
 
 def _parse_log(path: Path, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +99,10 @@ def _parse_log(path: Path, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError
             rows.append((float(fields[0]), float(fields[1])))
         except ValueError:
-            raise InputError(f"trace {path}: line {lineno} {line.strip()!r} is not 'time_s rate_Mbit/s' "
-                             "(two numbers, tab- or space-separated)") from None
+            raise InputError(
+                f"trace {path}: line {lineno} {line.strip()!r} is not 'time_s rate_Mbit/s' "
+                "(two numbers, tab- or space-separated)"
+            ) from None
     table = np.array(rows, dtype=np.float64)
     return table[:, 0], table[:, 1]
 
@@ -116,8 +135,10 @@ def log_to_trace(name: str, times_s: np.ndarray, rates_mbit: np.ndarray, *, sour
     packets = np.floor(at_ms / PACKET_BYTES).astype(np.int64)
     per_ms = np.diff(packets)  # opportunities whose 1500th byte arrives within (m, m + 1] ms
     if per_ms.sum() == 0:
-        raise InputError(f"{where}: the log carries less than one {PACKET_BYTES}-byte packet "
-                         f"({cum[-1]:.0f} bytes); an uplink needs some capacity")
+        raise InputError(
+            f"{where}: the log carries less than one {PACKET_BYTES}-byte packet "
+            f"({cum[-1]:.0f} bytes); an uplink needs some capacity"
+        )
     stamps = np.repeat(np.arange(period, dtype=np.int64), per_ms)
     return UplinkTrace(name, stamps, period)
 
@@ -128,6 +149,7 @@ def mean_rate(trace: UplinkTrace) -> float:
 
 
 # --- the three sets ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TraceSource:
@@ -150,20 +172,34 @@ _DOWNLINK_NOTE = "downlink throughput used as a plausible uplink process"
 
 #: The issue's three trace sets. Measured uplinks come first in each.
 TRACE_SETS: dict[str, TraceSet] = {
-    s.name: s for s in (
-        TraceSet("3g", "3G: mahimahi T-Mobile UMTS and Verizon EV-DO uplinks (measured, US, driving); "
-                       f"Norway HSDPA logs (buses, trams, ferries, metro, trains: {_DOWNLINK_NOTE})",
-                 (TraceSource(_MAHIMAHI, "TMobile-UMTS-driving.up", UPLINK),
-                  TraceSource(_MAHIMAHI, "Verizon-EVDO-driving.up", UPLINK),
-                  TraceSource("norway_hsdpa_3g", "norway_*", DOWNLINK))),
-        TraceSet("lte", "LTE: mahimahi AT&T and Verizon LTE uplinks (measured, US, driving); "
-                        f"Lumos5G Verizon 4G logs (walking and driving: {_DOWNLINK_NOTE})",
-                 (TraceSource(_MAHIMAHI, "ATT-LTE-driving-2016.up", UPLINK),
-                  TraceSource(_MAHIMAHI, "Verizon-LTE-short.up", UPLINK),
-                  TraceSource("lumos5g_verizon/4G", "4g_trace_*", DOWNLINK))),
-        TraceSet("5g", f"5G: Lumos5G Verizon mmWave logs (walking and driving: {_DOWNLINK_NOTE}); "
-                       "no measured 5G uplink is available",
-                 (TraceSource("lumos5g_verizon/5G", "5g_trace_*", DOWNLINK),)),
+    s.name: s
+    for s in (
+        TraceSet(
+            "3g",
+            "3G: mahimahi T-Mobile UMTS and Verizon EV-DO uplinks (measured, US, driving); "
+            f"Norway HSDPA logs (buses, trams, ferries, metro, trains: {_DOWNLINK_NOTE})",
+            (
+                TraceSource(_MAHIMAHI, "TMobile-UMTS-driving.up", UPLINK),
+                TraceSource(_MAHIMAHI, "Verizon-EVDO-driving.up", UPLINK),
+                TraceSource("norway_hsdpa_3g", "norway_*", DOWNLINK),
+            ),
+        ),
+        TraceSet(
+            "lte",
+            "LTE: mahimahi AT&T and Verizon LTE uplinks (measured, US, driving); "
+            f"Lumos5G Verizon 4G logs (walking and driving: {_DOWNLINK_NOTE})",
+            (
+                TraceSource(_MAHIMAHI, "ATT-LTE-driving-2016.up", UPLINK),
+                TraceSource(_MAHIMAHI, "Verizon-LTE-short.up", UPLINK),
+                TraceSource("lumos5g_verizon/4G", "4g_trace_*", DOWNLINK),
+            ),
+        ),
+        TraceSet(
+            "5g",
+            f"5G: Lumos5G Verizon mmWave logs (walking and driving: {_DOWNLINK_NOTE}); "
+            "no measured 5G uplink is available",
+            (TraceSource("lumos5g_verizon/5G", "5g_trace_*", DOWNLINK),),
+        ),
     )
 }
 

@@ -8,9 +8,11 @@ user's names. Calls that JAX names (``jax.nn.relu``, ``relu6``, ``silu``, ``hard
 translation is an ``UnsupportedOpError`` naming it and the source line; nothing partial
 is returned.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.extend as jex
@@ -20,13 +22,26 @@ from dyno_compile.errors import FrontendError, UnsupportedOpError
 from dyno_compile.frontend.jax_rules import NAMED_CALLS, RULES, Emitter, describe
 from dyno_compile.ir import Graph
 
-_CALL_PRIMITIVES = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-                    "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-                    "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
+_CALL_PRIMITIVES = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "checkpoint": "jaxpr",
+}
 
 
-def from_jax(fn: Callable[..., Any], params: Any, *example_inputs: Any, name: str = "model",
-             input_names: Sequence[str] | None = None) -> Graph:
+def from_jax(
+    fn: Callable[..., Any],
+    params: Any,
+    *example_inputs: Any,
+    name: str = "model",
+    input_names: Sequence[str] | None = None,
+) -> Graph:
     """Translate ``fn(params, *inputs)`` into a Graph.
 
     ``example_inputs`` are arrays or ``jax.ShapeDtypeStruct``s; only their shapes and
@@ -85,8 +100,12 @@ def _translate_eqn(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str], model:
         return _inline(emit, inner, ins, model, (*calls, eqn))
     rule = RULES.get(prim)
     if rule is None:
-        raise UnsupportedOpError(prim, describe(eqn, *calls), source=f"JAX model {model!r}",
-                                 hint="rewrite it with supported lax/jnp operations or add a translation rule")
+        raise UnsupportedOpError(
+            prim,
+            describe(eqn, *calls),
+            source=f"JAX model {model!r}",
+            hint="rewrite it with supported lax/jnp operations or add a translation rule",
+        )
     return rule(emit, eqn, ins)
 
 

@@ -5,10 +5,12 @@ returns the IR names of its outputs. Layout-carrying primitives (convolutions, p
 windows) are mapped onto the IR's named layouts (NCHW/NHWC, OIHW/HWIO) so that Flax's
 NHWC models and NCHW models both translate without inserted transposes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
-from typing import Any, Callable
+from typing import Any
 
 import jax.extend as jex
 import numpy as np
@@ -19,8 +21,16 @@ from dyno_compile.ir import Graph
 Rule = Callable[["Emitter", jex.core.JaxprEqn, list[str]], list[str]]
 
 #: Calls that JAX names (``jax.nn.*``) and that the IR has as one op.
-NAMED_CALLS = {"relu": "relu", "relu6": "relu6", "silu": "silu", "swish": "silu", "hard_silu": "hardswish",
-               "hard_swish": "hardswish", "hard_sigmoid": "hardsigmoid", "sigmoid": "sigmoid"}
+NAMED_CALLS = {
+    "relu": "relu",
+    "relu6": "relu6",
+    "silu": "silu",
+    "swish": "silu",
+    "hard_silu": "hardswish",
+    "hard_swish": "hardswish",
+    "hard_sigmoid": "hardsigmoid",
+    "sigmoid": "sigmoid",
+}
 
 _WEIGHT_SUFFIXES = (".weight", ".kernel", "/kernel", ".w")
 
@@ -48,8 +58,7 @@ class Emitter:
             return self._literals[key]
         return self._env[var]
 
-    def op(self, op: str, inputs: list[str], attrs: dict[str, Any] | None = None, *,
-           weight: str | None = None) -> str:
+    def op(self, op: str, inputs: list[str], attrs: dict[str, Any] | None = None, *, weight: str | None = None) -> str:
         """Add ``op``; ``weight`` names the weight it was built from, for naming the node."""
         return self.graph.add(op, inputs, attrs, name=self._name_for(op, weight or (inputs[1:2] or [""])[0])).name
 
@@ -81,6 +90,7 @@ def describe(eqn: jex.core.JaxprEqn, *enclosing: jex.core.JaxprEqn) -> str:
     for candidate in (eqn, *reversed(enclosing)):
         try:  # JAX keeps source lines only in a private module; degrade to no location.
             from jax._src import source_info_util
+
             where = source_info_util.summarize(candidate.source_info)
         except Exception:  # noqa: BLE001
             where = ""
@@ -200,9 +210,14 @@ def _conv(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
         raise _unsupported(eqn, f"2-D convolution layouts NCHW/NHWC with OIHW/HWIO only, got {dn}")
     if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
         raise _unsupported(eqn, "transposed (input-dilated) and batch-grouped convolutions are not supported")
-    attrs = {"strides": p["window_strides"], "padding": tuple(tuple(x) for x in p["padding"]),
-             "dilation": p["rhs_dilation"], "groups": p["feature_group_count"], "data_layout": data,
-             "kernel_layout": kernel}
+    attrs = {
+        "strides": p["window_strides"],
+        "padding": tuple(tuple(x) for x in p["padding"]),
+        "dilation": p["rhs_dilation"],
+        "groups": p["feature_group_count"],
+        "data_layout": data,
+        "kernel_layout": kernel,
+    }
     return [emit.op("conv2d", ins, attrs)]
 
 
@@ -229,9 +244,13 @@ def _pool_layout(eqn: jex.core.JaxprEqn) -> tuple[str, tuple[int, int], tuple[in
 def _pool_attrs(eqn: jex.core.JaxprEqn) -> dict[str, Any]:
     layout, (h, w), kernel = _pool_layout(eqn)
     p = eqn.params
-    return {"kernel": kernel, "strides": (p["window_strides"][h], p["window_strides"][w]),
-            "padding": (tuple(p["padding"][h]), tuple(p["padding"][w])),
-            "dilation": (p["window_dilation"][h], p["window_dilation"][w]), "layout": layout}
+    return {
+        "kernel": kernel,
+        "strides": (p["window_strides"][h], p["window_strides"][w]),
+        "padding": (tuple(p["padding"][h]), tuple(p["padding"][w])),
+        "dilation": (p["window_dilation"][h], p["window_dilation"][w]),
+        "layout": layout,
+    }
 
 
 def _max_pool(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
@@ -248,10 +267,25 @@ def _sum_pool(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str
 
 
 RULES: dict[str, Rule] = {
-    **{p: _same(op) for p, op in {
-        "add": "add", "sub": "sub", "mul": "mul", "div": "div", "min": "minimum", "pow": "pow",
-        "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh",
-        "logistic": "sigmoid", "abs": "abs"}.items()},
+    **{
+        p: _same(op)
+        for p, op in {
+            "add": "add",
+            "sub": "sub",
+            "mul": "mul",
+            "div": "div",
+            "min": "minimum",
+            "pow": "pow",
+            "neg": "neg",
+            "exp": "exp",
+            "log": "log",
+            "sqrt": "sqrt",
+            "rsqrt": "rsqrt",
+            "tanh": "tanh",
+            "logistic": "sigmoid",
+            "abs": "abs",
+        }.items()
+    },
     "add_any": _same("add"),
     "max": _max,
     "integer_pow": _integer_pow,

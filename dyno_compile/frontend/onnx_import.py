@@ -16,15 +16,17 @@ Guarantees:
 * IR node names are the sanitised names of the ONNX tensors they produce, so a user can
   find ``fire9/concat_1`` as ``fire9_concat_1``.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,8 +44,12 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 # ====================================================================== public entry point
-def from_onnx(path_or_model: str | PathLike[str] | onnx.ModelProto, *,
-              input_shapes: Mapping[str, Sequence[int]] | None = None, name: str | None = None) -> Graph:
+def from_onnx(
+    path_or_model: str | PathLike[str] | onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    name: str | None = None,
+) -> Graph:
     """Build a ``Graph`` equal in meaning to the ONNX model.
 
     ``input_shapes`` gives the shape of inputs by ONNX name; it is required for inputs with
@@ -79,8 +85,9 @@ def _load(path_or_model: str | PathLike[str] | onnx.ModelProto) -> tuple[onnx.Mo
     try:
         return onnx.load(str(path)), path.name
     except (DecodeError, OSError, ValueError) as exc:
-        raise FrontendError(f"{path.name}: cannot parse the ONNX model; the file is truncated or corrupt "
-                            f"({type(exc).__name__}: {exc})") from exc
+        raise FrontendError(
+            f"{path.name}: cannot parse the ONNX model; the file is truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _check(model: onnx.ModelProto, source: str) -> None:
@@ -91,8 +98,9 @@ def _check(model: onnx.ModelProto, source: str) -> None:
     attributes are caught node by node during conversion.
     """
     if model.ir_version <= 0 or not model.HasField("graph"):
-        raise FrontendError(f"{source}: not an ONNX model (no IR version or no graph); the file is truncated "
-                            "or corrupt")
+        raise FrontendError(
+            f"{source}: not an ONNX model (no IR version or no graph); the file is truncated or corrupt"
+        )
     if not model.graph.output:
         raise FrontendError(f"{source}: the ONNX graph declares no outputs")
     if model.graph.sparse_initializer:
@@ -103,8 +111,9 @@ def _opset(model: onnx.ModelProto, source: str) -> int:
     for entry in model.opset_import:
         if entry.domain in _DEFAULT_DOMAINS:
             return int(entry.version)
-    raise FrontendError(f"{source}: the model imports no version of the default ONNX operator set "
-                        "(truncated or corrupt file?)")
+    raise FrontendError(
+        f"{source}: the model imports no version of the default ONNX operator set (truncated or corrupt file?)"
+    )
 
 
 def _refuse_unsupported(graph: onnx.GraphProto, source: str) -> None:
@@ -139,14 +148,16 @@ def sanitize(name: str) -> str:
 
 
 # ====================================================================== graph inputs
-def _add_inputs(ctx: "_Context", graph: onnx.GraphProto, shapes: dict[str, Sequence[int]]) -> None:
+def _add_inputs(ctx: _Context, graph: onnx.GraphProto, shapes: dict[str, Sequence[int]]) -> None:
     """Add graph inputs; those that are also initializers (IR version 3) are weights."""
     real = [i for i in graph.input if i.name not in ctx.constants]
     unknown = set(shapes) - {i.name for i in real}
     if unknown:
         names = ", ".join(repr(i.name) for i in real)
-        raise FrontendError(f"{ctx.source}: input_shapes names {sorted(unknown)}, which are not inputs "
-                            f"of the model; its inputs are {names}")
+        raise FrontendError(
+            f"{ctx.source}: input_shapes names {sorted(unknown)}, which are not inputs "
+            f"of the model; its inputs are {names}"
+        )
     for info in real:
         shape = _input_shape(info, shapes.get(info.name), ctx.source)
         dtype = _np_dtype(info.type.tensor_type.elem_type, f"input {info.name!r}", ctx.source)
@@ -162,15 +173,20 @@ def _input_shape(info: onnx.ValueInfoProto, given: Sequence[int] | None, source:
     if given is not None:
         given = tuple(int(d) for d in given)
         if tt.HasField("shape") and len(given) != len(declared):
-            raise FrontendError(f"{source}: input_shapes[{info.name!r}] = {given} has rank {len(given)}, "
-                                f"but the model declares {declared} (rank {len(declared)})")
+            raise FrontendError(
+                f"{source}: input_shapes[{info.name!r}] = {given} has rank {len(given)}, "
+                f"but the model declares {declared} (rank {len(declared)})"
+            )
         return given
     if not tt.HasField("shape"):
-        raise FrontendError(f"{source}: input {info.name!r} has no declared shape; pass "
-                            f"input_shapes={{{info.name!r}: (...)}}")
+        raise FrontendError(
+            f"{source}: input {info.name!r} has no declared shape; pass input_shapes={{{info.name!r}: (...)}}"
+        )
     if any(isinstance(d, str) for d in declared):
-        raise FrontendError(f"{source}: input {info.name!r} has dynamic dimensions {declared}; the IR needs "
-                            f"static shapes, so pass input_shapes={{{info.name!r}: (...)}} to fix them")
+        raise FrontendError(
+            f"{source}: input {info.name!r} has dynamic dimensions {declared}; the IR needs "
+            f"static shapes, so pass input_shapes={{{info.name!r}: (...)}} to fix them"
+        )
     return tuple(int(d) for d in declared)  # all dim_values: symbolic dims were refused above
 
 
@@ -180,9 +196,13 @@ def _np_dtype(elem_type: int, what: str, source: str) -> str:
     except (KeyError, TypeError, ValueError):
         name = None
     if name not in SUPPORTED_DTYPES:
-        label = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
-        raise FrontendError(f"{source}: {what} has ONNX element type {label}, which the IR cannot hold; "
-                            f"supported: {sorted(SUPPORTED_DTYPES)}")
+        label = (
+            onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        )
+        raise FrontendError(
+            f"{source}: {what} has ONNX element type {label}, which the IR cannot hold; "
+            f"supported: {sorted(SUPPORTED_DTYPES)}"
+        )
     return name
 
 
@@ -198,7 +218,7 @@ class OnnxNode:
     attrs: dict[str, Any]
 
     @classmethod
-    def from_proto(cls, proto: onnx.NodeProto) -> "OnnxNode":
+    def from_proto(cls, proto: onnx.NodeProto) -> OnnxNode:
         attrs = {a.name: _attr_value(a) for a in proto.attribute}
         return cls(proto.op_type, _display_name(proto), tuple(proto.input), tuple(proto.output), attrs)
 
@@ -249,16 +269,24 @@ class _Context:
         where = f"node {reader.name!r} ({reader.op_type})" if reader else "a graph output"
         if tensor in self.unavailable:
             src = self.unavailable[tensor]
-            raise UnsupportedOpError(src.op_type, src.name, self.source,
-                                     f"its secondary output {tensor!r} (read by {where}) is not supported")
-        raise FrontendError(f"{self.source}: {where} reads tensor {tensor!r}, which no earlier node, input "
-                            "or initializer produces (nodes must be in topological order)")
+            raise UnsupportedOpError(
+                src.op_type,
+                src.name,
+                self.source,
+                f"its secondary output {tensor!r} (read by {where}) is not supported",
+            )
+        raise FrontendError(
+            f"{self.source}: {where} reads tensor {tensor!r}, which no earlier node, input "
+            "or initializer produces (nodes must be in topological order)"
+        )
 
     def _materialize(self, tensor: str) -> str:
         array = self.constants[tensor]
         if array.dtype.name not in SUPPORTED_DTYPES:
-            raise FrontendError(f"{self.source}: weight {tensor!r} has dtype {array.dtype.name}, which the IR "
-                                f"cannot hold; supported: {sorted(SUPPORTED_DTYPES)}")
+            raise FrontendError(
+                f"{self.source}: weight {tensor!r} has dtype {array.dtype.name}, which the IR "
+                f"cannot hold; supported: {sorted(SUPPORTED_DTYPES)}"
+            )
         self.tensors[tensor] = self.graph.add_const(sanitize(tensor), array).name
         return self.tensors[tensor]
 
@@ -269,9 +297,13 @@ class _Context:
         """The value of an input that must be known at import time (a shape, axes, a bound)."""
         tensor = node.inputs[i]
         if tensor not in self.constants:
-            raise UnsupportedOpError(node.op_type, node.name, self.source,
-                                     f"its {what} (input {i}, {tensor!r}) must be a constant (initializer or "
-                                     "Constant node); computed values are not supported")
+            raise UnsupportedOpError(
+                node.op_type,
+                node.name,
+                self.source,
+                f"its {what} (input {i}, {tensor!r}) must be a constant (initializer or "
+                "Constant node); computed values are not supported",
+            )
         return self.constants[tensor]
 
     def shape(self, ir_name: str) -> tuple[int, ...]:
@@ -280,8 +312,9 @@ class _Context:
     def dtype(self, ir_name: str) -> str:
         return self.graph.node(ir_name).dtype
 
-    def add(self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None, node: OnnxNode,
-            suffix: str = "") -> str:
+    def add(
+        self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None, node: OnnxNode, suffix: str = ""
+    ) -> str:
         """Add an IR node named after the ONNX node's output (plus ``suffix`` for helper nodes)."""
         name = node.base_name + (f"_{suffix}" if suffix else "")
         return self.graph.add(op, inputs, attrs, name=name).name
@@ -300,11 +333,11 @@ def _convert(ctx: _Context, node: OnnxNode) -> None:
     try:
         result = CONVERTERS[node.op_type](ctx, node)
     except (GraphError, ValueError) as exc:
-        raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) cannot be translated: {exc}") \
-            from exc
+        raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) cannot be translated: {exc}") from exc
     except KeyError as exc:
-        raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) lacks the required attribute "
-                            f"{exc}") from exc
+        raise FrontendError(
+            f"{ctx.source}: node {node.name!r} ({node.op_type}) lacks the required attribute {exc}"
+        ) from exc
     if result is None:  # the converter bound its outputs itself (Constant)
         return
     ctx.tensors[node.outputs[0]] = result
@@ -409,8 +442,7 @@ def _constant(ctx: _Context, node: OnnxNode) -> None:
 def _spatial_input(ctx: _Context, node: OnnxNode) -> str:
     x = ctx.input(node)
     if len(ctx.shape(x)) != 4:
-        raise ctx.unsupported(node, f"only 2-D spatial inputs (rank 4, NCHW) are supported, got shape "
-                              f"{ctx.shape(x)}")
+        raise ctx.unsupported(node, f"only 2-D spatial inputs (rank 4, NCHW) are supported, got shape {ctx.shape(x)}")
     return x
 
 
@@ -418,13 +450,16 @@ def _pair(values: Sequence[int] | None, default: int) -> tuple[int, int]:
     return (int(values[0]), int(values[1])) if values else (default, default)
 
 
-def _window_padding(node: OnnxNode, in_hw: Sequence[int], kernel: tuple[int, int], strides: tuple[int, int],
-                    dilation: tuple[int, int]) -> Pad2d:
+def _window_padding(
+    node: OnnxNode, in_hw: Sequence[int], kernel: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int]
+) -> Pad2d:
     """ONNX ``auto_pad``/``pads`` as the IR's explicit ``((top, bottom), (left, right))``."""
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return tuple(_same_padding(n, k, s, d, upper=auto_pad == "SAME_UPPER")  # type: ignore[return-value]
-                     for n, k, s, d in zip(in_hw, kernel, strides, dilation))
+        return tuple(
+            _same_padding(n, k, s, d, upper=auto_pad == "SAME_UPPER")  # type: ignore[return-value]
+            for n, k, s, d in zip(in_hw, kernel, strides, dilation)
+        )
     if auto_pad == "VALID":
         return ((0, 0), (0, 0))
     if auto_pad != "NOTSET":
@@ -497,8 +532,12 @@ def _conv(ctx: _Context, node: OnnxNode) -> str:
 def _max_pool(ctx: _Context, node: OnnxNode) -> str:
     x = _spatial_input(ctx, node)
     win = _pool_window(ctx, node, x)
-    attrs = {"kernel": win.kernel, "strides": win.strides, "dilation": win.dilation,
-             "padding": _with_ceil(win.padding, win.ceil_pad)}
+    attrs = {
+        "kernel": win.kernel,
+        "strides": win.strides,
+        "dilation": win.dilation,
+        "padding": _with_ceil(win.padding, win.ceil_pad),
+    }
     return ctx.add("max_pool2d", [x], attrs, node)
 
 
@@ -515,10 +554,18 @@ def _average_pool(ctx: _Context, node: OnnxNode) -> str:
     has_pad = any(p for side in win.padding for p in side)
     if include_pad and has_pad and any(win.ceil_pad):
         x = ctx.add("pad", [x], {"pads": ((0, 0), (0, 0)) + win.padding}, node, "padded")
-        return ctx.add("avg_pool2d", [x], {**attrs, "padding": _with_ceil(((0, 0), (0, 0)), win.ceil_pad),
-                                           "count_include_pad": False}, node)
-    return ctx.add("avg_pool2d", [x], {**attrs, "padding": _with_ceil(win.padding, win.ceil_pad),
-                                       "count_include_pad": include_pad and has_pad}, node)
+        return ctx.add(
+            "avg_pool2d",
+            [x],
+            {**attrs, "padding": _with_ceil(((0, 0), (0, 0)), win.ceil_pad), "count_include_pad": False},
+            node,
+        )
+    return ctx.add(
+        "avg_pool2d",
+        [x],
+        {**attrs, "padding": _with_ceil(win.padding, win.ceil_pad), "count_include_pad": include_pad and has_pad},
+        node,
+    )
 
 
 def _global_pool(ir_reduce: str, ctx: _Context, node: OnnxNode) -> str:
@@ -550,11 +597,21 @@ def _gemm(ctx: _Context, node: OnnxNode) -> str:
     fuse_bias = c is not None and alpha == 1.0 and beta == 1.0 and ctx.shape(c) == ctx.shape(w)[:1]
     need_scale = alpha != 1.0
     add_c = None if fuse_bias else c  # C when it is added after the matmul rather than fused into dense
-    y = ctx.add("dense", [a, w] + ([c] if fuse_bias and c is not None else []), None, node,
-                "matmul" if (need_scale or add_c is not None) else "")
+    y = ctx.add(
+        "dense",
+        [a, w] + ([c] if fuse_bias and c is not None else []),
+        None,
+        node,
+        "matmul" if (need_scale or add_c is not None) else "",
+    )
     if need_scale:
-        y = ctx.add("mul", [y, ctx.scalar(alpha, ctx.dtype(y), node, "alpha")], None, node,
-                    "scaled" if add_c is not None else "")
+        y = ctx.add(
+            "mul",
+            [y, ctx.scalar(alpha, ctx.dtype(y), node, "alpha")],
+            None,
+            node,
+            "scaled" if add_c is not None else "",
+        )
     if add_c is not None:
         if beta != 1.0:
             add_c = ctx.add("mul", [add_c, ctx.scalar(beta, ctx.dtype(add_c), node, "beta")], None, node, "bias")
@@ -579,7 +636,7 @@ def _softmax(ctx: _Context, node: OnnxNode) -> str:
     x = ctx.input(node)
     shape = ctx.shape(x)
     axis = int(node.attrs.get("axis", 1 if ctx.opset < 13 else -1)) % len(shape)
-    if ctx.opset >= 13 or all(d == 1 for d in shape[axis + 1:]):
+    if ctx.opset >= 13 or all(d == 1 for d in shape[axis + 1 :]):
         return ctx.add("softmax", [x], {"axis": axis}, node)
     rows = ctx.add("reshape", [x], {"shape": (math.prod(shape[:axis]), math.prod(shape[axis:]))}, node, "rows")
     normed = ctx.add("softmax", [rows], {"axis": 1}, node, "rows_softmax")
@@ -666,11 +723,24 @@ def _reduce(ir_op: str, ctx: _Context, node: OnnxNode) -> str:
 # ====================================================================== dispatch table
 CONVERTERS: dict[str, Converter] = {
     # elementwise
-    **{onnx_op: partial(_unary, ir_op) for onnx_op, ir_op in {
-        "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Exp": "exp",
-        "Log": "log", "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs"}.items()},
-    **{onnx_op: partial(_binary, ir_op) for onnx_op, ir_op in {
-        "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}.items()},
+    **{
+        onnx_op: partial(_unary, ir_op)
+        for onnx_op, ir_op in {
+            "Relu": "relu",
+            "Sigmoid": "sigmoid",
+            "Tanh": "tanh",
+            "HardSwish": "hardswish",
+            "Exp": "exp",
+            "Log": "log",
+            "Sqrt": "sqrt",
+            "Neg": "neg",
+            "Abs": "abs",
+        }.items()
+    },
+    **{
+        onnx_op: partial(_binary, ir_op)
+        for onnx_op, ir_op in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}.items()
+    },
     "Max": partial(_variadic, "maximum"),
     "Min": partial(_variadic, "minimum"),
     "Clip": _clip,

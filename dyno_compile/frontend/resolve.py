@@ -5,6 +5,7 @@ arguments returns ``(fn, params, example_input)``, where ``fn(params, x)`` is th
 the example's first axis is the batch, which ``batch`` replaces.
 This keeps the CLI free of any guessing about how a user's weights are made.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,11 +15,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dyno_compile import zoo
 from dyno_compile.errors import FrontendError, InputError
 from dyno_compile.frontend.jax_import import from_jax
 from dyno_compile.frontend.onnx_import import from_onnx
 from dyno_compile.ir import Graph
-from dyno_compile import zoo
 
 
 def load_model(spec: str, *, batch: int = 1) -> Graph:
@@ -30,8 +31,10 @@ def load_model(spec: str, *, batch: int = 1) -> Graph:
     if spec in zoo.list_models():
         model = zoo.get_model(spec, batch=batch)
         return from_jax(model.fn, model.params, model.random_input(), name=spec)
-    raise InputError(f"model {spec!r} is not a zoo model ({', '.join(zoo.list_models())}), "
-                     "an existing .onnx file, or module:function")
+    raise InputError(
+        f"model {spec!r} is not a zoo model ({', '.join(zoo.list_models())}), "
+        "an existing .onnx file, or module:function"
+    )
 
 
 def _load_onnx(path: Path, batch: int) -> Graph:

@@ -6,11 +6,13 @@ still has users, and gives a deterministic topological order (program order amon
 independent nodes). Weights live apart, in ``params``, keyed by the name of the ``const``
 node that stands for them, so the structure saves as small JSON and weights as ``.npz``.
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -98,8 +100,15 @@ class Graph:
         self.params[node.name] = value
         return self._insert(node, after)
 
-    def add(self, op: str, inputs: Iterable[str], attrs: Mapping[str, Any] | None = None, *,
-            name: str | None = None, after: str | None = None) -> Node:
+    def add(
+        self,
+        op: str,
+        inputs: Iterable[str],
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        after: str | None = None,
+    ) -> Node:
         """Add an op node; its output type is inferred from its inputs and attributes.
 
         ``after`` places the node right after that node in program order (for rewrites
@@ -131,8 +140,9 @@ class Graph:
             self.node(i)
         new_type = infer_type(node.op, tuple(self.node(i).type for i in inputs), node.attrs, name)
         if new_type != node.type:
-            raise GraphError(f"node {name!r} ({node.op}): rewiring would change its type "
-                             f"from {node.type} to {new_type}")
+            raise GraphError(
+                f"node {name!r} ({node.op}): rewiring would change its type from {node.type} to {new_type}"
+            )
         for old in set(node.inputs):
             self._nx.remove_edge(old, name)
         node.inputs = inputs
@@ -194,8 +204,9 @@ class Graph:
         other.outputs = list(self.outputs)
         for name, data in self._nx.nodes(data=True):
             n = data["node"]
-            other._nx.add_node(name, node=Node(n.name, n.op, n.inputs, dict(n.attrs), n.type,
-                                               copy.deepcopy(n.meta), n.order_key))
+            other._nx.add_node(
+                name, node=Node(n.name, n.op, n.inputs, dict(n.attrs), n.type, copy.deepcopy(n.meta), n.order_key)
+            )
         other._nx.add_edges_from(self._nx.edges)
         other._seq = itertools.count(max((n.order_key[0] for n in self.nodes), default=-1) + 1)
         return other
@@ -209,7 +220,7 @@ class Graph:
             node.order_key = (next(self._seq),)
         else:
             anchor = self.node(after).order_key
-            taken = {self.node(n).order_key for n in self._nx if self.node(n).order_key[:len(anchor)] == anchor}
+            taken = {self.node(n).order_key for n in self._nx if self.node(n).order_key[: len(anchor)] == anchor}
             node.order_key = anchor + (max((k[len(anchor)] for k in taken if len(k) > len(anchor)), default=0) + 1,)
         self._nx.add_node(node.name, node=node)
         self._nx.add_edges_from((i, node.name) for i in node.inputs)

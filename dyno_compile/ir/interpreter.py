@@ -5,9 +5,10 @@ free values once their last reader has run, return the outputs. It is pure and
 ``jax.jit``-able; ``Interpreter`` caches one jitted function per graph and passes the
 weights as arguments so they are not baked into the compiled program.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,13 @@ def run_node(node: Node, args: Sequence[Operand]) -> jax.Array:
         raise GraphError(f"node {node.name!r} ({node.op}) failed: {exc}") from exc
 
 
-def evaluate(graph: Graph, params: Mapping[str, jax.Array], inputs: Mapping[str, jax.Array],
-             *, on_value: Callable[[Node, jax.Array], None] | None = None) -> list[jax.Array]:
+def evaluate(
+    graph: Graph,
+    params: Mapping[str, jax.Array],
+    inputs: Mapping[str, jax.Array],
+    *,
+    on_value: Callable[[Node, jax.Array], None] | None = None,
+) -> list[jax.Array]:
     """Run ``graph``; ``on_value`` sees every computed value (for taps and checks)."""
     order = graph.nodes
     last_use: dict[str, int] = {}

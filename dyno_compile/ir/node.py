@@ -5,6 +5,7 @@ ordered input names, and the type of its single output. The output tensor is nam
 the node, so "node" and "tensor" share one namespace. Facts computed by passes (costs,
 quantization parameters) go in ``meta``, never in new attributes on the object.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,14 +4,16 @@
 the same checks as building it (known ops, inputs that exist, no cycle, declared types
 equal to inferred types), so a hand-edited or corrupt file fails with a clear error.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -30,8 +32,18 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
         "format": FORMAT,
         "version": VERSION,
         "name": graph.name,
-        "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "attrs": n.attrs,
-                   "shape": list(n.shape), "dtype": n.dtype, "meta": n.meta} for n in graph.nodes],
+        "nodes": [
+            {
+                "name": n.name,
+                "op": n.op,
+                "inputs": list(n.inputs),
+                "attrs": n.attrs,
+                "shape": list(n.shape),
+                "dtype": n.dtype,
+                "meta": n.meta,
+            }
+            for n in graph.nodes
+        ],
         "outputs": list(graph.outputs),
     }
 
@@ -76,8 +88,9 @@ def graph_from_dict(data: Mapping[str, Any], params: Mapping[str, np.ndarray]) -
         else:
             node = graph.add(e["op"], e["inputs"], e.get("attrs", {}), name=name)
         if node.type != declared:
-            raise GraphError(f"node {name!r} ({e['op']}): declared type {declared} but its inputs give {node.type} "
-                             "(shape mismatch)")
+            raise GraphError(
+                f"node {name!r} ({e['op']}): declared type {declared} but its inputs give {node.type} (shape mismatch)"
+            )
         node.meta.update(e.get("meta", {}))
     missing = [o for o in data.get("outputs", []) if o not in graph]
     if missing:

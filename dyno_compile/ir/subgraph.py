@@ -4,17 +4,17 @@ The region's boundary tensors become ``input`` nodes of the same name and type, 
 it reads come along, and program order is kept, so running the pieces one after another
 is the same computation as running the whole.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from dyno_compile.errors import GraphError
 from dyno_compile.ir.graph import Graph
 from dyno_compile.ir.node import CONST_OP
 
 
-def extract(graph: Graph, nodes: Iterable[str], inputs: Sequence[str], outputs: Sequence[str], *,
-            name: str) -> Graph:
+def extract(graph: Graph, nodes: Iterable[str], inputs: Sequence[str], outputs: Sequence[str], *, name: str) -> Graph:
     """A graph computing ``outputs`` from ``inputs`` with the compute nodes ``nodes``.
 
     Every value a node reads must be an input, a weight or another node of the region.
@@ -31,8 +31,9 @@ def extract(graph: Graph, nodes: Iterable[str], inputs: Sequence[str], outputs: 
             if i in sub:
                 continue
             if graph.node(i).op != CONST_OP:
-                raise GraphError(f"{name}: node {node.name!r} reads {i!r}, which is neither in the region "
-                                 "nor one of its inputs")
+                raise GraphError(
+                    f"{name}: node {node.name!r} reads {i!r}, which is neither in the region nor one of its inputs"
+                )
             sub.add_const(i, graph.params[i])
         copy = sub.add(node.op, node.inputs, node.attrs, name=node.name)
         copy.meta.update(node.meta)

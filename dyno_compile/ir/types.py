@@ -2,6 +2,7 @@
 
 Kept as plain tuples and strings so that graphs serialise to JSON without custom codecs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,20 @@ from dyno_compile.errors import GraphError
 Shape = tuple[int, ...]
 
 SUPPORTED_DTYPES = frozenset(
-    {"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "uint16",
-     "int32", "uint32", "int64", "bool"}
+    {
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "bool",
+    }
 )
 
 

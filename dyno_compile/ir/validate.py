@@ -1,4 +1,5 @@
 """Whole-graph validation, run after passes: catches what a rewrite may have broken."""
+
 from __future__ import annotations
 
 from dyno_compile.errors import GraphError
@@ -26,8 +27,9 @@ def validate(graph: Graph) -> None:
             if value is None:
                 raise GraphError(f"const node {node.name!r} has no weight")
             if TensorType(value.shape, value.dtype.name) != node.type:
-                raise GraphError(f"const node {node.name!r}: weight is {value.dtype.name}{list(value.shape)}, "
-                                 f"node says {node.type}")
+                raise GraphError(
+                    f"const node {node.name!r}: weight is {value.dtype.name}{list(value.shape)}, node says {node.type}"
+                )
             continue
         opdef = get_op(node.op, node.name)
         opdef.check_arity(len(node.inputs), node.name)
@@ -38,8 +40,9 @@ def validate(graph: Graph) -> None:
                 raise GraphError(f"node {node.name!r} ({node.op}): input {i!r} does not exist (dangling input)")
         inferred = infer_type(node.op, graph.input_types(node), node.attrs, node.name)
         if inferred != node.type:
-            raise GraphError(f"node {node.name!r} ({node.op}): declared {node.type} but inputs give {inferred} "
-                             "(shape mismatch)")
+            raise GraphError(
+                f"node {node.name!r} ({node.op}): declared {node.type} but inputs give {inferred} (shape mismatch)"
+            )
     for o in graph.outputs:
         if o not in graph:
             raise GraphError(f"graph output {o!r} is not a node")

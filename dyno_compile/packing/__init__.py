@@ -11,6 +11,7 @@ NumPy, stdlib and the codec libraries only, so both sides can import it without 
 ``PackError`` is defined here, before the submodules are imported, because every submodule
 raises it: importing any of them loads this file first, so the name already exists.
 """
+
 from __future__ import annotations
 
 from dyno_compile.errors import DynoError

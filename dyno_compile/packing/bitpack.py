@@ -19,6 +19,7 @@ codes as an ``N x b`` bit matrix ``M[i, j] = bit j of code i``:
 
 Empty inputs are handled: zero codes pack to zero bytes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,7 @@ def _stream_spans(bits: int) -> list[tuple[int, int, int]]:
     groups; code m starts at bit ``m*b`` of its group and touches bytes ``m*b // 8`` to
     ``(m*b + b - 1) // 8`` (at most 3). ``shift = m*b - 8*k`` moves it into byte k.
     """
-    return [(m, k, m * bits - 8 * k) for m in range(8)
-            for k in range(m * bits // 8, (m * bits + bits - 1) // 8 + 1)]
+    return [(m, k, m * bits - 8 * k) for m in range(8) for k in range(m * bits // 8, (m * bits + bits - 1) // 8 + 1)]
 
 
 def _shift(values: np.ndarray, shift: int) -> np.ndarray:
@@ -72,20 +72,20 @@ def _stream_pack(flat: np.ndarray, bits: int) -> bytes:
     """Stream layout, one vector op per (code slot, byte) pair of a group: <= 24 ops."""
     groups = -(-flat.size // 8)
     codes = np.zeros(groups * 8, dtype=np.uint32)
-    codes[:flat.size] = flat
+    codes[: flat.size] = flat
     codes = codes.reshape(groups, 8)
     out = np.zeros((groups, bits), dtype=np.uint32)
     for m, k, shift in _stream_spans(bits):
         out[:, k] |= _shift(codes[:, m], shift)
     # zero codes padding the last group leave its unused bytes and bits zero: cut them off
-    return (out & 0xFF).astype(np.uint8).reshape(-1)[:packed_nbytes(flat.size, bits)].tobytes()
+    return (out & 0xFF).astype(np.uint8).reshape(-1)[: packed_nbytes(flat.size, bits)].tobytes()
 
 
 def _stream_unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`_stream_pack`: each code ORs together the bytes it spans."""
     groups = -(-count // 8)
     buf = np.zeros(groups * bits, dtype=np.uint32)
-    buf[:data.size] = data
+    buf[: data.size] = data
     buf = buf.reshape(groups, bits)
     codes = np.zeros((groups, 8), dtype=np.uint32)
     for m, k, shift in _stream_spans(bits):
@@ -100,8 +100,10 @@ def _as_codes(codes: np.ndarray, bits: int) -> np.ndarray:
         raise PackError(f"codes must be an integer array, got dtype {codes.dtype}", field="codes")
     flat = codes.reshape(-1)
     if flat.size and (int(flat.min()) < 0 or int(flat.max()) > (1 << bits) - 1):
-        raise PackError(f"codes must lie in 0..{(1 << bits) - 1} for {bits}-bit packing, got "
-                        f"{int(flat.min())}..{int(flat.max())}", field="codes")
+        raise PackError(
+            f"codes must lie in 0..{(1 << bits) - 1} for {bits}-bit packing, got {int(flat.min())}..{int(flat.max())}",
+            field="codes",
+        )
     return flat.astype(np.uint16, copy=False)
 
 
@@ -129,8 +131,9 @@ def unpack(buf: bytes, bits: int, count: int, layout: str = "stream") -> np.ndar
         raise PackError(f"must be a non-negative int, got {count!r}", field="count")
     need = packed_nbytes(int(count), bits)
     if len(buf) != need:
-        raise PackError(f"{len(buf)} bytes given, {need} expected for {count} codes of {bits} bits",
-                        field="payload length")
+        raise PackError(
+            f"{len(buf)} bytes given, {need} expected for {count} codes of {bits} bits", field="payload length"
+        )
     data = np.frombuffer(buf, dtype=np.uint8)
     used = int(count) * bits
     if used % 8 and data[-1] >> (used % 8):

@@ -22,6 +22,7 @@ An empty payload compresses to zero bytes whatever the codec, so an empty tensor
 codec framing. Levels: lz4 0 = fast mode, 1..12 = LZ4-HC at that level; zstd 1..22; none
 takes no level (0).
 """
+
 from __future__ import annotations
 
 import operator
@@ -65,8 +66,7 @@ def _stored(data: bytes, level: int) -> bytes:
 
 def _unstored(data: bytes, expected_nbytes: int) -> bytes:
     if len(data) != expected_nbytes:
-        raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected (uncompressed)",
-                        field="payload length")
+        raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected (uncompressed)", field="payload length")
     return bytes(data)
 
 
@@ -90,8 +90,9 @@ def _lz4_decompress(data: bytes, expected_nbytes: int) -> bytes:
     try:
         return lz4.block.decompress(data, uncompressed_size=expected_nbytes)
     except lz4.block.LZ4BlockError as err:
-        raise PackError(f"corrupt lz4 block or larger than the declared {expected_nbytes} bytes ({err})",
-                        field="payload") from None
+        raise PackError(
+            f"corrupt lz4 block or larger than the declared {expected_nbytes} bytes ({err})", field="payload"
+        ) from None
 
 
 def _zstd_compress(data: bytes, level: int) -> bytes:
@@ -104,11 +105,13 @@ def _zstd_decompress(data: bytes, expected_nbytes: int) -> bytes:
     except zstandard.ZstdError as err:
         raise PackError(f"not a zstd frame ({err})", field="payload") from None
     if params.content_size != expected_nbytes or params.dict_id != 0:
-        raise PackError(f"zstd frame declares {params.content_size} bytes (dictionary {params.dict_id}), "
-                        f"header says {expected_nbytes} (no dictionary)", field="payload")
+        raise PackError(
+            f"zstd frame declares {params.content_size} bytes (dictionary {params.dict_id}), "
+            f"header says {expected_nbytes} (no dictionary)",
+            field="payload",
+        )
     try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=expected_nbytes,
-                                                       allow_extra_data=False)
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=expected_nbytes, allow_extra_data=False)
     except zstandard.ZstdError as err:
         raise PackError(f"corrupt zstd frame ({err})", field="payload") from None
 
@@ -161,8 +164,10 @@ def check_level(codec: str, level: object, field: str = "level") -> int:
     except TypeError:
         value = None
     if value is None or not low <= value <= high:
-        raise PackError(f"must be an int in {low}..{high} (or None for {entry.default_level}) for codec "
-                        f"{codec!r}, got {level!r}", field=field)
+        raise PackError(
+            f"must be an int in {low}..{high} (or None for {entry.default_level}) for codec {codec!r}, got {level!r}",
+            field=field,
+        )
     return value
 
 
@@ -186,11 +191,11 @@ def decompress(data: bytes, codec: str, expected_nbytes: int) -> bytes:
     entry = get_codec(codec)
     if expected_nbytes == 0:
         if len(data):
-            raise PackError(f"{len(data)} bytes stored, 0 expected (an empty payload stores none)",
-                            field="payload length")
+            raise PackError(
+                f"{len(data)} bytes stored, 0 expected (an empty payload stores none)", field="payload length"
+            )
         return b""
     out = entry.decompress(data, expected_nbytes)
     if len(out) != expected_nbytes:
-        raise PackError(f"{codec} payload expands to {len(out)} bytes, header says {expected_nbytes}",
-                        field="payload")
+        raise PackError(f"{codec} payload expands to {len(out)} bytes, header says {expected_nbytes}", field="payload")
     return out

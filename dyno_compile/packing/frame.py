@@ -15,6 +15,7 @@ field-by-field layout is in ``docs/wire-format.md``::
 every length and budget, the total size and the checksum before it reads a payload byte
 through a codec, and every problem is a :class:`PackError` naming the field.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,10 +69,10 @@ _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in FLOAT_WIDTHS}
 #: A passthrough's values are written as they are: the layout byte of the canonical form.
 _PASSTHROUGH_LAYOUT = LAYOUTS[0]
 
-_FIXED = struct.Struct("<4sHHIQH")   # magic, version, flags, cut_id, request_id, n_tensors
-_SHAPE = struct.Struct("<BB")        # dtype, rank
-_CODING = struct.Struct("<BBBBB")    # mode, granularity, axis, layout, codec
-_LENGTHS = struct.Struct("<II")      # raw payload length, compressed payload length
+_FIXED = struct.Struct("<4sHHIQH")  # magic, version, flags, cut_id, request_id, n_tensors
+_SHAPE = struct.Struct("<BB")  # dtype, rank
+_CODING = struct.Struct("<BBBBB")  # mode, granularity, axis, layout, codec
+_LENGTHS = struct.Struct("<II")  # raw payload length, compressed payload length
 _CRC = struct.Struct("<I")
 
 
@@ -100,8 +101,9 @@ class PackConfig:
         check_granularity(self.granularity, "PackConfig.granularity")
         is_int = isinstance(self.axis, (int, np.integer)) and not isinstance(self.axis, (bool, np.bool_))
         if not (is_int and -MAX_RANK <= self.axis < MAX_RANK):
-            raise PackError(f"must be an int in {-MAX_RANK}..{MAX_RANK - 1}, got {self.axis!r}",
-                            field="PackConfig.axis")
+            raise PackError(
+                f"must be an int in {-MAX_RANK}..{MAX_RANK - 1}, got {self.axis!r}", field="PackConfig.axis"
+            )
         object.__setattr__(self, "axis", int(self.axis))
         check_layout(self.layout, "PackConfig.layout")
         check_codec(self.codec, "PackConfig.codec")
@@ -244,8 +246,9 @@ def pack_tensor(tensor: np.ndarray, config: PackConfig) -> PackedTensor:
     return PackedTensor(x.dtype, x.shape, params, config.layout, pack(codes, params.bits, config.layout))
 
 
-def encode_packed(tensors: Sequence[PackedTensor], *, codec: str = "none", level: int | None = None,
-                  cut_id: int, request_id: int) -> bytes:
+def encode_packed(
+    tensors: Sequence[PackedTensor], *, codec: str = "none", level: int | None = None, cut_id: int, request_id: int
+) -> bytes:
     """Compress and frame tensors that are already quantised and packed (by a compiled
     kernel, or :func:`pack_tensor`)."""
     if not 1 <= len(tensors) <= MAX_TENSORS:
@@ -277,27 +280,38 @@ def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, byte
     bits = params.bits
     expected = _raw_nbytes(bits, tensor.count)
     if len(raw) != expected:
-        raise PackError(f"{len(raw)} bytes for {tensor.count} elements in mode {bits!r}; expected {expected}",
-                        field="data")
+        raise PackError(
+            f"{len(raw)} bytes for {tensor.count} elements in mode {bits!r}; expected {expected}", field="data"
+        )
     layout = check_layout(_PASSTHROUGH_LAYOUT if params.is_passthrough else tensor.layout)
-    if not params.is_passthrough and params.lo.size != _param_count(bits, params.granularity, params.axis, layout,
-                                                                      shape):
-        raise PackError(f"{params.lo.size} lo/scale pairs do not fit shape {shape} {params.granularity}",
-                        field="params")
+    if not params.is_passthrough and params.lo.size != _param_count(
+        bits, params.granularity, params.axis, layout, shape
+    ):
+        raise PackError(
+            f"{params.lo.size} lo/scale pairs do not fit shape {shape} {params.granularity}", field="params"
+        )
     payload = compress(raw, codec, level)
     if max(len(raw), len(payload)) > _U32_MAX:
-        raise PackError(f"payload of {len(raw)} bytes does not fit a u32 length; split the batch",
-                        field="payload length")
+        raise PackError(
+            f"payload of {len(raw)} bytes does not fit a u32 length; split the batch", field="payload length"
+        )
     mode = _PASSTHROUGH_CODES[bits] if params.is_passthrough else bits
-    descriptor = b"".join([
-        _SHAPE.pack(_DTYPES.index(np.dtype(tensor.dtype)), len(shape)),
-        struct.pack(f"<{len(shape)}I", *shape),
-        _CODING.pack(mode, GRANULARITIES.index(params.granularity), params.axis, LAYOUTS.index(layout),
-                     get_codec(codec).wire_id),
-        params.lo.astype("<f4").tobytes(),
-        params.scale.astype("<f4").tobytes(),
-        _LENGTHS.pack(len(raw), len(payload)),
-    ])
+    descriptor = b"".join(
+        [
+            _SHAPE.pack(_DTYPES.index(np.dtype(tensor.dtype)), len(shape)),
+            struct.pack(f"<{len(shape)}I", *shape),
+            _CODING.pack(
+                mode,
+                GRANULARITIES.index(params.granularity),
+                params.axis,
+                LAYOUTS.index(layout),
+                get_codec(codec).wire_id,
+            ),
+            params.lo.astype("<f4").tobytes(),
+            params.scale.astype("<f4").tobytes(),
+            _LENGTHS.pack(len(raw), len(payload)),
+        ]
+    )
     return descriptor, payload
 
 
@@ -314,8 +328,11 @@ class _Reader:
     def _need(self, nbytes: int, field: str) -> None:
         left = len(self.view) - self.pos
         if nbytes > left:
-            raise PackError(f"frame truncated: {nbytes} bytes needed at offset {self.pos}, {left} left "
-                            f"(frame is {len(self.view)} bytes)", field=field)
+            raise PackError(
+                f"frame truncated: {nbytes} bytes needed at offset {self.pos}, {left} left "
+                f"(frame is {len(self.view)} bytes)",
+                field=field,
+            )
 
     def take(self, layout: struct.Struct, field: str) -> tuple:
         self._need(layout.size, field)
@@ -342,8 +359,11 @@ class _Budget:
     def spend(self, count: int, field: str) -> None:
         cost = 4 * count
         if cost > self.bytes_left:
-            raise PackError(f"{count} elements would decode to {cost} float32 bytes, over the {self.bytes_left} "
-                            f"left of max_bytes; raise max_bytes if this frame is genuine", field=field)
+            raise PackError(
+                f"{count} elements would decode to {cost} float32 bytes, over the {self.bytes_left} "
+                f"left of max_bytes; raise max_bytes if this frame is genuine",
+                field=field,
+            )
         self.bytes_left -= cost
 
 
@@ -369,19 +389,24 @@ def decode_packed(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAU
     try:
         view = memoryview(buf).cast("B")
     except TypeError as err:
-        raise PackError(f"a frame is bytes, bytearray or a contiguous buffer, got {type(buf).__name__} ({err})",
-                        field="buf") from None
+        raise PackError(
+            f"a frame is bytes, bytearray or a contiguous buffer, got {type(buf).__name__} ({err})", field="buf"
+        ) from None
     max_bytes = _check_uint(max_bytes, _U64_MAX, "max_bytes")
     if len(view) > max_bytes:
         raise PackError(f"frame of {len(view)} bytes exceeds max_bytes={max_bytes}", field="frame length")
-    if bytes(view[:len(MAGIC)]) != MAGIC[:len(view)]:
-        raise PackError(f"expected {MAGIC!r}, got {bytes(view[:len(MAGIC)])!r}: not a dyno-compile frame",
-                        field="magic")
+    if bytes(view[: len(MAGIC)]) != MAGIC[: len(view)]:
+        raise PackError(
+            f"expected {MAGIC!r}, got {bytes(view[: len(MAGIC)])!r}: not a dyno-compile frame", field="magic"
+        )
     reader = _Reader(view)
     _, version, flags, cut_id, request_id, n_tensors = reader.take(_FIXED, "header")
     if version != FORMAT_VERSION:
-        raise PackError(f"format version {version} is not supported (this decoder reads {FORMAT_VERSION}); "
-                        f"use the same dyno-compile release on both sides", field="version")
+        raise PackError(
+            f"format version {version} is not supported (this decoder reads {FORMAT_VERSION}); "
+            f"use the same dyno-compile release on both sides",
+            field="version",
+        )
     if flags != 0:
         raise PackError(f"reserved flags must be 0 in version {FORMAT_VERSION}, got {flags:#06x}", field="flags")
     if not 1 <= n_tensors <= MAX_TENSORS:
@@ -394,15 +419,14 @@ def decode_packed(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAU
     end = reader.pos + sum(h.compressed_nbytes for h in headers) + _CRC.size
     if len(view) != end:
         what = "truncated" if len(view) < end else f"{len(view) - end} trailing bytes"
-        raise PackError(f"{what}: the header describes a {end}-byte frame, got {len(view)} bytes",
-                        field="frame length")
+        raise PackError(f"{what}: the header describes a {end}-byte frame, got {len(view)} bytes", field="frame length")
     (stored,) = _CRC.unpack_from(view, end - _CRC.size)
-    if zlib.crc32(view[:end - _CRC.size]) != stored:
+    if zlib.crc32(view[: end - _CRC.size]) != stored:
         raise PackError("CRC32 mismatch: the frame was corrupted in transit", field="checksum")
     tensors, pos = [], reader.pos
     for i, header in enumerate(headers):
         with _under(f"tensor[{i}]"):
-            raw = decompress(view[pos:pos + header.compressed_nbytes], header.codec, header.raw_nbytes)
+            raw = decompress(view[pos : pos + header.compressed_nbytes], header.codec, header.raw_nbytes)
         tensors.append(PackedTensor(header.dtype, header.shape, header.params, header.layout, raw))
         pos += header.compressed_nbytes
     return PackedFrame(cut_id, request_id, tensors, headers, nbytes=len(view))
@@ -433,12 +457,17 @@ def _read_tensor_header(reader: _Reader, budget: _Budget) -> TensorHeader:
     raw_nbytes, compressed_nbytes = reader.take(_LENGTHS, "raw length")
     expected = _raw_nbytes(bits, count)
     if raw_nbytes != expected:
-        raise PackError(f"{raw_nbytes} bytes declared, {expected} expected for {count} elements in mode {bits!r}",
-                        field="raw length")
+        raise PackError(
+            f"{raw_nbytes} bytes declared, {expected} expected for {count} elements in mode {bits!r}",
+            field="raw length",
+        )
     least, most = payload_bounds(codec, raw_nbytes)
     if not least <= compressed_nbytes <= most:
-        raise PackError(f"{compressed_nbytes} bytes declared for {raw_nbytes} raw bytes under codec {codec!r} "
-                        f"(allowed {least}..{most})", field="compressed length")
+        raise PackError(
+            f"{compressed_nbytes} bytes declared for {raw_nbytes} raw bytes under codec {codec!r} "
+            f"(allowed {least}..{most})",
+            field="compressed length",
+        )
     params = QuantParams(bits, granularity, axis, lo, scale)
     return TensorHeader(_DTYPES[dtype_code], tuple(shape), params, layout, codec, raw_nbytes, compressed_nbytes)
 
@@ -451,8 +480,9 @@ def _raw_nbytes(bits: Mode, count: int) -> int:
 def _from_position(code: int, names: tuple[str, ...], field: str) -> str:
     """The name a header byte numbers by its position in ``names`` (granularity, layout)."""
     if code >= len(names):
-        raise PackError(f"must be one of {', '.join(f'{i} ({n})' for i, n in enumerate(names))}, got {code}",
-                        field=field)
+        raise PackError(
+            f"must be one of {', '.join(f'{i} ({n})' for i, n in enumerate(names))}, got {code}", field=field
+        )
     return names[code]
 
 
@@ -469,8 +499,11 @@ def _param_count(bits: Mode, granularity: str, axis: int, layout: str, shape: tu
     """How many lo/scale pairs follow; also checks the combination is the canonical one."""
     if isinstance(bits, str):
         if (granularity, axis, layout) != ("tensor", 0, _PASSTHROUGH_LAYOUT):
-            raise PackError(f"a {bits} passthrough is written with granularity tensor, axis 0, layout "
-                            f"{_PASSTHROUGH_LAYOUT}; got {granularity}, {axis}, {layout}", field="mode")
+            raise PackError(
+                f"a {bits} passthrough is written with granularity tensor, axis 0, layout "
+                f"{_PASSTHROUGH_LAYOUT}; got {granularity}, {axis}, {layout}",
+                field="mode",
+            )
         return 0
     if granularity == "tensor":
         if axis != 0:

@@ -35,6 +35,7 @@ Passthrough modes ``"float16"`` (a cast, round to nearest even; finite values be
 ±Inf included. Integer modes refuse NaN and ±Inf: one of them makes the range, and with it
 every other value, meaningless.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,8 +81,13 @@ class QuantParams:
         """Bitwise equality of lo and scale: the kernels must match exactly, not approximately."""
         if not isinstance(other, QuantParams):
             return NotImplemented
-        return (self.bits == other.bits and self.granularity == other.granularity and self.axis == other.axis
-                and _same_bits(self.lo, other.lo) and _same_bits(self.scale, other.scale))
+        return (
+            self.bits == other.bits
+            and self.granularity == other.granularity
+            and self.axis == other.axis
+            and _same_bits(self.lo, other.lo)
+            and _same_bits(self.scale, other.scale)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -98,8 +104,10 @@ def as_input(x: np.ndarray, field: str = "dtype") -> np.ndarray:
     """
     x = np.asarray(x)
     if x.dtype not in INPUT_DTYPES:
-        raise PackError(f"dtype {x.dtype} is not float32 or float16; cast the cut tensor with "
-                        f".astype(np.float32) before packing", field=field)
+        raise PackError(
+            f"dtype {x.dtype} is not float32 or float16; cast the cut tensor with .astype(np.float32) before packing",
+            field=field,
+        )
     return x.astype(np.float32, copy=False)
 
 
@@ -108,9 +116,11 @@ def normalize_axis(axis: object, ndim: int, field: str = "axis") -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise PackError(f"must be an int, got {axis!r}", field=field)
     if not -ndim <= axis < ndim:
-        raise PackError(f"channel axis {axis} is out of range for a rank-{ndim} tensor "
-                        f"(allowed {-ndim}..{ndim - 1}); use granularity='tensor' or another axis",
-                        field=field)
+        raise PackError(
+            f"channel axis {axis} is out of range for a rank-{ndim} tensor "
+            f"(allowed {-ndim}..{ndim - 1}); use granularity='tensor' or another axis",
+            field=field,
+        )
     return int(axis) % ndim
 
 
@@ -120,9 +130,12 @@ def _check_finite(x: np.ndarray, field: str) -> None:
         return
     nan = int(np.count_nonzero(np.isnan(x)))
     bad = int(x.size - np.count_nonzero(finite))
-    raise PackError(f"{bad} non-finite values ({nan} NaN, {bad - nan} ±Inf) in a tensor of {x.size}; "
-                    f"integer quantisation needs a finite range: clean the tensor or use a passthrough "
-                    f"mode {FLOAT_MODES}, which carries NaN and Inf unchanged", field=field)
+    raise PackError(
+        f"{bad} non-finite values ({nan} NaN, {bad - nan} ±Inf) in a tensor of {x.size}; "
+        f"integer quantisation needs a finite range: clean the tensor or use a passthrough "
+        f"mode {FLOAT_MODES}, which carries NaN and Inf unchanged",
+        field=field,
+    )
 
 
 def _channel_shape(ndim: int, axis: int, count: int) -> tuple[int, ...]:
@@ -156,13 +169,17 @@ def compute_scale(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore"):  # both handled just below
         scale = (hi - lo) * inverse_levels(bits)
     if not np.isfinite(scale).all():
-        raise PackError(f"value range [{float(lo.min())}, {float(hi.max())}] overflows float32 "
-                        f"(hi - lo > 3.4e38); scale the tensor down or use a passthrough mode", field="values")
+        raise PackError(
+            f"value range [{float(lo.min())}, {float(hi.max())}] overflows float32 "
+            f"(hi - lo > 3.4e38); scale the tensor down or use a passthrough mode",
+            field="values",
+        )
     return np.where(scale >= MIN_SCALE, scale, np.float32(1.0)).astype(np.float32)
 
 
-def quantize(x: np.ndarray, bits: Mode, *, granularity: str = "tensor",
-             axis: int = 1) -> tuple[np.ndarray, QuantParams]:
+def quantize(
+    x: np.ndarray, bits: Mode, *, granularity: str = "tensor", axis: int = 1
+) -> tuple[np.ndarray, QuantParams]:
     """Quantise ``x`` with its own range: ``(codes, params)``.
 
     Codes are uint16 of ``x``'s shape for integer modes (values ``0..2**bits - 1``), or
@@ -199,8 +216,10 @@ def dequantize(codes: np.ndarray, params: QuantParams) -> np.ndarray:
         return codes.astype(np.float32)
     if params.granularity == "channel":
         if codes.ndim <= params.axis or codes.shape[params.axis] != params.lo.size:
-            raise PackError(f"codes of shape {codes.shape} do not have {params.lo.size} channels on axis "
-                            f"{params.axis}", field="codes")
+            raise PackError(
+                f"codes of shape {codes.shape} do not have {params.lo.size} channels on axis {params.axis}",
+                field="codes",
+            )
         shape = _channel_shape(codes.ndim, params.axis, params.lo.size)
     else:
         shape = ()

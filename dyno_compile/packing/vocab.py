@@ -14,6 +14,7 @@ Every check raises :class:`PackError` naming the field; a layer that reports bad
 its own error class (the search's InputError, the passes' GraphError) wraps the call in
 :func:`refused_as`, so the rule and its wording stay here.
 """
+
 from __future__ import annotations
 
 import operator
@@ -34,10 +35,33 @@ from dyno_compile.packing.codec import (
     get_codec,
 )
 
-__all__ = ["CODECS", "CODEC_TABLE", "FLOAT_MODES", "FLOAT_WIDTHS", "GRANULARITIES", "KERNEL_LAYOUT", "LAYOUTS",
-           "MAX_BITS", "MIN_BITS", "MIN_SCALE", "Codec", "Mode", "bits_key", "bits_value", "check_codec",
-           "check_granularity", "check_layout", "check_level", "check_mode", "check_width", "code_dtype",
-           "default_level", "get_codec", "mode_width", "refused_as"]
+__all__ = [
+    "CODECS",
+    "CODEC_TABLE",
+    "FLOAT_MODES",
+    "FLOAT_WIDTHS",
+    "GRANULARITIES",
+    "KERNEL_LAYOUT",
+    "LAYOUTS",
+    "MAX_BITS",
+    "MIN_BITS",
+    "MIN_SCALE",
+    "Codec",
+    "Mode",
+    "bits_key",
+    "bits_value",
+    "check_codec",
+    "check_granularity",
+    "check_layout",
+    "check_level",
+    "check_mode",
+    "check_width",
+    "code_dtype",
+    "default_level",
+    "get_codec",
+    "mode_width",
+    "refused_as",
+]
 
 #: Integer code widths: ``bits``-bit codes, ``2**bits`` levels.
 MIN_BITS, MAX_BITS = 1, 16
@@ -53,7 +77,7 @@ LAYOUTS: tuple[str, ...] = ("stream", "bitplane")
 KERNEL_LAYOUT = LAYOUTS[0]
 #: The smallest normal float32. A scale below it has no finite float32 reciprocal (and a
 #: flush-to-zero device would see 0), so quantisers use 1 instead: all codes 0, ``x' = lo``.
-MIN_SCALE = np.float32(2.0 ** -126)
+MIN_SCALE = np.float32(2.0**-126)
 
 #: A width as the packing library and the passes take it: ``8`` or ``"float16"``.
 Mode = int | str
@@ -80,8 +104,9 @@ def check_mode(bits: object, field: str = "bits") -> Mode:
     try:
         return check_width(bits, field)
     except PackError:
-        raise PackError(f"must be an int in {MIN_BITS}..{MAX_BITS} or one of {FLOAT_MODES}, got {bits!r}",
-                        field=field) from None
+        raise PackError(
+            f"must be an int in {MIN_BITS}..{MAX_BITS} or one of {FLOAT_MODES}, got {bits!r}", field=field
+        ) from None
 
 
 def bits_value(bits: object, field: str = "bits") -> Mode:

@@ -6,6 +6,7 @@ Puts in ``node.meta``:
 - ``weight_bytes``: bytes of the weights the node reads;
 - ``in_bytes``: bytes of the activations it reads; ``out_bytes``: bytes it writes.
 """
+
 from __future__ import annotations
 
 from math import prod

@@ -11,6 +11,7 @@ broadcast weights): forward from a producer to its readers and backward from a r
 its producer, which also places the graph input and whatever feeds a convolution. A
 tensor no fact reaches keeps the NCHW convention, ``DEFAULT_CHANNEL_AXIS`` (1).
 """
+
 from __future__ import annotations
 
 from dyno_compile.ir import CONST_OP, Graph, Node, get_op
@@ -66,5 +67,8 @@ def _keeping_pairs(graph: Graph, node: Node) -> list[tuple[str, str]]:
     non-weight inputs of the output's rank."""
     if node.op not in _AXIS_KEEPING and get_op(node.op).kind != "elementwise":
         return []
-    return [(i, node.name) for i in node.inputs
-            if graph.node(i).op != CONST_OP and len(graph.node(i).shape) == len(node.shape)]
+    return [
+        (i, node.name)
+        for i in node.inputs
+        if graph.node(i).op != CONST_OP and len(graph.node(i).shape) == len(node.shape)
+    ]

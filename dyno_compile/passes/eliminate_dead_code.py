@@ -2,6 +2,7 @@
 
 Graph inputs are kept even when unused: they are the model's calling convention.
 """
+
 from __future__ import annotations
 
 import networkx as nx

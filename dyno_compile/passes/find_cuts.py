@@ -9,6 +9,7 @@ crosses one tensor; a cut inside a residual block crosses two (the branch and th
 shortcut). Each crossing tensor comes with its channel axis (:mod:`.channel_axes`), which
 per-channel quantisation at the cut reduces around.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,15 @@ class CutPoint:
         return len(self.tensors) == 1
 
     def to_dict(self) -> dict:
-        return {"position": self.position, "after": self.after, "before": self.before, "kind": self.kind,
-                "tensors": list(self.tensors), "bytes": self.nbytes, "channel_axes": list(self.channel_axes)}
+        return {
+            "position": self.position,
+            "after": self.after,
+            "before": self.before,
+            "kind": self.kind,
+            "tensors": list(self.tensors),
+            "bytes": self.nbytes,
+            "channel_axes": list(self.channel_axes),
+        }
 
 
 def find_cuts(graph: Graph) -> list[CutPoint]:
@@ -67,7 +75,14 @@ def find_cuts(graph: Graph) -> list[CutPoint]:
             live |= set(born.get(k - 1, []))
         live = {t for t in live if last_read[t] >= k}
         tensors = tuple(sorted(live, key=lambda t: (position[t], t)))
-        cuts.append(CutPoint(k, order[k - 1].name if k > 0 else None, order[k].name if k < len(order) else None,
-                             tensors, sum(graph.node(t).type.nbytes for t in tensors),
-                             tuple(axes[t] for t in tensors)))
+        cuts.append(
+            CutPoint(
+                k,
+                order[k - 1].name if k > 0 else None,
+                order[k].name if k < len(order) else None,
+                tensors,
+                sum(graph.node(t).type.nbytes for t in tensors),
+                tuple(axes[t] for t in tensors),
+            )
+        )
     return cuts

@@ -11,6 +11,7 @@ After:  ``%y = conv2d(%x, %w_folded, %b_folded)``
 Declines (leaves the node) when the producer has other readers, is a graph output, or
 the operand is not a weight that varies only along the output-channel axis.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,9 +35,13 @@ def _fold_into_producer(graph: Graph, node: Node) -> bool:
         return False
     producer_pos = 1 if node.op in ("add", "mul") and graph.node(node.inputs[1]).op in _FOLDABLE_PRODUCERS else 0
     producer = graph.node(node.inputs[producer_pos])
-    if (producer.op not in _FOLDABLE_PRODUCERS or producer.name in graph.outputs
-            or len(graph.users(producer.name)) != 1 or producer.type != node.type
-            or any(graph.node(i).op != CONST_OP for i in producer.inputs[1:])):
+    if (
+        producer.op not in _FOLDABLE_PRODUCERS
+        or producer.name in graph.outputs
+        or len(graph.users(producer.name)) != 1
+        or producer.type != node.type
+        or any(graph.node(i).op != CONST_OP for i in producer.inputs[1:])
+    ):
         return False
     affine = _affine(graph, node, producer, producer_pos)
     if affine is None:
@@ -111,8 +116,11 @@ def _fold(graph: Graph, producer: Node, scale: np.ndarray, shift: np.ndarray) ->
     shape[out_axis] = -1
     new_w = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
     channels = scale.shape[0]
-    old_b = (np.asarray(graph.params[producer.inputs[2]], dtype=np.float64) if len(producer.inputs) > 2
-             else np.zeros(channels))
+    old_b = (
+        np.asarray(graph.params[producer.inputs[2]], dtype=np.float64)
+        if len(producer.inputs) > 2
+        else np.zeros(channels)
+    )
     new_b = (old_b * scale + shift).astype(w.dtype)
     weight = graph.add_const(f"{producer.name}.weight", new_w, after=producer.inputs[1])
     bias = graph.add_const(f"{producer.name}.bias", new_b, after=producer.inputs[1])

@@ -7,6 +7,7 @@ inference. ``broadcast_to`` is left alone: folding it would store the broadcast 
 Before: ``%s = rsqrt(%var_eps); %m = mul(%gamma, %s)`` (all weights).
 After:  ``%m = const()`` holding the product.
 """
+
 from __future__ import annotations
 
 import numpy as np

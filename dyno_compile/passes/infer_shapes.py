@@ -6,9 +6,10 @@ batch size) fails with an error naming it. When the batch size changes, every no
 carried the old batch must carry the new one: a node that pinned batch 1 would otherwise
 broadcast silently against the rest and give wrong results.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from dyno_compile.errors import GraphError
 from dyno_compile.ir import INPUT_OP, Graph, TensorType
@@ -21,8 +22,9 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Shape] | None = None) 
     input_shapes = dict(input_shapes or {})
     unknown = set(input_shapes) - {n.name for n in graph.inputs}
     if unknown:
-        raise GraphError(f"graph {graph.name!r} has no input(s) {sorted(unknown)}; "
-                         f"inputs are {[n.name for n in graph.inputs]}")
+        raise GraphError(
+            f"graph {graph.name!r} has no input(s) {sorted(unknown)}; inputs are {[n.name for n in graph.inputs]}"
+        )
     batch = _batch_change(graph, input_shapes)
     for node in graph.nodes:
         old = node.shape
@@ -31,9 +33,11 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Shape] | None = None) 
         elif node.is_compute:
             node.type = infer_type(node.op, graph.input_types(node), node.attrs, node.name)
             if batch and old[:1] == (batch[0],) and node.shape[:1] != (batch[1],):
-                raise GraphError(f"node {node.name!r} ({node.op}) pins the batch size: its output went from "
-                                 f"{old} to {node.shape} when the batch changed {batch[0]} -> {batch[1]}; "
-                                 "re-import the model with the batch size you need")
+                raise GraphError(
+                    f"node {node.name!r} ({node.op}) pins the batch size: its output went from "
+                    f"{old} to {node.shape} when the batch changed {batch[0]} -> {batch[1]}; "
+                    "re-import the model with the batch size you need"
+                )
     return graph
 
 

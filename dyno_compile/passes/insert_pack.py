@@ -12,6 +12,7 @@ Before (device): ``%t.send = send(%t)``; (cloud) ``input %t``.
 After  (device): ``send(bitpack(quantize(%t, quant_range(%t))))``, ``send(%t.range)``;
        (cloud)  ``%t = dequantize(bitunpack(input %t.packed), input %t.range)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -42,8 +43,12 @@ def insert_pack(model: SplitModel, bits: Mode, *, granularity: str = "tensor") -
     sends = []
     for slot, (t, axis) in enumerate(zip(model.cut.tensors, model.cut.channel_axes)):
         parts = emit_pack(device, t, bits, granularity=granularity, axis=axis)
-        sends += [device.add("send", [part], {"cut": model.cut.position, "slot": len(parts) * slot + k},
-                             name=f"{part}.send").name for k, part in enumerate(parts)]
+        sends += [
+            device.add(
+                "send", [part], {"cut": model.cut.position, "slot": len(parts) * slot + k}, name=f"{part}.send"
+            ).name
+            for k, part in enumerate(parts)
+        ]
         original = cloud.node(t)
         value = emit_receive(cloud, t, original.type, bits, granularity=granularity, axis=axis)
         cloud.substitute(t, value)
@@ -53,8 +58,9 @@ def insert_pack(model: SplitModel, bits: Mode, *, granularity: str = "tensor") -
     return replace(model, device=device, cloud=cloud)
 
 
-def emit_pack(graph: Graph, t: str, bits: Mode, *, granularity: str = "tensor",
-              axis: int = DEFAULT_CHANNEL_AXIS) -> list[str]:
+def emit_pack(
+    graph: Graph, t: str, bits: Mode, *, granularity: str = "tensor", axis: int = DEFAULT_CHANNEL_AXIS
+) -> list[str]:
     """Add the device-side nodes that pack ``t``; returns what is sent, in wire order."""
     if bits == "float16":
         return [graph.add("cast", [t], {"dtype": "float16"}, name=f"{t}.half").name]
@@ -64,8 +70,15 @@ def emit_pack(graph: Graph, t: str, bits: Mode, *, granularity: str = "tensor",
     return [graph.add("bitpack", [codes.name], {"bits": bits}, name=f"{t}.packed").name, rng.name]
 
 
-def emit_receive(graph: Graph, t: str, original: TensorType, bits: Mode, *, granularity: str = "tensor",
-                 axis: int = DEFAULT_CHANNEL_AXIS) -> str:
+def emit_receive(
+    graph: Graph,
+    t: str,
+    original: TensorType,
+    bits: Mode,
+    *,
+    granularity: str = "tensor",
+    axis: int = DEFAULT_CHANNEL_AXIS,
+) -> str:
     """Add cloud-side inputs for what ``emit_pack`` sends and the nodes rebuilding ``t``;
     returns the rebuilt value (of ``original``'s type)."""
     if bits == "float16":
@@ -82,8 +95,9 @@ def emit_receive(graph: Graph, t: str, original: TensorType, bits: Mode, *, gran
     return value.name
 
 
-def pack_graph(tensor: TensorType, bits: Mode, *, granularity: str = "tensor", axis: int = DEFAULT_CHANNEL_AXIS,
-               name: str = "pack") -> Graph:
+def pack_graph(
+    tensor: TensorType, bits: Mode, *, granularity: str = "tensor", axis: int = DEFAULT_CHANNEL_AXIS, name: str = "pack"
+) -> Graph:
     """A standalone device kernel: one tensor in, what goes on the wire out."""
     graph = Graph(name)
     graph.add_input("x", tensor.shape, tensor.dtype)
@@ -91,8 +105,14 @@ def pack_graph(tensor: TensorType, bits: Mode, *, granularity: str = "tensor", a
     return graph
 
 
-def unpack_graph(tensor: TensorType, bits: Mode, *, granularity: str = "tensor", axis: int = DEFAULT_CHANNEL_AXIS,
-                 name: str = "unpack") -> Graph:
+def unpack_graph(
+    tensor: TensorType,
+    bits: Mode,
+    *,
+    granularity: str = "tensor",
+    axis: int = DEFAULT_CHANNEL_AXIS,
+    name: str = "unpack",
+) -> Graph:
     """A standalone cloud kernel: what came off the wire in, the tensor out."""
     graph = Graph(name)
     graph.set_outputs([emit_receive(graph, "x", tensor, check_bits(bits), granularity=granularity, axis=axis)])

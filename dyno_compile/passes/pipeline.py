@@ -3,9 +3,10 @@
 As torch.fx's pass manager: a failure says which pass broke the graph and which passes
 ran before it.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from dyno_compile.errors import GraphError
 from dyno_compile.ir import Graph, validate

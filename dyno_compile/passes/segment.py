@@ -6,10 +6,11 @@ any candidate cut can be chosen per request with no new build. Segment ``i`` rea
 tensors crossing its start cut and returns those crossing its end cut (a shortcut that
 spans a whole segment passes through it); the last segment returns the graph outputs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from dyno_compile.errors import GraphError
 from dyno_compile.ir import Graph
@@ -46,8 +47,9 @@ def segment(graph: Graph, positions: Sequence[int]) -> list[Segment]:
     segments = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         outputs = cuts[b].tensors if b < n else tuple(graph.outputs)
-        sub = extract(graph, [node.name for node in order[a:b]], cuts[a].tensors, outputs,
-                      name=f"{graph.name}.segment_{i}")
+        sub = extract(
+            graph, [node.name for node in order[a:b]], cuts[a].tensors, outputs, name=f"{graph.name}.segment_{i}"
+        )
         segments.append(Segment(i, cuts[a], cuts[b], sub))
     return segments
 
@@ -62,6 +64,8 @@ def _check_outputs_reach_the_end(graph: Graph, cuts: list[CutPoint], bounds: lis
     produced_early = {node.name for node in graph.compute_nodes[:last_start]} | {node.name for node in graph.inputs}
     lost = [o for o in graph.outputs if o in produced_early and o not in cuts[last_start].tensors]
     if lost:
-        raise GraphError(f"graph {graph.name!r}: outputs {lost} are computed before cut position {last_start} "
-                         "and not read after it, so they would not reach the last segment; choose cut positions "
-                         "after them")
+        raise GraphError(
+            f"graph {graph.name!r}: outputs {lost} are computed before cut position {last_start} "
+            "and not read after it, so they would not reach the last segment; choose cut positions "
+            "after them"
+        )

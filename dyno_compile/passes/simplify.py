@@ -12,10 +12,11 @@ match exactly:
   ``global_avg_pool2d`` (NCHW or NHWC);
 - ``mul(x, a)`` then ``div(., b)`` with scalar weights -> ``mul(x, a / b)``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
-from typing import Callable
 
 import numpy as np
 
@@ -106,8 +107,13 @@ def _global_avg_pool(graph: Graph, node: Node) -> bool:
     layout = _layout_of_axes(src, total.attrs["axes"])
     if layout is None:
         return False
-    pool = graph.add("global_avg_pool2d", [src.name], {"layout": layout, "keepdims": total.attrs["keepdims"]},
-                     name="global_avg_pool", after=node.name)
+    pool = graph.add(
+        "global_avg_pool2d",
+        [src.name],
+        {"layout": layout, "keepdims": total.attrs["keepdims"]},
+        name="global_avg_pool",
+        after=node.name,
+    )
     return _replace(graph, node, pool.name)
 
 
@@ -139,5 +145,11 @@ def _merge_scalar_mul_div(graph: Graph, node: Node) -> bool:
     return _replace(graph, node, merged.name)
 
 
-_RULES: tuple[Rule, ...] = (_drop_identity, _merge_reshapes, _reshape_to_flatten, _bypass_broadcast,
-                            _global_avg_pool, _merge_scalar_mul_div)
+_RULES: tuple[Rule, ...] = (
+    _drop_identity,
+    _merge_reshapes,
+    _reshape_to_flatten,
+    _bypass_broadcast,
+    _global_avg_pool,
+    _merge_scalar_mul_div,
+)

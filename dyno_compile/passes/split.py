@@ -5,6 +5,7 @@ crossing tensor (its outputs, in the cut's tensor order); the cloud graph takes 
 tensors as inputs of the same names and computes the model's outputs. Cut ``n``
 (device-only) has no cloud graph.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,12 +32,17 @@ def split(graph: Graph, position: int) -> SplitModel:
         return SplitModel(cut, graph.copy(), None)
     early = [o for o in graph.outputs if o in {n.name for n in order[:position]} | {n.name for n in graph.inputs}]
     if early:
-        raise GraphError(f"graph {graph.name!r}: cut {position} leaves outputs {early} on the device; "
-                         "cut after them")
-    device = extract(graph, [n.name for n in order[:position]], [n.name for n in graph.inputs], cut.tensors,
-                     name=f"{graph.name}.device")
-    sends = [device.add("send", [t], {"cut": position, "slot": i}, name=f"{t}.send").name
-             for i, t in enumerate(cut.tensors)]
+        raise GraphError(f"graph {graph.name!r}: cut {position} leaves outputs {early} on the device; cut after them")
+    device = extract(
+        graph,
+        [n.name for n in order[:position]],
+        [n.name for n in graph.inputs],
+        cut.tensors,
+        name=f"{graph.name}.device",
+    )
+    sends = [
+        device.add("send", [t], {"cut": position, "slot": i}, name=f"{t}.send").name for i, t in enumerate(cut.tensors)
+    ]
     device.set_outputs(sends)
     cloud = extract(graph, [n.name for n in order[position:]], cut.tensors, graph.outputs, name=f"{graph.name}.cloud")
     return SplitModel(cut, device, cloud)

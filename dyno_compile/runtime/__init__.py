@@ -1,4 +1,5 @@
 """The run-time side of DynO: live link and load estimates, and the per-request selector."""
+
 from dyno_compile.runtime.link import Conditions, LinkEstimator, UplinkTrace
 from dyno_compile.runtime.selector import (
     POLICIES,
@@ -19,6 +20,24 @@ from dyno_compile.runtime.selector import (
     predict,
 )
 
-__all__ = ["POLICIES", "CloudOnly", "Conditions", "Decision", "DeviceOnly", "Fixed8Bit", "HighestThroughput", "Jalad",
-           "LinkEstimator", "LowestLatency", "Neurosurgeon", "Onloading", "Pinned", "Policy", "Prediction", "Selector",
-           "UplinkTrace", "make_policy", "predict"]
+__all__ = [
+    "POLICIES",
+    "CloudOnly",
+    "Conditions",
+    "Decision",
+    "DeviceOnly",
+    "Fixed8Bit",
+    "HighestThroughput",
+    "Jalad",
+    "LinkEstimator",
+    "LowestLatency",
+    "Neurosurgeon",
+    "Onloading",
+    "Pinned",
+    "Policy",
+    "Prediction",
+    "Selector",
+    "UplinkTrace",
+    "make_policy",
+    "predict",
+]

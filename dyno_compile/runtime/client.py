@@ -24,6 +24,7 @@ The prober also keeps the link estimates fresh when requests do not: an empty pi
 and then for the round trip, and, while the selector keeps everything on the device (so
 no frame measures the uplink), a padded ping to notice that the uplink has recovered.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,7 +113,7 @@ class _Endpoint:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.up = True
-        self.connected = False   # has a ping gone through since the endpoint was (re)connected
+        self.connected = False  # has a ping gone through since the endpoint was (re)connected
         self.retry_after_s = 0.0
         self.next_probe = 0.0
 
@@ -121,8 +122,13 @@ class DeviceClient:
     """One device's view of an artifact and its cloud endpoints. Calls are serialised
     (one Relax VM); use one client per thread for parallel requests."""
 
-    def __init__(self, artifact: Artifact | str | Path, endpoints: Sequence[str] = (),
-                 options: ClientOptions | None = None, **option_fields: Any) -> None:
+    def __init__(
+        self,
+        artifact: Artifact | str | Path,
+        endpoints: Sequence[str] = (),
+        options: ClientOptions | None = None,
+        **option_fields: Any,
+    ) -> None:
         if options is not None and option_fields:
             raise InputError("give either options or option keywords, not both")
         self.options = o = options or ClientOptions(**option_fields)
@@ -132,8 +138,12 @@ class DeviceClient:
         self.device = DeviceSide(self.artifact, o.device_target)
         self.device.warm_up()  # the first VM calls pay one-off set-up that is not device load
         self.link = o.link or LinkEstimator()
-        self._observer = LinkObserver(self.link, probe_every_s=o.probe_every_s, probe_bytes=o.probe_bytes,
-                                      ping_timeout_s=ping_timeout_s(o.timeout_s))
+        self._observer = LinkObserver(
+            self.link,
+            probe_every_s=o.probe_every_s,
+            probe_bytes=o.probe_bytes,
+            ping_timeout_s=ping_timeout_s(o.timeout_s),
+        )
         if o.selector is not None:
             self.selector = o.selector
         else:
@@ -143,8 +153,8 @@ class DeviceClient:
         self.model = model_id(self.artifact.model_hash)
         self._endpoints = [_Endpoint(connect(e, token=o.token, tls_ca=o.tls_ca)) for e in endpoints]
         self._next = 0
-        self._lock = threading.Lock()        # one request at a time (the VM)
-        self._state = threading.Lock()       # estimator and endpoint state, shared with the prober
+        self._lock = threading.Lock()  # one request at a time (the VM)
+        self._state = threading.Lock()  # estimator and endpoint state, shared with the prober
         self._last_rtt_probe = -float("inf")
         self._closed = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, name="dyno-prober", daemon=True)
@@ -184,14 +194,34 @@ class DeviceClient:
                     with self._state:
                         self._observer.busy(evaluation.cloud_s, in_flight=e.reply.in_flight, workers=e.reply.workers)
                 output = self.device.finish(env, config.cut)
-                return Result(output, decision, "fallback", time.perf_counter() - start, len(request),
-                              endpoint.transport.endpoint, str(e))
+                return Result(
+                    output,
+                    decision,
+                    "fallback",
+                    time.perf_counter() - start,
+                    len(request),
+                    endpoint.transport.endpoint,
+                    str(e),
+                )
             network_s = time.perf_counter() - sent
             with self._state:
-                self._observer.offload(len(request), network_s, server_s=reply.server_s, compute_s=reply.compute_s,
-                                       profiled_cloud_s=evaluation.cloud_s, now_s=time.monotonic())
-            return Result(reply.output.reshape(self.device.output_shape), decision, "cloud",
-                          time.perf_counter() - start, len(request), endpoint.transport.endpoint, reply=reply)
+                self._observer.offload(
+                    len(request),
+                    network_s,
+                    server_s=reply.server_s,
+                    compute_s=reply.compute_s,
+                    profiled_cloud_s=evaluation.cloud_s,
+                    now_s=time.monotonic(),
+                )
+            return Result(
+                reply.output.reshape(self.device.output_shape),
+                decision,
+                "cloud",
+                time.perf_counter() - start,
+                len(request),
+                endpoint.transport.endpoint,
+                reply=reply,
+            )
 
     def close(self) -> None:
         self._closed.set()
@@ -337,8 +367,12 @@ def _selector(artifact: Artifact, policy: Policy, needed: bool) -> Selector | No
         if not evaluations:
             raise narrow
         search = artifact.manifest["search"]
-        return Selector(evaluations, policy, accuracy_baseline=search["baseline_accuracy"],
-                        accuracy_budget=search["accuracy_budget"])
+        return Selector(
+            evaluations,
+            policy,
+            accuracy_baseline=search["baseline_accuracy"],
+            accuracy_budget=search["accuracy_budget"],
+        )
 
 
 def _device_only(artifact: Artifact, selector: Selector | None) -> Decision:

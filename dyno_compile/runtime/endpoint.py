@@ -6,6 +6,7 @@ token travels as ``authorization: Bearer <token>`` in both. This is the one modu
 knows both concrete transports, so the vocabulary they share (:mod:`.transport`) imports
 neither and no transport imports another.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from dyno_compile.runtime.transport import Transport
 
 
 def _grpc(endpoint: str, parts: SplitResult, ca: bytes | None, token: str | None) -> Transport:
-    return GrpcTransport(endpoint, f"{parts.hostname}:{parts.port}", tls_ca=ca, use_tls=parts.scheme == "grpcs",
-                         token=token)
+    return GrpcTransport(
+        endpoint, f"{parts.hostname}:{parts.port}", tls_ca=ca, use_tls=parts.scheme == "grpcs", token=token
+    )
 
 
 def _http(endpoint: str, parts: SplitResult, ca: bytes | None, token: str | None) -> Transport:
@@ -29,7 +31,11 @@ def _http(endpoint: str, parts: SplitResult, ca: bytes | None, token: str | None
 
 #: URL scheme -> the transport for it, given (endpoint, its parts, CA PEM bytes, token).
 SCHEMES: dict[str, Callable[[str, SplitResult, bytes | None, str | None], Transport]] = {
-    "grpc": _grpc, "grpcs": _grpc, "http": _http, "https": _http}
+    "grpc": _grpc,
+    "grpcs": _grpc,
+    "http": _http,
+    "https": _http,
+}
 
 
 def connect(endpoint: str, *, token: str | None = None, tls_ca: str | Path | None = None) -> Transport:
@@ -37,8 +43,9 @@ def connect(endpoint: str, *, token: str | None = None, tls_ca: str | Path | Non
     the CA that signed the server's certificate (system roots when omitted)."""
     parts = urlsplit(endpoint)
     if parts.scheme not in SCHEMES or not parts.hostname or parts.port is None:
-        raise InputError(f"endpoint {endpoint!r}: expected grpc://host:port, grpcs://host:port or "
-                         "http(s)://host:port/route")
+        raise InputError(
+            f"endpoint {endpoint!r}: expected grpc://host:port, grpcs://host:port or http(s)://host:port/route"
+        )
     ca = _read_ca(tls_ca) if tls_ca is not None else None
     return SCHEMES[parts.scheme](endpoint, parts, ca, token)
 

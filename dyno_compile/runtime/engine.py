@@ -14,6 +14,7 @@ build made them (``--cloud-batch``; a last partial batch is padded), so the GPU 
 kernel per segment for several requests. Without batched segments a group runs request
 by request, and what batching saves is the per-request hand-off between threads.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -21,10 +22,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class ReplayGuard:
         self.window_us = int(window_s * 1e6)
         self.capacity = capacity
         self._seen: OrderedDict[int, int] = OrderedDict()  # request id -> sent_at_us, oldest first
-        self._floor_us = 0                                  # requests no newer than this are stale
+        self._floor_us = 0  # requests no newer than this are stale
         self._lock = threading.Lock()
 
     def admit(self, request_id: int, sent_at_us: int) -> None:
@@ -73,8 +73,11 @@ class ReplayGuard:
         with self._lock:
             self._forget(now)
             if abs(sent_at_us - now) > self.window_us or sent_at_us <= self._floor_us:
-                raise ProtocolError(Status.REPLAYED, f"timestamp {(sent_at_us - now) / 1e6:+.1f} s from the server's "
-                                                     f"clock is outside the replay window; check the device clock")
+                raise ProtocolError(
+                    Status.REPLAYED,
+                    f"timestamp {(sent_at_us - now) / 1e6:+.1f} s from the server's "
+                    f"clock is outside the replay window; check the device clock",
+                )
             if request_id in self._seen:
                 raise ProtocolError(Status.REPLAYED, f"request id {request_id:#x} was already served")
             self._seen[request_id] = sent_at_us
@@ -170,11 +173,17 @@ class CloudEngine:
 
     def _answer(self, frame, out: np.ndarray | Exception, *, queue_s: float, compute_s: float) -> bytes:
         if isinstance(out, np.ndarray):
-            return self._reply(Status.OK, request_id=frame.request_id, output=out, cut_id=frame.cut_id,
-                               queue_s=queue_s, compute_s=compute_s)
+            return self._reply(
+                Status.OK,
+                request_id=frame.request_id,
+                output=out,
+                cut_id=frame.cut_id,
+                queue_s=queue_s,
+                compute_s=compute_s,
+            )
         if isinstance(out, ArtifactError):  # a cut or width the artifact was not built for
             status = Status.UNSUPPORTED
-        elif isinstance(out, InputError):   # a frame that does not fit its cut
+        elif isinstance(out, InputError):  # a frame that does not fit its cut
             status = Status.BAD_REQUEST
         elif isinstance(out, DynoError):
             status = Status.UNSUPPORTED
@@ -191,7 +200,8 @@ class CloudEngine:
         """Everything checked before any compute: ``(request, frame)`` or the refusal."""
         try:
             if self.options.token is not None and not (
-                    token is not None and hmac.compare_digest(token.encode(), self.options.token.encode())):
+                token is not None and hmac.compare_digest(token.encode(), self.options.token.encode())
+            ):
                 raise ProtocolError(Status.UNAUTHENTICATED, "missing or wrong token")
             if not self.accepting:
                 raise ProtocolError(Status.SHUTTING_DOWN, "the server is shutting down; try another endpoint")
@@ -199,8 +209,11 @@ class CloudEngine:
             if request.kind is Kind.PING:
                 return request, None
             if request.model != self.model:
-                raise ProtocolError(Status.WRONG_MODEL, f"request for model {request.model:016x}, this server runs "
-                                                        f"{self.model:016x}: deploy the same build on both sides")
+                raise ProtocolError(
+                    Status.WRONG_MODEL,
+                    f"request for model {request.model:016x}, this server runs "
+                    f"{self.model:016x}: deploy the same build on both sides",
+                )
             frame = decode_packed(request.body, max_bytes=self.options.max_request_bytes)
             self._replay.admit(frame.request_id, request.sent_at_us)
             return request, frame
@@ -232,8 +245,9 @@ def cloud_target(artifact: Artifact) -> str:
     forced = os.environ.get("DYNO_CLOUD_TARGET")
     if forced:
         return forced
-    built = [rel.split("/", 1)[1].removesuffix(".so") for rel in artifact.manifest["libraries"]
-             if rel.startswith("cloud/")]
+    built = [
+        rel.split("/", 1)[1].removesuffix(".so") for rel in artifact.manifest["libraries"] if rel.startswith("cloud/")
+    ]
     for name in built:
         if name != "host" and gpu_available(get_target(name)):
             return name
@@ -249,4 +263,3 @@ def _run_group(side: CloudSide, cut_id: int, frames: list) -> list[np.ndarray | 
         return side.run_many(cut_id, [f.tensors for f in frames])
     except Exception as e:  # noqa: BLE001 - nothing a client sends may take the server down
         return [e] * len(frames)
-

@@ -6,6 +6,7 @@ never sees them: ``RESOURCE_EXHAUSTED`` (the server's concurrency limit) is busy
 ``DEADLINE_EXCEEDED`` a time-out, ``UNAVAILABLE`` no connection. The status name stays in
 the error's detail.
 """
+
 from __future__ import annotations
 
 from dyno_compile.runtime.transport import Reason, Transport, TransportError
@@ -23,8 +24,18 @@ STATUS_REASONS = {
     "DEADLINE_EXCEEDED": Reason.TIMEOUT,
     "RESOURCE_EXHAUSTED": Reason.BUSY,
     "UNAVAILABLE": Reason.UNREACHABLE,
-    **dict.fromkeys(("UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND", "INVALID_ARGUMENT",
-                     "FAILED_PRECONDITION", "OUT_OF_RANGE"), Reason.REJECTED),
+    **dict.fromkeys(
+        (
+            "UNAUTHENTICATED",
+            "PERMISSION_DENIED",
+            "UNIMPLEMENTED",
+            "NOT_FOUND",
+            "INVALID_ARGUMENT",
+            "FAILED_PRECONDITION",
+            "OUT_OF_RANGE",
+        ),
+        Reason.REJECTED,
+    ),
 }
 
 
@@ -38,18 +49,21 @@ class GrpcTransport(Transport):
     ``address``: ``host:port``; ``tls_ca``: PEM bytes of the CA that signed the server's
     certificate (system roots when None; only with ``use_tls``)."""
 
-    def __init__(self, endpoint: str, address: str, *, tls_ca: bytes | None, use_tls: bool,
-                 token: str | None) -> None:
+    def __init__(self, endpoint: str, address: str, *, tls_ca: bytes | None, use_tls: bool, token: str | None) -> None:
         import grpc  # only a gRPC endpoint needs it loaded
 
         super().__init__(endpoint)
-        options = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-                   ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
-                   # Retry a broken connection quickly: the client probes a server that came back.
-                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+        options = [
+            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+            # Retry a broken connection quickly: the client probes a server that came back.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
         if use_tls:
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca),
-                                                options)
+            self._channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=tls_ca), options
+            )
         else:
             self._channel = grpc.insecure_channel(address, options)
         self._infer = self._channel.unary_unary(INFER_METHOD)

@@ -16,6 +16,7 @@ failed is dropped and a fresh one is made on the next call; one left idle longer
 typical server keep-alive (Ray Serve's proxy closes after 5 s) is not reused, and a reused
 connection the server had already closed is retried once on a fresh one.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -41,8 +42,7 @@ _CHUNK = 1 << 20
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 #: HTTP statuses with a meaning of their own to the client; any other 4xx is
 #: :attr:`Reason.REJECTED`, anything else :attr:`Reason.PROTOCOL`.
-STATUS_REASONS = {408: Reason.TIMEOUT, 504: Reason.TIMEOUT, 429: Reason.BUSY, 503: Reason.BUSY,
-                  502: Reason.UNREACHABLE}
+STATUS_REASONS = {408: Reason.TIMEOUT, 504: Reason.TIMEOUT, 429: Reason.BUSY, 503: Reason.BUSY, 502: Reason.UNREACHABLE}
 
 
 class HttpTransport(Transport):
@@ -64,8 +64,11 @@ class HttpTransport(Transport):
                 self._ssl = ssl.create_default_context(cadata=tls_ca.decode("ascii") if tls_ca else None)
             except (ssl.SSLError, ValueError) as e:
                 raise InputError(f"TLS CA for {endpoint}: not a PEM certificate ({e})") from None
-        self._headers = {"Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
-                         "Connection": "keep-alive"}
+        self._headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept": "application/octet-stream",
+            "Connection": "keep-alive",
+        }
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (connection, when returned)
@@ -138,15 +141,21 @@ class HttpTransport(Transport):
         response = conn.getresponse()
         if response.status != 200:
             detail = response.read(_DETAIL_BYTES).decode("utf-8", "replace").strip()
-            raise TransportError(self.endpoint, status_reason(response.status),
-                                 f"HTTP {response.status} {response.reason}" + (f": {detail}" if detail else ""))
+            raise TransportError(
+                self.endpoint,
+                status_reason(response.status),
+                f"HTTP {response.status} {response.reason}" + (f": {detail}" if detail else ""),
+            )
         length = response.getheader("Content-Length")
         if length is not None:
             if not length.isdigit():
                 raise TransportError(self.endpoint, Reason.PROTOCOL, f"Content-Length {length!r}")
             if int(length) > MAX_REPLY_BYTES:
-                raise TransportError(self.endpoint, Reason.PROTOCOL, f"a reply of {int(length)} bytes exceeds "
-                                                                     f"the limit of {MAX_REPLY_BYTES}")
+                raise TransportError(
+                    self.endpoint,
+                    Reason.PROTOCOL,
+                    f"a reply of {int(length)} bytes exceeds the limit of {MAX_REPLY_BYTES}",
+                )
         chunks, size = [], 0
         while True:
             _set_timeout(conn, deadline)
@@ -155,8 +164,9 @@ class HttpTransport(Transport):
                 break
             size += len(chunk)
             if size > MAX_REPLY_BYTES:
-                raise TransportError(self.endpoint, Reason.PROTOCOL,
-                                     f"a reply over the limit of {MAX_REPLY_BYTES} bytes")
+                raise TransportError(
+                    self.endpoint, Reason.PROTOCOL, f"a reply over the limit of {MAX_REPLY_BYTES} bytes"
+                )
             chunks.append(chunk)
         if response.will_close:
             conn.close()  # http.client reconnects it on the next request

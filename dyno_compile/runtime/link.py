@@ -30,6 +30,7 @@ estimate; durations that are zero or negative are a caller's bug and raise
 delivery opportunity, millisecond timestamps; the trace loops as mahimahi plays it), so
 the estimator and the selector can be checked against measured cellular uplinks.
 """
+
 from __future__ import annotations
 
 import math
@@ -130,8 +131,14 @@ class LinkEstimator:
     frame (or a probe) to learn that the uplink has recovered.
     """
 
-    def __init__(self, *, prior_bandwidth: float = PRIOR_BANDWIDTH, prior_rtt_s: float = PRIOR_RTT_S,
-                 window: int = DEFAULT_WINDOW, load_alpha: float = DEFAULT_LOAD_ALPHA) -> None:
+    def __init__(
+        self,
+        *,
+        prior_bandwidth: float = PRIOR_BANDWIDTH,
+        prior_rtt_s: float = PRIOR_RTT_S,
+        window: int = DEFAULT_WINDOW,
+        load_alpha: float = DEFAULT_LOAD_ALPHA,
+    ) -> None:
         prior = Conditions(prior_bandwidth, prior_rtt_s)
         self._bandwidth = WindowedMedian(prior.bandwidth, window)
         self._rtt = WindowedMedian(prior.rtt_s, window)
@@ -199,11 +206,13 @@ class UplinkTrace:
         try:
             stamps = np.array(path.read_text().split(), dtype=np.int64)
         except (OSError, ValueError) as e:
-            raise InputError(f"{path}: not a mahimahi trace (one integer millisecond timestamp per line): "
-                             f"{e}") from None
+            raise InputError(
+                f"{path}: not a mahimahi trace (one integer millisecond timestamp per line): {e}"
+            ) from None
         if stamps.size == 0 or stamps[0] < 0 or np.any(np.diff(stamps) < 0) or stamps[-1] <= 0:
-            raise InputError(f"{path}: a mahimahi trace needs non-negative, non-decreasing timestamps "
-                             "ending after 0 ms")
+            raise InputError(
+                f"{path}: a mahimahi trace needs non-negative, non-decreasing timestamps ending after 0 ms"
+            )
         return cls(path.name, stamps, int(stamps[-1]))
 
     def throughput_per_second(self) -> np.ndarray:

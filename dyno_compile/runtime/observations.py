@@ -10,6 +10,7 @@ prober's pings — to one :class:`LinkObserver`, which turns it into
 needs a padded ping and how big. Times are the caller's clock (``time.monotonic`` live,
 simulated time in a replay); the observer is not thread-safe, the client serialises it.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,16 @@ class LinkObserver:
         if profiled_s > 0 and observed_s > 0:
             self.link.observe_device(observed_s, profiled_s)
 
-    def offload(self, nbytes: float, network_s: float, *, server_s: float, compute_s: float, profiled_cloud_s: float,
-                now_s: float) -> None:
+    def offload(
+        self,
+        nbytes: float,
+        network_s: float,
+        *,
+        server_s: float,
+        compute_s: float,
+        profiled_cloud_s: float,
+        now_s: float,
+    ) -> None:
         """A frame of ``nbytes`` was answered ``network_s`` after it was handed to the
         network, the server reporting ``server_s`` (queue and ``compute_s``) for work
         profiled at ``profiled_cloud_s``: the cloud load from the server's own time, the

@@ -16,6 +16,7 @@ strict decoder guards both directions. Layout (``docs/serving.md`` has the table
 answer computed by a different build; ``sent_at_us`` (the client's clock) and the
 frame's request id let a server refuse replayed requests.
 """
+
 from __future__ import annotations
 
 import struct
@@ -31,10 +32,10 @@ from dyno_compile.packing import DEFAULT_MAX_BYTES, PackConfig, PackError, decod
 VERSION = 1
 REQUEST_MAGIC = b"DYRQ"
 REPLY_MAGIC = b"DYRP"
-_REQUEST = struct.Struct("<4sHHQQ")          # magic, version, kind, model, sent_at_us
+_REQUEST = struct.Struct("<4sHHQQ")  # magic, version, kind, model, sent_at_us
 #: What the request envelope adds to the frame it carries.
 REQUEST_HEADER_BYTES = _REQUEST.size
-_REPLY = struct.Struct("<4sHHQIIHH")         # magic, version, status, request_id, queue_us, compute_us, in_flight, workers
+_REPLY = struct.Struct("<4sHHQIIHH")  # magic, version, status, request_id, queue_us, compute_us, in_flight, workers
 #: Longest error message a reply carries (longer ones are cut): a client logs it, no more.
 MAX_MESSAGE_BYTES = 1024
 _U16, _U32 = (1 << 16) - 1, (1 << 32) - 1
@@ -52,12 +53,12 @@ class Status(IntEnum):
     ``OVERLOADED`` and ``SHUTTING_DOWN`` also tell it to try this server later."""
 
     OK = 0
-    BAD_REQUEST = 1       # malformed envelope or cut frame
-    WRONG_MODEL = 2       # built from a different model than the server's
-    REPLAYED = 3          # request id seen before, or timestamp outside the replay window
-    UNAUTHENTICATED = 4   # missing or wrong shared token
-    OVERLOADED = 5        # bounded queue full: back-pressure
-    UNSUPPORTED = 6       # cut or width the artifact was not built for
+    BAD_REQUEST = 1  # malformed envelope or cut frame
+    WRONG_MODEL = 2  # built from a different model than the server's
+    REPLAYED = 3  # request id seen before, or timestamp outside the replay window
+    UNAUTHENTICATED = 4  # missing or wrong shared token
+    OVERLOADED = 5  # bounded queue full: back-pressure
+    UNSUPPORTED = 6  # cut or width the artifact was not built for
     SHUTTING_DOWN = 7
     INTERNAL = 8
 
@@ -130,27 +131,49 @@ def decode_request(buf: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTE
     if len(view) > max_bytes:
         raise ProtocolError(Status.BAD_REQUEST, f"request of {len(view)} bytes exceeds the limit of {max_bytes}")
     if len(view) < _REQUEST.size:
-        raise ProtocolError(Status.BAD_REQUEST, f"request of {len(view)} bytes is shorter than its "
-                                                f"{_REQUEST.size}-byte header")
+        raise ProtocolError(
+            Status.BAD_REQUEST, f"request of {len(view)} bytes is shorter than its {_REQUEST.size}-byte header"
+        )
     magic, version, kind, model, sent_at_us = _REQUEST.unpack_from(view)
     if magic != REQUEST_MAGIC:
         raise ProtocolError(Status.BAD_REQUEST, f"expected magic {REQUEST_MAGIC!r}, got {magic!r}")
     if version != VERSION:
-        raise ProtocolError(Status.BAD_REQUEST, f"protocol version {version} is not supported (this server speaks "
-                                                f"{VERSION}); run the same dyno-compile release on both sides")
+        raise ProtocolError(
+            Status.BAD_REQUEST,
+            f"protocol version {version} is not supported (this server speaks "
+            f"{VERSION}); run the same dyno-compile release on both sides",
+        )
     if kind not in Kind._value2member_map_:
         raise ProtocolError(Status.BAD_REQUEST, f"unknown request kind {kind}")
-    return Request(Kind(kind), model, sent_at_us, view[_REQUEST.size:])
+    return Request(Kind(kind), model, sent_at_us, view[_REQUEST.size :])
 
 
-def encode_reply(status: Status, *, request_id: int = 0, output: np.ndarray | None = None, message: str = "",
-                 cut_id: int = 0, queue_s: float = 0.0, compute_s: float = 0.0, in_flight: int = 0,
-                 workers: int = 0) -> bytes:
-    head = _REPLY.pack(REPLY_MAGIC, VERSION, int(status), request_id, _micros(queue_s), _micros(compute_s),
-                       min(in_flight, _U16), min(workers, _U16))
+def encode_reply(
+    status: Status,
+    *,
+    request_id: int = 0,
+    output: np.ndarray | None = None,
+    message: str = "",
+    cut_id: int = 0,
+    queue_s: float = 0.0,
+    compute_s: float = 0.0,
+    in_flight: int = 0,
+    workers: int = 0,
+) -> bytes:
+    head = _REPLY.pack(
+        REPLY_MAGIC,
+        VERSION,
+        int(status),
+        request_id,
+        _micros(queue_s),
+        _micros(compute_s),
+        min(in_flight, _U16),
+        min(workers, _U16),
+    )
     if status is Status.OK:
-        body = encode([np.asarray(output, np.float32)], PackConfig(bits="float32"), cut_id=cut_id,
-                      request_id=request_id)
+        body = encode(
+            [np.asarray(output, np.float32)], PackConfig(bits="float32"), cut_id=cut_id, request_id=request_id
+        )
     else:
         body = message.encode("utf-8", "replace")[:MAX_MESSAGE_BYTES]
     return head + body
@@ -167,9 +190,14 @@ def decode_reply(buf: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES)
         raise ProtocolError(Status.BAD_REQUEST, f"not a version-{VERSION} reply (magic {magic!r}, version {version})")
     if status not in Status._value2member_map_:
         raise ProtocolError(Status.BAD_REQUEST, f"unknown reply status {status}")
-    status, body = Status(status), view[_REPLY.size:]
-    times = dict(request_id=request_id, queue_s=queue_us * 1e-6, compute_s=compute_us * 1e-6,
-                 in_flight=in_flight, workers=workers)
+    status, body = Status(status), view[_REPLY.size :]
+    times = dict(
+        request_id=request_id,
+        queue_s=queue_us * 1e-6,
+        compute_s=compute_us * 1e-6,
+        in_flight=in_flight,
+        workers=workers,
+    )
     if status is not Status.OK:
         return Reply(status, message=bytes(body[:MAX_MESSAGE_BYTES]).decode("utf-8", "replace"), **times)
     try:

@@ -22,6 +22,7 @@ Three ways in::
 
 Ray is imported only here and only when used: ``pip install 'dyno-compile[ray]'``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,14 @@ class CloudReplica:
     once, each request on a thread so the replica's event loop keeps accepting others.
     """
 
-    def __init__(self, artifact: str, token: str | None = None, workers: int = 1,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, target: str | None = None) -> None:
+    def __init__(
+        self,
+        artifact: str,
+        token: str | None = None,
+        workers: int = 1,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        target: str | None = None,
+    ) -> None:
         from dyno_compile.artifact.load import load_artifact
 
         options = EngineOptions(target=target, token=token, workers=workers, max_request_bytes=max_request_bytes)
@@ -90,13 +97,22 @@ class CloudReplica:
         return b"".join(chunks)
 
     def _refusal(self, status: Status, message: str) -> bytes:
-        return encode_reply(status, message=message, in_flight=self.engine.in_flight,
-                            workers=self.engine.options.workers)
+        return encode_reply(
+            status, message=message, in_flight=self.engine.in_flight, workers=self.engine.options.workers
+        )
 
 
-def deployment(artifact: str | Path, *, num_replicas: int = 1, token: str | None = None, workers: int = 1,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, num_cpus: float = 1.0,
-               max_ongoing_requests: int | None = None, name: str = DEPLOYMENT_NAME) -> Any:
+def deployment(
+    artifact: str | Path,
+    *,
+    num_replicas: int = 1,
+    token: str | None = None,
+    workers: int = 1,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    num_cpus: float = 1.0,
+    max_ongoing_requests: int | None = None,
+    name: str = DEPLOYMENT_NAME,
+) -> Any:
     """The bound Ray Serve application (pass it to ``serve.run(app, route_prefix=...)``).
 
     ``num_replicas``: replicas, each with ``workers`` VMs and ``num_cpus`` of Ray's CPUs
@@ -114,8 +130,13 @@ def deployment(artifact: str | Path, *, num_replicas: int = 1, token: str | None
     if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
         raise InputError(f"num_replicas must be a positive integer, got {num_replicas!r}")
     ongoing = max_ongoing_requests if max_ongoing_requests is not None else 2 * options.workers
-    dep = serve.deployment(CloudReplica, name=name, num_replicas=num_replicas,
-                           ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=ongoing)
+    dep = serve.deployment(
+        CloudReplica,
+        name=name,
+        num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": num_cpus},
+        max_ongoing_requests=ongoing,
+    )
     return dep.bind(str(path), options.token, options.workers, options.max_request_bytes)
 
 
@@ -129,8 +150,14 @@ def build_app(args: dict[str, str]) -> Any:
     except KeyError:
         raise InputError("build_app needs artifact=PATH") from None
     kwargs: dict[str, Any] = {}
-    for key, kind in (("num_replicas", int), ("workers", int), ("max_ongoing_requests", int), ("num_cpus", float),
-                      ("max_request_bytes", int), ("token", str)):
+    for key, kind in (
+        ("num_replicas", int),
+        ("workers", int),
+        ("max_ongoing_requests", int),
+        ("num_cpus", float),
+        ("max_request_bytes", int),
+        ("token", str),
+    ):
         if key in args:
             try:
                 kwargs[key] = kind(args.pop(key))
@@ -141,10 +168,21 @@ def build_app(args: dict[str, str]) -> Any:
     return deployment(artifact, **kwargs)
 
 
-def run(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = ROUTE_PREFIX,
-        num_replicas: int = 1, token: str | None = None, workers: int = 1, num_cpus: float = 1.0,
-        max_ongoing_requests: int | None = None, app_name: str = DEPLOYMENT_NAME,
-        tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> str:
+def run(
+    artifact: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    route_prefix: str = ROUTE_PREFIX,
+    num_replicas: int = 1,
+    token: str | None = None,
+    workers: int = 1,
+    num_cpus: float = 1.0,
+    max_ongoing_requests: int | None = None,
+    app_name: str = DEPLOYMENT_NAME,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+) -> str:
     """Deploy ``artifact`` on Ray Serve and return the endpoint URL clients ``connect`` to
     (``http://host:port/dyno``; ``https://`` with ``tls_cert``/``tls_key``).
 
@@ -158,8 +196,14 @@ def run(artifact: str | Path, *, host: str = "127.0.0.1", port: int = 8000, rout
         raise InputError("TLS needs both tls_cert and tls_key")
     if not route_prefix.startswith("/"):
         raise InputError(f"route_prefix must start with '/', got {route_prefix!r}")
-    app = deployment(artifact, num_replicas=num_replicas, token=token, workers=workers, num_cpus=num_cpus,
-                     max_ongoing_requests=max_ongoing_requests)
+    app = deployment(
+        artifact,
+        num_replicas=num_replicas,
+        token=token,
+        workers=workers,
+        num_cpus=num_cpus,
+        max_ongoing_requests=max_ongoing_requests,
+    )
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     http: dict[str, Any] = {"host": host, "port": port}

@@ -22,6 +22,7 @@ policy chooses only among the candidates within the accuracy budget. To keep noi
 making the selector flip between configurations of nearly equal merit, it keeps its
 previous choice unless the policy's best scores better by more than ``switch_margin``.
 """
+
 from __future__ import annotations
 
 import math
@@ -253,8 +254,13 @@ class Pinned(_FixedBaseline):
 
 #: Policies by the names a command line or a configuration file uses.
 POLICIES: dict[str, type[Policy]] = {
-    "lowest-latency": LowestLatency, "highest-throughput": HighestThroughput, "onloading": Onloading,
-    "device-only": DeviceOnly, "cloud-only": CloudOnly, "neurosurgeon": Neurosurgeon, "fixed-8bit": Fixed8Bit,
+    "lowest-latency": LowestLatency,
+    "highest-throughput": HighestThroughput,
+    "onloading": Onloading,
+    "device-only": DeviceOnly,
+    "cloud-only": CloudOnly,
+    "neurosurgeon": Neurosurgeon,
+    "fixed-8bit": Fixed8Bit,
     "jalad": Jalad,
     "pinned": Pinned,
 }
@@ -283,8 +289,15 @@ class Selector:
     of requests.
     """
 
-    def __init__(self, candidates: Sequence[Evaluation], policy: Policy, *, accuracy_baseline: float,
-                 accuracy_budget: float, switch_margin: float = DEFAULT_SWITCH_MARGIN) -> None:
+    def __init__(
+        self,
+        candidates: Sequence[Evaluation],
+        policy: Policy,
+        *,
+        accuracy_baseline: float,
+        accuracy_budget: float,
+        switch_margin: float = DEFAULT_SWITCH_MARGIN,
+    ) -> None:
         if not isinstance(policy, Policy):
             raise InputError(f"policy must be a Policy (see make_policy), got {policy!r}")
         if not (isinstance(switch_margin, (int, float)) and 0.0 <= switch_margin < 1.0):
@@ -294,9 +307,11 @@ class Selector:
         within = _within_budget(candidates, accuracy_baseline, accuracy_budget)
         admitted = [e for e in within if policy.admits(e)]
         if not admitted:
-            raise InputError(f"policy {policy.name} admits none of the {len(within)} configurations within the "
-                             "accuracy budget; fixed baselines need all the search's evaluations, not only the "
-                             "Pareto set")
+            raise InputError(
+                f"policy {policy.name} admits none of the {len(within)} configurations within the "
+                "accuracy budget; fixed baselines need all the search's evaluations, not only the "
+                "Pareto set"
+            )
         self.candidates = Candidates(admitted)
         self._previous: int | None = None
 
@@ -305,8 +320,10 @@ class Selector:
         """A selector over an artifact's Pareto set, with its baseline and budget."""
         search = manifest.get("search")
         if not isinstance(search, Mapping):
-            raise InputError("the artifact has no search results (manifest['search']); run "
-                             "`python -m dyno_compile search` on it first")
+            raise InputError(
+                "the artifact has no search results (manifest['search']); run "
+                "`python -m dyno_compile search` on it first"
+            )
         try:
             pareto = [Evaluation.from_dict(d) for d in search["pareto"]]
             baseline, budget = search["baseline_accuracy"], search["accuracy_budget"]
@@ -347,8 +364,10 @@ def _within_budget(candidates: Sequence[Evaluation], baseline: float, budget: fl
     within = [e for e in candidates if round((baseline - e.accuracy) * 100.0, 9) <= budget]
     if not within:
         best = max(e.accuracy for e in candidates)
-        raise InputError(f"no candidate is within the accuracy budget of {budget} points: the best loses "
-                         f"{(baseline - best) * 100.0:.3g} points")
+        raise InputError(
+            f"no candidate is within the accuracy budget of {budget} points: the best loses "
+            f"{(baseline - best) * 100.0:.3g} points"
+        )
     return within
 
 
@@ -358,5 +377,6 @@ def _check_measures(evaluation: Evaluation) -> None:
         raise InputError(f"candidates must be Evaluation objects (Evaluation.from_dict), got {evaluation!r}")
     values = (evaluation.device_s, evaluation.cloud_s, evaluation.bytes)
     if not all(math.isfinite(v) and v >= 0 for v in values) or evaluation.device_s + evaluation.cloud_s == 0:
-        raise InputError(f"candidate {evaluation!r}: device_s, cloud_s and bytes must be finite and >= 0, "
-                         "with some time on one side")
+        raise InputError(
+            f"candidate {evaluation!r}: device_s, cloud_s and bytes must be finite and >= 0, with some time on one side"
+        )

@@ -16,6 +16,7 @@ waiting), and gRPC itself refuses connections beyond the queue and workers. ``st
 turns the health status to NOT_SERVING, refuses new calls, lets the ones in flight finish
 within a grace period, then stops the workers.
 """
+
 from __future__ import annotations
 
 import queue
@@ -65,8 +66,10 @@ class _Batcher:
     def __init__(self, engine: CloudEngine, max_queue: int, max_batch: int) -> None:
         self.engine, self.max_batch = engine, max_batch
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self._threads = [threading.Thread(target=self._work, name=f"dyno-worker-{i}", daemon=True)
-                         for i in range(engine.options.workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"dyno-worker-{i}", daemon=True)
+            for i in range(engine.options.workers)
+        ]
         for t in self._threads:
             t.start()
 
@@ -137,8 +140,12 @@ class CloudServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="dyno-grpc"),
             maximum_concurrent_rpcs=concurrent,
-            options=[("grpc.max_receive_message_length", min(self.engine.options.max_request_bytes, GRPC_MAX_MESSAGE)),
-                     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE), ("grpc.so_reuseport", 0)])
+            options=[
+                ("grpc.max_receive_message_length", min(self.engine.options.max_request_bytes, GRPC_MAX_MESSAGE)),
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
         handler = grpc.unary_unary_rpc_method_handler(self._infer)
         method = INFER_METHOD.rsplit("/", 1)[1]
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {method: handler})])
@@ -165,14 +172,18 @@ class CloudServer:
         token = None
         for key, value in context.invocation_metadata():
             if key == "authorization" and value.startswith("Bearer "):
-                token = value[len("Bearer "):]
+                token = value[len("Bearer ") :]
         if is_ping(request):  # answered at once: a ping measures the network, not the queue
             return self.engine.handle(request, token=token)
         try:
             done = self._batcher.submit(request, token)
         except queue.Full:
-            return encode_reply(Status.OVERLOADED, message="request queue full; run this one on the device",
-                                in_flight=self.engine.in_flight, workers=self.engine.options.workers)
+            return encode_reply(
+                Status.OVERLOADED,
+                message="request queue full; run this one on the device",
+                in_flight=self.engine.in_flight,
+                workers=self.engine.options.workers,
+            )
         return done.result()
 
     def stop(self, grace_s: float | None = None) -> None:

@@ -6,6 +6,7 @@ request on its own at any cut: a failed transfer costs the remaining segments, n
 restart. Each object wraps one Relax VM, which is not thread-safe: use one per thread.
 Only the TVM runtime and NumPy are needed.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -104,15 +105,16 @@ class DeviceSide(_Side):
             return pack_tensor(_numpy(x), PackConfig(bits=bits))
         kernel = self.kernel(cut, config.bits, tensor)
         if kernel is None or config.granularity != self.granularity:
-            raise ArtifactError(f"{config.label}: the artifact has no pack kernel for it (built: bits "
-                                f"{self.artifact.manifest['bits']}, granularity {self.granularity})")
+            raise ArtifactError(
+                f"{config.label}: the artifact has no pack kernel for it (built: bits "
+                f"{self.artifact.manifest['bits']}, granularity {self.granularity})"
+            )
         data, rng = self.runner.run(kernel["pack"], [x])
         axis = 0 if config.granularity == "tensor" else self.channel_axis(cut, tensor)
         params = QuantParams(bits, config.granularity, axis, rng[0], rng[1])
         shape = tuple(int(d) for d in x.shape)
         packed = PackedTensor(np.dtype(str(x.dtype)), shape, params, KERNEL_LAYOUT, data.tobytes())
         return packed.relayout(config.layout)
-
 
 
 class CloudSide(_Side):
@@ -158,7 +160,7 @@ class CloudSide(_Side):
             self.run_segments(cut["cloud_segments"], stacked, key="batched_function")
             result = _numpy(stacked[self.output_name])
             for k, i in enumerate(group):
-                outputs[i] = result[k:k + 1]
+                outputs[i] = result[k : k + 1]
         return outputs
 
     def unpack(self, position: int, tensors: list[PackedTensor]) -> Env:
@@ -181,12 +183,16 @@ class CloudSide(_Side):
         params = packed.params
         kernel = None if params.is_passthrough else self.kernel(cut, str(params.bits), name)
         built = params.granularity == self.granularity and (
-            params.granularity == "tensor" or params.axis == self.channel_axis(cut, name))
+            params.granularity == "tensor" or params.axis == self.channel_axis(cut, name)
+        )
         if kernel is None or not built:
             return packed.values()  # a cast, or a coding without a compiled kernel: NumPy, same formula
         data = np.frombuffer(packed.relayout(KERNEL_LAYOUT).data, dtype=np.uint8)
-        rng = np.stack([params.lo, params.scale]) if params.granularity == "channel" else \
-            np.array([params.lo[0], params.scale[0]], dtype=np.float32)
+        rng = (
+            np.stack([params.lo, params.scale])
+            if params.granularity == "channel"
+            else np.array([params.lo[0], params.scale[0]], dtype=np.float32)
+        )
         return self.runner.invoke(kernel["unpack"], [data, rng])[0]
 
 
@@ -202,5 +208,5 @@ def _stack(values: list[Any], batch: int) -> np.ndarray:
     """Batch-1 tensors stacked on axis 0 and zero-padded to ``batch``."""
     arrays = [_numpy(v) for v in values]
     out = np.zeros((batch, *arrays[0].shape[1:]), arrays[0].dtype)
-    out[:len(arrays)] = np.concatenate(arrays)
+    out[: len(arrays)] = np.concatenate(arrays)
     return out

@@ -12,6 +12,7 @@ statuses and socket errors). The client decides on the reason alone — busy is 
 padded ping that timed out is a slow link — so it behaves the same whichever wire carried
 the call; the transport's own code stays in the message for people.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -57,5 +58,5 @@ class Transport(ABC):
     def call(self, request: bytes, timeout_s: float) -> bytes:
         """The reply's bytes, or :class:`TransportError`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default: a transport without connections keeps it
         """Release connections (a closed transport may not be used again)."""

@@ -17,6 +17,7 @@ earlier cut through the segments in between, and the rest of the model from a cu
 the tail of that chain. Cached activations are bounded by ``cache_bytes`` (least
 recently used go first), so 224x224 models with hundreds of images fit in a few GB.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,9 @@ Arrays = tuple[np.ndarray, ...]
 SegmentRunner = Callable[[int, tuple], tuple]
 
 
-def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor",
-               axis: int = DEFAULT_CHANNEL_AXIS) -> jax.Array:
+def round_trip(
+    x: jax.Array, bits: int | str, granularity: str = "tensor", axis: int = DEFAULT_CHANNEL_AXIS
+) -> jax.Array:
     """What the cloud rebuilds from one request's tensor ``x`` sent at ``bits``: the cut ops
     of :mod:`dyno_compile.passes.insert_pack`, less the (lossless) bit packing. ``axis`` is
     ``x``'s channel axis, which a per-channel range is taken along."""
@@ -62,12 +64,14 @@ def round_trip(x: jax.Array, bits: int | str, granularity: str = "tensor",
 
 
 @partial(jax.jit, static_argnames=("bits", "granularity", "axes"))
-def _round_trip_batch(xs: tuple[jax.Array, ...], bits: int | str, granularity: str,
-                      axes: tuple[int, ...]) -> tuple[jax.Array, ...]:
+def _round_trip_batch(
+    xs: tuple[jax.Array, ...], bits: int | str, granularity: str, axes: tuple[int, ...]
+) -> tuple[jax.Array, ...]:
     """``round_trip`` per sample of a batch (each request keeps its own range); ``axes``:
     each tensor's channel axis."""
-    return tuple(jax.vmap(partial(round_trip, bits=bits, granularity=granularity, axis=axis))(x)
-                 for x, axis in zip(xs, axes))
+    return tuple(
+        jax.vmap(partial(round_trip, bits=bits, granularity=granularity, axis=axis))(x) for x, axis in zip(xs, axes)
+    )
 
 
 class AccuracySimulator:
@@ -87,9 +91,16 @@ class AccuracySimulator:
     (depthwise above all) ran mobilenet_v2 at 224x224 some ten times slower than TVM's.
     """
 
-    def __init__(self, graph: Graph, calibration: CalibrationSet, cuts: Iterable[CutPoint | int] | None = None, *,
-                 batch: int = 64, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 segments: SegmentRunner | None = None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        calibration: CalibrationSet,
+        cuts: Iterable[CutPoint | int] | None = None,
+        *,
+        batch: int = 64,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        segments: SegmentRunner | None = None,
+    ) -> None:
         _check_graph(graph, calibration)
         for name, value, low in (("batch", batch, 1), ("cache_bytes", cache_bytes, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -173,7 +184,8 @@ class AccuracySimulator:
             else:
                 width, gran, axes = bits_value(key[1]), key[2], self.cut(position).channel_axes
                 self._predictions[key] = self._predict(
-                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran, axes))
+                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran, axes)
+                )
         return self._predictions[key]
 
     def evaluate(self, position: int, bits: int | str, granularity: str = "tensor") -> tuple[float, float]:
@@ -257,8 +269,10 @@ def _padded(a: np.ndarray, size: int) -> np.ndarray:
 def _check_graph(graph: Graph, calibration: CalibrationSet) -> None:
     """One input the calibration samples fit, and at least one output to read predictions from."""
     if len(graph.inputs) != 1 or not graph.outputs:
-        raise InputError(f"model {graph.name!r}: accuracy simulation needs one input and an output, got "
-                         f"{len(graph.inputs)} input(s) and {len(graph.outputs)} output(s)")
+        raise InputError(
+            f"model {graph.name!r}: accuracy simulation needs one input and an output, got "
+            f"{len(graph.inputs)} input(s) and {len(graph.outputs)} output(s)"
+        )
     check_fits(calibration, graph.inputs[0].shape)
 
 
@@ -268,13 +282,21 @@ def _position(cut: CutPoint | int, every: Sequence[CutPoint], graph: Graph) -> i
     if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < len(every):
         raise InputError(f"model {graph.name!r}: cut {position!r} is out of range 0..{len(every) - 1}")
     if isinstance(cut, CutPoint) and cut.tensors != every[position].tensors:
-        raise InputError(f"model {graph.name!r}: cut {position} crosses {list(every[position].tensors)}, not "
-                         f"{list(cut.tensors)}; was it found on another graph?")
+        raise InputError(
+            f"model {graph.name!r}: cut {position} crosses {list(every[position].tensors)}, not "
+            f"{list(cut.tensors)}; was it found on another graph?"
+        )
     return int(position)
 
 
-def fewest_bits(simulator: AccuracySimulator, cuts: Iterable[CutPoint | int] | None = None, *, budget: float = 1.0,
-                widths: Iterable[int] = range(1, 17), granularity: str = "tensor") -> dict[int, int | None]:
+def fewest_bits(
+    simulator: AccuracySimulator,
+    cuts: Iterable[CutPoint | int] | None = None,
+    *,
+    budget: float = 1.0,
+    widths: Iterable[int] = range(1, 17),
+    granularity: str = "tensor",
+) -> dict[int, int | None]:
     """Per cut, the fewest bits whose accuracy stays within ``budget`` percentage points of
     the float model's (None where no width does): DynO's observation that this differs
     from cut to cut is what makes the per-cut width worth searching.
@@ -292,7 +314,12 @@ def fewest_bits(simulator: AccuracySimulator, cuts: Iterable[CutPoint | int] | N
         raise InputError(f"widths must be integers in 1..16, got {given!r}")
     tried = sorted(set(values))
     floor = simulator.float_accuracy - budget / 100 - 1e-12  # float rounding must not fail an exact tie
-    positions = [simulator.cut(c.position if isinstance(c, CutPoint) else c).position
-                 for c in (simulator.cuts if cuts is None else cuts)]
-    return {p: next((w for w in tried if simulator.evaluate(p, w, granularity)[0] >= floor), None)
-            for p in positions if simulator.cut(p).kind != "device-only"}
+    positions = [
+        simulator.cut(c.position if isinstance(c, CutPoint) else c).position
+        for c in (simulator.cuts if cuts is None else cuts)
+    ]
+    return {
+        p: next((w for w in tried if simulator.evaluate(p, w, granularity)[0] >= floor), None)
+        for p in positions
+        if simulator.cut(p).kind != "device-only"
+    }

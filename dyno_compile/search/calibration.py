@@ -12,12 +12,13 @@ optional ``labels.tsv`` (``file<TAB>class_index<TAB>...``, as in the ImageNet sa
 Preprocessing is named, never guessed: a wrong guess would not fail, it would only make
 every accuracy figure quietly wrong.
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -57,8 +58,10 @@ class CalibrationSet:
     def __post_init__(self) -> None:
         x = self.x
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2:
-            raise InputError(f"calibration {self.source}: x must be a float32 array [N, ...], got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+            raise InputError(
+                f"calibration {self.source}: x must be a float32 array [N, ...], got "
+                f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+            )
         if len(x) == 0:
             raise InputError(f"calibration {self.source}: the set is empty (0 samples)")
         if not np.isfinite(x).all():
@@ -72,8 +75,7 @@ class CalibrationSet:
     def head(self, n: int) -> CalibrationSet:
         """The first ``n`` samples: a quicker measurement on the same data."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self):
-            raise InputError(f"calibration {self.source}: subset size must be an integer in 1..{len(self)}, "
-                             f"got {n!r}")
+            raise InputError(f"calibration {self.source}: subset size must be an integer in 1..{len(self)}, got {n!r}")
         labels = None if self.labels is None else self.labels[:n]
         return CalibrationSet(self.x[:n], labels, f"{self.source} (first {n})")
 
@@ -93,8 +95,10 @@ def check_fits(calibration: CalibrationSet, input_shape: Sequence[int]) -> None:
     """Refuse a set whose samples are not batch-1 inputs of this shape."""
     shape = _model_input(input_shape)
     if calibration.x.shape[1:] != shape[1:]:
-        raise InputError(f"calibration {calibration.source}: samples of shape {calibration.x.shape[1:]} do not "
-                         f"fit the model input {shape} (expected [N, {', '.join(map(str, shape[1:]))}])")
+        raise InputError(
+            f"calibration {calibration.source}: samples of shape {calibration.x.shape[1:]} do not "
+            f"fit the model input {shape} (expected [N, {', '.join(map(str, shape[1:]))}])"
+        )
 
 
 def _model_input(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -110,6 +114,7 @@ def _model_input(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 # --- preprocessing presets --------------------------------------------------------------
 
+
 def _image_size(input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(H, W) of an NCHW RGB model input; presets make 3-channel images only."""
     if len(input_shape) != 4 or input_shape[1] != 3:
@@ -120,8 +125,10 @@ def _image_size(input_shape: tuple[int, ...]) -> tuple[int, int]:
 def _cifar10(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """The CIFAR ResNets' preprocessing, with no resizing: CIFAR images are used as they are."""
     if img.size != (size[1], size[0]):
-        raise InputError(f"preset 'cifar10' does not resize: image is {img.size[0]}x{img.size[1]}, the model "
-                         f"takes {size[1]}x{size[0]}")
+        raise InputError(
+            f"preset 'cifar10' does not resize: image is {img.size[0]}x{img.size[1]}, the model "
+            f"takes {size[1]}x{size[0]}"
+        )
     return cifar10.preprocess(np.asarray(img)[None])[0]
 
 
@@ -164,8 +171,15 @@ def _preprocess_all(images: Sequence[Image.Image], preset: str | None, input_sha
 
 # --- sources ----------------------------------------------------------------------------
 
-def load_calibration(spec: str | Path, *, input_shape: Sequence[int], preprocess: str | None = None,
-                     limit: int | None = None, labels: bool = True) -> CalibrationSet:
+
+def load_calibration(
+    spec: str | Path,
+    *,
+    input_shape: Sequence[int],
+    preprocess: str | None = None,
+    limit: int | None = None,
+    labels: bool = True,
+) -> CalibrationSet:
     """A calibration set from an ``.npz`` or a folder of images, fitted to ``input_shape``.
 
     ``preprocess`` names a :data:`PRESETS` entry; it is needed for raw images (uint8 arrays,
@@ -188,8 +202,9 @@ def load_calibration(spec: str | Path, *, input_shape: Sequence[int], preprocess
     return calibration
 
 
-def _from_npz(path: Path, preset: str | None, shape: tuple[int, ...],
-              limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _from_npz(
+    path: Path, preset: str | None, shape: tuple[int, ...], limit: int | None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """``(x, y, source)``; labels are checked against all of ``x`` before ``limit`` cuts
     both, so a short label array cannot hide behind a small limit."""
     x, y = _read_npz(path)
@@ -201,8 +216,10 @@ def _from_npz(path: Path, preset: str | None, shape: tuple[int, ...],
     if x.dtype == np.float32:
         return x, y, f"{path} (preprocessed float32)"
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
-        raise InputError(f"calibration {path}: x must be float32 (preprocessed) or uint8 [N, H, W, 3] RGB images, "
-                         f"got {x.dtype} {x.shape}")
+        raise InputError(
+            f"calibration {path}: x must be float32 (preprocessed) or uint8 [N, H, W, 3] RGB images, "
+            f"got {x.dtype} {x.shape}"
+        )
     return _preprocess_all([Image.fromarray(img) for img in x], preset, shape), y, f"{path} ({preset})"
 
 
@@ -216,8 +233,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"cannot read calibration file {path} as .npz: {exc}") from exc
 
 
-def _from_folder(folder: Path, preset: str | None, shape: tuple[int, ...],
-                 limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _from_folder(
+    folder: Path, preset: str | None, shape: tuple[int, ...], limit: int | None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Images listed by ``labels.tsv`` (with their labels) or, without one, every image file."""
     _preset(preset)  # an unknown preset fails before any image is decoded
     tsv = folder / "labels.tsv"
@@ -252,7 +270,7 @@ def default_calibration(model: str | Path, input_shape: Sequence[int]) -> Calibr
     if shape[1:] == (3, CROP, CROP):
         return load_calibration(samples_dir(), input_shape=shape, preprocess="imagenet", labels=False)
     if shape[1:] == (3, 32, 32):
-        return load_calibration(data_root() / cifar10.TEST_FILE, input_shape=shape, preprocess="cifar10",
-                                labels=False)
-    raise InputError(f"no default calibration data for model {str(model)!r} with input {shape}; "
-                     "pass an .npz or an image folder")
+        return load_calibration(data_root() / cifar10.TEST_FILE, input_shape=shape, preprocess="cifar10", labels=False)
+    raise InputError(
+        f"no default calibration data for model {str(model)!r} with input {shape}; pass an .npz or an image folder"
+    )

@@ -23,6 +23,7 @@ GPUs kernel launch, several µs) are scaled as if they were work, so estimates o
 functions on a much faster target are optimistic; schedules differ per target. Every
 estimate is labelled ``estimated:roofline:<target>`` and names its calibration.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -45,7 +46,7 @@ def function_costs(artifact: Artifact, side: str) -> dict[str, tuple[int, int]]:
     costs = {}
     batch = artifact.manifest.get("cloud_batch", 1)
     for seg in artifact.segments:
-        span = [n.meta for n in nodes[seg["start"]:seg["end"]]]
+        span = [n.meta for n in nodes[seg["start"] : seg["end"]]]
         macs, weights = sum(m["macs"] for m in span), sum(m["weight_bytes"] for m in span)
         activations = sum(m["in_bytes"] + m["out_bytes"] for m in span)
         costs[seg["function"]] = (macs, weights + activations)
@@ -66,8 +67,10 @@ def _nbytes(tensor: dict) -> int:
 def roofline_seconds(macs: int, nbytes: int, spec: TargetSpec) -> float:
     """The roofline time of ``macs`` multiply-accumulates and ``nbytes`` of traffic on ``spec``."""
     if spec.peak_gflops <= 0 or spec.mem_bandwidth_gbs <= 0:
-        raise ProfileError(f"target {spec.name!r} has no roofline figures (peak_gflops {spec.peak_gflops}, "
-                           f"mem_bandwidth_gbs {spec.mem_bandwidth_gbs})")
+        raise ProfileError(
+            f"target {spec.name!r} has no roofline figures (peak_gflops {spec.peak_gflops}, "
+            f"mem_bandwidth_gbs {spec.mem_bandwidth_gbs})"
+        )
     return max(2 * macs / (spec.peak_gflops * 1e9), nbytes / (spec.mem_bandwidth_gbs * 1e9))
 
 
@@ -81,9 +84,14 @@ def estimate_library(artifact: Artifact, calibration: LibraryProfile, target: st
     costs = function_costs(artifact, calibration.side)
     unknown = sorted(set(calibration.seconds) - set(costs))
     if unknown:
-        raise ProfileError(f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
-                           f"{', '.join(unknown[:5])}; was it measured on another artifact?")
-    seconds = {f: s * roofline_seconds(*costs[f], spec) / roofline_seconds(*costs[f], measured_on)
-               for f, s in calibration.seconds.items()}
-    return LibraryProfile(calibration.side, spec.name, f"estimated:roofline:{spec.name}", seconds,
-                          calibration=calibration.source)
+        raise ProfileError(
+            f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
+            f"{', '.join(unknown[:5])}; was it measured on another artifact?"
+        )
+    seconds = {
+        f: s * roofline_seconds(*costs[f], spec) / roofline_seconds(*costs[f], measured_on)
+        for f, s in calibration.seconds.items()
+    }
+    return LibraryProfile(
+        calibration.side, spec.name, f"estimated:roofline:{spec.name}", seconds, calibration=calibration.source
+    )

@@ -18,6 +18,7 @@ objective is offset by the smallest positive value the reference set has for it 
 lands one doubling below the smallest real value instead of at minus infinity). The
 accuracy loss stays linear (it is already a difference, and can be negative).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,8 +54,9 @@ class Objectives:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.baseline_accuracy <= 1.0:
-            raise InputError(f"baseline_accuracy is a fraction 0..1 (like Evaluation.accuracy), "
-                             f"got {self.baseline_accuracy!r}")
+            raise InputError(
+                f"baseline_accuracy is a fraction 0..1 (like Evaluation.accuracy), got {self.baseline_accuracy!r}"
+            )
         if self.accuracy_budget is not None and not self.accuracy_budget >= 0.0:
             raise InputError(f"accuracy_budget is a loss in percentage points >= 0, got {self.accuracy_budget!r}")
 
@@ -194,10 +196,13 @@ class SearchSpace:
             raise InputError(f"search space: cuts must be integer cut positions, got {self.cuts!r}")
         with refused_as(InputError):
             bits = _distinct("bits", (bits_key(b) for b in self.bits))
-        fields = {"cuts": _distinct("cuts", (int(c) for c in self.cuts)), "bits": bits,
-                  "granularities": _distinct("granularities", self.granularities, GRANULARITIES),
-                  "layouts": _distinct("layouts", self.layouts, LAYOUTS),
-                  "codecs": _distinct("codecs", self.codecs, CODECS)}
+        fields = {
+            "cuts": _distinct("cuts", (int(c) for c in self.cuts)),
+            "bits": bits,
+            "granularities": _distinct("granularities", self.granularities, GRANULARITIES),
+            "layouts": _distinct("layouts", self.layouts, LAYOUTS),
+            "codecs": _distinct("codecs", self.codecs, CODECS),
+        }
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         if self.device_only_cut is not None and self.device_only_cut not in self.cuts:
@@ -206,8 +211,13 @@ class SearchSpace:
     @property
     def dimensions(self) -> dict[str, tuple]:
         """Grid axes by :class:`Config` field name (the Optuna parameter names)."""
-        return {"cut": self.cuts, "bits": self.bits, "granularity": self.granularities, "layout": self.layouts,
-                "codec": self.codecs}
+        return {
+            "cut": self.cuts,
+            "bits": self.bits,
+            "granularity": self.granularities,
+            "layout": self.layouts,
+            "codec": self.codecs,
+        }
 
     def canonical(self, config: Config) -> Config:
         if config.cut == self.device_only_cut:
@@ -229,8 +239,12 @@ class SearchSpace:
         (benchmarks/search_samplers.py)."""
         widths = sorted(self.bits, key=lambda b: (mode_width(b), b in FLOAT_MODES))
         rest = {"granularity": self.granularities[0], "layout": self.layouts[0], "codec": self.codecs[0]}
-        points = {(cut, bits) for cut in self.cuts for bits in (widths[-1], widths[0])
-                  if cut != self.device_only_cut or bits == widths[-1]}
+        points = {
+            (cut, bits)
+            for cut in self.cuts
+            for bits in (widths[-1], widths[0])
+            if cut != self.device_only_cut or bits == widths[-1]
+        }
         ordered = sorted(points, key=lambda p: (p[0], -mode_width(p[1])))
         return [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
 
@@ -240,10 +254,18 @@ class SearchSpace:
         return sorted({self.canonical(c) for c in grid})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{name: list(values) for name, values in self.dimensions.items()},
-                "device_only_cut": self.device_only_cut}
+        return {
+            **{name: list(values) for name, values in self.dimensions.items()},
+            "device_only_cut": self.device_only_cut,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
-        return cls(tuple(d["cut"]), tuple(d["bits"]), tuple(d["granularity"]), tuple(d["layout"]),
-                   tuple(d["codec"]), d.get("device_only_cut"))
+        return cls(
+            tuple(d["cut"]),
+            tuple(d["bits"]),
+            tuple(d["granularity"]),
+            tuple(d["layout"]),
+            tuple(d["codec"]),
+            d.get("device_only_cut"),
+        )

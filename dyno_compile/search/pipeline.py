@@ -11,14 +11,16 @@ Device time is the device segments and pack kernels plus the codec's encode; clo
 the codec's decode, the unpack kernels and the cloud segments. The codec runs on a host
 CPU at each end and is always measured on this machine (labelled ``measured:host``).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,15 +28,15 @@ from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.passes import annotate_costs
+from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet
-from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.search.estimate import estimate_library
+from dyno_compile.search.pareto import Objectives, SearchSpace
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
 from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
 from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storage, run_search
-from dyno_compile.search.pareto import Objectives, SearchSpace
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
 from dyno_compile.targets import get_target
 from dyno_compile.targets.runner import gpu_available
@@ -93,8 +95,15 @@ class SearchOptions:
 class ArtifactEvaluator:
     """Evaluates configurations of one artifact from its profiles, real frames and JAX."""
 
-    def __init__(self, artifact: Artifact, device: LibraryProfile, cloud: LibraryProfile,
-                 simulator: AccuracySimulator, wire: WireBytes, engine: str = "jax") -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        device: LibraryProfile,
+        cloud: LibraryProfile,
+        simulator: AccuracySimulator,
+        wire: WireBytes,
+        engine: str = "jax",
+    ) -> None:
         self.artifact, self.device, self.cloud, self.simulator, self.wire = artifact, device, cloud, simulator, wire
         self.metric = "top-1" if simulator.calibration.labels is not None else "agreement with float"
         self.engine = engine
@@ -103,10 +112,15 @@ class ArtifactEvaluator:
         device_s, cloud_s, sources = config_times(self.artifact, self.device, self.cloud, config)
         cost = self.wire.measure(config)
         accuracy, agreement = self.simulator.evaluate(config.cut, config.bits, config.granularity)
-        sources = {**sources, "codec_s": "measured:host", "bytes": f"measured:frames:{cost.samples}",
-                   "accuracy": f"simulated:{self.engine}:{self.metric}"}
-        return Evaluation(config, device_s + cost.encode_s, cloud_s + cost.decode_s, cost.bytes, accuracy,
-                          agreement, sources)
+        sources = {
+            **sources,
+            "codec_s": "measured:host",
+            "bytes": f"measured:frames:{cost.samples}",
+            "accuracy": f"simulated:{self.engine}:{self.metric}",
+        }
+        return Evaluation(
+            config, device_s + cost.encode_s, cloud_s + cost.decode_s, cost.bytes, accuracy, agreement, sources
+        )
 
 
 def host_segments(artifact: Artifact) -> Callable[[int, tuple], tuple]:
@@ -120,6 +134,7 @@ def host_segments(artifact: Artifact) -> Callable[[int, tuple], tuple]:
         function = artifact.segments[k]["function"]
         outputs = [runner.run(function, [a[i] for a in arrays]) for i in range(len(arrays[0]))]
         return tuple(np.stack(column) for column in zip(*outputs))
+
     return run
 
 
@@ -144,8 +159,9 @@ def space_of(artifact: Artifact) -> SearchSpace:
     its granularity, both bit layouts and every codec."""
     cuts = [c["position"] for c in artifact.cuts]
     device_only = next(c["position"] for c in artifact.cuts if c["kind"] == "device-only")
-    return SearchSpace(tuple(cuts), tuple(artifact.manifest["bits"]), (artifact.manifest["granularity"],),
-                       device_only_cut=device_only)
+    return SearchSpace(
+        tuple(cuts), tuple(artifact.manifest["bits"]), (artifact.manifest["granularity"],), device_only_cut=device_only
+    )
 
 
 def _default_target(artifact: Artifact, side: str) -> str:
@@ -153,8 +169,9 @@ def _default_target(artifact: Artifact, side: str) -> str:
     return next((t for t in built if t != "host"), "host")
 
 
-def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOptions,
-                  progress: Progress) -> list[LibraryProfile]:
+def side_profiles(
+    artifact: Artifact, side: str, target: str, options: SearchOptions, progress: Progress
+) -> list[LibraryProfile]:
     """The profiles of one side: the host measurement always, then the chosen target's
     (measured over RPC, measured here where it runs, or estimated from the host), last."""
     progress(f"profiling the {side} library on this host")
@@ -162,8 +179,7 @@ def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOpt
     spec = get_target(target)
     if side == "device" and options.rpc_tracker:
         progress(f"profiling the {side} library for {spec.name} over RPC ({options.rpc_key}@{options.rpc_tracker})")
-        return [host, profile_library_rpc(artifact, side, spec.name, tracker=options.rpc_tracker,
-                                          key=options.rpc_key)]
+        return [host, profile_library_rpc(artifact, side, spec.name, tracker=options.rpc_tracker, key=options.rpc_key)]
     if spec.is_host:
         return [host]
     if gpu_available(spec):
@@ -172,8 +188,9 @@ def side_profiles(artifact: Artifact, side: str, target: str, options: SearchOpt
     return [host, estimate_library(artifact, host, spec)]
 
 
-def search(artifact: Artifact, options: SearchOptions, *, default_storage: str | None = None,
-           progress: Progress = silent) -> tuple[SearchResult, list[LibraryProfile], ArtifactEvaluator]:
+def search(
+    artifact: Artifact, options: SearchOptions, *, default_storage: str | None = None, progress: Progress = silent
+) -> tuple[SearchResult, list[LibraryProfile], ArtifactEvaluator]:
     """Profile both sides, then run the study; the result and every profile taken."""
     device_target = options.device_target or _default_target(artifact, "device")
     cloud_target = options.cloud_target or _default_target(artifact, "cloud")
@@ -181,26 +198,38 @@ def search(artifact: Artifact, options: SearchOptions, *, default_storage: str |
     cloud = side_profiles(artifact, "cloud", cloud_target, options, progress)
     progress(f"simulating accuracy on {len(options.calibration)} calibration samples ({options.simulate})")
     simulator, engine = simulator_for(artifact, options.calibration, options.simulate)
-    evaluator = ArtifactEvaluator(artifact, device[-1], cloud[-1], simulator,
-                                  WireBytes(simulator, samples=options.byte_samples), engine)
+    evaluator = ArtifactEvaluator(
+        artifact, device[-1], cloud[-1], simulator, WireBytes(simulator, samples=options.byte_samples), engine
+    )
     space = space_of(artifact)
     size = len(space.configs())
     budget = options.evaluations or max(1, math.ceil(DEFAULT_SHARE * size))
-    name = options.study_name or (f"{artifact.manifest['model']}-{artifact.model_hash[:12]}-{device[-1].target}-"
-                                  f"{cloud[-1].target}-{artifact.manifest['granularity']}")
+    name = options.study_name or (
+        f"{artifact.manifest['model']}-{artifact.model_hash[:12]}-{device[-1].target}-"
+        f"{cloud[-1].target}-{artifact.manifest['granularity']}"
+    )
     progress(f"searching {budget} of {size} configurations (study {name})")
     objectives = Objectives(simulator.float_accuracy, options.accuracy_budget)
     progress(Step("configurations measured", 0, budget))
-    result = run_search(space, _reporting(evaluator, progress, budget, objectives), n_trials=4 * budget,
-                        max_evaluations=budget, accuracy_budget=options.accuracy_budget,
-                        baseline_accuracy=simulator.float_accuracy,
-                        storage=options.storage or default_storage, study_name=name, sampler=options.sampler,
-                        seed=options.seed, timeout_s=options.minutes and 60 * options.minutes)
+    result = run_search(
+        space,
+        _reporting(evaluator, progress, budget, objectives),
+        n_trials=4 * budget,
+        max_evaluations=budget,
+        accuracy_budget=options.accuracy_budget,
+        baseline_accuracy=simulator.float_accuracy,
+        storage=options.storage or default_storage,
+        study_name=name,
+        sampler=options.sampler,
+        seed=options.seed,
+        timeout_s=options.minutes and 60 * options.minutes,
+    )
     return result, device + cloud, evaluator
 
 
-def _reporting(evaluator: ArtifactEvaluator, progress: Progress, budget: int,
-               objectives: Objectives) -> Callable[[Config], Evaluation]:
+def _reporting(
+    evaluator: ArtifactEvaluator, progress: Progress, budget: int, objectives: Objectives
+) -> Callable[[Config], Evaluation]:
     """The evaluator, reporting a :class:`Step` per configuration measured, with the
     Pareto set found so far (within the accuracy budget) as the best."""
     measured: list[Evaluation] = []
@@ -212,11 +241,13 @@ def _reporting(evaluator: ArtifactEvaluator, progress: Progress, budget: int,
         best = f"{len(pareto)} on the Pareto set" if pareto else "none within the accuracy budget yet"
         progress(Step("configurations measured", len(measured), budget, config.label, best))
         return evaluation
+
     return evaluate
 
 
-def write_search(root: Path, result: SearchResult, profiles: list[LibraryProfile], evaluator: ArtifactEvaluator,
-                 space: SearchSpace) -> dict[str, Any]:
+def write_search(
+    root: Path, result: SearchResult, profiles: list[LibraryProfile], evaluator: ArtifactEvaluator, space: SearchSpace
+) -> dict[str, Any]:
     """Write ``search/`` under ``root``; the manifest's ``"search"`` entry."""
     folder = root / SEARCH_DIR
     shutil.rmtree(folder, ignore_errors=True)
@@ -227,19 +258,21 @@ def write_search(root: Path, result: SearchResult, profiles: list[LibraryProfile
     plot_pareto(result.evaluations, objectives, folder / "pareto.png")
     plot_per_cut(result.evaluations, folder / "per_cut.png")
     calibration = evaluator.simulator.calibration
-    return {"search": {
-        "pareto": [e.to_dict() for e in result.pareto],
-        "baseline_accuracy": result.baseline_accuracy,
-        "accuracy_budget": result.accuracy_budget,
-        "metric": evaluator.metric,
-        "simulated_with": evaluator.engine,
-        "calibration": {"source": calibration.source, "samples": len(calibration)},
-        "profiles": {"device": evaluator.device.label, "cloud": evaluator.cloud.label},
-        "space": space.to_dict(),
-        "space_size": len(space.configs()),
-        "evaluated": result.n_evaluated,
-        "study": {"name": result.study_name, "storage": _redacted(result.storage)},
-    }}
+    return {
+        "search": {
+            "pareto": [e.to_dict() for e in result.pareto],
+            "baseline_accuracy": result.baseline_accuracy,
+            "accuracy_budget": result.accuracy_budget,
+            "metric": evaluator.metric,
+            "simulated_with": evaluator.engine,
+            "calibration": {"source": calibration.source, "samples": len(calibration)},
+            "profiles": {"device": evaluator.device.label, "cloud": evaluator.cloud.label},
+            "space": space.to_dict(),
+            "space_size": len(space.configs()),
+            "evaluated": result.n_evaluated,
+            "study": {"name": result.study_name, "storage": _redacted(result.storage)},
+        }
+    }
 
 
 def _redacted(url: str) -> str:
@@ -259,18 +292,23 @@ def preflight(options: SearchOptions, default_storage: str | None) -> None:
     if options.rpc_tracker:
         keys = tracker_keys(options.rpc_tracker)
         if options.rpc_key not in keys:
-            raise RPCError(f"TVM RPC tracker {options.rpc_tracker} has no server with key {options.rpc_key!r}; "
-                           f"registered keys: {sorted(keys) or 'none'}")
+            raise RPCError(
+                f"TVM RPC tracker {options.rpc_tracker} has no server with key {options.rpc_key!r}; "
+                f"registered keys: {sorted(keys) or 'none'}"
+            )
 
 
-def finish_with_search(options: SearchOptions, *, default_storage: str | None = None,
-                       progress: Progress = silent) -> Callable[[Path], dict[str, Any]]:
+def finish_with_search(
+    options: SearchOptions, *, default_storage: str | None = None, progress: Progress = silent
+) -> Callable[[Path], dict[str, Any]]:
     """A ``finish`` step for :func:`~dyno_compile.artifact.build.build_artifact` and
     :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the
     result. Checks storage and RPC first (:func:`preflight`)."""
     preflight(options, default_storage)
+
     def finish(root: Path) -> dict[str, Any]:
         artifact = load_artifact(root)
         result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)
         return write_search(root, result, profiles, evaluator, space_of(artifact))
+
     return finish

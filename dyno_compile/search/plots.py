@@ -5,6 +5,7 @@ so nothing needs a display and no global matplotlib state is touched. Each PNG i
 to a temporary file beside the target and renamed over it, so a reader never sees half a
 file and a failed plot leaves the previous one in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,12 +49,25 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _panel(ax: Axes, evaluations: Sequence[Evaluation], front: Sequence[Evaluation],
-           x: Callable[[Evaluation], float], y: Callable[[Evaluation], float]) -> None:
+def _panel(
+    ax: Axes,
+    evaluations: Sequence[Evaluation],
+    front: Sequence[Evaluation],
+    x: Callable[[Evaluation], float],
+    y: Callable[[Evaluation], float],
+) -> None:
     """All evaluations faint, the front on top coloured by cut."""
     ax.scatter([x(e) for e in evaluations], [y(e) for e in evaluations], **FAINT, label="all evaluated")
-    points = ax.scatter([x(e) for e in front], [y(e) for e in front], c=[e.config.cut for e in front],
-                        cmap="viridis", s=22, edgecolors="black", linewidths=0.4, label="Pareto front")
+    points = ax.scatter(
+        [x(e) for e in front],
+        [y(e) for e in front],
+        c=[e.config.cut for e in front],
+        cmap="viridis",
+        s=22,
+        edgecolors="black",
+        linewidths=0.4,
+        label="Pareto front",
+    )
     ax.figure.colorbar(points, ax=ax, label="cut")
     ax.grid(True, alpha=0.3)
 
@@ -78,8 +92,11 @@ def plot_pareto(evaluations: Sequence[Evaluation], objectives: Objectives, path:
     return _save(figure, path)
 
 
-def _grid(evaluations: Sequence[Evaluation], value: Callable[[Evaluation], float], best: Callable,
-          ) -> tuple[list[int], list[str], np.ndarray]:
+def _grid(
+    evaluations: Sequence[Evaluation],
+    value: Callable[[Evaluation], float],
+    best: Callable,
+) -> tuple[list[int], list[str], np.ndarray]:
     """Cut × bits table of ``best`` (min or max) of ``value`` over the other axes
     (granularity, layout, codec); NaN where a pair was not evaluated."""
     cuts = sorted({e.config.cut for e in evaluations})
@@ -91,8 +108,16 @@ def _grid(evaluations: Sequence[Evaluation], value: Callable[[Evaluation], float
     return cuts, bits, table
 
 
-def _heatmap(ax: Axes, cuts: list[int], bits: list[str], table: np.ndarray, title: str, label: str,
-             fmt: Callable[[float], str], **style: object) -> None:
+def _heatmap(
+    ax: Axes,
+    cuts: list[int],
+    bits: list[str],
+    table: np.ndarray,
+    title: str,
+    label: str,
+    fmt: Callable[[float], str],
+    **style: object,
+) -> None:
     image = ax.imshow(np.ma.masked_invalid(table), aspect="auto", origin="lower", **style)
     ax.figure.colorbar(image, ax=ax, label=label)
     ax.set_xticks(range(len(bits)), bits, rotation=45)
@@ -116,9 +141,19 @@ def plot_per_cut(evaluations: Sequence[Evaluation], path: str | Path) -> Path:
     cuts, bits, size = _grid(evaluations, lambda e: e.bytes, min)
     positive = size[size > 0]
     norm = LogNorm(positive.min(), positive.max()) if positive.size else None
-    _heatmap(left, cuts, bits, np.where(size > 0, size, np.nan), "fewest bytes (blank: nothing sent)",
-             "bytes", lambda v: f"{v / 1024:.1f}k" if v >= 1024 else f"{v:.0f}", norm=norm, cmap="magma")
+    _heatmap(
+        left,
+        cuts,
+        bits,
+        np.where(size > 0, size, np.nan),
+        "fewest bytes (blank: nothing sent)",
+        "bytes",
+        lambda v: f"{v / 1024:.1f}k" if v >= 1024 else f"{v:.0f}",
+        norm=norm,
+        cmap="magma",
+    )
     cuts, bits, accuracy = _grid(evaluations, lambda e: e.accuracy, max)
-    _heatmap(right, cuts, bits, accuracy * 100, "best top-1 accuracy", "accuracy (%)", lambda v: f"{v:.1f}",
-             cmap="viridis")
+    _heatmap(
+        right, cuts, bits, accuracy * 100, "best top-1 accuracy", "accuracy (%)", lambda v: f"{v:.1f}", cmap="viridis"
+    )
     return _save(figure, path)

@@ -11,11 +11,13 @@ A :class:`LibraryProfile` always carries where its figures came from (``source``
 (:mod:`dyno_compile.search.estimate`). The label is required to build one, is part of
 its ``str``/``repr`` and of its stored dict, so no figure can be shown or saved unlabelled.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -85,8 +87,10 @@ class LibraryProfile:
     def __post_init__(self) -> None:
         check_side(self.side)
         if not _SOURCE.match(self.source):
-            raise ProfileError(f"profile source {self.source!r} is not 'measured:<target>', 'measured:rpc:<key>' "
-                               "or 'estimated:roofline:<target>'; every figure must say where it came from")
+            raise ProfileError(
+                f"profile source {self.source!r} is not 'measured:<target>', 'measured:rpc:<key>' "
+                "or 'estimated:roofline:<target>'; every figure must say where it came from"
+            )
         bad = {f: s for f, s in self.seconds.items() if not (np.isfinite(s) and s > 0)}
         if bad:
             raise ProfileError(f"{self.label}: non-positive or non-finite times {bad}")
@@ -105,8 +109,10 @@ class LibraryProfile:
         try:
             return self.seconds[function]
         except KeyError:
-            raise ProfileError(f"{self.label} has no time for {function!r}; it has {len(self.seconds)} "
-                               f"functions ({', '.join(sorted(self.seconds)[:5])}, ...)") from None
+            raise ProfileError(
+                f"{self.label} has no time for {function!r}; it has {len(self.seconds)} "
+                f"functions ({', '.join(sorted(self.seconds)[:5])}, ...)"
+            ) from None
 
     def total(self, functions: Iterable[str]) -> float:
         return sum(self.time(f) for f in functions)
@@ -115,16 +121,30 @@ class LibraryProfile:
         return f"{self.label}: {len(self.seconds)} functions, {self.total(self.seconds) * 1e3:.3f} ms in all"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"side": self.side, "target": self.target, "source": self.source, "seconds": dict(self.seconds),
-                "repeat": self.repeat, "min_repeat_ms": self.min_repeat_ms, "calibration": self.calibration}
+        return {
+            "side": self.side,
+            "target": self.target,
+            "source": self.source,
+            "seconds": dict(self.seconds),
+            "repeat": self.repeat,
+            "min_repeat_ms": self.min_repeat_ms,
+            "calibration": self.calibration,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LibraryProfile:
         missing = [k for k in ("side", "target", "source", "seconds") if k not in d]
         if missing:
             raise ProfileError(f"stored profile lacks {', '.join(missing)}")
-        return cls(str(d["side"]), str(d["target"]), str(d["source"]), dict(d["seconds"]),
-                   d.get("repeat"), d.get("min_repeat_ms"), d.get("calibration"))
+        return cls(
+            str(d["side"]),
+            str(d["target"]),
+            str(d["source"]),
+            dict(d["seconds"]),
+            d.get("repeat"),
+            d.get("min_repeat_ms"),
+            d.get("calibration"),
+        )
 
 
 def input_value(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
@@ -141,14 +161,21 @@ def input_value(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(info.min, int(info.max) + 1, size=spec.shape, dtype=dtype)
     if spec.name.endswith(".range"):
         rows = np.empty(spec.shape, dtype)
-        rows[0], rows[1] = -1.0, 2.0 ** -8
+        rows[0], rows[1] = -1.0, 2.0**-8
         return rows
     return rng.standard_normal(spec.shape).astype(dtype)
 
 
-def profile_runner(runner: ModuleRunner, side: str, source: str, *, repeat: int = REPEAT,
-                   min_repeat_ms: int = MIN_REPEAT_MS, seed: int = 0,
-                   skip: frozenset[str] = frozenset()) -> LibraryProfile:
+def profile_runner(
+    runner: ModuleRunner,
+    side: str,
+    source: str,
+    *,
+    repeat: int = REPEAT,
+    min_repeat_ms: int = MIN_REPEAT_MS,
+    seed: int = 0,
+    skip: frozenset[str] = frozenset(),
+) -> LibraryProfile:
     """Profile every function of the runner's module (segments, pack_*, unpack_*) but those
     in ``skip`` with TVM's time evaluator on the runner's device — local or remote alike, so
     that a local and an RPC profile are timed the same way."""
@@ -162,11 +189,17 @@ def profile_runner(runner: ModuleRunner, side: str, source: str, *, repeat: int 
     while len(passes) < 2 or not _agree(passes[-2], passes[-1]):
         if len(passes) == MAX_PASSES:
             totals = ", ".join(f"{sum(p.values()) * 1e3:.3f}" for p in passes)
-            raise ProfileError(f"{runner.module.target.name} {side} library: {MAX_PASSES} timing passes disagree "
-                               f"(totals {totals} ms); other load on the machine is moving the figures — profile "
-                               "again when it is quiet")
-        passes.append({name: float(np.median(runner.time(name, args, repeat=repeat, min_repeat_ms=min_repeat_ms)))
-                       for name, args in inputs.items()})
+            raise ProfileError(
+                f"{runner.module.target.name} {side} library: {MAX_PASSES} timing passes disagree "
+                f"(totals {totals} ms); other load on the machine is moving the figures — profile "
+                "again when it is quiet"
+            )
+        passes.append(
+            {
+                name: float(np.median(runner.time(name, args, repeat=repeat, min_repeat_ms=min_repeat_ms)))
+                for name, args in inputs.items()
+            }
+        )
     seconds = {name: min(p[name] for p in passes) for name in inputs}
     return LibraryProfile(side, runner.module.target.name, source, seconds, repeat=repeat, min_repeat_ms=min_repeat_ms)
 
@@ -176,8 +209,9 @@ def _agree(a: dict[str, float], b: dict[str, float]) -> bool:
     return max(ta, tb) <= AGREE * min(ta, tb)
 
 
-def profile_library(artifact: Artifact, side: str, target: str = "host", *, repeat: int = REPEAT,
-                    min_repeat_ms: int = MIN_REPEAT_MS) -> LibraryProfile:
+def profile_library(
+    artifact: Artifact, side: str, target: str = "host", *, repeat: int = REPEAT, min_repeat_ms: int = MIN_REPEAT_MS
+) -> LibraryProfile:
     """Time every function of the artifact's ``side`` library for ``target`` on this machine
     (``target`` must run here: the host, or a GPU target where a GPU is present)."""
     check_side(side)
@@ -186,15 +220,17 @@ def profile_library(artifact: Artifact, side: str, target: str = "host", *, repe
     except DynoError:
         raise
     except Exception as exc:  # noqa: BLE001 - TVM's loader: a cross build, or no GPU driver here
-        raise ProfileError(f"{artifact.root}: the {side} library for {target!r} does not load on this machine "
-                           f"({tvm_message(exc)}); time it on the device with "
-                           "search.rpc.profile_library_rpc, or estimate it with search.estimate.estimate_library") \
-            from None
+        raise ProfileError(
+            f"{artifact.root}: the {side} library for {target!r} does not load on this machine "
+            f"({tvm_message(exc)}); time it on the device with "
+            "search.rpc.profile_library_rpc, or estimate it with search.estimate.estimate_library"
+        ) from None
     # The batched cloud segments serve requests that arrive together; a configuration's
     # per-request times never use them, so the search does not pay to time them.
     batched = frozenset(s["batched_function"] for s in artifact.segments if "batched_function" in s)
-    return profile_runner(runner, side, f"measured:{runner.module.target.name}", repeat=repeat,
-                          min_repeat_ms=min_repeat_ms, skip=batched)
+    return profile_runner(
+        runner, side, f"measured:{runner.module.target.name}", repeat=repeat, min_repeat_ms=min_repeat_ms, skip=batched
+    )
 
 
 def config_functions(artifact: Artifact, config: Config) -> tuple[list[str], list[str]]:
@@ -213,18 +249,24 @@ def config_functions(artifact: Artifact, config: Config) -> tuple[list[str], lis
     try:
         kernels = cut["kernels"][config.bits]
     except KeyError:
-        raise ProfileError(f"{artifact.root}: cut {config.cut} has no kernels for bits {config.bits!r}; built: "
-                           f"float32, {', '.join(cut['kernels'])}") from None
+        raise ProfileError(
+            f"{artifact.root}: cut {config.cut} has no kernels for bits {config.bits!r}; built: "
+            f"float32, {', '.join(cut['kernels'])}"
+        ) from None
     return device + [k["pack"] for k in kernels], [k["unpack"] for k in kernels] + cloud
 
 
-def config_times(artifact: Artifact, device_profile: LibraryProfile, cloud_profile: LibraryProfile,
-                 config: Config) -> tuple[float, float, dict[str, str]]:
+def config_times(
+    artifact: Artifact, device_profile: LibraryProfile, cloud_profile: LibraryProfile, config: Config
+) -> tuple[float, float, dict[str, str]]:
     """``(device_s, cloud_s, sources)`` of ``config``: sums of the profiled functions it runs
     (:func:`config_functions`); ``sources`` labels each figure as ``Evaluation`` expects."""
     for profile, side in ((device_profile, "device"), (cloud_profile, "cloud")):
         if profile.side != side:
             raise ProfileError(f"expected a {side} profile, got {profile.label}")
     device, cloud = config_functions(artifact, config)
-    return (device_profile.total(device), cloud_profile.total(cloud),
-            {"device_s": device_profile.source, "cloud_s": cloud_profile.source})
+    return (
+        device_profile.total(device),
+        cloud_profile.total(cloud),
+        {"device_s": device_profile.source, "cloud_s": cloud_profile.source},
+    )

@@ -14,18 +14,27 @@ tracker for 60 s and waits forever in ``request`` for a key no server has, so th
 tracker's small JSON protocol is spoken here over sockets with a deadline, and the
 session itself is opened with a ``session_timeout`` after which the server ends it.
 """
+
 from __future__ import annotations
 
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from dyno_compile.errors import DynoError, InputError
-from dyno_compile.search.profile import (MIN_REPEAT_MS, REPEAT, LibraryProfile, ProfileError, check_side,
-                                         profile_runner, tvm_message)
+from dyno_compile.search.profile import (
+    MIN_REPEAT_MS,
+    REPEAT,
+    LibraryProfile,
+    ProfileError,
+    check_side,
+    profile_runner,
+    tvm_message,
+)
 from dyno_compile.targets.spec import TargetSpec
 
 if TYPE_CHECKING:
@@ -102,22 +111,26 @@ def request_session(address: str, key: str, *, timeout: float = 10.0, session_ti
 
     keys = tracker_keys(address, timeout=timeout)
     if key not in keys:
-        raise RPCError(f"TVM RPC tracker {address} has no server with key {key!r}; registered keys: "
-                       f"{', '.join(sorted(keys)) or 'none'} (start one with python -m tvm.exec.rpc_server "
-                       f"--tracker={address} --key={key})")
+        raise RPCError(
+            f"TVM RPC tracker {address} has no server with key {key!r}; registered keys: "
+            f"{', '.join(sorted(keys)) or 'none'} (start one with python -m tvm.exec.rpc_server "
+            f"--tracker={address} --key={key})"
+        )
     try:
         reply = _tracker_call(address, [TrackerCode.REQUEST, key, "", 1], timeout)
     except RPCError as exc:
-        raise RPCError(f"no free server with key {key!r} at tracker {address} ({keys[key]} free a moment ago): "
-                       f"{exc}") from None
+        raise RPCError(
+            f"no free server with key {key!r} at tracker {address} ({keys[key]} free a moment ago): {exc}"
+        ) from None
     if reply[0] != TrackerCode.SUCCESS:
         raise RPCError(f"TVM RPC tracker {address} refused a server for key {key!r}: {reply!r}")
     host, port, matchkey = reply[1]
     try:
         return rpc.connect(host, port, matchkey, session_timeout=session_timeout)
     except Exception as exc:  # noqa: BLE001 - TVM raises plain RuntimeError/TVMError kinds
-        raise RPCError(f"server {host}:{port} for key {key!r} (from tracker {address}) refused a session: "
-                       f"{exc}") from None
+        raise RPCError(
+            f"server {host}:{port} for key {key!r} (from tracker {address}) refused a session: {exc}"
+        ) from None
 
 
 def _remote_device(session: Any, spec: TargetSpec) -> Any:
@@ -129,9 +142,18 @@ def _remote_device(session: Any, spec: TargetSpec) -> Any:
     raise RPCError(f"no remote device for target {spec.name!r} (kind {spec.kind!r})")
 
 
-def profile_library_rpc(artifact: Artifact, side: str, target: str, *, tracker: str, key: str,
-                        timeout: float = 10.0, session_timeout: float = 600.0, repeat: int = REPEAT,
-                        min_repeat_ms: int = MIN_REPEAT_MS) -> LibraryProfile:
+def profile_library_rpc(
+    artifact: Artifact,
+    side: str,
+    target: str,
+    *,
+    tracker: str,
+    key: str,
+    timeout: float = 10.0,
+    session_timeout: float = 600.0,
+    repeat: int = REPEAT,
+    min_repeat_ms: int = MIN_REPEAT_MS,
+) -> LibraryProfile:
     """Time every function of the artifact's ``side`` library for ``target`` on a server
     registered with ``key`` at ``tracker`` (``"host:port"``); labelled ``measured:rpc:<key>``.
 
@@ -152,15 +174,19 @@ def profile_library_rpc(artifact: Artifact, side: str, target: str, *, tracker: 
         module = CompiledModule.from_description(description, session.load_module(remote_name))
         runner = ModuleRunner(module, device=_remote_device(session, module.target))
     except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
-        raise RPCError(f"server with key {key!r} could not load {rel}; it is built for {target!r}: does the "
-                       f"server run that target? ({tvm_message(exc)})") from None
+        raise RPCError(
+            f"server with key {key!r} could not load {rel}; it is built for {target!r}: does the "
+            f"server run that target? ({tvm_message(exc)})"
+        ) from None
     try:
         return profile_runner(runner, side, f"measured:rpc:{key}", repeat=repeat, min_repeat_ms=min_repeat_ms)
     except DynoError:
         raise
     except Exception as exc:  # noqa: BLE001 - a remote failure or the session expiring
-        raise RPCError(f"timing {rel} on the server with key {key!r} failed (session_timeout "
-                       f"{session_timeout:g} s): {tvm_message(exc)}") from None
+        raise RPCError(
+            f"timing {rel} on the server with key {key!r} failed (session_timeout "
+            f"{session_timeout:g} s): {tvm_message(exc)}"
+        ) from None
 
 
 @contextmanager
@@ -176,8 +202,14 @@ def local_rpc(key: str = "dyno-local", *, host: str = "127.0.0.1", timeout: floa
     server = None
     try:
         address = f"{host}:{tracker.port}"
-        server = Server(host, port=SERVER_PORTS[0], port_end=SERVER_PORTS[1], tracker_addr=(host, tracker.port),
-                        key=key, silent=True)
+        server = Server(
+            host,
+            port=SERVER_PORTS[0],
+            port_end=SERVER_PORTS[1],
+            tracker_addr=(host, tracker.port),
+            key=key,
+            silent=True,
+        )
         _wait_for_key(address, key, timeout)
         yield LocalRPC(address, key)
     finally:  # the tracker first: a server killed under it makes it log a connection reset
@@ -191,6 +223,7 @@ def _wait_for_key(address: str, key: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while tracker_keys(address).get(key, 0) < 1:
         if time.monotonic() > deadline:
-            raise RPCError(f"the RPC server with key {key!r} did not register with tracker {address} "
-                           f"within {timeout:g} s")
+            raise RPCError(
+                f"the RPC server with key {key!r} did not register with tracker {address} within {timeout:g} s"
+            )
         time.sleep(0.1)

@@ -13,8 +13,9 @@ always all five, even where an axis is irrelevant (granularity and layout for fl
 widths; everything but the cut for device-only). Conditional parameters would drop out of
 NSGA-II's intersection search space (it only crosses over parameters every trial has) and
 send multivariate TPE back to sampling each parameter independently; a single "config
-index" parameter would give crossover nothing to recombine and TPE no axis to model. The redundancy costs nothing: grid points are mapped to their
-canonical :class:`Config` and a configuration already measured is never measured again.
+index" parameter would give crossover nothing to recombine and TPE no axis to model.
+The redundancy costs nothing: grid points are mapped to their canonical :class:`Config`
+and a configuration already measured is never measured again.
 
 Measuring is the expensive part, so a trial whose configuration the study already has
 reuses the stored evaluation, and concurrent workers never measure one configuration
@@ -37,6 +38,7 @@ study live, or look at it afterwards, with::
 
 (``pip install 'dyno-compile[dashboard]'``); it reads the same storage.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -161,13 +163,16 @@ def _database(url: str) -> str:
     try:
         backend = make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError:
-        raise SearchError(f"storage {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE!r}, "
-                          f"'postgresql://user@host/db' or {IN_MEMORY!r}") from None
+        raise SearchError(
+            f"storage {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE!r}, "
+            f"'postgresql://user@host/db' or {IN_MEMORY!r}"
+        ) from None
     if backend == "postgres":
         raise SearchError(f"storage {_describe(url)}: write 'postgresql://', not 'postgres://'")
     if backend not in SUPPORTED_DATABASES:
-        raise SearchError(f"storage {_describe(url)}: unsupported database {backend!r}; "
-                          f"use one of {SUPPORTED_DATABASES}")
+        raise SearchError(
+            f"storage {_describe(url)}: unsupported database {backend!r}; use one of {SUPPORTED_DATABASES}"
+        )
     return backend
 
 
@@ -175,8 +180,10 @@ def _check_sqlite_path(url: str) -> None:
     """SQLite would create a missing file but fails late and vaguely on a missing folder."""
     database = make_url(url).database
     if not database or database == IN_MEMORY:
-        raise SearchError(f"storage {url}: give a file (sqlite:///path/to/study.db); for a throw-away "
-                          f"in-memory study use {IN_MEMORY!r}")
+        raise SearchError(
+            f"storage {url}: give a file (sqlite:///path/to/study.db); for a throw-away "
+            f"in-memory study use {IN_MEMORY!r}"
+        )
     path = Path(database)
     if not path.parent.is_dir():
         raise SearchError(f"storage {url}: folder {path.parent} does not exist")
@@ -188,11 +195,13 @@ def _fast_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     """Write-ahead log, no fsync per commit: a trial commits about 25 times, and a sync per
     commit made SQLite studies ~10x slower than the search itself. A study survives a
     crash of the process; only a power cut can lose its last trials."""
+
     def pragmas(connection: Any, _record: Any) -> None:
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
     sqlalchemy.event.listen(engine, "connect", pragmas)
     engine.dispose()  # connections opened while creating the tables predate the pragmas
 
@@ -203,8 +212,9 @@ def _connect_args(database: str, timeout_s: float) -> dict[str, Any]:
     return {"connect_timeout": max(2, math.ceil(timeout_s))}
 
 
-def open_storage(storage: str | None = None, *,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> optuna.storages.BaseStorage:
+def open_storage(
+    storage: str | None = None, *, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> optuna.storages.BaseStorage:
     """The Optuna storage for a URL (``None``: :data:`DEFAULT_STORAGE`). Fails fast with a
     :class:`SearchError` on an unknown scheme, a missing folder, a missing driver or a
     server that does not answer within ``connect_timeout_s``."""
@@ -217,14 +227,17 @@ def open_storage(storage: str | None = None, *,
     engine_kwargs = {"connect_args": _connect_args(database, connect_timeout_s), "pool_pre_ping": True}
     try:
         with _schema_lock(url, database, engine_kwargs["connect_args"]), _quietly():
-            opened = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                grace_period=GRACE_S)
+            opened = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
         if database == "sqlite":
             _fast_sqlite(opened.engine)
         return opened
     except ImportError as e:
-        raise SearchError(f"storage {_describe(url)}: the database driver is not installed ({e}); for "
-                          "PostgreSQL: pip install 'dyno-compile[postgres]'") from None
+        raise SearchError(
+            f"storage {_describe(url)}: the database driver is not installed ({e}); for "
+            "PostgreSQL: pip install 'dyno-compile[postgres]'"
+        ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise SearchError(f"cannot open storage {_describe(url)}: {reason}") from None
@@ -264,18 +277,33 @@ def _make_sampler(sampler: str | optuna.samplers.BaseSampler, seed: int | None) 
 
 
 def _search_attrs(space: SearchSpace, objectives: Objectives) -> dict[str, Any]:
-    return {"space": space.to_dict(), "baseline_accuracy": objectives.baseline_accuracy,
-            "accuracy_budget": objectives.accuracy_budget}
+    return {
+        "space": space.to_dict(),
+        "baseline_accuracy": objectives.baseline_accuracy,
+        "accuracy_budget": objectives.accuracy_budget,
+    }
 
 
-def _open_study(name: str, storage: optuna.storages.BaseStorage, url: str, sampler: optuna.samplers.BaseSampler,
-                load_if_exists: bool) -> optuna.Study:
+def _open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    sampler: optuna.samplers.BaseSampler,
+    load_if_exists: bool,
+) -> optuna.Study:
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    directions=["minimize"] * len(OBJECTIVES), load_if_exists=load_if_exists)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            directions=["minimize"] * len(OBJECTIVES),
+            load_if_exists=load_if_exists,
+        )
     except optuna.exceptions.DuplicatedStudyError:
-        raise SearchError(f"study {name!r} already exists in {_describe(url)}; pass load_if_exists=True to "
-                          "continue it, or choose another study_name") from None
+        raise SearchError(
+            f"study {name!r} already exists in {_describe(url)}; pass load_if_exists=True to "
+            "continue it, or choose another study_name"
+        ) from None
     except ValueError as e:
         raise SearchError(f"study {name!r} in {_describe(url)} cannot be continued: {e}") from None
     with _quietly():
@@ -291,16 +319,20 @@ def _claim_study(study: optuna.Study, url: str, space: SearchSpace, objectives: 
     existing = study.user_attrs.get(SEARCH_ATTR)
     if existing is None:
         if study.trials:
-            raise SearchError(f"study {study.study_name!r} in {_describe(url)} was not created by run_search; "
-                              "choose another study_name")
+            raise SearchError(
+                f"study {study.study_name!r} in {_describe(url)} was not created by run_search; "
+                "choose another study_name"
+            )
         study.set_user_attr(SEARCH_ATTR, attrs)
         for point in space.anchors():
             study.enqueue_trial(point, skip_if_exists=True)
         return
     for key, value in attrs.items():
         if existing.get(key) != value:
-            raise SearchError(f"study {study.study_name!r} in {_describe(url)} was created with {key}="
-                              f"{existing.get(key)!r}, not {value!r}; use another study_name for a new search")
+            raise SearchError(
+                f"study {study.study_name!r} in {_describe(url)} was created with {key}="
+                f"{existing.get(key)!r}, not {value!r}; use another study_name for a new search"
+            )
 
 
 def _checked(evaluation: Any, config: Config) -> Evaluation:
@@ -314,8 +346,9 @@ def _checked(evaluation: Any, config: Config) -> Evaluation:
         if not (math.isfinite(value) and value >= 0):
             raise SearchError(f"evaluator returned {name}={value!r} for {config.label}; must be finite and >= 0")
     if not 0.0 <= evaluation.accuracy <= 1.0:
-        raise SearchError(f"evaluator returned accuracy={evaluation.accuracy!r} for {config.label}; "
-                          "accuracy is a fraction 0..1")
+        raise SearchError(
+            f"evaluator returned accuracy={evaluation.accuracy!r} for {config.label}; accuracy is a fraction 0..1"
+        )
     return evaluation
 
 
@@ -353,8 +386,9 @@ def _stored_or_wait(study: optuna.Study, number: int, key: str) -> Evaluation | 
             optuna.storages.fail_stale_trials(study)
 
 
-def _objective(space: SearchSpace, evaluator: Evaluator, objectives: Objectives,
-               study: optuna.Study) -> Callable[[Trial], tuple[float, ...]]:
+def _objective(
+    space: SearchSpace, evaluator: Evaluator, objectives: Objectives, study: optuna.Study
+) -> Callable[[Trial], tuple[float, ...]]:
     def objective(trial: Trial) -> tuple[float, ...]:
         config = _suggest(trial, space)
         trial.set_user_attr(CONFIG_ATTR, config.label)
@@ -365,14 +399,26 @@ def _objective(space: SearchSpace, evaluator: Evaluator, objectives: Objectives,
         trial.set_user_attr(EVALUATION_ATTR, evaluation.to_dict())
         trial.set_constraint(CONSTRAINT, objectives.violation(evaluation))
         return objectives.vector(evaluation)
+
     return objective
 
 
-def run_search(space: SearchSpace, evaluator: Evaluator, *, n_trials: int, accuracy_budget: float,
-               baseline_accuracy: float, max_evaluations: int | None = None, storage: str | None = None,
-               study_name: str = DEFAULT_STUDY, sampler: str | optuna.samplers.BaseSampler = DEFAULT_SAMPLER,
-               seed: int | None = None, load_if_exists: bool = True, timeout_s: float | None = None,
-               connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SearchResult:
+def run_search(
+    space: SearchSpace,
+    evaluator: Evaluator,
+    *,
+    n_trials: int,
+    accuracy_budget: float,
+    baseline_accuracy: float,
+    max_evaluations: int | None = None,
+    storage: str | None = None,
+    study_name: str = DEFAULT_STUDY,
+    sampler: str | optuna.samplers.BaseSampler = DEFAULT_SAMPLER,
+    seed: int | None = None,
+    load_if_exists: bool = True,
+    timeout_s: float | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> SearchResult:
     """Run up to ``n_trials`` more trials of the study ``study_name`` and return everything
     it holds (this and earlier runs, all workers).
 
@@ -403,13 +449,22 @@ def run_search(space: SearchSpace, evaluator: Evaluator, *, n_trials: int, accur
         raise InputError("accuracy_budget is required (points of accuracy loss allowed, e.g. 1.0)")
     objectives = Objectives(baseline_accuracy, accuracy_budget)
     url = storage_url(storage)
-    study = _open_study(study_name, open_storage(url, connect_timeout_s=connect_timeout_s), url,
-                        _make_sampler(sampler, seed), load_if_exists)
+    study = _open_study(
+        study_name,
+        open_storage(url, connect_timeout_s=connect_timeout_s),
+        url,
+        _make_sampler(sampler, seed),
+        load_if_exists,
+    )
     _claim_study(study, url, space, objectives)
     limit = min(max_evaluations or math.inf, len(space.configs()))
     if _n_distinct(study) < limit:
-        study.optimize(_objective(space, evaluator, objectives, study), n_trials=n_trials, timeout=timeout_s,
-                       callbacks=[_stop_at(limit)])
+        study.optimize(
+            _objective(space, evaluator, objectives, study),
+            n_trials=n_trials,
+            timeout=timeout_s,
+            callbacks=[_stop_at(limit)],
+        )
     return _result(study, url)
 
 
@@ -426,14 +481,17 @@ def _n_distinct(study: optuna.Study) -> int:
 def _stop_at(limit: float) -> Callable[[optuna.Study, FrozenTrial], None]:
     """An Optuna callback stopping this worker once the study holds ``limit`` distinct
     configurations (by default the whole space: nothing is left to find)."""
+
     def callback(study: optuna.Study, _trial: FrozenTrial) -> None:
         if _n_distinct(study) >= limit:
             study.stop()
+
     return callback
 
 
-def load_results(storage: str | None, study_name: str = DEFAULT_STUDY, *,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SearchResult:
+def load_results(
+    storage: str | None, study_name: str = DEFAULT_STUDY, *, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> SearchResult:
     """The result of a study from its storage alone (another process, a later day)."""
     url = storage_url(storage)
     opened = open_storage(url, connect_timeout_s=connect_timeout_s)
@@ -461,10 +519,19 @@ def _result(study: optuna.Study, url: str) -> SearchResult:
         raise SearchError(
             f"no configuration meets the accuracy budget of {objectives.accuracy_budget} points: the smallest "
             f"accuracy loss found is {objectives.loss(best):.3f} points ({best.config.label}, over "
-            f"{len(evaluations)} configurations); the trials stay in study {study.study_name!r}")
+            f"{len(evaluations)} configurations); the trials stay in study {study.study_name!r}"
+        )
     measured = sum(1 for t in complete if t.user_attrs.get(MEASURED_ATTR))
-    return SearchResult(study.study_name, url, evaluations, pareto, len(complete), measured,
-                        objectives.baseline_accuracy, objectives.accuracy_budget)
+    return SearchResult(
+        study.study_name,
+        url,
+        evaluations,
+        pareto,
+        len(complete),
+        measured,
+        objectives.baseline_accuracy,
+        objectives.accuracy_budget,
+    )
 
 
 def exhaustive(space: SearchSpace, evaluator: Evaluator) -> list[Evaluation]:
@@ -495,18 +562,36 @@ class TableEvaluator:
 #: crossing tensor, the share of the model's compute done before it, and how sensitive the
 #: accuracy is to quantising it. Cut 0 is cloud-only (the input crosses), 12 device-only.
 SYNTHETIC_CUTS: dict[int, tuple[int, int, float, float]] = {
-    0: (3072, 3, 0.0, 1.6), 1: (16384, 16, 0.03, 1.3), 2: (16384, 16, 0.12, 1.0), 3: (16384, 16, 0.21, 0.9),
-    4: (16384, 16, 0.30, 0.8), 5: (8192, 32, 0.40, 0.8), 6: (8192, 32, 0.50, 0.7), 7: (8192, 32, 0.60, 0.6),
-    8: (4096, 64, 0.70, 0.6), 9: (4096, 64, 0.80, 0.5), 10: (4096, 64, 0.90, 0.45), 11: (64, 64, 0.995, 0.3),
-    12: (0, 0, 1.0, 0.0)}
+    0: (3072, 3, 0.0, 1.6),
+    1: (16384, 16, 0.03, 1.3),
+    2: (16384, 16, 0.12, 1.0),
+    3: (16384, 16, 0.21, 0.9),
+    4: (16384, 16, 0.30, 0.8),
+    5: (8192, 32, 0.40, 0.8),
+    6: (8192, 32, 0.50, 0.7),
+    7: (8192, 32, 0.60, 0.6),
+    8: (4096, 64, 0.70, 0.6),
+    9: (4096, 64, 0.80, 0.5),
+    10: (4096, 64, 0.90, 0.45),
+    11: (64, 64, 0.995, 0.3),
+    12: (0, 0, 1.0, 0.0),
+}
 SYNTHETIC_DEVICE_ONLY = 12
 SYNTHETIC_BASELINE = 0.92
 #: Whole model: 25 ms on the device (ARM CPU), 1.5 ms in the cloud (GPU).
 _DEVICE_MODEL_S, _CLOUD_MODEL_S = 25e-3, 1.5e-3
 #: Compressed/packed size ratios of ReLU activations per (codec, layout or float width).
-_CODEC_RATIO = {("none", "stream"): 1.0, ("none", "bitplane"): 1.0, ("lz4", "stream"): 0.85,
-                ("lz4", "bitplane"): 0.65, ("zstd", "stream"): 0.7, ("zstd", "bitplane"): 0.5,
-                ("none", "float"): 1.0, ("lz4", "float"): 0.9, ("zstd", "float"): 0.75}
+_CODEC_RATIO = {
+    ("none", "stream"): 1.0,
+    ("none", "bitplane"): 1.0,
+    ("lz4", "stream"): 0.85,
+    ("lz4", "bitplane"): 0.65,
+    ("zstd", "stream"): 0.7,
+    ("zstd", "bitplane"): 0.5,
+    ("none", "float"): 1.0,
+    ("lz4", "float"): 0.9,
+    ("zstd", "float"): 0.75,
+}
 #: Seconds per input byte to encode on the device and decode in the cloud.
 _CODEC_S_PER_BYTE = {"none": (0.0, 0.0), "lz4": (2e-9, 0.3e-9), "zstd": (8e-9, 1e-9)}
 #: The codecs the synthetic model has figures for. A codec added to the packing table stays
@@ -535,17 +620,22 @@ def _synthetic(config: Config, noise: np.ndarray) -> Evaluation:
     ranges = 0 if is_float else 8 * (channels if config.granularity == "channel" else 1)
     packed = elements * width / 8 + ranges
     wire = 16 + packed * _CODEC_RATIO[config.codec, "float" if is_float else config.layout] * noise[2]
-    pack_s_per_element = 0.0 if config.bits == "float32" else 1e-9 if is_float else (
-        4e-9 if config.layout == "stream" else 6e-9)
+    pack_s_per_element = (
+        0.0 if config.bits == "float32" else 1e-9 if is_float else (4e-9 if config.layout == "stream" else 6e-9)
+    )
     encode, decode = _CODEC_S_PER_BYTE[config.codec]
     device_s = (_DEVICE_MODEL_S * share + elements * pack_s_per_element + packed * encode) * noise[0]
     cloud_s = (_CLOUD_MODEL_S * (1 - share) + elements * 0.3e-9 + packed * decode + 5e-6) * noise[1]
-    loss_points = 0.0 if is_float else sensitivity * 30 * 2.0 ** (1 - width) * (
-        0.6 if config.granularity == "channel" else 1.0) * noise[3]
+    loss_points = (
+        0.0
+        if is_float
+        else sensitivity * 30 * 2.0 ** (1 - width) * (0.6 if config.granularity == "channel" else 1.0) * noise[3]
+    )
     accuracy = max(0.10, round(SYNTHETIC_BASELINE - float(loss_points) / 100, 4))
     agreement = max(0.10, round(1 - float(loss_points) / 90, 4))
-    return Evaluation(config, float(device_s), float(cloud_s), float(round(wire)), accuracy, agreement,
-                      {"*": "synthetic"})
+    return Evaluation(
+        config, float(device_s), float(cloud_s), float(round(wire)), accuracy, agreement, {"*": "synthetic"}
+    )
 
 
 def synthetic_evaluations(space: SearchSpace, *, seed: int = 0) -> list[Evaluation]:
@@ -553,8 +643,10 @@ def synthetic_evaluations(space: SearchSpace, *, seed: int = 0) -> list[Evaluati
     (cuts from :data:`SYNTHETIC_CUTS`), to test and benchmark the search without measuring."""
     unknown = sorted(set(space.cuts) - set(SYNTHETIC_CUTS))
     if unknown or space.device_only_cut != _synthetic_device_only(space.cuts):
-        raise InputError(f"synthetic evaluations cover cuts {sorted(SYNTHETIC_CUTS)} with device-only cut "
-                         f"{SYNTHETIC_DEVICE_ONLY}; got unknown cuts {unknown}, device-only {space.device_only_cut}")
+        raise InputError(
+            f"synthetic evaluations cover cuts {sorted(SYNTHETIC_CUTS)} with device-only cut "
+            f"{SYNTHETIC_DEVICE_ONLY}; got unknown cuts {unknown}, device-only {space.device_only_cut}"
+        )
     if not set(space.codecs) <= set(SYNTHETIC_CODECS):
         raise InputError(f"synthetic evaluations cover codecs {SYNTHETIC_CODECS}, got {space.codecs}")
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ bytes. Only that host stage is timed — the quantise/pack and unpack kernels ar
 library profiles already — and its *median* over the samples is what each end adds to its
 compute time, so one sample slowed by other load on the machine does not move a figure.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,8 +44,13 @@ def packed_cut(simulator: AccuracySimulator, config: Config, sample: int) -> lis
     along that tensor's own channel axis. Empty for device-only."""
     arrays = simulator.activations(config.cut)
     axes = simulator.cut(config.cut).channel_axes
-    return [pack_tensor(a[sample], PackConfig(bits=bits_value(config.bits), granularity=config.granularity,
-                                              axis=axis, layout=KERNEL_LAYOUT)) for a, axis in zip(arrays, axes)]
+    return [
+        pack_tensor(
+            a[sample],
+            PackConfig(bits=bits_value(config.bits), granularity=config.granularity, axis=axis, layout=KERNEL_LAYOUT),
+        )
+        for a, axis in zip(arrays, axes)
+    ]
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,12 @@ class WireBytes:
         for i in range(self.samples):
             packed = packed_cut(self.simulator, config, i)
             start = time.perf_counter()
-            frame = encode_packed([t.relayout(config.layout) for t in packed], codec=config.codec,
-                                  cut_id=config.cut, request_id=i)
+            frame = encode_packed(
+                [t.relayout(config.layout) for t in packed], codec=config.codec, cut_id=config.cut, request_id=i
+            )
             middle = time.perf_counter()
             for tensor in decode_packed(frame).tensors:
-                tensor.relayout(KERNEL_LAYOUT)   # what the cloud's unpack kernel reads
+                tensor.relayout(KERNEL_LAYOUT)  # what the cloud's unpack kernel reads
             decode_s.append(time.perf_counter() - middle)
             encode_s.append(middle - start)
             sizes.append(len(frame))

@@ -25,6 +25,7 @@ TVM sizes its thread pool from ``TVM_NUM_THREADS`` when the pool first starts an
 x86, otherwise assumes hyper-threading and uses half the cores; importing this package
 sets it to this process's core count unless it is already set.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,23 @@ from dyno_compile.targets.lower import to_relax  # noqa: E402
 from dyno_compile.targets.module import Compiled, CompiledModule, FunctionInfo, TensorSpec  # noqa: E402
 from dyno_compile.targets.runner import ModuleRunner, gpu_available, run  # noqa: E402
 
-__all__ = ["Compiled", "CompiledModule", "FunctionInfo", "LoweringError", "ModuleRunner", "TargetError", "TargetSpec",
-           "TensorSpec", "compile_functions", "compile_graph", "export", "get_target", "gpu_available",
-           "host_cpu_count", "list_targets", "run", "supported_ops", "to_relax"]
+__all__ = [
+    "Compiled",
+    "CompiledModule",
+    "FunctionInfo",
+    "LoweringError",
+    "ModuleRunner",
+    "TargetError",
+    "TargetSpec",
+    "TensorSpec",
+    "compile_functions",
+    "compile_graph",
+    "export",
+    "get_target",
+    "gpu_available",
+    "host_cpu_count",
+    "list_targets",
+    "run",
+    "supported_ops",
+    "to_relax",
+]

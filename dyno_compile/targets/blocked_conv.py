@@ -28,6 +28,7 @@ one process on 2 AVX-512 cores). Convolutions that do not fit (grouped, other la
 weights that are not constants, output channels not a multiple of half the lanes) keep
 TVM's own legalization.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -63,8 +64,9 @@ def conv2d_blocked(data, weight, strides, padding, dilation, out_dtype: str):
     oh = (h + t + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     if kh == kw == 1 and (sh, sw) != (1, 1):  # subsample once: the product then reads whole rows
-        data = te.compute((n, c, oh, ow), lambda nn, cc, y, x: data[nn, cc, y * sh, x * sw],
-                          name="subsample", attrs={KEEP: 1})
+        data = te.compute(
+            (n, c, oh, ow), lambda nn, cc, y, x: data[nn, cc, y * sh, x * sw], name="subsample", attrs={KEEP: 1}
+        )
         sh = sw = 1
     rc = te.reduce_axis((0, ic), name="rc")
     # no unit window axes: a pointwise convolution's input is then indexed by (y, x) alone
@@ -74,8 +76,12 @@ def conv2d_blocked(data, weight, strides, padding, dilation, out_dtype: str):
         (n, ob * b, oh, ow),
         lambda nn, oc, y, x: te.sum(
             data[nn, rc, y * sh + ry * dh, x * sw + rx * dw].astype(out_dtype)
-            * weight[oc // b, rc, ry, rx, oc % b].astype(out_dtype), axis=[rc, *window]),
-        name="conv2d_blocked", tag="conv2d_nchw")
+            * weight[oc // b, rc, ry, rx, oc % b].astype(out_dtype),
+            axis=[rc, *window],
+        ),
+        name="conv2d_blocked",
+        tag="conv2d_nchw",
+    )
 
 
 def constant_nchw_conv(call) -> bool:
@@ -84,8 +90,11 @@ def constant_nchw_conv(call) -> bool:
     from tvm.ir.expr import Constant
 
     a = call.attrs
-    return (isinstance(call.args[1], Constant) and int(a.groups) == 1
-            and (a.data_layout, a.kernel_layout, a.out_layout) == ("NCHW", "OIHW", "NCHW"))
+    return (
+        isinstance(call.args[1], Constant)
+        and int(a.groups) == 1
+        and (a.data_layout, a.kernel_layout, a.out_layout) == ("NCHW", "OIHW", "NCHW")
+    )
 
 
 def _fits(call, vector_bits: int) -> int:
@@ -121,8 +130,15 @@ def legalize_blocked_conv(vector_bits: int):
         a = call.attrs
         weight = relax.const(block_weights(call.args[1].value.numpy(), block))
         out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void") else str(call.ty.dtype)
-        return bb.call_te(conv2d_blocked, call.args[0], weight, [int(s) for s in a.strides],
-                          [int(p) for p in a.padding], [int(d) for d in a.dilation], out_dtype,
-                          primfunc_name_hint="conv2d")
+        return bb.call_te(
+            conv2d_blocked,
+            call.args[0],
+            weight,
+            [int(s) for s in a.strides],
+            [int(p) for p in a.padding],
+            [int(d) for d in a.dilation],
+            out_dtype,
+            primfunc_name_hint="conv2d",
+        )
 
     return legalize

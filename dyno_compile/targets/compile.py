@@ -19,6 +19,7 @@ The steps, each timed (``timings``, seconds):
                default rules;
 ``build``      the ``"default_build"`` Relax pipeline, TIR lowering and code generation.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,9 @@ def _schedule_gpu(mod, tvm_target):
     from tvm.s_tir import dlight as dl
 
     with tvm_target:
-        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        mod = dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        )(mod)
     return mod, None
 
 
@@ -84,8 +86,15 @@ def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
         return relax.get_pipeline("zero")(mod)
 
 
-def _build(mod, spec: TargetSpec, timings: dict[str, float], *, schedule: bool = True,
-           schedule_config: Any = None, records: str | os.PathLike | None = None):
+def _build(
+    mod,
+    spec: TargetSpec,
+    timings: dict[str, float],
+    *,
+    schedule: bool = True,
+    schedule_config: Any = None,
+    records: str | os.PathLike | None = None,
+):
     """Fuse, schedule and build a lowered (and bound) Relax module: ``(executable, report)``.
 
     Cut kernels (quantize, pack, ... :func:`cut_kernels.schedule_cut_kernels`) get their own
@@ -131,8 +140,9 @@ def bound_module(graph: Graph, low: Any):
     """The lowered module of ``graph`` (``low``, from ``lower.lower``) with its weights bound as constants."""
     import tvm
 
-    return _bind(low.mod, low.name, low.weight_vars,
-                 [tvm.runtime.tensor(contiguous(graph.params[n])) for n in low.weight_names])
+    return _bind(
+        low.mod, low.name, low.weight_vars, [tvm.runtime.tensor(contiguous(graph.params[n])) for n in low.weight_names]
+    )
 
 
 def fused_module(graph: Graph, target: TargetSpec | str = "host", *, bind_weights: bool = True):
@@ -146,9 +156,15 @@ def fused_module(graph: Graph, target: TargetSpec | str = "host", *, bind_weight
     return fuse(bound_module(graph, low) if bind_weights else low.mod, get_target(target))
 
 
-def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weights: bool = True,
-                  schedule: bool = True, schedule_config: Any = None,
-                  records: str | os.PathLike | None = None) -> Compiled:
+def compile_graph(
+    graph: Graph,
+    target: TargetSpec | str = "host",
+    *,
+    bind_weights: bool = True,
+    schedule: bool = True,
+    schedule_config: Any = None,
+    records: str | os.PathLike | None = None,
+) -> Compiled:
     """Compile ``graph`` for ``target``.
 
     ``bind_weights=True`` embeds the weights as constants (folded at compile time: weight
@@ -176,12 +192,20 @@ def compile_graph(graph: Graph, target: TargetSpec | str = "host", *, bind_weigh
 
     types = {n.name: n.type for n in graph.nodes}
     return Compiled(
-        name=graph.name, target=spec, executable=ex,
-        input_names=low.input_names, input_types=[types[n] for n in low.input_names],
-        weight_names=low.weight_names, weight_types=[types[n] for n in low.weight_names],
-        output_names=low.output_names, output_types=[types[n] for n in low.output_names],
-        bind_weights=bind_weights, timings=timings, schedule_report=report,
-        weights={} if bind_weights else {n: graph.params[n] for n in low.weight_names})
+        name=graph.name,
+        target=spec,
+        executable=ex,
+        input_names=low.input_names,
+        input_types=[types[n] for n in low.input_names],
+        weight_names=low.weight_names,
+        weight_types=[types[n] for n in low.weight_names],
+        output_names=low.output_names,
+        output_types=[types[n] for n in low.output_names],
+        bind_weights=bind_weights,
+        timings=timings,
+        schedule_report=report,
+        weights={} if bind_weights else {n: graph.params[n] for n in low.weight_names},
+    )
 
 
 def _tensor_spec(graph: Graph, name: str) -> TensorSpec:
@@ -189,9 +213,16 @@ def _tensor_spec(graph: Graph, name: str) -> TensorSpec:
     return TensorSpec(name, tuple(node.shape), node.dtype)
 
 
-def compile_functions(graphs: Mapping[str, Graph], target: TargetSpec | str = "host", *,
-                      bind_weights: bool = True, schedule: bool = True, schedule_config: Any = None,
-                      name: str = "module", records: str | os.PathLike | None = None) -> CompiledModule:
+def compile_functions(
+    graphs: Mapping[str, Graph],
+    target: TargetSpec | str = "host",
+    *,
+    bind_weights: bool = True,
+    schedule: bool = True,
+    schedule_config: Any = None,
+    name: str = "module",
+    records: str | os.PathLike | None = None,
+) -> CompiledModule:
     """Compile several graphs into ONE module with one Relax function per name.
 
     For example the segments of a model (``segment_0`` ...), and the pack/unpack functions
@@ -224,9 +255,12 @@ def compile_functions(graphs: Mapping[str, Graph], target: TargetSpec | str = "h
                 values[wname] = value
                 specs[wname] = _tensor_spec(graph, wname)
             elif value is not values[wname] and not (
-                    np.shape(value) == np.shape(values[wname]) and np.array_equal(value, values[wname])):
-                raise InputError(f"weight {wname!r} of function {fname!r} differs from the weight of that name "
-                                 "in another function; weights shared by name must be equal")
+                np.shape(value) == np.shape(values[wname]) and np.array_equal(value, values[wname])
+            ):
+                raise InputError(
+                    f"weight {wname!r} of function {fname!r} differs from the weight of that name "
+                    "in another function; weights shared by name must be equal"
+                )
     if bind_weights:
         tensors = {n: tvm.runtime.tensor(contiguous(v, specs[n].dtype)) for n, v in values.items()}
         for fname, low in lowered.items():
@@ -239,12 +273,23 @@ def compile_functions(graphs: Mapping[str, Graph], target: TargetSpec | str = "h
     functions = {}
     for fname, low in lowered.items():
         graph = graphs[fname]
-        functions[fname] = FunctionInfo(fname, tuple(_tensor_spec(graph, n) for n in low.input_names),
-                                        tuple(_tensor_spec(graph, n) for n in low.output_names),
-                                        () if bind_weights else tuple(low.weight_names))
-    return CompiledModule(name=name, target=spec, executable=ex, functions=functions, bind_weights=bind_weights,
-                          weight_specs={} if bind_weights else specs, timings=timings, schedule_report=report,
-                          weights={} if bind_weights else values)
+        functions[fname] = FunctionInfo(
+            fname,
+            tuple(_tensor_spec(graph, n) for n in low.input_names),
+            tuple(_tensor_spec(graph, n) for n in low.output_names),
+            () if bind_weights else tuple(low.weight_names),
+        )
+    return CompiledModule(
+        name=name,
+        target=spec,
+        executable=ex,
+        functions=functions,
+        bind_weights=bind_weights,
+        weight_specs={} if bind_weights else specs,
+        timings=timings,
+        schedule_report=report,
+        weights={} if bind_weights else values,
+    )
 
 
 # --------------------------------------------------------------------------- export

@@ -16,6 +16,7 @@ and back, and leave out the kernels that would only copy (8-bit packing of uint8
 :func:`convert_node` converts one node and checks its result's type; the driver that
 walks a graph is :mod:`dyno_compile.targets.lower`.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,6 +93,7 @@ def converter(*ops: str) -> Callable[[Converter], Converter]:
         for op in ops:
             CONVERTERS[op] = fn
         return fn
+
     return deco
 
 
@@ -120,11 +122,20 @@ def _unary(fn_name: str):
 
         x = ctx.cast(xs[0], ctx.out.dtype)
         return getattr(relax.op, fn_name)(x)
+
     return conv
 
 
-for _op, _fn in {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt": "sqrt",
-                 "rsqrt": "rsqrt", "neg": "negative", "abs": "abs"}.items():
+for _op, _fn in {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "exp": "exp",
+    "log": "log",
+    "sqrt": "sqrt",
+    "rsqrt": "rsqrt",
+    "neg": "negative",
+    "abs": "abs",
+}.items():
     CONVERTERS[_op] = _unary(_fn)
 
 
@@ -183,8 +194,14 @@ def _identity(ctx, xs):
     return xs[0]
 
 
-_BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "maximum": "maximum",
-           "minimum": "minimum"}
+_BINARY = {
+    "add": "add",
+    "sub": "subtract",
+    "mul": "multiply",
+    "div": "divide",
+    "maximum": "maximum",
+    "minimum": "minimum",
+}
 
 
 def _binary(fn_name: str):
@@ -194,6 +211,7 @@ def _binary(fn_name: str):
         dtype = ctx.out.dtype  # NumPy/JAX promotion already decided the result type
         a, b = (ctx.cast(x, dtype) for x in xs)
         return getattr(relax.op, fn_name)(a, b)
+
     return conv
 
 
@@ -258,10 +276,19 @@ def _conv2d(ctx, xs):
     dtype = _dtype_of(x)
     acc = _acc_dtype(dtype)
     w = ctx.cast(w, dtype)
-    y = ctx.emit(relax.op.nn.conv2d(
-        x, w, strides=tuple(a["strides"]), padding=(top, left, bottom, right), dilation=tuple(a["dilation"]),
-        groups=int(a["groups"]), data_layout=a["data_layout"], kernel_layout=a["kernel_layout"],
-        out_dtype=acc))
+    y = ctx.emit(
+        relax.op.nn.conv2d(
+            x,
+            w,
+            strides=tuple(a["strides"]),
+            padding=(top, left, bottom, right),
+            dilation=tuple(a["dilation"]),
+            groups=int(a["groups"]),
+            data_layout=a["data_layout"],
+            kernel_layout=a["kernel_layout"],
+            out_dtype=acc,
+        )
+    )
     if len(xs) == 3:
         axis = a["data_layout"].index("C")
         bias = ctx.cast(xs[2], acc)
@@ -334,8 +361,17 @@ def _max_pool2d(ctx, xs):
     if any(p < 0 for pair in padding for p in pair):  # crops: lax.pad's negative padding
         x = _pad(ctx, x, _pad_hw(a["layout"], padding), _lowest(_dtype_of(x)))
         padding = ((0, 0), (0, 0))
-    return ctx.bb.emit_te(_te_max_pool, x, tuple(a["kernel"]), tuple(a["strides"]), tuple(a["dilation"]),
-                          a["layout"], padding, primfunc_name_hint="max_pool2d", name_hint=relax_name(ctx.node.name))
+    return ctx.bb.emit_te(
+        _te_max_pool,
+        x,
+        tuple(a["kernel"]),
+        tuple(a["strides"]),
+        tuple(a["dilation"]),
+        a["layout"],
+        padding,
+        primfunc_name_hint="max_pool2d",
+        name_hint=relax_name(ctx.node.name),
+    )
 
 
 def _te_max_pool(data, kernel, strides, dilation, layout, padding):
@@ -344,8 +380,10 @@ def _te_max_pool(data, kernel, strides, dilation, layout, padding):
     h, w = layout.index("H"), layout.index("W")
     shape = [int(d) for d in data.shape]
     out = list(shape)
-    for axis, k, s, d, (lo, hi) in ((h, kernel[0], strides[0], dilation[0], padding[0]),
-                                    (w, kernel[1], strides[1], dilation[1], padding[1])):
+    for axis, k, s, d, (lo, hi) in (
+        (h, kernel[0], strides[0], dilation[0], padding[0]),
+        (w, kernel[1], strides[1], dilation[1], padding[1]),
+    ):
         out[axis] = (shape[axis] + lo + hi - d * (k - 1) - 1) // s + 1
     rh = te.reduce_axis((0, kernel[0]), name="rh")
     rw = te.reduce_axis((0, kernel[1]), name="rw")
@@ -420,8 +458,11 @@ def _global_avg_pool2d(ctx, xs):
     x = xs[0]
     dtype = _dtype_of(x)
     acc = _acc_dtype(dtype)
-    y = ctx.emit(relax.op.mean(ctx.cast(x, acc), axis=[layout.index("H"), layout.index("W")],
-                               keepdims=bool(ctx.attrs["keepdims"])))
+    y = ctx.emit(
+        relax.op.mean(
+            ctx.cast(x, acc), axis=[layout.index("H"), layout.index("W")], keepdims=bool(ctx.attrs["keepdims"])
+        )
+    )
     return ctx.cast(y, dtype) if acc != dtype else y
 
 
@@ -530,6 +571,7 @@ def _reduce(fn_name: str):
         axes = [int(ax) % len(_shape_of(x)) for ax in ctx.attrs["axes"]]
         y = getattr(relax.op, fn_name)(x, axis=axes, keepdims=bool(ctx.attrs["keepdims"]))
         return ctx.cast(ctx.emit(y), out) if acc != out else y
+
     return conv
 
 
@@ -576,8 +618,7 @@ def _quantize(ctx, xs):
     bits, per_channel, view = _q_attrs(ctx)
     code_dtype(bits)
     rng = ctx.cast(xs[1], "float32")
-    codes = _emit_cut_kernel(ctx, "quantize", [_view(ctx, xs[0], view), rng], bits=int(bits),
-                             per_channel=per_channel)
+    codes = _emit_cut_kernel(ctx, "quantize", [_view(ctx, xs[0], view), rng], bits=int(bits), per_channel=per_channel)
     return _view(ctx, codes, ctx.out.shape)
 
 
@@ -638,7 +679,7 @@ def _check_type(ctx: _Ctx, value):
     """The converter's result must have the node's type; a dtype left over is cast."""
     shape, dtype = _shape_of(value), _dtype_of(value)
     if shape != tuple(ctx.out.shape):
-        raise LoweringError(f"node {ctx.node.name!r} ({ctx.node.op}): Relax result has shape {shape}, "
-                            f"the IR says {ctx.out}")
+        raise LoweringError(
+            f"node {ctx.node.name!r} ({ctx.node.op}): Relax result has shape {shape}, the IR says {ctx.out}"
+        )
     return ctx.cast(value, ctx.out.dtype, dtype)
-

@@ -23,6 +23,7 @@ contiguous.
 This module knows TE and TensorIR, not Relax: :mod:`dyno_compile.targets.convert` adds
 the kernels to a Relax module and calls them.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,18 @@ from dyno_compile.targets.errors import LoweringError
 from dyno_compile.targets.schedule_common import SCHEDULED_ATTR, child_blocks, fuse_loops, is_scheduled
 from dyno_compile.targets.spec import GPU_KINDS
 
-__all__ = ["CUT_KERNELS", "CUT_KERNEL_ATTR", "CutKernel", "GROUP_ATTR", "code_dtype", "is_cut_kernel", "pack_period",
-           "prim_func", "quant_view", "schedule_cut_kernels"]
+__all__ = [
+    "CUT_KERNELS",
+    "CUT_KERNEL_ATTR",
+    "CutKernel",
+    "GROUP_ATTR",
+    "code_dtype",
+    "is_cut_kernel",
+    "pack_period",
+    "prim_func",
+    "quant_view",
+    "schedule_cut_kernels",
+]
 
 #: PrimFunc attribute naming a cut kernel's kind; :func:`schedule_cut_kernels` looks for it.
 CUT_KERNEL_ATTR = "dyno.cut_kernel"
@@ -69,7 +80,7 @@ def quant_view(shape: Sequence[int], granularity: str, axis: int) -> tuple[int, 
     if not shape:
         raise LoweringError("per-channel quantisation needs a tensor of rank >= 1")
     a = int(axis) % len(shape)
-    return math.prod(shape[:a]), int(shape[a]), math.prod(shape[a + 1:])
+    return math.prod(shape[:a]), int(shape[a]), math.prod(shape[a + 1 :])
 
 
 def _vector_width(extent: int) -> int:
@@ -86,9 +97,11 @@ def _f32(value):
 def _minmax_reducer():
     from tvm import te, tirx
 
-    return te.comm_reducer(lambda a, b: (tirx.min(a[0], b[0]), tirx.max(a[1], b[1])),
-                           lambda t0, t1: (tirx.const(math.inf, t0), tirx.const(-math.inf, t1)),
-                           name="minmax")
+    return te.comm_reducer(
+        lambda a, b: (tirx.min(a[0], b[0]), tirx.max(a[1], b[1])),
+        lambda t0, t1: (tirx.const(math.inf, t0), tirx.const(-math.inf, t1)),
+        name="minmax",
+    )
 
 
 def _range_split(outer: int, channels: int, inner: int) -> tuple[int, int, int, int]:
@@ -130,8 +143,9 @@ def _te_quant_range(x, *, bits: int, per_channel: bool):
     pmin, pmax = te.compute((channels, chunks, lanes), partial, name="range_partial")
     rp = te.reduce_axis((0, chunks), "rp")
     rl = te.reduce_axis((0, lanes), "rl")
-    lo, hi = te.compute((channels,), lambda c: minmax((pmin[c, rp, rl], pmax[c, rp, rl]), axis=[rp, rl]),
-                        name="range_final")
+    lo, hi = te.compute(
+        (channels,), lambda c: minmax((pmin[c, rp, rl], pmax[c, rp, rl]), axis=[rp, rl]), name="range_final"
+    )
     inv_levels = tirx.const(float(inverse_levels(bits)), "float32")
 
     def row(i, c):
@@ -194,15 +208,17 @@ def pack_period(bits: int) -> tuple[int, int]:
 def _pieces_of_byte(bits: int, j: int) -> list[tuple[int, int]]:
     """``(m, shift)`` for each code ``m`` of a period that has bits in its byte ``j``:
     the byte is ``OR((code_m << shift) if shift >= 0 else (code_m >> -shift)) & 0xFF``."""
-    return [(m, m * bits - 8 * j) for m in range(pack_period(bits)[1])
-            if m * bits < 8 * (j + 1) and (m + 1) * bits > 8 * j]
+    return [
+        (m, m * bits - 8 * j) for m in range(pack_period(bits)[1]) if m * bits < 8 * (j + 1) and (m + 1) * bits > 8 * j
+    ]
 
 
 def _bytes_of_code(bits: int, m: int) -> list[tuple[int, int]]:
     """``(j, shift)`` for each byte ``j`` of a period holding bits of its code ``m``: the
     code is ``OR((byte_j << shift) if shift >= 0 else (byte_j >> -shift)) & mask``."""
-    return [(j, 8 * j - m * bits) for j in range(pack_period(bits)[0])
-            if 8 * j < (m + 1) * bits and 8 * (j + 1) > m * bits]
+    return [
+        (j, 8 * j - m * bits) for j in range(pack_period(bits)[0]) if 8 * j < (m + 1) * bits and 8 * (j + 1) > m * bits
+    ]
 
 
 def _shifted(value, shift: int):
@@ -425,15 +441,28 @@ def _codes_per_period(*, bits: int, **_: Any) -> int:
 
 
 #: Kind -> its kernel; :func:`prim_func` builds one, :func:`schedule_cut_kernels` schedules it.
-CUT_KERNELS: dict[str, CutKernel] = {k.kind: k for k in (
-    CutKernel("quant_range", _te_quant_range, _cpu_quant_range, _gpu_blocks),
-    CutKernel("quantize", _te_quantize, partial(_cpu_elementwise, block="quantize"), _gpu_blocks),
-    CutKernel("dequantize", _te_dequantize, partial(_cpu_elementwise, block="dequantize"), _gpu_blocks),
-    CutKernel("bitpack", _te_bitpack, partial(_cpu_pack, block="bitpack", work_per_output=8), _gpu_pack,
-              group=_bytes_per_period),
-    CutKernel("bitunpack", _te_bitunpack, partial(_cpu_pack, block="bitunpack", work_per_output=1), _gpu_pack,
-              group=_codes_per_period),
-)}
+CUT_KERNELS: dict[str, CutKernel] = {
+    k.kind: k
+    for k in (
+        CutKernel("quant_range", _te_quant_range, _cpu_quant_range, _gpu_blocks),
+        CutKernel("quantize", _te_quantize, partial(_cpu_elementwise, block="quantize"), _gpu_blocks),
+        CutKernel("dequantize", _te_dequantize, partial(_cpu_elementwise, block="dequantize"), _gpu_blocks),
+        CutKernel(
+            "bitpack",
+            _te_bitpack,
+            partial(_cpu_pack, block="bitpack", work_per_output=8),
+            _gpu_pack,
+            group=_bytes_per_period,
+        ),
+        CutKernel(
+            "bitunpack",
+            _te_bitunpack,
+            partial(_cpu_pack, block="bitunpack", work_per_output=1),
+            _gpu_pack,
+            group=_codes_per_period,
+        ),
+    )
+}
 
 
 def prim_func(kind: str, inputs: Sequence[tuple[Sequence[int], str]], **params: Any) -> tuple[Any, list]:

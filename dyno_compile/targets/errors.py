@@ -1,6 +1,7 @@
 """The errors of :mod:`dyno_compile.targets`, in one module below every other one of the
 package, so that the target registry, the lowering and the cut kernels raise the same
 classes without importing each other."""
+
 from __future__ import annotations
 
 from dyno_compile.errors import DynoError

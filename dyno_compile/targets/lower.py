@@ -10,6 +10,7 @@ functions of its cuts), sharing identical kernels.
 
 ``lower(graph)`` also returns the parameter order; ``to_relax(graph)`` just the module.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,8 @@ def _check_graph(graph: Graph) -> None:
         if node.is_compute and node.op not in CONVERTERS:
             raise LoweringError(
                 f"graph {graph.name!r}: node {node.name!r} uses op {node.op!r}, which has no TVM "
-                f"converter; supported ops: {', '.join(supported_ops())}")
+                f"converter; supported ops: {', '.join(supported_ops())}"
+            )
         if node.op == CONST_OP and node.name not in graph.params:
             raise LoweringError(f"graph {graph.name!r}: const node {node.name!r} has no weight")
 
@@ -88,14 +90,21 @@ def _lower_function(bb, graph: Graph, func_name: str) -> Lowered:
                 except Exception as exc:
                     if isinstance(exc, LoweringError) and node.name in str(exc):
                         raise
-                    raise LoweringError(f"graph {graph.name!r}: lowering node {node.name!r} ({node.op}) "
-                                        f"failed: {exc}") from exc
+                    raise LoweringError(
+                        f"graph {graph.name!r}: lowering node {node.name!r} ({node.op}) failed: {exc}"
+                    ) from exc
                 env[node.name] = value
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
-    return Lowered(mod=None, input_names=[n.name for n in inputs], weight_names=[n.name for n in weights],
-                   output_names=list(graph.outputs), weight_vars=w_vars, name=func_name)
+    return Lowered(
+        mod=None,
+        input_names=[n.name for n in inputs],
+        weight_names=[n.name for n in weights],
+        output_names=list(graph.outputs),
+        weight_vars=w_vars,
+        name=func_name,
+    )
 
 
 def lower(graph: Graph, name: str = "main") -> Lowered:

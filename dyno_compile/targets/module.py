@@ -8,6 +8,7 @@ that :meth:`CompiledModule.from_description` needs to make a module that
 :class:`dyno_compile.targets.runner.ModuleRunner` runs, on a machine with only the TVM
 runtime. Nothing here imports TVM until it is needed, nor the IR.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,13 +81,20 @@ class FunctionInfo:
         return [t.name for t in self.outputs]
 
     def to_dict(self) -> dict:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "weights": list(self.weights)}
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "weights": list(self.weights),
+        }
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> FunctionInfo:
-        return cls(name, tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]), tuple(str(w) for w in d.get("weights", ())))
+        return cls(
+            name,
+            tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            tuple(str(w) for w in d.get("weights", ())),
+        )
 
 
 #: ``CompiledModule.describe()["format"]``; bumped when the description changes incompatibly.
@@ -121,8 +129,9 @@ class CompiledModule:
         try:
             return self.functions[name]
         except KeyError:
-            raise InputError(f"module {self.name!r} has no function {name!r}; it has "
-                             f"{', '.join(self.functions)}") from None
+            raise InputError(
+                f"module {self.name!r} has no function {name!r}; it has {', '.join(self.functions)}"
+            ) from None
 
     def describe(self) -> dict:
         """A JSON-able description: target, functions (inputs, outputs, weights), weights.
@@ -133,8 +142,11 @@ class CompiledModule:
         return {
             "format": MODULE_FORMAT,
             "name": self.name,
-            "target": {"name": self.target.name, "tvm": _jsonable(self.target.target),
-                       "host": _jsonable(self.target.host) if self.target.host else None},
+            "target": {
+                "name": self.target.name,
+                "tvm": _jsonable(self.target.target),
+                "host": _jsonable(self.target.host) if self.target.host else None,
+            },
             "bind_weights": self.bind_weights,
             "functions": {name: info.to_dict() for name, info in self.functions.items()},
             "weights": [w.to_dict() for w in self.weight_specs.values()],
@@ -157,23 +169,31 @@ class CompiledModule:
         except TargetError:  # a target this registry does not know: keep what the description says
             spec = TargetSpec(name=tgt["name"], target=tgt["tvm"], host=tgt.get("host"))
         weights = [TensorSpec.from_dict(w) for w in description.get("weights", ())]
-        return cls(name=str(description["name"]), target=spec, executable=library,
-                   functions={n: FunctionInfo.from_dict(n, d) for n, d in description["functions"].items()},
-                   bind_weights=bool(description["bind_weights"]), weight_specs={w.name: w for w in weights})
+        return cls(
+            name=str(description["name"]),
+            target=spec,
+            executable=library,
+            functions={n: FunctionInfo.from_dict(n, d) for n, d in description["functions"].items()},
+            bind_weights=bool(description["bind_weights"]),
+            weight_specs={w.name: w for w in weights},
+        )
 
     def save_params(self, path: str | os.PathLike) -> Path:
         """Write the weights (each once) as one TVM param file, for ``bind_weights=False``."""
         import tvm
 
         if self.bind_weights:
-            raise TargetError(f"module {self.name!r} was compiled with its weights bound into the library; "
-                              "compile with bind_weights=False to ship them as a param file")
+            raise TargetError(
+                f"module {self.name!r} was compiled with its weights bound into the library; "
+                "compile with bind_weights=False to ship them as a param file"
+            )
         if set(self.weights) != set(self.weight_specs):
             raise TargetError(f"module {self.name!r} holds no weight values (loaded from a library?)")
         path = Path(path)
         tvm.runtime.save_param_dict_to_file(
             {n: tvm.runtime.tensor(contiguous(self.weights[n], s.dtype)) for n, s in self.weight_specs.items()},
-            str(path))
+            str(path),
+        )
         return path
 
 
@@ -219,11 +239,23 @@ class Compiled:
             return tuple(TensorSpec(n, tuple(t.shape), t.dtype) for n, t in zip(names, types))
 
         weights = {} if self.bind_weights else {w.name: w for w in specs(self.weight_names, self.weight_types)}
-        main = FunctionInfo("main", specs(self.input_names, self.input_types),
-                            specs(self.output_names, self.output_types), tuple(weights))
-        return CompiledModule(name=self.name, target=self.target, executable=self.executable,
-                              functions={"main": main}, bind_weights=self.bind_weights, weight_specs=weights,
-                              timings=self.timings, schedule_report=self.schedule_report, weights=self.weights)
+        main = FunctionInfo(
+            "main",
+            specs(self.input_names, self.input_types),
+            specs(self.output_names, self.output_types),
+            tuple(weights),
+        )
+        return CompiledModule(
+            name=self.name,
+            target=self.target,
+            executable=self.executable,
+            functions={"main": main},
+            bind_weights=self.bind_weights,
+            weight_specs=weights,
+            timings=self.timings,
+            schedule_report=self.schedule_report,
+            weights=self.weights,
+        )
 
     def save_params(self, path: str | os.PathLike) -> Path:
         """Write the weights as a TVM param file (for builds with ``bind_weights=False``)."""

@@ -19,6 +19,7 @@ budget does not make a build slower than the tuning-free one.
 The build (:mod:`dyno_compile.targets.compile`) and the tuner both import this module;
 it imports neither.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,32 @@ from dyno_compile.targets.errors import TargetError
 from dyno_compile.targets.schedule_common import is_scheduled
 from dyno_compile.targets.spec import TargetSpec, get_target
 
-__all__ = ["DATABASE_FILES", "META_FILE", "MODULE_EQUALITY", "RECORD_FILE", "RECORD_FILES", "RecordsMatch",
-           "TUNED_ATTR", "TuneError", "WORKLOAD_FILE", "apply_records", "best_per_workload", "check_target",
-           "has_tables", "match_records", "module_workload_hash", "open_database", "read_meta", "read_tables",
-           "record_us", "records_fingerprint", "target_dict", "tuned_functions", "winners", "write_meta"]
+__all__ = [
+    "DATABASE_FILES",
+    "META_FILE",
+    "MODULE_EQUALITY",
+    "RECORD_FILE",
+    "RECORD_FILES",
+    "RecordsMatch",
+    "TUNED_ATTR",
+    "TuneError",
+    "WORKLOAD_FILE",
+    "apply_records",
+    "best_per_workload",
+    "check_target",
+    "has_tables",
+    "match_records",
+    "module_workload_hash",
+    "open_database",
+    "read_meta",
+    "read_tables",
+    "record_us",
+    "records_fingerprint",
+    "target_dict",
+    "tuned_functions",
+    "winners",
+    "write_meta",
+]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -94,8 +117,9 @@ def winners(best: dict[str, float], meta: dict[str, Any]) -> dict[str, bool]:
     for h, us in best.items():
         p = paired.get(h)
         if p and p.get("db_best_us") is not None and abs(p["db_best_us"] - us) <= 1e-9 * max(us, 1.0):
-            out[h] = p["record_us"] is not None and (p["tuning_free_us"] is None
-                                                      or p["record_us"] < p["tuning_free_us"])
+            out[h] = p["record_us"] is not None and (
+                p["tuning_free_us"] is None or p["record_us"] < p["tuning_free_us"]
+            )
         else:
             out[h] = _better(us, baseline.get(h))
     return out
@@ -140,8 +164,10 @@ def _read_lines(path: Path) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise TuneError(f"tuning records {path} are corrupt (line {i}: {exc.msg}); "
-                            "restore the file, or delete the directory and tune again") from exc
+            raise TuneError(
+                f"tuning records {path} are corrupt (line {i}: {exc.msg}); "
+                "restore the file, or delete the directory and tune again"
+            ) from exc
     return rows
 
 
@@ -152,27 +178,34 @@ def read_tables(work_dir: Path) -> tuple[list, list]:
         raise TuneError(f"no tuning records: {work_dir} is not a directory (run tune first)")
     missing = [p.name for p in (wl_path, rec_path) if not p.is_file()]
     if missing:
-        raise TuneError(f"no tuning records in {work_dir}: {' and '.join(missing)} missing (run tune first, "
-                        f"or ship all of {', '.join(RECORD_FILES)})")
+        raise TuneError(
+            f"no tuning records in {work_dir}: {' and '.join(missing)} missing (run tune first, "
+            f"or ship all of {', '.join(RECORD_FILES)})"
+        )
     workloads, records = _read_lines(wl_path), _read_lines(rec_path)
     for i, w in enumerate(workloads, 1):
         if not (isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], str)):
             raise TuneError(f"tuning records {wl_path} are corrupt (line {i} is not a workload)")
     for i, r in enumerate(records, 1):
-        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and isinstance(r[1], list)
-                and len(r[1]) >= 3):
+        if not (
+            isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and isinstance(r[1], list) and len(r[1]) >= 3
+        ):
             raise TuneError(f"tuning records {rec_path} are corrupt (line {i} is not a tuning record)")
         if not 0 <= r[0] < len(workloads):
-            raise TuneError(f"tuning records {rec_path} are corrupt (line {i} names workload {r[0]}; "
-                            f"{wl_path.name} has {len(workloads)})")
+            raise TuneError(
+                f"tuning records {rec_path} are corrupt (line {i} names workload {r[0]}; "
+                f"{wl_path.name} has {len(workloads)})"
+            )
     return workloads, records
 
 
 def has_tables(work_dir: Path) -> bool:
     wl, rec = work_dir / WORKLOAD_FILE, work_dir / RECORD_FILE
     if wl.exists() != rec.exists():
-        raise TuneError(f"tuning records in {work_dir} are incomplete: {(wl if wl.exists() else rec).name} "
-                        f"exists without {(rec if wl.exists() else wl).name}")
+        raise TuneError(
+            f"tuning records in {work_dir} are incomplete: {(wl if wl.exists() else rec).name} "
+            f"exists without {(rec if wl.exists() else wl).name}"
+        )
     return wl.exists()
 
 
@@ -185,8 +218,7 @@ def open_database(work_dir: Path, *, create: bool):
     if not create or has_tables(work_dir):
         read_tables(work_dir)
     try:
-        return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=create,
-                                        module_equality=MODULE_EQUALITY)
+        return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=create, module_equality=MODULE_EQUALITY)
     except Exception as exc:  # noqa: BLE001 - TVM's parser errors: say which directory
         lines = str(exc).strip().splitlines()
         raise TuneError(f"tuning records in {work_dir} cannot be loaded: {lines[-1] if lines else exc}") from exc
@@ -247,15 +279,19 @@ def check_target(work_dir: Path, spec: TargetSpec, records: list, meta: dict[str
             try:
                 found[key] = target_dict(r[1][2])
             except Exception as exc:  # noqa: BLE001
-                raise TuneError(f"tuning records in {work_dir} are corrupt: a record's target {r[1][2]!r} "
-                                f"is not a TVM target ({exc})") from exc
+                raise TuneError(
+                    f"tuning records in {work_dir} are corrupt: a record's target {r[1][2]!r} "
+                    f"is not a TVM target ({exc})"
+                ) from exc
     for got in found.values():
         diff = _target_diff(got, want)
         if diff:
             made_for = meta.get("target_name")
-            raise TuneError(f"tuning records in {work_dir} were measured for another target"
-                            f"{f' ({made_for!r})' if made_for else ''} than {spec.name!r}: {'; '.join(diff)}; "
-                            "tune for this target, or use records made for it")
+            raise TuneError(
+                f"tuning records in {work_dir} were measured for another target"
+                f"{f' ({made_for!r})' if made_for else ''} than {spec.name!r}: {'; '.join(diff)}; "
+                "tune for this target, or use records made for it"
+            )
 
 
 def read_meta(work_dir: Path) -> dict[str, Any]:
@@ -300,8 +336,13 @@ def records_fingerprint(work_dir: str | os.PathLike) -> dict[str, Any]:
         digest.update(data)
     decisive = {"target": target, "baseline_us": meta.get("baseline_us", {}), "paired": meta.get("paired", {})}
     digest.update(json.dumps(decisive, sort_keys=True).encode())
-    return {"sha256": digest.hexdigest(), "workloads": sorted({w[0] for w in workloads}),
-            "records": len(records), "target": target, "tvm_version": meta.get("tvm_version")}
+    return {
+        "sha256": digest.hexdigest(),
+        "workloads": sorted({w[0] for w in workloads}),
+        "records": len(records),
+        "target": target,
+        "tvm_version": meta.get("tvm_version"),
+    }
 
 
 def match_records(mod, work_dir: str | os.PathLike) -> RecordsMatch:
@@ -363,4 +404,3 @@ def apply_records(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *,
     for gv, func in updates.items():
         applied[gv] = func
     return applied
-

@@ -23,6 +23,7 @@ calling convention that also works over RPC: calling ``vm[function]`` there retu
 tuple of outputs as one opaque remote object, which cannot be unpacked. Locally it costs
 a few microseconds more per call than calling the function directly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -96,20 +97,25 @@ class ModuleRunner:
     that takes it. Uses only the TVM runtime.
     """
 
-    def __init__(self, module: CompiledModule | Compiled, weights: Mapping[str, Any] | None = None, *,
-                 device: Any = None) -> None:
+    def __init__(
+        self, module: CompiledModule | Compiled, weights: Mapping[str, Any] | None = None, *, device: Any = None
+    ) -> None:
         import tvm
         from tvm import relax
 
         if isinstance(module, Compiled):
             module = module.as_module()
         if not isinstance(module, CompiledModule):
-            raise InputError(f"ModuleRunner takes a CompiledModule (use CompiledModule.from_description(desc, lib) "
-                             f"for a loaded library) or a Compiled build, got {type(module).__name__}")
+            raise InputError(
+                f"ModuleRunner takes a CompiledModule (use CompiledModule.from_description(desc, lib) "
+                f"for a loaded library) or a Compiled build, got {type(module).__name__}"
+            )
         loaded = not isinstance(module.executable, tvm.runtime.Executable)  # a library loaded from a file
         if not loaded and device is None and not module.target.is_host and not gpu_available(module.target):
-            raise TargetError(f"module {module.name!r} was compiled for {module.target.name!r}, which does not run "
-                              "on this machine; export it and run it on the device")
+            raise TargetError(
+                f"module {module.name!r} was compiled for {module.target.name!r}, which does not run "
+                "on this machine; export it and run it on the device"
+            )
         self.module = module
         self.device = device if device is not None else device_for(module.target)
         self.vm = relax.VirtualMachine(module.executable, self.device)
@@ -125,10 +131,13 @@ class ModuleRunner:
         m = self.module
         missing = [n for n in m.weight_specs if n not in weights]
         if missing:
-            raise InputError(f"module {m.name!r}: missing weights: {', '.join(missing[:10])}"
-                             + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-        self._weights = {n: self._tensor(weights[n], s, "weight", f"module {m.name!r}")
-                         for n, s in m.weight_specs.items()}
+            raise InputError(
+                f"module {m.name!r}: missing weights: {', '.join(missing[:10])}"
+                + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            )
+        self._weights = {
+            n: self._tensor(weights[n], s, "weight", f"module {m.name!r}") for n, s in m.weight_specs.items()
+        }
 
     def _tensor(self, value: Any, spec: TensorSpec, what: str, where: str):
         """``value`` on the runner's device, checked against ``spec`` (see the module docstring)."""
@@ -139,8 +148,10 @@ class ModuleRunner:
             value = np.asarray(value)
         dtype_fits = str(value.dtype) == spec.dtype if tensor else _converts(value.dtype, np.dtype(spec.dtype))
         if tuple(value.shape) != spec.shape or not dtype_fits:
-            raise InputError(f"{where}: {what} {spec.name!r} expects {spec.dtype}{list(spec.shape)}, got "
-                             f"{value.dtype}{list(value.shape)}")
+            raise InputError(
+                f"{where}: {what} {spec.name!r} expects {spec.dtype}{list(spec.shape)}, got "
+                f"{value.dtype}{list(value.shape)}"
+            )
         if tensor:
             return value if value.device == self.device else value.copyto(self.device)
         return tvm.runtime.tensor(contiguous(value, spec.dtype), self.device)
@@ -153,8 +164,10 @@ class ModuleRunner:
         args = [self._tensor(a, s, "input", where) for a, s in zip(arrays, info.inputs)]
         if info.weights:
             if not self._weights:
-                raise InputError(f"module {self.module.name!r} was compiled with bind_weights=False: "
-                                 "pass its weights to ModuleRunner")
+                raise InputError(
+                    f"module {self.module.name!r} was compiled with bind_weights=False: "
+                    "pass its weights to ModuleRunner"
+                )
             args += [self._weights[w] for w in info.weights]
         return args
 
@@ -170,19 +183,22 @@ class ModuleRunner:
         """Run ``function`` on ``inputs``; its outputs as NumPy arrays, in order."""
         return [o.numpy() for o in self.invoke(function, inputs)]
 
-    def time(self, function: str, inputs: Any, *, number: int = 1, repeat: int = 5,
-             min_repeat_ms: int = 200) -> np.ndarray:
+    def time(
+        self, function: str, inputs: Any, *, number: int = 1, repeat: int = 5, min_repeat_ms: int = 200
+    ) -> np.ndarray:
         """Seconds per call of ``function``, one figure per repeat (each the mean of
         ``number`` calls, or of as many as fill ``min_repeat_ms``), after a warm-up call."""
         self.vm.set_input(function, *self.args(function, inputs))
         self.vm.invoke_stateful(function)
-        timer = self.vm.time_evaluator("invoke_stateful", self.device, number=number, repeat=repeat,
-                                       min_repeat_ms=min_repeat_ms)
+        timer = self.vm.time_evaluator(
+            "invoke_stateful", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
         return np.asarray(timer(function).results)
 
 
-def run(compiled: Compiled | CompiledModule, inputs: Any, weights: Mapping[str, Any] | None = None,
-        function: str = "main") -> list[np.ndarray]:
+def run(
+    compiled: Compiled | CompiledModule, inputs: Any, weights: Mapping[str, Any] | None = None, function: str = "main"
+) -> list[np.ndarray]:
     """Run ``function`` of a build on ``inputs`` (list in input order, dict by name, or one
     array) once, on this machine; its outputs as NumPy arrays.
 

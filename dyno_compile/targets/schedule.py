@@ -48,6 +48,7 @@ on it; when that fails it is retried without the local accumulator, then with pa
 loops only, and at worst keeps TVM's default loops: the build never fails because of
 this pass. ``ScheduleReport`` says what happened to each function.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -312,7 +313,7 @@ def _schedule_spatial(sch, block, lanes: int, cfg: ScheduleConfig) -> None:
     elif vec > 1:
         outer, vloop = loops[:-1], loops[-1]
     elif inner > 1 and len(loops) > 1:  # no divisor fills a vector (113 wide): a plain
-        outer, vloop = loops[:-1], None   # inner loop, not index arithmetic per element
+        outer, vloop = loops[:-1], None  # inner loop, not index arithmetic per element
     else:
         outer, vloop = loops, None
     if outer:
@@ -570,20 +571,25 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
     kinds = _iter_kinds(sch, block)
     extents = [static_int(sch.get(lp).extent) for lp in loops]
     n_spatial = kinds.index("R") if "R" in kinds else len(kinds)
-    if (n_spatial < 2 or any(k != "R" for k in kinds[n_spatial:]) or any(e is None for e in extents)
-            or prod(extents[n_spatial:]) > MAX_WINDOW):
+    if (
+        n_spatial < 2
+        or any(k != "R" for k in kinds[n_spatial:])
+        or any(e is None for e in extents)
+        or prod(extents[n_spatial:]) > MAX_WINDOW
+    ):
         return None
     blk = sch.get(block)
     width = blk.iter_vars[n_spatial - 1].var
-    if not any(idx and width in _index_vars(idx[-1]) and _strided(idx[-1], width)
-               for idx in map(_region_indices, blk.reads)):
+    if not any(
+        idx and width in _index_vars(idx[-1]) and _strided(idx[-1], width) for idx in map(_region_indices, blk.reads)
+    ):
         return None
     producers, plane = _plane_producers(sch, block)
     if plane != set(range(n_spatial - 2)):
         producers = []
     loops = sch.get_loops(block)
     if producers:  # parallel planes, each padded into cache, then its rows
-        par, row = fuse_loops(sch, loops[:n_spatial - 2]), loops[n_spatial - 2]
+        par, row = fuse_loops(sch, loops[: n_spatial - 2]), loops[n_spatial - 2]
         _pad_each_plane(sch, producers, par)
     else:
         for producer in sch.get_producers(block):  # a pad: bounds checks are cheaper than a pass
@@ -592,7 +598,7 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
                     sch.compute_inline(producer)
                 except Exception:  # noqa: BLE001 - it stays a stage of its own
                     pass
-        par = row = fuse_loops(sch, loops[:n_spatial - 1])
+        par = row = fuse_loops(sch, loops[: n_spatial - 1])
     _parallel(sch, par, prod(extents), cfg)
     for loop in loops[n_spatial:]:
         sch.unroll(loop)
@@ -638,8 +644,12 @@ def _pixel_axes(sch, block) -> tuple[int, int, int] | None:
         used = [k for k, e in enumerate(idx) if _index_vars(e) & {row, col}]
         if not used:
             continue
-        if (used != [len(idx) - 2, len(idx) - 1] or not idx[-2].same_as(row) or not idx[-1].same_as(col)
-                or static_int(region.source.shape[-1]) != width):
+        if (
+            used != [len(idx) - 2, len(idx) - 1]
+            or not idx[-2].same_as(row)
+            or not idx[-1].same_as(col)
+            or static_int(region.source.shape[-1]) != width
+        ):
             return None
     return pos[0], pos[1], width
 
@@ -675,17 +685,26 @@ def _flatten_pixels(sch, block, lanes: int) -> bool:
 
     def fuse_pair(b):
         ivs = sch.get(b).iter_vars
-        sch.transform_block_layout(b, IndexMap.from_func(
-            lambda *v: (*v[:row], v[row] * width + v[col], *v[col + 1:]), ndim=len(ivs),
-            index_dtype=str(ivs[row].var.ty)))
+        sch.transform_block_layout(
+            b,
+            IndexMap.from_func(
+                lambda *v: (*v[:row], v[row] * width + v[col], *v[col + 1 :]),
+                ndim=len(ivs),
+                index_dtype=str(ivs[row].var.ty),
+            ),
+        )
 
     for b in (block, *consumers):
         fuse_pair(b)
     # the intermediate too: a region of it is then a run of pixels, not a box of rows, so
     # the epilogue attached under a tile covers exactly the pixels the tile made
-    sch.transform_layout(block, ("write", 0), IndexMap.from_func(
-        lambda *i: (*i[:-2], i[-2] * width + i[-1]), ndim=len(written.shape),
-        index_dtype=str(written.shape[-1].ty)))
+    sch.transform_layout(
+        block,
+        ("write", 0),
+        IndexMap.from_func(
+            lambda *i: (*i[:-2], i[-2] * width + i[-1]), ndim=len(written.shape), index_dtype=str(written.shape[-1].ty)
+        ),
+    )
     return True
 
 
@@ -710,8 +729,9 @@ def _largest_tensor_first(sch, block, loops: list) -> list:
     operands = [r for r in blk.reads if not r.source.same_as(written)]
     if len(operands) < 2:
         return loops
-    largest = max([*operands, blk.writes[0]],
-                  key=lambda r: prod(static_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits)
+    largest = max(
+        [*operands, blk.writes[0]], key=lambda r: prod(static_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits
+    )
     indexed = set()
     for e in _region_indices(largest):
         indexed |= _index_vars(e)
@@ -739,8 +759,7 @@ def _vector_axis_last(sch, block, vec: int) -> None:
     if len(dims) != 1 or dims[0] == len(idx) - 1:
         return
     d = dims[0]
-    sch.transform_layout(block, ("write", 0),
-                         IndexMap.from_func(lambda *i: (*i[:d], *i[d + 1:], i[d]), ndim=len(idx)))
+    sch.transform_layout(block, ("write", 0), IndexMap.from_func(lambda *i: (*i[:d], *i[d + 1 :], i[d]), ndim=len(idx)))
 
 
 def _vectorize_innermost(sch, block) -> None:
@@ -857,8 +876,7 @@ def schedule_module(mod, target, *, threads: int = 1, cfg: ScheduleConfig | None
         if is_scheduled(func):
             report.functions[gv.name_hint] = "default (already scheduled)"
             continue
-        attempts = [("", cfg), ("no local accumulator", replace(cfg, local_accumulator=False)),
-                    ("parallel only", None)]
+        attempts = [("", cfg), ("no local accumulator", replace(cfg, local_accumulator=False)), ("parallel only", None)]
         errors = []
         for label, attempt in attempts:
             try:

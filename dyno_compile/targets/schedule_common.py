@@ -1,10 +1,19 @@
 """Small queries and choices shared by the schedules (:mod:`.schedule` for single
 reductions, :mod:`.winograd_conv` for Winograd's stages, :mod:`.cut_kernels`, and the
 tuning records that schedule functions too), so none imports another's private helpers."""
+
 from __future__ import annotations
 
-__all__ = ["KEEP", "SCHEDULED_ATTR", "child_blocks", "divisors", "fuse_loops", "is_scheduled", "pick_factor",
-           "static_int"]
+__all__ = [
+    "KEEP",
+    "SCHEDULED_ATTR",
+    "child_blocks",
+    "divisors",
+    "fuse_loops",
+    "is_scheduled",
+    "pick_factor",
+    "static_int",
+]
 
 #: Block annotation (``te.compute(..., attrs={KEEP: 1})``) by which a legalization keeps a
 #: stage materialised: the schedule does not inline it into its consumers.

@@ -19,6 +19,7 @@ take fractions of them. Sources and assumptions:
   pipes: 32 flop/cycle per core) at an assumed 2.5 GHz; memory bandwidth assumed
   20 GB/s (one or two DDR4 channels as a VM sees them). Rough: measure if it matters.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,10 +125,14 @@ def _host_spec() -> TargetSpec:
     cores = host_cpu_count()
     target["num-cores"] = cores
     return TargetSpec(
-        name="host", target=target, threads=cores,
-        peak_gflops=cores * 2.5 * 32, mem_bandwidth_gbs=20.0,
+        name="host",
+        target=target,
+        threads=cores,
+        peak_gflops=cores * 2.5 * 32,
+        mem_bandwidth_gbs=20.0,
         description=f"this machine, LLVM {target.get('mcpu', 'generic')} x {cores} cores",
-        source="estimate: cores x 2.5 GHz x 32 flop/cycle (AVX2, 2 FMA pipes); 20 GB/s assumed")
+        source="estimate: cores x 2.5 GHz x 32 flop/cycle (AVX2, 2 FMA pipes); 20 GB/s assumed",
+    )
 
 
 _ZIG_AARCH64 = (sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu")
@@ -137,25 +142,49 @@ _CUDA_HOST = {"kind": "llvm"}
 def _cuda(arch: str, board: str, gflops: float, gbs: float, source: str, aliases: tuple[str, ...] = ()) -> TargetSpec:
     sm = arch.replace("_", "")
     return TargetSpec(
-        name=f"cuda-{sm}", target={"kind": "cuda", "arch": arch}, host=_CUDA_HOST, linker=None, threads=1,
-        peak_gflops=gflops, mem_bandwidth_gbs=gbs, description=f"NVIDIA {board} ({arch}), CUDA",
-        source=source, aliases=aliases)
+        name=f"cuda-{sm}",
+        target={"kind": "cuda", "arch": arch},
+        host=_CUDA_HOST,
+        linker=None,
+        threads=1,
+        peak_gflops=gflops,
+        mem_bandwidth_gbs=gbs,
+        description=f"NVIDIA {board} ({arch}), CUDA",
+        source=source,
+        aliases=aliases,
+    )
 
 
 def _registry() -> dict[str, TargetSpec]:
     specs = [
         _host_spec(),
         TargetSpec(
-            name="arm64", target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4},
-            linker=_ZIG_AARCH64, threads=4, peak_gflops=4 * 2.4 * 16, mem_bandwidth_gbs=17.1,
+            name="arm64",
+            target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4},
+            linker=_ZIG_AARCH64,
+            threads=4,
+            peak_gflops=4 * 2.4 * 16,
+            mem_bandwidth_gbs=17.1,
             description="64-bit ARM Linux device, Cortex-A76 class x 4 (e.g. Raspberry Pi 5)",
             source="Cortex-A76: 2x128-bit FMA = 16 flop/cycle/core @2.4 GHz x 4; LPDDR4X-4267 x32 = 17.1 GB/s",
-            aliases=("aarch64",)),
+            aliases=("aarch64",),
+        ),
         _cuda("sm_75", "T4", 8100.0, 320.0, "NVIDIA T4 datasheet: 8.1 TFLOPS FP32, 320 GB/s"),
-        _cuda("sm_80", "A100 SXM4 80GB", 19500.0, 2039.0,
-              "NVIDIA A100 datasheet: 19.5 TFLOPS FP32 (non-tensor), 2039 GB/s (80 GB SXM4)", aliases=("cuda",)),
-        _cuda("sm_90", "H100 SXM5", 67000.0, 3350.0,
-              "NVIDIA H100 datasheet: 67 TFLOPS FP32 (non-tensor), 3.35 TB/s (SXM5)"),
+        _cuda(
+            "sm_80",
+            "A100 SXM4 80GB",
+            19500.0,
+            2039.0,
+            "NVIDIA A100 datasheet: 19.5 TFLOPS FP32 (non-tensor), 2039 GB/s (80 GB SXM4)",
+            aliases=("cuda",),
+        ),
+        _cuda(
+            "sm_90",
+            "H100 SXM5",
+            67000.0,
+            3350.0,
+            "NVIDIA H100 datasheet: 67 TFLOPS FP32 (non-tensor), 3.35 TB/s (SXM5)",
+        ),
     ]
     return {s.name: s for s in specs}
 
@@ -186,5 +215,7 @@ def get_target(name: str | TargetSpec) -> TargetSpec:
         if name in spec.aliases:
             return spec
     aliases = [f"{a} (= {s.name})" for s in specs.values() for a in s.aliases]
-    raise TargetError(f"unknown target {name!r}; known targets: {', '.join(specs)}"
-                      + (f"; aliases: {', '.join(aliases)}" if aliases else ""))
+    raise TargetError(
+        f"unknown target {name!r}; known targets: {', '.join(specs)}"
+        + (f"; aliases: {', '.join(aliases)}" if aliases else "")
+    )

@@ -47,6 +47,7 @@ Two measured costs are avoided (``../shared/docs/tvm-0.27-notes.md``):
   default build without that import (the workers import this module instead). A batch of
   four small builds on two workers took 6.5 s this way, 32-55 s with the default build.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -127,8 +128,10 @@ class TuneResult:
     improved: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{len(self.tasks)} tasks, {len(self.improved)} faster than the tuning-free schedule; "
-                f"{self.trials_before} records reused, {self.trials_run} trials run in {self.seconds:.1f} s")
+        return (
+            f"{len(self.tasks)} tasks, {len(self.improved)} faster than the tuning-free schedule; "
+            f"{self.trials_before} records reused, {self.trials_run} trials run in {self.seconds:.1f} s"
+        )
 
 
 # --------------------------------------------------------------------------- tune
@@ -210,8 +213,9 @@ class _MetaScheduleLogging:
 class _Measured:
     """A measure callback: counts trials, tracks the best time per task, reports progress."""
 
-    def __init__(self, names: list[str], budget: int, t0: float,
-                 progress: Callable[[TuneProgress], None] | None) -> None:
+    def __init__(
+        self, names: list[str], budget: int, t0: float, progress: Callable[[TuneProgress], None] | None
+    ) -> None:
         self.names, self.budget, self.t0, self.progress = names, budget, t0, progress
         self.count = 0
         self.best: dict[str, float | None] = {n: None for n in names}
@@ -241,9 +245,17 @@ class _Measured:
                 self.best[name] = us if best is None else min(best, us)
         self.count += batch
         if self.progress is not None:
-            self.progress(TuneProgress(task=name, trials_done=self.count, trials_budget=self.budget, batch=batch,
-                                       batch_failed=failed, best_us=dict(self.best),
-                                       elapsed_s=time.perf_counter() - self.t0))
+            self.progress(
+                TuneProgress(
+                    task=name,
+                    trials_done=self.count,
+                    trials_budget=self.budget,
+                    batch=batch,
+                    batch_failed=failed,
+                    best_us=dict(self.best),
+                    elapsed_s=time.perf_counter() - self.t0,
+                )
+            )
 
 
 def _measure(mods: dict[Any, Any], builder, runner, target, passes: int = 2) -> dict[Any, float | None]:
@@ -257,8 +269,10 @@ def _measure(mods: dict[Any, Any], builder, runner, target, passes: int = 2) -> 
     out: dict[Any, float | None] = {k: None for k in keys}
     ok = [(k, b) for k, b in zip(keys, built) if b.error_msg is None]
     try:
-        inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(mods[k]["main"]))
-                  for k, b in ok]
+        inputs = [
+            ms.runner.RunnerInput(b.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(mods[k]["main"]))
+            for k, b in ok
+        ]
         for _ in range(passes):
             for (k, _b), future in zip(ok, runner.run(inputs)):
                 r = future.result()
@@ -301,12 +315,15 @@ def _paired(database, wmods: dict[str, Any], spec: TargetSpec, builder, runner) 
         mods[(h, "record")] = rec
         mods[(h, "tuning_free")] = _tuning_free(wmod, spec)
     times = _measure(mods, builder, runner, target) if mods else {}
-    return {h: {"tuning_free_us": times.get((h, "tuning_free")), "record_us": times.get((h, "record")),
-                "db_best_us": us} for h, us in db_best.items()}
+    return {
+        h: {"tuning_free_us": times.get((h, "tuning_free")), "record_us": times.get((h, "record")), "db_best_us": us}
+        for h, us in db_best.items()
+    }
 
 
-def _select_tasks(tasks, names: list[str], hashes: dict[str, str], baseline: dict[str, float],
-                  at_cap: set[str], min_share: float) -> list[int]:
+def _select_tasks(
+    tasks, names: list[str], hashes: dict[str, str], baseline: dict[str, float], at_cap: set[str], min_share: float
+) -> list[int]:
     """Tasks worth tuning: not at their cap, and taking at least ``min_share`` of the
     module's tuning-free time (time x calls); tasks whose time is unknown are kept."""
     cost = {n: baseline.get(hashes[n]) for n in names}
@@ -322,13 +339,25 @@ def _select_tasks(tasks, names: list[str], hashes: dict[str, str], baseline: dic
     return keep
 
 
-def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: int,
-         trials_per_task: int | None = None, trials_per_iter: int = 32, min_task_share: float = 0.01,
-         cost_model: str = "xgb",
-         population: int = 512, seed: int | None = 0, builder_timeout_s: float = 120.0,
-         runner_timeout_s: float = 60.0, workers: int | None = None,
-         progress: Callable[[TuneProgress], None] | None = None, verbose: bool = False,
-         light_intrinsics: bool = True) -> TuneResult:
+def tune(
+    mod,
+    target: TargetSpec | str,
+    work_dir: str | os.PathLike,
+    *,
+    trials: int,
+    trials_per_task: int | None = None,
+    trials_per_iter: int = 32,
+    min_task_share: float = 0.01,
+    cost_model: str = "xgb",
+    population: int = 512,
+    seed: int | None = 0,
+    builder_timeout_s: float = 120.0,
+    runner_timeout_s: float = 60.0,
+    workers: int | None = None,
+    progress: Callable[[TuneProgress], None] | None = None,
+    verbose: bool = False,
+    light_intrinsics: bool = True,
+) -> TuneResult:
     """Tune the fused functions of ``mod`` with MetaSchedule; records go to ``work_dir``.
 
     ``mod`` is the fused module (after the ``"zero"`` pipeline; see :func:`fused_module`);
@@ -357,12 +386,16 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
     if cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
-        raise TuneError("the xgb cost model needs the xgboost package, which the 'tune' extra installs: "
-                        "pip install -e '.[tune]' (or pass cost_model='random')")
+        raise TuneError(
+            "the xgb cost model needs the xgboost package, which the 'tune' extra installs: "
+            "pip install -e '.[tune]' (or pass cost_model='random')"
+        )
     spec = get_target(target)
     if not spec.is_host:
-        raise TuneError(f"tune measures candidates on this machine, which does not run target {spec.name!r}; "
-                        "tune on the device itself (records made there apply here with apply_records)")
+        raise TuneError(
+            f"tune measures candidates on this machine, which does not run target {spec.name!r}; "
+            "tune on the device itself (records made there apply here with apply_records)"
+        )
     if trials < 0:
         raise TuneError(f"trials must be >= 0, got {trials}")
     work_dir = Path(work_dir)
@@ -378,15 +411,17 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
             counts[workloads[r[0]][0]] = counts.get(workloads[r[0]][0], 0) + 1
         best = best_per_workload(workloads, records)
 
-    tasks = [t for t in extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
-             if not t.mod.attrs.get(SCHEDULED_ATTR, False) and not is_cut_kernel(t.dispatched[0]["main"])]
+    tasks = [
+        t
+        for t in extract_tasks(mod, tvm_target, module_equality=MODULE_EQUALITY)
+        if not t.mod.attrs.get(SCHEDULED_ATTR, False) and not is_cut_kernel(t.dispatched[0]["main"])
+    ]
     names = [t.task_name for t in tasks]
     hashes = {n: module_workload_hash(t.dispatched[0]) for n, t in zip(names, tasks)}
     before = sum(counts.get(hashes[n], 0) for n in names)
     budget = trials - before
     at_cap = {n for n in names if trials_per_task is not None and counts.get(hashes[n], 0) >= trials_per_task}
-    result = TuneResult(work_dir=work_dir, tasks=names, trials_before=before, trials_run=0, trials=trials,
-                        seconds=0.0)
+    result = TuneResult(work_dir=work_dir, tasks=names, trials_before=before, trials_run=0, trials=trials, seconds=0.0)
     baseline = dict(meta.get("baseline_us", {}))
     if budget > 0 and len(at_cap) < len(names):
         if light_intrinsics:
@@ -399,11 +434,11 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
         paired = dict(meta.get("paired", {}))
         try:
             logs.__enter__()
-            builder = ms.builder.LocalBuilder(f_build=_build_candidate, timeout_sec=builder_timeout_s,
-                                              max_workers=workers)
+            builder = ms.builder.LocalBuilder(
+                f_build=_build_candidate, timeout_sec=builder_timeout_s, max_workers=workers
+            )
             runner = ms.runner.LocalRunner(timeout_sec=runner_timeout_s)
-            todo = {n: _tuning_free(t.dispatched[0], spec) for n, t in zip(names, tasks)
-                    if hashes[n] not in baseline}
+            todo = {n: _tuning_free(t.dispatched[0], spec) for n, t in zip(names, tasks) if hashes[n] not in baseline}
             if todo:
                 for n, us in _measure(todo, builder, runner, tvm_target).items():
                     if us is not None:
@@ -415,34 +450,67 @@ def tune(mod, target: TargetSpec | str, work_dir: str | os.PathLike, *, trials: 
             if selected:
                 measured = _Measured([names[i] for i in selected], budget, t0, progress)
                 strategy = ms.search_strategy.EvolutionarySearch(
-                    population_size=population, init_min_unmeasured=min(50, population))
+                    population_size=population, init_min_unmeasured=min(50, population)
+                )
                 contexts, weights = extracted_tasks_to_tune_contexts(
-                    [tasks[i] for i in selected], str(work_dir), strategy=strategy, num_threads=workers, seed=seed)
+                    [tasks[i] for i in selected], str(work_dir), strategy=strategy, num_threads=workers, seed=seed
+                )
                 callbacks = [*ms.measure_callback.MeasureCallback.create("default"), measured.callback()]
-                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                                   max_trials_global=budget, max_trials_per_task=per_task,
-                                   num_trials_per_iter=trials_per_iter, builder=builder, runner=runner,
-                                   database=database, cost_model=cost_model, measure_callbacks=callbacks,
-                                   module_equality=MODULE_EQUALITY)
-                paired.update(_paired(database, {hashes[names[i]]: tasks[i].dispatched[0] for i in selected},
-                                      spec, builder, runner))
+                ms.tune.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=str(work_dir),
+                    max_trials_global=budget,
+                    max_trials_per_task=per_task,
+                    num_trials_per_iter=trials_per_iter,
+                    builder=builder,
+                    runner=runner,
+                    database=database,
+                    cost_model=cost_model,
+                    measure_callbacks=callbacks,
+                    module_equality=MODULE_EQUALITY,
+                )
+                paired.update(
+                    _paired(
+                        database, {hashes[names[i]]: tasks[i].dispatched[0] for i in selected}, spec, builder, runner
+                    )
+                )
         except TuneError:
             raise
         except Exception as exc:
             lines = str(exc).strip().splitlines()
-            raise TuneError(f"tuning {len(selected) or len(names)} functions for {spec.name!r} in {work_dir} "
-                            f"failed: {type(exc).__name__}: {lines[-1] if lines else ''}") from exc
+            raise TuneError(
+                f"tuning {len(selected) or len(names)} functions for {spec.name!r} in {work_dir} "
+                f"failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
+            ) from exc
         finally:
             logs.__exit__()
         result.trials_run = measured.count if measured is not None else 0
         result.skipped = [n for i, n in enumerate(names) if i not in selected]
         best = best_per_workload(*read_tables(work_dir)) if has_tables(work_dir) else {}
-        meta.update({"target_name": spec.name, "target": target_dict(tvm_target), "tvm_version": tvm.__version__,
-                     "module_equality": MODULE_EQUALITY, "baseline_us": baseline, "paired": paired})
-        meta.setdefault("runs", []).append({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "tasks": len(tasks), "tasks_tuned": len(selected),
-            "trials_budget": trials, "trials_before": before, "trials_run": result.trials_run,
-            "seconds": round(time.perf_counter() - t0, 1), "cost_model": cost_model, "population": population})
+        meta.update(
+            {
+                "target_name": spec.name,
+                "target": target_dict(tvm_target),
+                "tvm_version": tvm.__version__,
+                "module_equality": MODULE_EQUALITY,
+                "baseline_us": baseline,
+                "paired": paired,
+            }
+        )
+        meta.setdefault("runs", []).append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "tasks": len(tasks),
+                "tasks_tuned": len(selected),
+                "trials_budget": trials,
+                "trials_before": before,
+                "trials_run": result.trials_run,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "cost_model": cost_model,
+                "population": population,
+            }
+        )
         write_meta(work_dir, meta)
     result.best_us = {n: best.get(hashes[n]) for n in names}
     result.baseline_us = {n: baseline.get(hashes[n]) for n in names}

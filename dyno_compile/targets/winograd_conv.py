@@ -29,6 +29,7 @@ float16 cannot spare. Convolutions that do not fit (other kernels, strides, dila
 padding or groups, odd output sizes, little work: :data:`MIN_MACS`) keep the next
 legalization.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,8 +39,14 @@ import numpy as np
 
 from dyno_compile.targets.schedule_common import KEEP, child_blocks, pick_factor, static_int
 
-__all__ = ["TILES", "winograd_matrices", "transform_weights", "conv2d_winograd", "legalize_winograd_conv",
-           "schedule_winograd"]
+__all__ = [
+    "TILES",
+    "winograd_matrices",
+    "transform_weights",
+    "conv2d_winograd",
+    "legalize_winograd_conv",
+    "schedule_winograd",
+]
 
 #: Output tile edges ``m`` of F(m x m, 3 x 3) to try, largest first (the input tile edge is
 #: ``m + 2``): the first that divides the output's height and width is used.
@@ -125,26 +132,42 @@ def conv2d_winograd(data, u, m: int):
 
     padded = te.compute(
         (n, c, rows * m + 2, m * span),
-        lambda b, ci, y, x: tirx.if_then_else(tirx.all(y >= 1, y <= h, x >= 1, x <= w), data[b, ci, y - 1, x - 1],
-                                              zero),
-        name="winograd_pad", attrs={KEEP: 1})
-    pad = te.compute((n, c, rows * m + 2, m, span), lambda b, ci, y, q, s: padded[b, ci, y, s * m + q],
-                     name="winograd_split")
-    row_t = _transform((n, al, c, rows, al, vcols), bt, "winograd_rows",
-                       lambda r, b, e, ci, t, j, s: (e, pad[b, ci, t * m + r, j % m, s + j // m]))
-    v = _transform((n, al, al, c, rows, vcols), bt, "winograd_input",
-                   lambda r, b, e, f, ci, t, s: (f, row_t[b, e, ci, t, r, s]))
+        lambda b, ci, y, x: tirx.if_then_else(
+            tirx.all(y >= 1, y <= h, x >= 1, x <= w), data[b, ci, y - 1, x - 1], zero
+        ),
+        name="winograd_pad",
+        attrs={KEEP: 1},
+    )
+    pad = te.compute(
+        (n, c, rows * m + 2, m, span), lambda b, ci, y, q, s: padded[b, ci, y, s * m + q], name="winograd_split"
+    )
+    row_t = _transform(
+        (n, al, c, rows, al, vcols),
+        bt,
+        "winograd_rows",
+        lambda r, b, e, ci, t, j, s: (e, pad[b, ci, t * m + r, j % m, s + j // m]),
+    )
+    v = _transform(
+        (n, al, al, c, rows, vcols), bt, "winograd_input", lambda r, b, e, f, ci, t, s: (f, row_t[b, e, ci, t, r, s])
+    )
     rc = te.reduce_axis((0, c), name="rc")
     gemm = te.compute(
         (n, al, al, rows, vcols, k),
         lambda b, e, f, t, s, ko: te.sum(u[e, f, ko // lanes, rc, ko % lanes] * v[b, e, f, rc, t, s], axis=rc),
-        name=_GEMM)
-    col_t = _transform((n, al, rows, m, cols, k), at, "winograd_cols",
-                       lambda r, b, e, t, jj, s, ko: (jj, gemm[b, e, r, t, s, ko]))
-    y = _transform((n, rows, m, m, cols, k), at, "winograd_output",
-                   lambda r, b, t, ii, jj, s, ko: (ii, col_t[b, r, t, jj, s, ko]))
-    return te.compute((n, k, h, w), lambda b, ko, yy, xx: y[b, yy // m, yy % m, xx % m, xx // m, ko],
-                      name="winograd_nchw", tag="conv2d_nchw")
+        name=_GEMM,
+    )
+    col_t = _transform(
+        (n, al, rows, m, cols, k), at, "winograd_cols", lambda r, b, e, t, jj, s, ko: (jj, gemm[b, e, r, t, s, ko])
+    )
+    y = _transform(
+        (n, rows, m, m, cols, k), at, "winograd_output", lambda r, b, t, ii, jj, s, ko: (ii, col_t[b, r, t, jj, s, ko])
+    )
+    return te.compute(
+        (n, k, h, w),
+        lambda b, ko, yy, xx: y[b, yy // m, yy % m, xx % m, xx // m, ko],
+        name="winograd_nchw",
+        tag="conv2d_nchw",
+    )
 
 
 def _vector_width(cols: int, lanes: int) -> int:
@@ -268,8 +291,9 @@ def _write_rows_in_place(sch, block, par, m: int) -> None:
 
     if len(sch.get_loops(block)) != 4:
         return
-    sch.transform_block_layout(block, IndexMap.from_func(
-        lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4))
+    sch.transform_block_layout(
+        block, IndexMap.from_func(lambda b, k, y, x: (b, y // m, k, y % m, x // m, x % m), ndim=4)
+    )
     sch.reverse_compute_at(block, par)
     sch.unroll(sch.get_loops(block)[-1])
 

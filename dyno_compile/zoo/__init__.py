@@ -11,6 +11,7 @@ Usage::
     m = get_model("resnet20")                 # real weights, input [1, 3, 32, 32]
     logits = jax.jit(m.fn)(m.params, m.random_input())
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -71,21 +72,50 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "resnet18": _Entry(resnet.resnet18, partial(resnet.param_specs, resnet.RESNET18), resnet.INPUT_CHW,
-                       resnet.NUM_CLASSES, "torchvision ResNet-18 (BasicBlock), ImageNet 224x224, 11.7 M params"),
-    "resnet50": _Entry(resnet.resnet50, partial(resnet.param_specs, resnet.RESNET50), resnet.INPUT_CHW,
-                       resnet.NUM_CLASSES, "torchvision ResNet-50 v1.5 (Bottleneck), ImageNet 224x224, 25.6 M params"),
-    "mobilenet_v2": _Entry(mobilenet_v2.mobilenet_v2, mobilenet_v2.param_specs, mobilenet_v2.INPUT_CHW,
-                           mobilenet_v2.NUM_CLASSES, "torchvision MobileNetV2 (width 1.0, ReLU6), ImageNet 224x224, "
-                           "3.5 M params"),
-    "vgg16": _Entry(vgg16.vgg16, vgg16.param_specs, vgg16.INPUT_CHW, vgg16.NUM_CLASSES,
-                    "torchvision VGG16 (no BN), ImageNet 224x224, 138 M params"),
-    "resnet20": _Entry(cifar_resnet.resnet20, partial(cifar_resnet.param_specs, 20), cifar_resnet.INPUT_CHW,
-                       cifar_resnet.NUM_CLASSES, "CIFAR-10 ResNet-20 (option-A shortcuts), 32x32, 0.27 M params",
-                       partial(cifar_resnet.weights_path, 20)),
-    "resnet56": _Entry(cifar_resnet.resnet56, partial(cifar_resnet.param_specs, 56), cifar_resnet.INPUT_CHW,
-                       cifar_resnet.NUM_CLASSES, "CIFAR-10 ResNet-56 (option-A shortcuts), 32x32, 0.86 M params",
-                       partial(cifar_resnet.weights_path, 56)),
+    "resnet18": _Entry(
+        resnet.resnet18,
+        partial(resnet.param_specs, resnet.RESNET18),
+        resnet.INPUT_CHW,
+        resnet.NUM_CLASSES,
+        "torchvision ResNet-18 (BasicBlock), ImageNet 224x224, 11.7 M params",
+    ),
+    "resnet50": _Entry(
+        resnet.resnet50,
+        partial(resnet.param_specs, resnet.RESNET50),
+        resnet.INPUT_CHW,
+        resnet.NUM_CLASSES,
+        "torchvision ResNet-50 v1.5 (Bottleneck), ImageNet 224x224, 25.6 M params",
+    ),
+    "mobilenet_v2": _Entry(
+        mobilenet_v2.mobilenet_v2,
+        mobilenet_v2.param_specs,
+        mobilenet_v2.INPUT_CHW,
+        mobilenet_v2.NUM_CLASSES,
+        "torchvision MobileNetV2 (width 1.0, ReLU6), ImageNet 224x224, 3.5 M params",
+    ),
+    "vgg16": _Entry(
+        vgg16.vgg16,
+        vgg16.param_specs,
+        vgg16.INPUT_CHW,
+        vgg16.NUM_CLASSES,
+        "torchvision VGG16 (no BN), ImageNet 224x224, 138 M params",
+    ),
+    "resnet20": _Entry(
+        cifar_resnet.resnet20,
+        partial(cifar_resnet.param_specs, 20),
+        cifar_resnet.INPUT_CHW,
+        cifar_resnet.NUM_CLASSES,
+        "CIFAR-10 ResNet-20 (option-A shortcuts), 32x32, 0.27 M params",
+        partial(cifar_resnet.weights_path, 20),
+    ),
+    "resnet56": _Entry(
+        cifar_resnet.resnet56,
+        partial(cifar_resnet.param_specs, 56),
+        cifar_resnet.INPUT_CHW,
+        cifar_resnet.NUM_CLASSES,
+        "CIFAR-10 ResNet-56 (option-A shortcuts), 32x32, 0.86 M params",
+        partial(cifar_resnet.weights_path, 56),
+    ),
 }
 
 
@@ -106,8 +136,9 @@ def param_specs(name: str) -> dict[str, ParamSpec]:
     return _entry(name).specs()
 
 
-def get_model(name: str, *, batch: int = 1, seed: int = 0, weights: str | Path | None = None,
-              random_bn: bool = False) -> ZooModel:
+def get_model(
+    name: str, *, batch: int = 1, seed: int = 0, weights: str | Path | None = None, random_bn: bool = False
+) -> ZooModel:
     """Build ``name`` with input batch ``batch``.
 
     ``weights``: ``None`` uses the model's real trained weights where the zoo has them
@@ -124,10 +155,20 @@ def get_model(name: str, *, batch: int = 1, seed: int = 0, weights: str | Path |
     if weights is None and entry.default_weights is not None:
         weights = entry.default_weights()
     if weights is None or (isinstance(weights, str) and weights == RANDOM):
-        params, real, source = init_params(specs, seed, random_bn=random_bn), False, \
-            f"random(seed={seed}, random_bn={random_bn})"
+        params, real, source = (
+            init_params(specs, seed, random_bn=random_bn),
+            False,
+            f"random(seed={seed}, random_bn={random_bn})",
+        )
     else:
         params, real, source = load_weights(weights, specs, name), True, str(weights)
-    return ZooModel(name=name, fn=entry.fn, params=params, input_shape=(batch, *entry.input_chw),
-                    num_classes=entry.num_classes, description=entry.description, real_weights=real,
-                    weights_source=source)
+    return ZooModel(
+        name=name,
+        fn=entry.fn,
+        params=params,
+        input_shape=(batch, *entry.input_chw),
+        num_classes=entry.num_classes,
+        description=entry.description,
+        real_weights=real,
+        weights_source=source,
+    )

@@ -6,6 +6,7 @@ blocks with 16, 32, 64 channels, global average pool, ``linear`` 64->10. The fir
 of stages 2 and 3 strides by 2 and its shortcut has no weights: it subsamples with
 ``x[:, :, ::2, ::2]`` and zero-pads planes/4 channels on each side.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -11,6 +11,7 @@ Parameters are described first (:class:`ParamSpec`: shape and initialiser) and o
 materialised, so a weights file can be validated against the shapes without building a
 random model, and so one seed gives the same arrays whatever code asks for them.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,17 +37,23 @@ _DIMENSION_NUMBERS = ("NCHW", "OIHW", "NCHW")
 # --------------------------------------------------------------------------- forward helpers
 
 
-def conv2d(x: jax.Array, w: Tensor, b: Tensor | None = None, *, stride: int = 1,
-           padding: int = 0, groups: int = 1) -> jax.Array:
+def conv2d(
+    x: jax.Array, w: Tensor, b: Tensor | None = None, *, stride: int = 1, padding: int = 0, groups: int = 1
+) -> jax.Array:
     """PyTorch ``Conv2d`` semantics: symmetric integer ``padding``, OIHW weight, optional bias.
 
     Padding is passed as explicit pairs (never "SAME") so the frontend sees the exact
     amounts PyTorch would use; ``groups`` equal to the channel count gives a depthwise conv.
     """
     # lax converts a NumPy weight itself; its stub types the kernel as jax.Array only
-    y = lax.conv_general_dilated(x, w, window_strides=(stride, stride),  # type: ignore[arg-type]
-                                 padding=((padding, padding), (padding, padding)),
-                                 dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups)
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(stride, stride),  # type: ignore[arg-type]
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=groups,
+    )
     return y if b is None else y + per_channel(b)
 
 
@@ -62,8 +69,9 @@ def batch_norm(x: jax.Array, params: Params, prefix: str, eps: float = BN_EPSILO
     weights-only subexpression, which is the form the BN-folding pass recognises.
     """
     scale = params[f"{prefix}.weight"] * lax.rsqrt(params[f"{prefix}.running_var"] + eps)
-    return (x - per_channel(params[f"{prefix}.running_mean"])) * per_channel(scale) \
-        + per_channel(params[f"{prefix}.bias"])
+    return (x - per_channel(params[f"{prefix}.running_mean"])) * per_channel(scale) + per_channel(
+        params[f"{prefix}.bias"]
+    )
 
 
 def dense(x: jax.Array, params: Params, prefix: str) -> jax.Array:
@@ -82,8 +90,9 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(2, 3))
 
 
-def conv_bn(x: jax.Array, params: Params, conv: str, bn: str, *, stride: int = 1, padding: int = 0,
-            groups: int = 1) -> jax.Array:
+def conv_bn(
+    x: jax.Array, params: Params, conv: str, bn: str, *, stride: int = 1, padding: int = 0, groups: int = 1
+) -> jax.Array:
     """Bias-free conv followed by batch norm: the unit every BN network here is built from."""
     y = conv2d(x, params[f"{conv}.weight"], stride=stride, padding=padding, groups=groups)
     return batch_norm(y, params, bn)
@@ -120,16 +129,16 @@ class SpecBuilder:
             raise ValueError(f"parameter {name!r} declared twice")
         self.specs[name] = spec
 
-    def conv(self, prefix: str, out_ch: int, in_ch: int, kernel: int, *, groups: int = 1,
-             bias: bool = False) -> None:
+    def conv(self, prefix: str, out_ch: int, in_ch: int, kernel: int, *, groups: int = 1, bias: bool = False) -> None:
         """OIHW conv weight with He-normal init, ``mode="fan_out"`` as torchvision.
 
         PyTorch's fan-out is ``out_ch * kernel * kernel`` regardless of groups, so depthwise
         convs get the same (small) standard deviation as in torchvision.
         """
         fan_out = out_ch * kernel * kernel
-        self.add(f"{prefix}.weight", ParamSpec((out_ch, in_ch // groups, kernel, kernel), "normal",
-                                               math.sqrt(2.0 / fan_out)))
+        self.add(
+            f"{prefix}.weight", ParamSpec((out_ch, in_ch // groups, kernel, kernel), "normal", math.sqrt(2.0 / fan_out))
+        )
         if bias:
             self.add(f"{prefix}.bias", ParamSpec((out_ch,), "constant", 0.0))
 
@@ -179,10 +188,12 @@ def _bn(fresh: float, low: float, high: float) -> Initialiser:
     Random statistics make folding BN into the conv change the numbers, so a wrong fold
     shows in tests; the ranges keep each layer's output scale near 1, so deep nets stay finite.
     """
+
     def init(rng: np.random.Generator, spec: ParamSpec, random_bn: bool) -> np.ndarray:
         if not random_bn:
             return np.full(spec.shape, fresh, np.float32)
         return rng.uniform(low, high, spec.shape).astype(np.float32)
+
     return init
 
 

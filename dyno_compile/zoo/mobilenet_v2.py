@@ -5,6 +5,7 @@ Parameter names follow ``torchvision.models.mobilenetv2``: ``features.{i}`` are 
 ``conv.{j}`` indexes its Sequential (expand 1x1, depthwise 3x3, project 1x1, BN).
 Dropout (``classifier.0``) is omitted: this is inference, where it is the identity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,7 @@ INPUT_CHW = (3, 224, 224)
 _STEM_CHANNELS = 32
 _LAST_CHANNELS = 1280
 # torchvision's inverted_residual_setting: expand ratio t, output channels c, repeats n, first stride s.
-_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-            (6, 320, 1, 1))
+_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ def _inverted_residual(p: Params, x: jax.Array, blk: _Block) -> jax.Array:
     y = x
     if blk.expand != 1:
         y = jax.nn.relu6(conv_bn(y, p, f"{blk.name}.conv.0.0", f"{blk.name}.conv.0.1"))
-    y = jax.nn.relu6(conv_bn(y, p, f"{blk.layer(0)}.0", f"{blk.layer(0)}.1", stride=blk.stride, padding=1,
-                             groups=blk.hidden))
+    y = jax.nn.relu6(
+        conv_bn(y, p, f"{blk.layer(0)}.0", f"{blk.layer(0)}.1", stride=blk.stride, padding=1, groups=blk.hidden)
+    )
     y = conv_bn(y, p, blk.layer(1), blk.layer(2))
     return x + y if blk.residual else y
 

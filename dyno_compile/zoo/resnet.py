@@ -4,6 +4,7 @@ Layout and parameter names follow ``torchvision.models.resnet`` exactly, so a to
 ``state_dict`` saved as ``.npz`` loads unchanged. v1.5 means the Bottleneck strides on its
 3x3 conv, not the first 1x1, as torchvision does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,7 @@ from functools import partial
 
 import jax
 
-from dyno_compile.zoo.layers import (Params, ParamSpec, SpecBuilder, conv_bn, dense, global_avg_pool,
-                                     max_pool)
+from dyno_compile.zoo.layers import Params, ParamSpec, SpecBuilder, conv_bn, dense, global_avg_pool, max_pool
 
 NUM_CLASSES = 1000
 INPUT_CHW = (3, 224, 224)

@@ -6,6 +6,7 @@ each take one), so a torchvision ``state_dict`` loads unchanged. torchvision's
 7x7, so it is left out rather than emitting an op the frontend would have to translate;
 the input shape is therefore fixed at 224. Dropout is omitted (inference).
 """
+
 from __future__ import annotations
 
 import jax

@@ -4,6 +4,7 @@ A weights file with a wrong or missing key would otherwise fail deep inside trac
 (``KeyError`` from a layer helper) or, worse, with a shape error far from its cause; here
 every mismatch is reported up front, naming the key, as an :class:`InputError`.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -29,8 +30,9 @@ def _read_npz(path: Path, model: str) -> dict[str, np.ndarray]:
         raise InputError(f"{model}: cannot read weights file {path} as .npz: {exc}") from exc
 
 
-def check_weights(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ParamSpec], model: str,
-                  source: str) -> dict[str, np.ndarray]:
+def check_weights(
+    arrays: Mapping[str, np.ndarray], specs: Mapping[str, ParamSpec], model: str, source: str
+) -> dict[str, np.ndarray]:
     """Arrays as float32 in spec order, or an :class:`InputError` naming every bad key.
 
     ``num_batches_tracked`` entries are dropped; missing, unexpected, non-float and

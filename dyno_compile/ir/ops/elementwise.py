@@ -1,4 +1,5 @@
 """Elementwise ops: activations, arithmetic with NumPy broadcasting, casts."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

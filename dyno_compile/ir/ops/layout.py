@@ -1,4 +1,5 @@
 """Data layouts of 4-D activations and conv kernels, named as TVM and XLA name them."""
+
 from __future__ import annotations
 
 from dyno_compile.errors import GraphError

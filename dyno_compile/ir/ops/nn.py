@@ -3,14 +3,14 @@
 Padding is explicit ``((top, bottom), (left, right))`` so that every frontend's
 convention (ONNX auto_pad, XLA "SAME", PyTorch symmetric) lowers to one form.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dyno_compile.ir.ops.layout import (DATA_LAYOUTS, KERNEL_LAYOUTS, channel_axis, check_layout,
-                                        spatial_axes, window_4d)
+from dyno_compile.ir.ops.layout import DATA_LAYOUTS, KERNEL_LAYOUTS, channel_axis, check_layout, spatial_axes, window_4d
 from dyno_compile.ir.ops.registry import REQUIRED, register_op
 
 Pad2d = tuple[tuple[int, int], tuple[int, int]]
@@ -27,19 +27,45 @@ def _channel_shape(ndim: int, axis: int, channels: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-@register_op("conv2d", inputs=(2, 3), kind="nn", attrs={
-    "strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "groups": 1,
-    "data_layout": "NCHW", "kernel_layout": "OIHW"})
-def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, strides: tuple[int, int],
-           padding: Pad2d, dilation: tuple[int, int], groups: int, data_layout: str,
-           kernel_layout: str) -> jax.Array:
+@register_op(
+    "conv2d",
+    inputs=(2, 3),
+    kind="nn",
+    attrs={
+        "strides": (1, 1),
+        "padding": ((0, 0), (0, 0)),
+        "dilation": (1, 1),
+        "groups": 1,
+        "data_layout": "NCHW",
+        "kernel_layout": "OIHW",
+    },
+)
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array | None = None,
+    *,
+    strides: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int],
+    groups: int,
+    data_layout: str,
+    kernel_layout: str,
+) -> jax.Array:
     check_layout(data_layout, DATA_LAYOUTS)
     check_layout(kernel_layout, KERNEL_LAYOUTS)
     acc = _accumulation_dtype(x.dtype)
     y = lax.conv_general_dilated(
-        x, w, window_strides=strides, padding=padding, rhs_dilation=dilation,
-        dimension_numbers=(data_layout, kernel_layout, data_layout), feature_group_count=groups,
-        precision=lax.Precision.HIGHEST, preferred_element_type=acc)
+        x,
+        w,
+        window_strides=strides,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=(data_layout, kernel_layout, data_layout),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+        preferred_element_type=acc,
+    )
     if b is not None:
         axis = channel_axis(data_layout)
         y = y + b.astype(y.dtype).reshape(_channel_shape(4, axis, b.shape[0]))
@@ -56,36 +82,56 @@ def dense(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
 
 
 @register_op("batch_norm", inputs=5, kind="nn", attrs={"epsilon": 1e-5, "axis": 1})
-def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array, *,
-               epsilon: float, axis: int) -> jax.Array:
+def batch_norm(
+    x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array, *, epsilon: float, axis: int
+) -> jax.Array:
     shape = _channel_shape(x.ndim, axis % x.ndim, x.shape[axis])
     scale = (gamma * lax.rsqrt(var + epsilon)).reshape(shape)
     return ((x - mean.reshape(shape)) * scale + beta.reshape(shape)).astype(x.dtype)
 
 
-_POOL_ATTRS = {"kernel": REQUIRED, "strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1),
-               "layout": "NCHW"}
+_POOL_ATTRS = {"kernel": REQUIRED, "strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "layout": "NCHW"}
 
 
-def _pool_window(layout: str, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d,
-                 dilation: tuple[int, int]) -> dict:
+def _pool_window(
+    layout: str, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d, dilation: tuple[int, int]
+) -> dict:
     h, w = spatial_axes(layout)
     pads = [(0, 0)] * 4
     pads[h], pads[w] = padding
-    return {"window_dimensions": window_4d(layout, kernel, 1), "window_strides": window_4d(layout, strides, 1),
-            "padding": tuple(pads), "window_dilation": window_4d(layout, dilation, 1)}
+    return {
+        "window_dimensions": window_4d(layout, kernel, 1),
+        "window_strides": window_4d(layout, strides, 1),
+        "padding": tuple(pads),
+        "window_dilation": window_4d(layout, dilation, 1),
+    }
 
 
 @register_op("max_pool2d", kind="nn", attrs=_POOL_ATTRS)
-def max_pool2d(x: jax.Array, *, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d,
-               dilation: tuple[int, int], layout: str) -> jax.Array:
+def max_pool2d(
+    x: jax.Array,
+    *,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int],
+    layout: str,
+) -> jax.Array:
     init = jnp.array(-jnp.inf, x.dtype)
     return lax.reduce_window(x, init, lax.max, **_pool_window(layout, kernel, strides, padding, dilation))
 
 
 @register_op("avg_pool2d", kind="nn", attrs={**_POOL_ATTRS, "count_include_pad": False})
-def avg_pool2d(x: jax.Array, *, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d,
-               dilation: tuple[int, int], layout: str, count_include_pad: bool) -> jax.Array:
+def avg_pool2d(
+    x: jax.Array,
+    *,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int],
+    layout: str,
+    count_include_pad: bool,
+) -> jax.Array:
     window = _pool_window(layout, kernel, strides, padding, dilation)
     acc = x.astype(jnp.float32) if _accumulation_dtype(x.dtype) else x
     total = lax.reduce_window(acc, jnp.array(0, acc.dtype), lax.add, **window)

@@ -14,6 +14,7 @@ and the TVM kernels compute the same, bit for bit)::
 ``scale``. ``bitpack`` lays b-bit codes end to end in a little-endian, LSB-first bit
 stream of ``ceil(N * b / 8)`` bytes; ``bitunpack`` inverts it.
 """
+
 from __future__ import annotations
 
 from math import prod

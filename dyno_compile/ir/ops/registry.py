@@ -5,11 +5,13 @@ the interpreter runs it, shape inference traces it abstractly), its attribute sc
 with defaults, and its arity. Later layers (split, quantize/pack) register their ops
 here too, so that one interpreter runs every graph.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 
@@ -41,8 +43,11 @@ class OpDef:
     def check_arity(self, n: int, node: str) -> None:
         hi = self.max_inputs
         if n < self.min_inputs or (hi is not None and n > hi):
-            want = f"{self.min_inputs}" if hi == self.min_inputs else (
-                f"{self.min_inputs}..{hi if hi is not None else 'N'}")
+            want = (
+                f"{self.min_inputs}"
+                if hi == self.min_inputs
+                else (f"{self.min_inputs}..{hi if hi is not None else 'N'}")
+            )
             raise GraphError(f"node {node!r} ({self.name}): takes {want} inputs, got {n}")
 
     def complete_attrs(self, attrs: Mapping[str, Any], node: str) -> dict[str, Any]:
@@ -50,8 +55,8 @@ class OpDef:
         unknown = set(attrs) - set(self.attrs)
         if unknown:
             raise GraphError(
-                f"node {node!r} ({self.name}): unknown attribute(s) {sorted(unknown)}; "
-                f"allowed: {sorted(self.attrs)}")
+                f"node {node!r} ({self.name}): unknown attribute(s) {sorted(unknown)}; allowed: {sorted(self.attrs)}"
+            )
         out = {}
         for key, default in self.attrs.items():
             if key in attrs:
@@ -66,8 +71,9 @@ class OpDef:
 _REGISTRY: dict[str, OpDef] = {}
 
 
-def register_op(name: str, *, attrs: Mapping[str, Any] | None = None, inputs: int | tuple[int, int | None] = 1,
-                kind: str = "tensor") -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
+def register_op(
+    name: str, *, attrs: Mapping[str, Any] | None = None, inputs: int | tuple[int, int | None] = 1, kind: str = "tensor"
+) -> Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]:
     """Decorator adding ``impl(*inputs, **attrs)`` to the registry under ``name``."""
     lo, hi = (inputs, inputs) if isinstance(inputs, int) else inputs
 
@@ -91,8 +97,7 @@ def registered_ops() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def infer_type(op: str, input_types: tuple[TensorType, ...], attrs: Mapping[str, Any],
-               node: str = "?") -> TensorType:
+def infer_type(op: str, input_types: tuple[TensorType, ...], attrs: Mapping[str, Any], node: str = "?") -> TensorType:
     """Output type of ``op`` on inputs of these types, by tracing its JAX impl abstractly."""
     opdef = get_op(op, node)
     try:
@@ -103,8 +108,7 @@ def infer_type(op: str, input_types: tuple[TensorType, ...], attrs: Mapping[str,
 
 
 @lru_cache(maxsize=8192)
-def _infer_cached(opdef: OpDef, input_types: tuple[TensorType, ...],
-                  attrs: tuple[tuple[str, Any], ...]) -> TensorType:
+def _infer_cached(opdef: OpDef, input_types: tuple[TensorType, ...], attrs: tuple[tuple[str, Any], ...]) -> TensorType:
     structs = [jax.ShapeDtypeStruct(t.shape, t.dtype) for t in input_types]
     out = jax.eval_shape(lambda *xs: opdef.impl(*xs, **dict(attrs)), *structs)
     return TensorType(out.shape, out.dtype)

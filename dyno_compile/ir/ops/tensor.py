@@ -1,4 +1,5 @@
 """Shape and data-movement ops, and reductions."""
+
 from __future__ import annotations
 
 from math import prod
@@ -44,8 +45,9 @@ def broadcast_to(x: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
 
 
 @register_op("slice", attrs={"starts": REQUIRED, "limits": REQUIRED, "strides": None})
-def slice_(x: jax.Array, *, starts: tuple[int, ...], limits: tuple[int | None, ...],
-           strides: tuple[int, ...] | None) -> jax.Array:
+def slice_(
+    x: jax.Array, *, starts: tuple[int, ...], limits: tuple[int | None, ...], strides: tuple[int, ...] | None
+) -> jax.Array:
     """``x[start:limit:stride]`` per axis; a ``None`` limit runs to the end, so a slice that
     keeps a whole axis (the batch) stays valid when that axis is resized."""
     if not len(starts) == len(limits) == x.ndim or (strides is not None and len(strides) != x.ndim):
@@ -57,9 +59,14 @@ def slice_(x: jax.Array, *, starts: tuple[int, ...], limits: tuple[int | None, .
 def _reduction(fn):
     def impl(x: jax.Array, *, axes: tuple[int, ...], keepdims: bool) -> jax.Array:
         return fn(x, axis=tuple(axes), keepdims=keepdims)
+
     return impl
 
 
-for _name, _fn in {"reduce_sum": jnp.sum, "reduce_max": jnp.max, "reduce_min": jnp.min,
-                   "reduce_mean": jnp.mean}.items():
+for _name, _fn in {
+    "reduce_sum": jnp.sum,
+    "reduce_max": jnp.max,
+    "reduce_min": jnp.min,
+    "reduce_mean": jnp.mean,
+}.items():
     register_op(_name, kind="reduce", attrs={"axes": REQUIRED, "keepdims": False})(_reduction(_fn))
