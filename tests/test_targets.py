@@ -365,9 +365,9 @@ def test_vector_tiles_are_whole_registers_where_a_divisor_allows(extent, regs, w
     """Up to ``regs`` registers of 16 lanes: the whole extent if it fits, else multiples of
     the lanes, then a power of two of at least half the lanes (a 14-lane vector costs LLVM
     three loads), then the largest divisor of at least half the lanes, else none (1)."""
-    from dyno_compile.targets.schedule import _pick_vector
+    from dyno_compile.targets.schedule_common import pick_vector
 
-    assert _pick_vector(extent, 16, regs) == want
+    assert pick_vector(extent, 16, regs) == want
 
 
 def test_rows_without_a_vector_divisor_stay_an_inner_loop(rng):

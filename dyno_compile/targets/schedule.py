@@ -58,12 +58,20 @@ from typing import Any
 from dyno_compile.targets.schedule_common import (
     KEEP,
     SCHEDULED_ATTR,
+    block_realize,
     child_blocks,
-    divisors,
     fuse_loops,
+    index_vars,
+    is_reduction,
     is_scheduled,
+    iter_kinds,
     pick_factor,
+    pick_vector,
+    region_indices,
+    simple_binding,
     static_int,
+    static_ints,
+    strided,
 )
 from dyno_compile.targets.winograd_conv import schedule_winograd
 
@@ -164,93 +172,6 @@ MAX_WINDOW = 64
 MIN_PLANES = 8
 
 
-# --------------------------------------------------------------------------- helpers
-def _is_reduction(sch, block) -> bool:
-    from tvm import tirx
-
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _iter_kinds(sch, block) -> list[str]:
-    from tvm import tirx
-
-    out = []
-    for iv in sch.get(block).iter_vars:
-        out.append({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(iv.iter_type, "O"))
-    return out
-
-
-def _pick_vector(extent: int, lanes: int, max_regs: int) -> int:
-    """Vector tile for an axis of ``extent``: a divisor, preferring multiples of ``lanes``,
-    then a power of two of at least half the lanes (one register, possibly half-width),
-    then the largest divisor. LLVM splits a 14-lane vector into 8 + 4 + 2 loads and
-    stores; MobileNetV2's 56-wide 1x1 convolutions with 24 output channels ran 5-9 %
-    faster on 8 lanes, the model 5.49 to 5.36 ms (A/B in one process)."""
-    if extent <= lanes * max_regs:
-        return extent
-    for regs in range(max_regs, 0, -1):
-        if extent % (lanes * regs) == 0:
-            return lanes * regs
-    fits = [d for d in divisors(extent) if d <= lanes * max_regs]
-    whole = [d for d in fits if d >= lanes // 2 and d & (d - 1) == 0]
-    if whole:
-        return max(whole)
-    best = max(fits)
-    return best if best >= lanes // 2 else 1
-
-
-def _index_vars(expr) -> set:
-    import tvm_ffi
-    from tvm import tirx
-
-    found: set = set()
-    tvm_ffi.structural_walk(expr, (tirx.Var, found.add), order="post")
-    return found
-
-
-def _strided(expr, var) -> bool:
-    """``expr`` is linear in ``var`` with a coefficient other than 1 (``2 * ow + kw``)."""
-    from tvm.sym.pattern import detect_linear_equation
-
-    found = detect_linear_equation(expr, [var])
-    return bool(found) and static_int(found[0]) != 1
-
-
-def _region_indices(region) -> list:
-    return [r.min for r in region.region]
-
-
-def _simple_binding(sch, block) -> bool:
-    """Loops map 1:1, in order, to the block's iter vars (the layout legalization emits)."""
-    loops = sch.get_loops(block)
-    br = _block_realize(sch, block)
-    if br is None or len(loops) != len(sch.get(block).iter_vars):
-        return False
-    for loop, value in zip(loops, br.iter_values):
-        if not value.same_as(sch.get(loop).loop_var):
-            return False
-    return True
-
-
-def _block_realize(sch, block):
-    """The SBlockRealize of ``block`` (its iter values), found in its parent loop's body."""
-    import tvm_ffi
-    from tvm import s_tir
-
-    loops = sch.get_loops(block)
-    if not loops:
-        return None
-    target = sch.get(block)
-    found = []
-
-    def visit(node):
-        if node.block.same_as(target):
-            found.append(node)
-
-    tvm_ffi.structural_walk(sch.get(loops[-1]).body, (s_tir.SBlockRealize, visit), order="post")
-    return found[0] if found else None
-
-
 # --------------------------------------------------------------------------- steps
 def _inline(sch, cfg: ScheduleConfig) -> None:
     """Inline injective blocks into their consumers until nothing changes."""
@@ -258,12 +179,12 @@ def _inline(sch, cfg: ScheduleConfig) -> None:
     while changed:
         changed = False
         for block in child_blocks(sch):
-            if _is_reduction(sch, block):
+            if is_reduction(sch, block):
                 continue
             consumers = sch.get_consumers(block)
             if not consumers:
                 continue  # an output
-            if cfg.keep_reduction_producers and any(_is_reduction(sch, c) for c in consumers):
+            if cfg.keep_reduction_producers and any(is_reduction(sch, c) for c in consumers):
                 continue
             if KEEP in sch.get(block).annotations:
                 continue
@@ -298,15 +219,15 @@ def _schedule_spatial(sch, block, lanes: int, cfg: ScheduleConfig) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    if not _simple_binding(sch, block) or "R" in _iter_kinds(sch, block):
+    if not simple_binding(sch, block) or "R" in iter_kinds(sch, block):
         _schedule_reduction_simple(sch, block, cfg)
         return
-    extents = [static_int(sch.get(lp).extent) for lp in loops]
-    if any(e is None for e in extents):
+    extents = static_ints(sch.get(lp).extent for lp in loops)
+    if extents is None:
         return
     work = prod(extents)
     inner = extents[-1]
-    vec = _pick_vector(inner, lanes, 2) if inner > 1 else 1
+    vec = pick_vector(inner, lanes, 2) if inner > 1 else 1
     if 1 < vec < inner:
         outer_part, vloop = sch.split(loops[-1], factors=[None, vec])
         outer = loops[:-1] + [outer_part]
@@ -324,10 +245,10 @@ def _schedule_spatial(sch, block, lanes: int, cfg: ScheduleConfig) -> None:
 
 def _schedule_reduction_simple(sch, block, cfg: ScheduleConfig) -> None:
     """Parallelise the spatial loops above the first reduction loop."""
-    if not _simple_binding(sch, block):
+    if not simple_binding(sch, block):
         return
     outer = []
-    for lp, kind in zip(sch.get_loops(block), _iter_kinds(sch, block)):
+    for lp, kind in zip(sch.get_loops(block), iter_kinds(sch, block)):
         if kind != "S":
             break
         outer.append(lp)
@@ -347,9 +268,9 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     """
     blk = sch.get(block)
     ivs = [iv.var for iv in blk.iter_vars]
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     extents = [static_int(iv.dom.extent) or 1 for iv in blk.iter_vars]
-    out_idx = _region_indices(blk.writes[0])
+    out_idx = region_indices(blk.writes[0])
     reads = list(blk.reads)
     spatial = [i for i in range(len(ivs)) if kinds[i] == "S" and extents[i] > 1]
 
@@ -357,8 +278,8 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
         """The first input whose innermost index uses iter var ``i`` without a stride (a
         strided convolution's width gathers: another axis vectorises better, if there is one)."""
         for r in reads:
-            idx = _region_indices(r)
-            if idx and ivs[i] in _index_vars(idx[-1]) and not _strided(idx[-1], ivs[i]):
+            idx = region_indices(r)
+            if idx and ivs[i] in index_vars(idx[-1]) and not strided(idx[-1], ivs[i]):
                 return r
         return None
 
@@ -374,15 +295,15 @@ def _choose_axes(sch, block, lanes: int) -> tuple[int | None, int | None]:
     else:  # nothing contiguous: a strided pooling (see _schedule_window), or not a pattern
         return None, None
     vec_vars = set()
-    for e in _region_indices(operand(vec)):
-        vec_vars |= _index_vars(e)
+    for e in region_indices(operand(vec)):
+        vec_vars |= index_vars(e)
     candidates = [i for i in spatial if i != vec]
     free = [i for i in candidates if ivs[i] not in vec_vars]
     if free:  # largest extent, ties to the innermost output axis
         return vec, max(free, key=lambda i: (extents[i], i))
-    before = [i for i in candidates if any(ivs[i] in _index_vars(e) for e in out_idx[:-1])]
+    before = [i for i in candidates if any(ivs[i] in index_vars(e) for e in out_idx[:-1])]
     if before:
-        pos = {i: max(k for k, e in enumerate(out_idx) if ivs[i] in _index_vars(e)) for i in before}
+        pos = {i: max(k for k, e in enumerate(out_idx) if ivs[i] in index_vars(e)) for i in before}
         return vec, max(before, key=lambda i: pos[i])
     return vec, None
 
@@ -393,19 +314,19 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     Returns the outer (parallel) loop that now holds the tile, init and epilogue, or
     ``None`` (schedule untouched) when the block does not fit the pattern.
     """
-    if not _simple_binding(sch, block):
+    if not simple_binding(sch, block):
         return None
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     if "O" in kinds:
         return None
     vec, reg = _choose_axes(sch, block, lanes)
     if vec is None:
         return None
     loops = sch.get_loops(block)
-    extents = [static_int(sch.get(lp).extent) for lp in loops]
-    if any(e is None for e in extents):
+    extents = static_ints(sch.get(lp).extent for lp in loops)
+    if extents is None:
         return None
-    vf = _pick_vector(extents[vec], lanes, cfg.max_vector_regs)
+    vf = pick_vector(extents[vec], lanes, cfg.max_vector_regs)
     if vf <= 1:
         return None
     vregs = -(-vf // lanes)
@@ -517,22 +438,22 @@ def _plane_producers(sch, block) -> tuple[list, set[int]]:
     10-25 % less.
     """
     blk = sch.get(block)
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     spatial = {iv.var: i for i, (iv, k) in enumerate(zip(blk.iter_vars, kinds)) if k == "S"}
     reduced = {iv.var for iv, k in zip(blk.iter_vars, kinds) if k == "R"}
     unit = {iv.var for iv in blk.iter_vars if iv.var in reduced and static_int(iv.dom.extent) == 1}
-    producers = [p for p in sch.get_producers(block) if not _is_reduction(sch, p)]
+    producers = [p for p in sch.get_producers(block) if not is_reduction(sch, p)]
     plane: set[int] = set()
     for p in producers:
         written = sch.get(p).writes[0].source
         for region in blk.reads:
             if not region.source.same_as(written):
                 continue
-            idx = _region_indices(region)
-            if len(idx) < 3 or any(not _index_vars(e) & (reduced - unit) for e in idx[-2:]):
+            idx = region_indices(region)
+            if len(idx) < 3 or any(not index_vars(e) & (reduced - unit) for e in idx[-2:]):
                 return [], set()
             for e in idx[:-2]:
-                used = _index_vars(e)
+                used = index_vars(e)
                 if used - set(spatial) - unit:
                     return [], set()
                 plane |= {spatial[v] for v in used if v in spatial}
@@ -568,20 +489,20 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
     237, 80, 42 and 42 us with bounds checks, 210, 63, 42 and 28 plane by plane.
     """
     loops = sch.get_loops(block)
-    kinds = _iter_kinds(sch, block)
-    extents = [static_int(sch.get(lp).extent) for lp in loops]
+    kinds = iter_kinds(sch, block)
+    extents = static_ints(sch.get(lp).extent for lp in loops)
     n_spatial = kinds.index("R") if "R" in kinds else len(kinds)
     if (
         n_spatial < 2
         or any(k != "R" for k in kinds[n_spatial:])
-        or any(e is None for e in extents)
+        or extents is None
         or prod(extents[n_spatial:]) > MAX_WINDOW
     ):
         return None
     blk = sch.get(block)
     width = blk.iter_vars[n_spatial - 1].var
     if not any(
-        idx and width in _index_vars(idx[-1]) and _strided(idx[-1], width) for idx in map(_region_indices, blk.reads)
+        idx and width in index_vars(idx[-1]) and strided(idx[-1], width) for idx in map(region_indices, blk.reads)
     ):
         return None
     producers, plane = _plane_producers(sch, block)
@@ -593,7 +514,7 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
         _pad_each_plane(sch, producers, par)
     else:
         for producer in sch.get_producers(block):  # a pad: bounds checks are cheaper than a pass
-            if not _is_reduction(sch, producer):
+            if not is_reduction(sch, producer):
                 try:
                     sch.compute_inline(producer)
                 except Exception:  # noqa: BLE001 - it stays a stage of its own
@@ -612,7 +533,7 @@ def _attach_epilogue(sch, consumers: list, loop) -> list:
     keep loops of their own)."""
     moved = []
     for c in consumers:
-        if sch.get(c).name_hint and not _is_reduction(sch, c):
+        if sch.get(c).name_hint and not is_reduction(sch, c):
             try:
                 sch.reverse_compute_at(c, loop)
                 moved.append(c)
@@ -628,20 +549,23 @@ def _pixel_axes(sch, block) -> tuple[int, int, int] | None:
     and the pair is one contiguous axis) or ignores both. ``None`` otherwise: a padded or
     strided convolution's input, a transposition."""
     blk = sch.get(block)
-    if not _simple_binding(sch, block):
+    if not simple_binding(sch, block):
         return None
     ivs = [iv.var for iv in blk.iter_vars]
-    out = _region_indices(blk.writes[0])
+    out = region_indices(blk.writes[0])
     if len(out) < 3:
         return None
-    pos = [next((i for i, v in enumerate(ivs) if e.same_as(v)), None) for e in out[-2:]]
-    if None in pos or pos[1] != pos[0] + 1 or _iter_kinds(sch, block)[pos[0]] != "S":
+    found = [next((i for i, v in enumerate(ivs) if e.same_as(v)), None) for e in out[-2:]]
+    pos = [i for i in found if i is not None]
+    if len(pos) < 2 or pos[1] != pos[0] + 1 or iter_kinds(sch, block)[pos[0]] != "S":
         return None
     row, col = (ivs[i] for i in pos)
     width = static_int(blk.iter_vars[pos[1]].dom.extent)
+    if width is None:
+        return None
     for region in (*blk.reads, *blk.writes):
-        idx = _region_indices(region)
-        used = [k for k, e in enumerate(idx) if _index_vars(e) & {row, col}]
+        idx = region_indices(region)
+        used = [k for k, e in enumerate(idx) if index_vars(e) & {row, col}]
         if not used:
             continue
         if (
@@ -680,7 +604,7 @@ def _flatten_pixels(sch, block, lanes: int) -> bool:
     written = sch.get(block).writes[0].source
     if any(written.same_as(b) for b in sch.mod["main"].params):
         return False
-    if not consumers or any(_is_reduction(sch, c) or _pixel_axes(sch, c) != found for c in consumers):
+    if not consumers or any(is_reduction(sch, c) or _pixel_axes(sch, c) != found for c in consumers):
         return False
 
     def fuse_pair(b):
@@ -733,14 +657,14 @@ def _largest_tensor_first(sch, block, loops: list) -> list:
         [*operands, blk.writes[0]], key=lambda r: prod(static_int(d) or 1 for d in r.source.shape) * r.source.dtype.bits
     )
     indexed = set()
-    for e in _region_indices(largest):
-        indexed |= _index_vars(e)
-    bindings = list(zip(_block_realize(sch, block).iter_values, blk.iter_vars))
+    for e in region_indices(largest):
+        indexed |= index_vars(e)
+    bindings = list(zip(block_realize(sch, block).iter_values, blk.iter_vars))
 
     def elsewhere(loop) -> bool:
         """The loop walks an iter var that does not index the largest tensor."""
         var = sch.get(loop).loop_var
-        walked = [iv.var for binding, iv in bindings if var in _index_vars(binding)]
+        walked = [iv.var for binding, iv in bindings if var in index_vars(binding)]
         return bool(walked) and walked[-1] not in indexed
 
     return sorted(loops, key=elsewhere)
@@ -754,8 +678,8 @@ def _vector_axis_last(sch, block, vec: int) -> None:
 
     blk = sch.get(block)
     var = blk.iter_vars[vec].var
-    idx = _region_indices(blk.writes[0])
-    dims = [k for k, e in enumerate(idx) if var in _index_vars(e)]
+    idx = region_indices(blk.writes[0])
+    dims = [k for k, e in enumerate(idx) if var in index_vars(e)]
     if len(dims) != 1 or dims[0] == len(idx) - 1:
         return
     d = dims[0]
@@ -767,7 +691,7 @@ def _vectorize_innermost(sch, block) -> None:
     if not loops:
         return
     extent = static_int(sch.get(loops[-1]).extent) or 1
-    if 1 < extent <= 64 and "R" not in _iter_kinds(sch, block):
+    if 1 < extent <= 64 and "R" not in iter_kinds(sch, block):
         try:
             sch.vectorize(loops[-1])
         except Exception:
@@ -783,7 +707,7 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
     sch = s_tir.Schedule(func)
     _inline(sch, cfg)
     blocks = child_blocks(sch)
-    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    reductions = [b for b in blocks if is_reduction(sch, b)]
     how = "parallel"
     tile_loop = None
     if len(reductions) > 1:
@@ -807,7 +731,7 @@ def schedule_func(func, target=None, cfg: ScheduleConfig | None = None) -> tuple
             continue  # the tile's own blocks: init, update, epilogue
         if _under_parallel(sch, block):
             continue
-        if _is_reduction(sch, block):
+        if is_reduction(sch, block):
             _schedule_reduction_simple(sch, block, cfg)
         else:
             _schedule_spatial(sch, block, lanes, cfg)

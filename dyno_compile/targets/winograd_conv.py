@@ -229,7 +229,7 @@ def schedule_winograd(sch, acc_registers: int):
     m = int(sch.get(names["winograd_split"]).writes[0].source.shape[3])  # split[n, c, row, col % m, col // m]
     n, e, f, t, s, k, rc = sch.get_loops(gemm)
     lanes = int(sch.get(gemm).reads[0].source.shape[-1])  # u[e, f, K/lanes, C, lanes]
-    cols, kb = static_int(sch.get(s).extent), static_int(sch.get(k).extent) // lanes
+    cols, kb = int(sch.get(s).extent), int(sch.get(k).extent) // lanes  # static: the legalization's shapes
     rf = pick_factor(cols, acc_registers)
     vk = pick_factor(kb, max(1, acc_registers // rf))
     ko, kv, ki = sch.split(k, [None, vk, lanes])
