@@ -129,9 +129,12 @@ def _cut_entry(plan: BuildPlan, index: int, cut: CutPoint) -> dict[str, Any]:
             ttype = plan.graph.node(t).type
             key = kernel_key(ttype, b, plan.granularity, axis)
             if f"pack_{key}" not in plan.device_functions:
-                q = {"granularity": plan.granularity, "axis": axis}
-                plan.device_functions[f"pack_{key}"] = pack_graph(ttype, b, **q, name=f"pack_{key}")
-                plan.cloud_functions[f"unpack_{key}"] = unpack_graph(ttype, b, **q, name=f"unpack_{key}")
+                plan.device_functions[f"pack_{key}"] = pack_graph(
+                    ttype, b, granularity=plan.granularity, axis=axis, name=f"pack_{key}"
+                )
+                plan.cloud_functions[f"unpack_{key}"] = unpack_graph(
+                    ttype, b, granularity=plan.granularity, axis=axis, name=f"unpack_{key}"
+                )
             names.append({"tensor": t, "pack": f"pack_{key}", "unpack": f"unpack_{key}"})
         entry["kernels"][str(b)] = names
     return entry

@@ -23,8 +23,10 @@ import numpy as np
 
 from dyno_compile.artifact.load import Artifact
 from dyno_compile.configs import Config, Evaluation
+from dyno_compile.errors import InputError
 from dyno_compile.runtime.client import DeviceClient
 from dyno_compile.runtime.selector import is_device_only
+from dyno_compile.runtime.sides import DeviceLike
 from dyno_compile.search.profile import LibraryProfile, config_times
 
 
@@ -71,7 +73,7 @@ def slower_device(evaluations: list[Evaluation], factor: float) -> list[Evaluati
 class EmulatedDevice:
     """A client's :class:`~dyno_compile.runtime.sides.DeviceSide` at the emulated speed."""
 
-    def __init__(self, real: Any, evaluations: list[Evaluation], device_only_cut: int) -> None:
+    def __init__(self, real: DeviceLike, evaluations: list[Evaluation], device_only_cut: int) -> None:
         self._real = real
         self._device_s = {e.config: e.device_s for e in evaluations}
         self._device_only_cut = device_only_cut
@@ -107,7 +109,12 @@ def emulate_device(client: DeviceClient, evaluations: list[Evaluation] | None = 
     holds the emulated device times (default: the client's candidates, as from an
     :func:`emulated_artifact`); it must include device-only, which a failed offload
     falls back to."""
-    evaluations = list(evaluations if evaluations is not None else client.selector.candidates.evaluations)
+    if evaluations is None:
+        if client.selector is None:
+            raise InputError("emulate_device: the client has no search results; pass the evaluations to emulate")
+        evaluations = list(client.selector.candidates.evaluations)
+    else:
+        evaluations = list(evaluations)
     x = np.zeros(client.device.input_shape, client.device.input_dtype)
     for e in evaluations:
         env = client.device.start(x, e.config.cut)

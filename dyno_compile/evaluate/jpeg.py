@@ -207,7 +207,7 @@ def _whole_model(artifact: Artifact) -> tuple[DeviceSide, int, tuple[int, int], 
 def measure_jpeg_uploads(
     artifact: Artifact | str | os.PathLike,
     images: Images,
-    labels: Sequence[int] | None,
+    labels: Sequence[int] | np.ndarray | None,
     preprocess: str,
     qualities: Sequence[int] = (90,),
     limit: int | None = None,
@@ -282,7 +282,7 @@ def measure_jpeg_uploads(
 def measure_jpeg_upload(
     artifact: Artifact | str | os.PathLike,
     images_uint8_hwc: Images,
-    labels_or_none: Sequence[int] | None,
+    labels_or_none: Sequence[int] | np.ndarray | None,
     preprocess: str,
     quality: int = 90,
     limit: int | None = None,

@@ -162,7 +162,11 @@ def live_comparison(
                 live, measured = _live(
                     factories[name]("sequential"), evaluations, prepared, endpoint, shaper, trace, images, settings
                 )
-                replayed = replay(factories[name]("sequential"), trace.trace, replace(settings, **measured))
+                replayed = replay(
+                    factories[name]("sequential"),
+                    trace.trace,
+                    replace(settings, rtt_s=measured["rtt_s"], cloud_load=measured["cloud_load"]),
+                )
                 expected = [frames.size(r.config, i % len(images)) for i, r in enumerate(live)]
                 out.append(LiveComparison(name, live, replayed, expected))
                 s = out[-1].summary()
@@ -220,8 +224,10 @@ class _ServeProcess:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        ready = select.select([self.proc.stdout], [], [], SERVER_START_S)[0]
-        line = self.proc.stdout.readline().strip() if ready else ""
+        stdout = self.proc.stdout
+        assert stdout is not None, "Popen(stdout=PIPE) gives a pipe"
+        ready = select.select([stdout], [], [], SERVER_START_S)[0]
+        line = stdout.readline().strip() if ready else ""
         parts = urlsplit(line)
         if not parts.hostname or not parts.port:
             self.__exit__()
@@ -255,6 +261,8 @@ def _live(
     add a few ms to the delay asked for) and the server's load (its reported time over the
     profiled cloud time: decoding, the codec and the RPC stack cost a Python server more
     than the kernels alone; the replay's default is 1, the profile exactly)."""
+    if settings.requests is None:
+        raise InputError("a live run sends a number of requests: give ReplaySettings.requests, not duration_s")
     options = ClientOptions(
         selector=selector,
         link=LinkEstimator(),

@@ -336,6 +336,7 @@ class _Replay:
         s = self.settings
         if s.requests is not None:
             return self.started < s.requests
+        assert s.duration_s is not None, "ReplaySettings holds exactly one of requests and duration_s"
         return self.now < s.start_s + s.duration_s
 
     def jitter(self) -> float:

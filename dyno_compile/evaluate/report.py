@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -81,7 +82,7 @@ def run_evaluation(
         images, labels = raw_images(dataset)
         progress(f"{model}: measuring the JPEG upload baseline on {len(images)} images")
         jpeg = measure_jpeg_upload(prepared.artifact, images, labels if labelled else None, preset)
-        entry = {
+        entry: dict[str, Any] = {
             "metric": prepared.metric,
             "baseline_accuracy": prepared.baseline_accuracy,
             "accuracy_budget": prepared.accuracy_budget,
@@ -103,8 +104,13 @@ def run_evaluation(
         results["models"][model] = entry
         if live is not None and live[0] == model:
             trace = traces[live[1]][live[2]]
-            runs = live_comparison(prepared, trace, rtt_s=RTT_S[live[1]], progress=progress)
-            results["live"] = {"model": model, "set": live[1], "trace": trace.name, "runs": [r.summary() for r in runs]}
+            compared = live_comparison(prepared, trace, rtt_s=RTT_S[live[1]], progress=progress)
+            results["live"] = {
+                "model": model,
+                "set": live[1],
+                "trace": trace.name,
+                "runs": [r.summary() for r in compared],
+            }
     results["seconds"] = time.perf_counter() - start
     results["headline"] = headline(results)
     (out / "results.json").write_text(json.dumps(_strict_json(results), indent=1, default=str, allow_nan=False))

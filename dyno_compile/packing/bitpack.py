@@ -71,9 +71,9 @@ def _shift(values: np.ndarray, shift: int) -> np.ndarray:
 def _stream_pack(flat: np.ndarray, bits: int) -> bytes:
     """Stream layout, one vector op per (code slot, byte) pair of a group: <= 24 ops."""
     groups = -(-flat.size // 8)
-    codes = np.zeros(groups * 8, dtype=np.uint32)
-    codes[: flat.size] = flat
-    codes = codes.reshape(groups, 8)
+    padded = np.zeros(groups * 8, dtype=np.uint32)
+    padded[: flat.size] = flat
+    codes = padded.reshape(groups, 8)
     out = np.zeros((groups, bits), dtype=np.uint32)
     for m, k, shift in _stream_spans(bits):
         out[:, k] |= _shift(codes[:, m], shift)
@@ -84,9 +84,9 @@ def _stream_pack(flat: np.ndarray, bits: int) -> bytes:
 def _stream_unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`_stream_pack`: each code ORs together the bytes it spans."""
     groups = -(-count // 8)
-    buf = np.zeros(groups * bits, dtype=np.uint32)
-    buf[: data.size] = data
-    buf = buf.reshape(groups, bits)
+    padded = np.zeros(groups * bits, dtype=np.uint32)
+    padded[: data.size] = data
+    buf = padded.reshape(groups, bits)
     codes = np.zeros((groups, 8), dtype=np.uint32)
     for m, k, shift in _stream_spans(bits):
         codes[:, m] |= _shift(buf[:, k], -shift)

@@ -56,7 +56,7 @@ class Codec:
     levels: tuple[int, int]
     default_level: int
     compress: Callable[[bytes, int], bytes]
-    decompress: Callable[[bytes, int], bytes]
+    decompress: Callable[[bytes | memoryview, int], bytes]
     payload_bounds: Callable[[int], tuple[int, int]]
 
 
@@ -64,7 +64,7 @@ def _stored(data: bytes, level: int) -> bytes:
     return bytes(data)
 
 
-def _unstored(data: bytes, expected_nbytes: int) -> bytes:
+def _unstored(data: bytes | memoryview, expected_nbytes: int) -> bytes:
     if len(data) != expected_nbytes:
         raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected (uncompressed)", field="payload length")
     return bytes(data)
@@ -86,7 +86,7 @@ def _lz4_compress(data: bytes, level: int) -> bytes:
     return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
 
 
-def _lz4_decompress(data: bytes, expected_nbytes: int) -> bytes:
+def _lz4_decompress(data: bytes | memoryview, expected_nbytes: int) -> bytes:
     try:
         return lz4.block.decompress(data, uncompressed_size=expected_nbytes)
     except lz4.block.LZ4BlockError as err:
@@ -99,7 +99,7 @@ def _zstd_compress(data: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False).compress(data)
 
 
-def _zstd_decompress(data: bytes, expected_nbytes: int) -> bytes:
+def _zstd_decompress(data: bytes | memoryview, expected_nbytes: int) -> bytes:
     try:
         params = zstandard.get_frame_parameters(data)
     except zstandard.ZstdError as err:
@@ -182,7 +182,7 @@ def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
     return get_codec(codec).compress(data, level) if data else b""
 
 
-def decompress(data: bytes, codec: str, expected_nbytes: int) -> bytes:
+def decompress(data: bytes | memoryview, codec: str, expected_nbytes: int) -> bytes:
     """Decompress ``data``, which must expand to exactly ``expected_nbytes`` bytes.
 
     Never allocates more than ``expected_nbytes`` for the output; any codec error, a size

@@ -151,10 +151,11 @@ class PackedTensor:
     def relayout(self, layout: str) -> PackedTensor:
         """The same codes in ``layout`` (a kernel packs ``"stream"``; the wire may want
         ``"bitplane"``, whose high planes a codec squeezes better)."""
-        if layout == self.layout or self.params.is_passthrough:
+        bits = self.params.bits
+        if layout == self.layout or isinstance(bits, str):  # a passthrough mode has no codes to relayout
             return self
-        codes = unpack(self.data, self.params.bits, self.count, self.layout)
-        return replace(self, layout=layout, data=pack(codes, self.params.bits, layout))
+        codes = unpack(self.data, bits, self.count, self.layout)
+        return replace(self, layout=layout, data=pack(codes, bits, layout))
 
     def values(self) -> np.ndarray:
         """The dequantised float32 tensor (NumPy; bit-identical to the kernels)."""
@@ -240,10 +241,11 @@ def pack_tensor(tensor: np.ndarray, config: PackConfig) -> PackedTensor:
     if x.ndim > MAX_RANK or any(d > _U32_MAX for d in x.shape):
         raise PackError(f"shape {x.shape} exceeds rank {MAX_RANK} or u32 dims", field="dims")
     codes, params = quantize(x, config.bits, granularity=config.granularity, axis=config.axis)
-    if params.is_passthrough:
-        data = codes.astype(_WIRE_DTYPES[params.bits]).tobytes()
+    bits = params.bits
+    if isinstance(bits, str):  # a passthrough mode: the values as float16/float32
+        data = codes.astype(_WIRE_DTYPES[bits]).tobytes()
         return PackedTensor(x.dtype, x.shape, params, _PASSTHROUGH_LAYOUT, data)
-    return PackedTensor(x.dtype, x.shape, params, config.layout, pack(codes, params.bits, config.layout))
+    return PackedTensor(x.dtype, x.shape, params, config.layout, pack(codes, bits, config.layout))
 
 
 def encode_packed(
@@ -295,7 +297,7 @@ def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, byte
         raise PackError(
             f"payload of {len(raw)} bytes does not fit a u32 length; split the batch", field="payload length"
         )
-    mode = _PASSTHROUGH_CODES[bits] if params.is_passthrough else bits
+    mode = _PASSTHROUGH_CODES[bits] if isinstance(bits, str) else bits
     descriptor = b"".join(
         [
             _SHAPE.pack(_DTYPES.index(np.dtype(tensor.dtype)), len(shape)),

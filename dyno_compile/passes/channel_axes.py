@@ -47,7 +47,9 @@ def channel_axes(graph: Graph) -> dict[str, int]:
 
 def _stated(graph: Graph, node: Node) -> dict[str, int]:
     """Channel axes a layout-bearing op states for its data input and its output."""
-    attrs, data = node.attrs, node.inputs[0] if node.inputs else None
+    if not node.inputs:  # a source (a constant): it states nothing, and every op below has a data input
+        return {}
+    attrs, data = node.attrs, node.inputs[0]
     if node.op == "conv2d":
         return dict.fromkeys((data, node.name), channel_axis(attrs["data_layout"]))
     if node.op in ("max_pool2d", "avg_pool2d"):

@@ -84,6 +84,8 @@ def emit_receive(
     if bits == "float16":
         half = graph.add_input(f"{t}.half", original.shape, "float16")
         value = graph.add("cast", [half.name], {"dtype": "float32"})
+    elif isinstance(bits, str):  # float32: the tensor crosses as it is, so nothing is received
+        raise GraphError(f"emit_receive: bits {bits!r} is sent unpacked; there is nothing to unpack")
     else:
         range_shape = (2,) if granularity == "tensor" else (2, original.shape[axis])
         packed = graph.add_input(f"{t}.packed", (packed_nbytes(original.size, bits),), "uint8")

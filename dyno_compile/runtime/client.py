@@ -55,7 +55,7 @@ from dyno_compile.runtime.protocol import (
     model_id,
 )
 from dyno_compile.runtime.selector import Decision, Policy, Selector, is_device_only, make_policy, predict
-from dyno_compile.runtime.sides import DeviceSide
+from dyno_compile.runtime.sides import DeviceLike, DeviceSide
 from dyno_compile.runtime.transport import Reason, Transport, TransportError
 
 
@@ -135,7 +135,7 @@ class DeviceClient:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         if isinstance(endpoints, str):
             endpoints = [endpoints]
-        self.device = DeviceSide(self.artifact, o.device_target)
+        self.device: DeviceLike = DeviceSide(self.artifact, o.device_target)
         self.device.warm_up()  # the first VM calls pay one-off set-up that is not device load
         self.link = o.link or LinkEstimator()
         self._observer = LinkObserver(
@@ -144,6 +144,8 @@ class DeviceClient:
             probe_bytes=o.probe_bytes,
             ping_timeout_s=ping_timeout_s(o.timeout_s),
         )
+        # None only for an artifact without search results and no endpoint (see _selector)
+        self.selector: Selector | None
         if o.selector is not None:
             self.selector = o.selector
         else:
@@ -173,7 +175,10 @@ class DeviceClient:
             start = time.perf_counter()
             with self._state:
                 endpoint = self._pick()
-                decision = self.selector.select(self.link.conditions()) if endpoint else self.local
+                decision = self.local
+                if endpoint:
+                    assert self.selector is not None, "a client given endpoints always has a selector"
+                    decision = self.selector.select(self.link.conditions())
             config, evaluation = decision.evaluation.config, decision.evaluation
             env = self.device.start(x, config.cut)
             if endpoint is None or is_device_only(evaluation):
@@ -204,6 +209,7 @@ class DeviceClient:
                     str(e),
                 )
             network_s = time.perf_counter() - sent
+            assert reply.output is not None, "_call refuses a reply without an output"
             with self._state:
                 self._observer.offload(
                     len(request),

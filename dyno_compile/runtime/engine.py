@@ -31,10 +31,11 @@ import numpy as np
 from dyno_compile.artifact.load import Artifact
 from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.errors import DynoError, InputError
-from dyno_compile.packing import DEFAULT_MAX_BYTES, PackError, decode_packed
+from dyno_compile.packing import DEFAULT_MAX_BYTES, PackedFrame, PackError, decode_packed
 from dyno_compile.runtime.protocol import (
     Kind,
     ProtocolError,
+    Request,
     Status,
     decode_request,
     encode_reply,
@@ -144,25 +145,25 @@ class CloudEngine:
         time its request actually spent on it."""
         parsed = [self._admit(body, token) for body, token, _ in requests]
         replies: list[bytes] = [b""] * len(parsed)
-        groups: dict[int, list[int]] = {}
+        groups: dict[int, list[tuple[int, PackedFrame]]] = {}
         for i, item in enumerate(parsed):
             if isinstance(item, ProtocolError):
                 replies[i] = self._reply(item.status, queue_s=requests[i][2], message=item.detail)
             elif item[1] is None:  # PING
                 replies[i] = self._reply(Status.OK, queue_s=requests[i][2], output=_EMPTY)
             else:
-                groups.setdefault(item[1].cut_id, []).append(i)
+                groups.setdefault(item[1].cut_id, []).append((i, item[1]))
         if not groups:
             return replies
         self._count(len(parsed))
         try:
             with self._side() as side:
                 for cut_id, members in groups.items():
-                    frames = [parsed[i][1] for i in members]
+                    frames = [frame for _, frame in members]
                     start = time.perf_counter()
                     outputs = _run_group(side, cut_id, frames)
                     compute_s = time.perf_counter() - start
-                    for i, frame, out in zip(members, frames, outputs):
+                    for (i, frame), out in zip(members, outputs):
                         replies[i] = self._answer(frame, out, queue_s=requests[i][2], compute_s=compute_s)
         finally:
             self._count(-len(parsed))
@@ -171,7 +172,7 @@ class CloudEngine:
     def _reply(self, status: Status, **fields) -> bytes:
         return encode_reply(status, in_flight=self._in_flight, workers=len(self._sides), **fields)
 
-    def _answer(self, frame, out: np.ndarray | Exception, *, queue_s: float, compute_s: float) -> bytes:
+    def _answer(self, frame: PackedFrame, out: np.ndarray | Exception, *, queue_s: float, compute_s: float) -> bytes:
         if isinstance(out, np.ndarray):
             return self._reply(
                 Status.OK,
@@ -196,7 +197,7 @@ class CloudEngine:
         with self._count_lock:
             self._in_flight += delta
 
-    def _admit(self, body: bytes | memoryview, token: str | None) -> tuple | ProtocolError:
+    def _admit(self, body: bytes | memoryview, token: str | None) -> tuple[Request, PackedFrame | None] | ProtocolError:
         """Everything checked before any compute: ``(request, frame)`` or the refusal."""
         try:
             if self.options.token is not None and not (
@@ -256,7 +257,7 @@ def cloud_target(artifact: Artifact) -> str:
     return "host"
 
 
-def _run_group(side: CloudSide, cut_id: int, frames: list) -> list[np.ndarray | Exception]:
+def _run_group(side: CloudSide, cut_id: int, frames: list[PackedFrame]) -> Sequence[np.ndarray | Exception]:
     """Outputs (or the error each request gets) of frames at one cut; a failure of the
     whole group (an unknown cut, a TVM error) is every member's error, never the server's."""
     try:

@@ -25,11 +25,16 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.engine import CloudEngine
 from dyno_compile.runtime.grpc_transport import GRPC_MAX_MESSAGE, INFER_METHOD, SERVICE_NAME
 from dyno_compile.runtime.protocol import Status, encode_reply, is_ping
+
+if TYPE_CHECKING:
+    import grpc
+    from grpc_health.v1 import health
 
 #: Calls gRPC lets in beyond twice the queue and workers, each answered OVERLOADED at once.
 OVERLOAD_HEADROOM = 32
@@ -116,8 +121,8 @@ class CloudServer:
         self.engine = engine
         self.options = options or ServerOptions()
         self.port: int | None = None
-        self._server = None
-        self._health = None
+        self._server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
         self._batcher: _Batcher | None = None
         self._stopped = threading.Event()
 
@@ -132,12 +137,12 @@ class CloudServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         o = self.options
-        self._batcher = _Batcher(self.engine, o.max_queue, o.max_batch)
+        self._batcher = batcher = _Batcher(self.engine, o.max_queue, o.max_batch)
         # gRPC's own limit is a safety net behind the queue's: above it, calls are refused
         # (RESOURCE_EXHAUSTED) before they reach a handler thread, so it must leave room for
         # a burst of OVERLOADED replies, which carry the load figures a client learns from.
         concurrent = 2 * (o.max_queue + self.engine.options.workers) + OVERLOAD_HEADROOM
-        self._server = grpc.server(
+        self._server = server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="dyno-grpc"),
             maximum_concurrent_rpcs=concurrent,
             options=[
@@ -148,24 +153,26 @@ class CloudServer:
         )
         handler = grpc.unary_unary_rpc_method_handler(self._infer)
         method = INFER_METHOD.rsplit("/", 1)[1]
-        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {method: handler})])
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {method: handler})])
+        self._health = health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         address = f"{o.host}:{o.port}"
         try:
             if o.tls_cert:
+                if o.tls_key is None:  # checked in __post_init__, but the options are mutable
+                    raise InputError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
                 credentials = grpc.ssl_server_credentials([(_read(o.tls_key), _read(o.tls_cert))])
-                self.port = self._server.add_secure_port(address, credentials)
+                self.port = server.add_secure_port(address, credentials)
             else:
-                self.port = self._server.add_insecure_port(address)
+                self.port = server.add_insecure_port(address)
         except (RuntimeError, InputError) as e:  # grpc raises RuntimeError when it cannot bind
-            self._batcher.stop()
+            batcher.stop()
             if isinstance(e, InputError):
                 raise
             raise InputError(f"cannot listen on {address}: the port is taken or the address is not local") from None
-        self._server.start()
+        server.start()
         for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.endpoint
 
     def _infer(self, request: bytes, context) -> bytes:
@@ -175,6 +182,7 @@ class CloudServer:
                 token = value[len("Bearer ") :]
         if is_ping(request):  # answered at once: a ping measures the network, not the queue
             return self.engine.handle(request, token=token)
+        assert self._batcher is not None, "start() creates the batcher before registering this handler"
         try:
             done = self._batcher.submit(request, token)
         except queue.Full:
@@ -192,9 +200,11 @@ class CloudServer:
         if self._server is None or self._stopped.is_set():
             return
         self._stopped.set()
-        self._health.enter_graceful_shutdown()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
         self._server.stop(self.options.grace_s if grace_s is None else grace_s).wait()
-        self._batcher.stop()
+        if self._batcher is not None:
+            self._batcher.stop()
 
     def __enter__(self) -> CloudServer:
         self.start()

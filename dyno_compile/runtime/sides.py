@@ -9,7 +9,7 @@ Only the TVM runtime and NumPy are needed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,6 +69,28 @@ class _Side:
     def channel_axis(cut: dict[str, Any], tensor: str) -> int:
         """The axis of ``tensor`` that the cut's per-channel kernels take ranges along."""
         return cut["channel_axes"][cut["tensors"].index(tensor)]
+
+
+class DeviceLike(Protocol):
+    """What a client needs of its device half: :class:`DeviceSide`, or a stand-in for it
+    (the evaluation's emulated slower device)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def input_dtype(self) -> np.dtype: ...
+
+    @property
+    def output_shape(self) -> tuple[int, ...]: ...
+
+    def start(self, x: np.ndarray, position: int) -> Env: ...
+
+    def finish(self, env: Env, position: int) -> np.ndarray: ...
+
+    def frame(self, env: Env, config: Config, request_id: int) -> bytes: ...
+
+    def warm_up(self) -> None: ...
 
 
 class DeviceSide(_Side):

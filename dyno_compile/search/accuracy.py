@@ -310,9 +310,10 @@ def fewest_bits(
     given = list(widths)
     with refused_as(InputError):
         values = [bits_value(w, "widths") for w in given]
-    if not values or any(isinstance(v, str) for v in values):
+    integers = [v for v in values if not isinstance(v, str)]
+    if not values or len(integers) != len(values):
         raise InputError(f"widths must be integers in 1..16, got {given!r}")
-    tried = sorted(set(values))
+    tried = sorted(set(integers))
     floor = simulator.float_accuracy - budget / 100 - 1e-12  # float rounding must not fail an exact tie
     positions = [
         simulator.cut(c.position if isinstance(c, CutPoint) else c).position

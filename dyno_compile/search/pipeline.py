@@ -178,6 +178,7 @@ def side_profiles(
     host = profile_library(artifact, side, "host")
     spec = get_target(target)
     if side == "device" and options.rpc_tracker:
+        assert options.rpc_key is not None, "SearchOptions holds both rpc_tracker and rpc_key, or neither"
         progress(f"profiling the {side} library for {spec.name} over RPC ({options.rpc_key}@{options.rpc_tracker})")
         return [host, profile_library_rpc(artifact, side, spec.name, tracker=options.rpc_tracker, key=options.rpc_key)]
     if spec.is_host:

@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from dyno_compile.configs import Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.packing.vocab import FLOAT_MODES, mode_width
 from dyno_compile.search.pareto import Objectives
-
-FAINT = {"color": "0.75", "s": 8, "alpha": 0.5, "linewidths": 0}
 
 
 def _checked_target(evaluations: Sequence[Evaluation], path: str | Path) -> Path:
@@ -57,7 +55,15 @@ def _panel(
     y: Callable[[Evaluation], float],
 ) -> None:
     """All evaluations faint, the front on top coloured by cut."""
-    ax.scatter([x(e) for e in evaluations], [y(e) for e in evaluations], **FAINT, label="all evaluated")
+    ax.scatter(
+        [x(e) for e in evaluations],
+        [y(e) for e in evaluations],
+        color="0.75",
+        s=8,
+        alpha=0.5,
+        linewidths=0,
+        label="all evaluated",
+    )
     points = ax.scatter(
         [x(e) for e in front],
         [y(e) for e in front],
@@ -116,9 +122,10 @@ def _heatmap(
     title: str,
     label: str,
     fmt: Callable[[float], str],
-    **style: object,
+    cmap: str,
+    norm: Normalize | None = None,
 ) -> None:
-    image = ax.imshow(np.ma.masked_invalid(table), aspect="auto", origin="lower", **style)
+    image = ax.imshow(np.ma.masked_invalid(table), aspect="auto", origin="lower", cmap=cmap, norm=norm)
     ax.figure.colorbar(image, ax=ax, label=label)
     ax.set_xticks(range(len(bits)), bits, rotation=45)
     ax.set_yticks(range(len(cuts)), [str(c) for c in cuts])

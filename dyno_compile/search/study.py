@@ -224,9 +224,10 @@ def open_storage(
     database = _database(url)
     if database == "sqlite":
         _check_sqlite_path(url)
-    engine_kwargs = {"connect_args": _connect_args(database, connect_timeout_s), "pool_pre_ping": True}
+    connect_args = _connect_args(database, connect_timeout_s)
+    engine_kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
     try:
-        with _schema_lock(url, database, engine_kwargs["connect_args"]), _quietly():
+        with _schema_lock(url, database, connect_args), _quietly():
             opened = optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
             )
@@ -507,7 +508,10 @@ def load_results(
 
 def _result(study: optuna.Study, url: str) -> SearchResult:
     attrs = study.user_attrs[SEARCH_ATTR]
-    objectives = Objectives(attrs["baseline_accuracy"], attrs["accuracy_budget"])
+    budget = attrs["accuracy_budget"]
+    if budget is None:  # run_search always records one
+        raise SearchError(f"study {study.study_name!r} in {_describe(url)} records no accuracy budget")
+    objectives = Objectives(attrs["baseline_accuracy"], budget)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     by_config = {e.config: e for e in (Evaluation.from_dict(t.user_attrs[EVALUATION_ATTR]) for t in complete)}
     evaluations = tuple(by_config[c] for c in sorted(by_config))
@@ -530,7 +534,7 @@ def _result(study: optuna.Study, url: str) -> SearchResult:
         len(complete),
         measured,
         objectives.baseline_accuracy,
-        objectives.accuracy_budget,
+        budget,
     )
 
 

@@ -48,8 +48,8 @@ def conv2d(
     # lax converts a NumPy weight itself; its stub types the kernel as jax.Array only
     y = lax.conv_general_dilated(
         x,
-        w,
-        window_strides=(stride, stride),  # type: ignore[arg-type]
+        w,  # type: ignore[arg-type]
+        window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=groups,
