@@ -47,12 +47,10 @@ WARMUP = 3
 
 
 def _parse() -> argparse.Namespace:
+    from served_artifact import add_artifact_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--artifact",
-        type=Path,
-        help="an artifact with a Pareto set (default: build resnet20 for the host and search it, as the README does)",
-    )
+    add_artifact_option(p)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=100, help="requests per client (default 100)")
     p.add_argument("--workers", type=int, default=1, help="server VMs (default 1)")
@@ -233,17 +231,10 @@ def _same(output: np.ndarray, reference: np.ndarray) -> bool:
     )
 
 
-def _child(
-    artifact_path: str,
-    endpoint: str | None,
-    config: dict[str, Any] | None,
-    client_ids: list[int],
-    requests: int,
-    ready: Any,
-    go: Any,
-    results: Any,
-) -> None:
-    results.put(drive(artifact_path, endpoint, config, client_ids, requests, ready, go))
+def _child(results: Any, *drive_args: Any) -> None:
+    """A client process: :func:`drive` with ``drive_args``, its outcomes put on ``results``
+    (a module-level function, so the spawn start method can find it)."""
+    results.put(drive(*drive_args))
 
 
 @dataclass
@@ -285,7 +276,7 @@ def phase(
     ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
     groups = [ids[p::processes] for p in range(processes)]
     children = [
-        ctx.Process(target=_child, args=(str(artifact), endpoint, config, g, requests, ready, go, results))
+        ctx.Process(target=_child, args=(results, str(artifact), endpoint, config, g, requests, ready, go))
         for g in groups
     ]
     for c in children:
@@ -346,18 +337,13 @@ def _kinds(errors: list[str]) -> dict[str, tuple[int, str]]:
 
 
 def main() -> None:
-    from served_artifact import build_served_resnet20
+    from served_artifact import served_artifact
 
     args = _parse()
     from dyno_compile.artifact.load import load_artifact
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.artifact is None:
-            print(
-                "building resnet20 (host device and cloud, widths float32,8,4,2) and searching 10 configurations ...",
-                flush=True,
-            )
-        path = args.artifact or build_served_resnet20(Path(tmp) / "resnet20")
+        path = served_artifact(args.artifact, tmp)
         config = pinned_config(load_artifact(path), args.cut)
         server = Server(path, args)
         try:

@@ -31,7 +31,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bench_process import run_main
+
+if TYPE_CHECKING:
+    from dyno_compile.ir import Graph
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "resnet20")
 CUT_KERNELS = "cut-kernels"
@@ -72,22 +77,32 @@ def scheduled_digest(compile_fn: Callable[..., Any], *args: Any) -> tuple[str, d
     return seen["sha256"], timings
 
 
-def cut_kernel_graphs() -> dict[str, Any]:
-    """One graph per shape, granularity and width: range, quantize, pack, unpack, dequantize."""
+def cut_chain(
+    name: str, shape: tuple[int, ...], axis: int, granularity: str, bits: int, dtype: str = "float32"
+) -> Graph:
+    """A graph of the cut ops a tensor ``x`` passes through, outputs not yet set: ``range``,
+    ``codes``, ``packed``, ``unpacked`` and ``deq`` (dequantized). The cut kernels' tests
+    build the same chain, so what they check is what this script hashes."""
     from dyno_compile.ir import Graph
 
+    g = Graph(name)
+    g.add_input("x", shape, dtype)
+    q = {"bits": bits, "granularity": granularity, "axis": axis}
+    g.add("quant_range", ["x"], q, name="range")
+    g.add("quantize", ["x", "range"], q, name="codes")
+    g.add("bitpack", ["codes"], {"bits": bits}, name="packed")
+    g.add("bitunpack", ["packed"], {"bits": bits, "shape": shape}, name="unpacked")
+    g.add("dequantize", ["unpacked", "range"], {"granularity": granularity, "axis": axis}, name="deq")
+    return g
+
+
+def cut_kernel_graphs() -> dict[str, Any]:
+    """One graph per shape, granularity and width: range, quantize, pack, unpack, dequantize."""
     graphs = {}
     for shape, axis in CUT_SHAPES:
         for granularity in ("tensor", "channel"):
             for bits in range(1, 17):
-                g = Graph(f"cut_{'x'.join(map(str, shape))}_{granularity}_{bits}")
-                g.add_input("x", shape)
-                q = {"bits": bits, "granularity": granularity, "axis": axis}
-                g.add("quant_range", ["x"], q, name="range")
-                g.add("quantize", ["x", "range"], q, name="codes")
-                g.add("bitpack", ["codes"], {"bits": bits}, name="packed")
-                g.add("bitunpack", ["packed"], {"bits": bits, "shape": shape}, name="unpacked")
-                g.add("dequantize", ["unpacked", "range"], {"granularity": granularity, "axis": axis}, name="deq")
+                g = cut_chain(f"cut_{'x'.join(map(str, shape))}_{granularity}_{bits}", shape, axis, granularity, bits)
                 g.set_outputs(["packed", "deq"])
                 graphs[g.name] = g
     return graphs
@@ -133,10 +148,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from dyno_compile.errors import DynoError
-
-    try:
-        sys.exit(main())
-    except DynoError as exc:  # an unknown model: say which, no traceback
-        print(f"tir_hash.py: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

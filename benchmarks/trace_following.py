@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -61,12 +60,10 @@ HOLD_S = 2
 
 
 def _parse() -> argparse.Namespace:
+    from served_artifact import add_artifact_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--artifact",
-        type=Path,
-        help="an artifact with a Pareto set (default: build resnet20 for the host and search it)",
-    )
+    add_artifact_option(p)
     p.add_argument(
         "--trace",
         action="append",
@@ -210,14 +207,12 @@ def analyse(trace: UplinkTrace, log: list[Request], evaluations: list[Evaluation
 
 
 def main() -> None:
-    from served_artifact import build_served_resnet20
+    from served_artifact import served_artifact
 
     args = _parse()
     traces = [trace_window(spec) for spec in args.trace]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.artifact is None:
-            print("building resnet20 (host device and cloud) and searching 10 configurations ...", flush=True)
-        path = args.artifact or build_served_resnet20(Path(tmp) / "resnet20")
+        path = served_artifact(args.artifact, tmp)
         served = load_artifact(path)
         device, factor = emulated_artifact(load_artifact(path), args.device_ms / 1e3)
         print(f"emulated device: {factor:.0f}x this host's profiled device times")

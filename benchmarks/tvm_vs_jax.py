@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
+
+from bench_process import pin_threads, run_main
 
 
 def _parse() -> argparse.Namespace:
@@ -31,11 +32,7 @@ def _parse() -> argparse.Namespace:
 
 def main() -> int:
     args = _parse()
-    cores = sorted(os.sched_getaffinity(0))
-    if args.threads < len(cores):  # both runtimes size their pools from the cores they may use
-        os.sched_setaffinity(0, cores[: args.threads])
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    pin_threads(args.threads)
     import jax
     import numpy as np
     from timing import median_seconds
@@ -82,10 +79,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from dyno_compile.errors import DynoError
-
-    try:
-        sys.exit(main())
-    except DynoError as exc:  # an unknown model or target: say which, no traceback
-        print(f"tvm_vs_jax.py: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

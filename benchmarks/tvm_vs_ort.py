@@ -24,12 +24,13 @@ the ratios to JAX and to ONNX Runtime.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_process import pin_threads, run_main
 
 
 def _parse() -> argparse.Namespace:
@@ -50,11 +51,7 @@ def _parse() -> argparse.Namespace:
 
 def main() -> int:
     args = _parse()
-    cores = sorted(os.sched_getaffinity(0))
-    if args.threads < len(cores):
-        os.sched_setaffinity(0, cores[: args.threads])
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    pin_threads(args.threads)
     if args.tune and args.records is None:
         sys.exit("--tune needs --records DIR")
 
@@ -200,10 +197,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from dyno_compile.errors import DynoError
-
-    try:
-        sys.exit(main())
-    except DynoError as exc:  # an unknown model or target: say which, no traceback
-        print(f"tvm_vs_ort.py: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -1,15 +1,20 @@
-"""Shared test helpers: tiny graphs and a relative-error check."""
+"""Shared test helpers: tiny graphs, a relative-error check and the session's artifacts."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path
 
+# The benchmark scripts' folder, for the helpers the tests share with them (as the scripts import them).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
 import numpy as np
 import pytest
+from served_artifact import host_build_args
 
 from dyno_compile.datasets import data_root
 from dyno_compile.ir import Graph
@@ -76,6 +81,15 @@ def resnet20_host(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def artifact(resnet20_host):
+    """``resnet20_host`` loaded, once per test module: the artifact a module's tests get unless
+    the module defines its own ``artifact`` (the searched one, or one it builds)."""
+    from dyno_compile.artifact.load import load_artifact
+
+    return load_artifact(resnet20_host)
+
+
 #: Configurations the session's searched resnet20 measured.
 SEARCHED_EVALUATIONS = 10
 
@@ -90,29 +104,7 @@ def searched_resnet20(tmp_path_factory) -> Path:
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("served") / "resnet20"
-    assert (
-        main(
-            [
-                "build",
-                "resnet20",
-                "--device",
-                "host",
-                "--cloud",
-                "host",
-                "--bits",
-                "float32,8,4,2",
-                "--cloud-batch",
-                "4",
-                "--out",
-                str(out),
-                "--evaluations",
-                str(SEARCHED_EVALUATIONS),
-                "--calibration",
-                str(shared_data("cifar10", "test_932.npz")),
-                "--preprocess",
-                "cifar10",
-            ]
-        )
-        == 0
-    )
+    calibration = ("--calibration", shared_data("cifar10", "test_932.npz"), "--preprocess", "cifar10")
+    search = ("--cloud-batch", 4, "--evaluations", SEARCHED_EVALUATIONS, *calibration)
+    assert main(host_build_args(out, *search, bits="float32,8,4,2")) == 0
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import host_build_args
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.datasets import cifar10
 from dyno_compile.datasets.imagenet import load_samples
@@ -23,26 +24,7 @@ def artifact(tmp_path_factory):
     from dyno_compile.cli import main
 
     out = tmp_path_factory.mktemp("jpeg") / "resnet20"
-    assert (
-        main(
-            [
-                "build",
-                "resnet20",
-                "--device",
-                "host",
-                "--cloud",
-                "host",
-                "--bits",
-                "float32",
-                "--cloud-batch",
-                "1",
-                "--no-search",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(host_build_args(out, "--cloud-batch", 1, "--no-search", bits="float32")) == 0
     return load_artifact(out)
 
 

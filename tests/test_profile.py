@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
@@ -28,11 +27,6 @@ from dyno_compile.search.profile import (
 )
 from dyno_compile.search.rpc import RPCError, local_rpc, profile_library_rpc
 from dyno_compile.targets import get_target
-
-
-@pytest.fixture(scope="module")
-def artifact(resnet20_host):
-    return load_artifact(resnet20_host)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,9 @@ CUTS = (0, 2, 4, 7, 10, 11, 12)
 BITS = ("float32", "float16", "8", "6", "4", "3", "2")
 BUDGET = 1.0
 OBJECTIVES = Objectives(SYNTHETIC_BASELINE, BUDGET)
+#: What every search here runs with unless a test says otherwise: the synthetic table's
+#: baseline, the budget the objectives above judge by, and a study that lives in memory.
+SEARCH_DEFAULTS = {"accuracy_budget": BUDGET, "baseline_accuracy": SYNTHETIC_BASELINE, "storage": ":memory:"}
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +173,7 @@ def test_search_finds_95_percent_of_the_hypervolume_with_a_quarter_of_the_space(
     ratios = []
     for seed in (0, 1, 2):
         evaluator = CountingTable(table, tmp_path / f"measured-{seed}.txt")
-        result = run_search(
-            space,
-            evaluator,
-            n_trials=4 * budget,
-            max_evaluations=budget,
-            accuracy_budget=BUDGET,
-            baseline_accuracy=SYNTHETIC_BASELINE,
-            storage=":memory:",
-            seed=seed,
-        )
+        result = run_search(space, evaluator, n_trials=4 * budget, max_evaluations=budget, seed=seed, **SEARCH_DEFAULTS)
         assert result.n_evaluated <= budget
         assert result.n_measured == result.n_evaluated == len(evaluator.measured())  # repeats were reused
         assert result.n_trials >= result.n_evaluated
@@ -192,15 +186,7 @@ def test_search_finds_95_percent_of_the_hypervolume_with_a_quarter_of_the_space(
 
 def test_a_new_study_starts_with_the_widest_and_narrowest_width_per_cut(space, table):
     anchors = space.anchors()
-    result = run_search(
-        space,
-        TableEvaluator.of(table),
-        n_trials=len(anchors),
-        accuracy_budget=BUDGET,
-        baseline_accuracy=SYNTHETIC_BASELINE,
-        storage=":memory:",
-        seed=0,
-    )
+    result = run_search(space, TableEvaluator.of(table), n_trials=len(anchors), seed=0, **SEARCH_DEFAULTS)
     expected = sorted(space.canonical(Config(**point)) for point in anchors)
     assert [e.config for e in result.evaluations] == expected
     assert {c.cut for c in expected} == set(space.cuts) and Config(12) in expected
@@ -218,12 +204,7 @@ def test_exhaustive_evaluates_each_config_once(space, table, tmp_path):
 def test_a_second_run_continues_the_study(space, table, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     evaluator = CountingTable(table, tmp_path / "measured.txt")
-    common = {
-        "accuracy_budget": BUDGET,
-        "baseline_accuracy": SYNTHETIC_BASELINE,
-        "storage": storage,
-        "study_name": "resume",
-    }
+    common = {**SEARCH_DEFAULTS, "storage": storage, "study_name": "resume"}
     first = run_search(space, evaluator, n_trials=20, seed=1, **common)
     second = run_search(space, evaluator, n_trials=15, seed=2, **common)
     assert (first.n_trials, second.n_trials) == (20, 35)
@@ -243,15 +224,7 @@ def test_a_budget_nothing_meets_names_the_best_loss(table):
     evaluations = [e for e in table if e.config in set(lossy.configs())]
     best = min(OBJECTIVES.loss(e) for e in evaluations)
     with pytest.raises(SearchError, match=f"smallest accuracy loss found is {best:.3f} points"):
-        run_search(
-            lossy,
-            TableEvaluator.of(evaluations),
-            n_trials=len(evaluations),
-            accuracy_budget=BUDGET,
-            baseline_accuracy=SYNTHETIC_BASELINE,
-            storage=":memory:",
-            seed=0,
-        )
+        run_search(lossy, TableEvaluator.of(evaluations), n_trials=len(evaluations), seed=0, **SEARCH_DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -265,9 +238,7 @@ def test_a_budget_nothing_meets_names_the_best_loss(table):
 )
 def test_nonsense_from_the_evaluator_is_refused(space, answer, message):
     with pytest.raises(SearchError, match=message):
-        run_search(
-            space, answer, n_trials=1, accuracy_budget=BUDGET, baseline_accuracy=SYNTHETIC_BASELINE, storage=":memory:"
-        )
+        run_search(space, answer, n_trials=1, **SEARCH_DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -281,13 +252,7 @@ def test_nonsense_from_the_evaluator_is_refused(space, answer, message):
     ],
 )
 def test_bad_arguments_are_refused(space, table, kwargs, message):
-    args = {
-        "n_trials": 1,
-        "accuracy_budget": BUDGET,
-        "baseline_accuracy": SYNTHETIC_BASELINE,
-        "storage": ":memory:",
-        **kwargs,
-    }
+    args = {"n_trials": 1, **SEARCH_DEFAULTS, **kwargs}
     with pytest.raises(InputError, match=message):
         run_search(space, TableEvaluator.of(table), **args)
 
@@ -374,12 +339,10 @@ def _worker(url: str, sampler: str, seed: int, n_trials: int, log: str) -> None:
         space,
         evaluator,
         n_trials=n_trials,
-        accuracy_budget=BUDGET,
-        baseline_accuracy=SYNTHETIC_BASELINE,
-        storage=url,
         study_name="shared",
         sampler=sampler,
         seed=seed,
+        **{**SEARCH_DEFAULTS, "storage": url},
     )
 
 
@@ -456,15 +419,6 @@ def test_plots_are_written_as_png(table, tmp_path):
 def test_a_time_limit_stops_the_search_after_the_running_measurement(space, table, tmp_path):
     evaluator = CountingTable(table, tmp_path / "measured.txt", delay_s=0.2)
     start = time.perf_counter()
-    result = run_search(
-        space,
-        evaluator,
-        n_trials=200,
-        accuracy_budget=BUDGET,
-        baseline_accuracy=SYNTHETIC_BASELINE,
-        storage=":memory:",
-        seed=0,
-        timeout_s=1.0,
-    )
+    result = run_search(space, evaluator, n_trials=200, seed=0, timeout_s=1.0, **SEARCH_DEFAULTS)
     assert time.perf_counter() - start < 3.0
     assert 3 <= result.n_measured == len(evaluator.measured()) <= 7

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SEARCHED_EVALUATIONS, shared_data
+from conftest import SEARCHED_EVALUATIONS, host_build_args, shared_data
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import load_calibration
@@ -25,11 +25,6 @@ from dyno_compile.search.wire_bytes import WireBytes
 ROOT = Path(__file__).resolve().parents[1]
 #: Calibration images for the search tests: enough that one image is 0.4 points of top-1.
 SAMPLES = 256
-
-
-@pytest.fixture(scope="module")
-def artifact(resnet20_host):
-    return load_artifact(resnet20_host)
 
 
 @pytest.fixture(scope="module")
@@ -134,22 +129,7 @@ def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_r
 
 
 def test_build_shows_a_bar_of_libraries_compiled(tmp_path):
-    proc = _cli(
-        "build",
-        "resnet20",
-        "--device",
-        "host",
-        "--cloud",
-        "host",
-        "--bits",
-        "float32",
-        "--cuts",
-        "single",
-        "--no-search",
-        "--out",
-        tmp_path / "r20",
-        timeout=600,
-    )
+    proc = _cli(*host_build_args(tmp_path / "r20", "--cuts", "single", "--no-search", bits="float32"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "libraries compiled" in proc.stderr and "2/2" in proc.stderr
 
@@ -177,20 +157,7 @@ def test_bad_search_input_leaves_no_artifact(tmp_path, case):
     else:
         extra += ["--budget", -1]
         match = "budget"
-    proc = _cli(
-        "build",
-        "resnet20",
-        "--device",
-        "host",
-        "--cloud",
-        "host",
-        "--out",
-        out,
-        "--bits",
-        "float32,8",
-        *extra,
-        timeout=600,
-    )
+    proc = _cli(*host_build_args(out, *extra, bits="float32,8"), timeout=600)
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert match in proc.stderr.lower() and "Traceback" not in proc.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r20")]

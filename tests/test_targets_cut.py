@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tir_hash import cut_chain
 
 from conftest import rel_err
 from dyno_compile import packing
@@ -114,14 +115,7 @@ CASES = {
 def _op_graph(case: str, granularity: str, bits: int) -> Graph:
     shape, axis, make, _ = CASES[case]
     dtype = "float16" if case == "half_input" else "float32"
-    g = Graph(f"q_{case}_{granularity}_{bits}")
-    g.add_input("x", shape, dtype)
-    q = {"bits": bits, "granularity": granularity, "axis": axis}
-    g.add("quant_range", ["x"], q, name="range")
-    g.add("quantize", ["x", "range"], q, name="codes")
-    g.add("bitpack", ["codes"], {"bits": bits}, name="packed")
-    g.add("bitunpack", ["packed"], {"bits": bits, "shape": shape}, name="unpacked")
-    g.add("dequantize", ["unpacked", "range"], {"granularity": granularity, "axis": axis}, name="deq")
+    g = cut_chain(f"q_{case}_{granularity}_{bits}", shape, axis, granularity, bits, dtype)
     g.add("send", ["deq"], {"cut": 0, "slot": 0}, name="sent")
     g.set_outputs(["range", "codes", "packed", "unpacked", "sent"])
     return g

@@ -231,11 +231,21 @@ def _shifted(value, shift: int):
     return value
 
 
-def _by_position(position, parts: list):
-    """``parts[position]`` for a loop-dependent ``position``: a Select chain that folds to one
-    part once the schedule unrolls the period (``position`` a constant)."""
+def _by_position(position, period: int, pieces: Callable[[int], list[tuple[int, int]]], value: Callable[[int], Any]):
+    """The part at ``position`` of a period of ``period`` parts, part ``p`` the OR of
+    ``value(i)`` shifted by ``shift`` over ``(i, shift)`` in ``pieces(p)``: one rule for both
+    directions (a byte from the codes with bits in it, a code from the bytes holding its
+    bits). A loop-dependent ``position`` picks through a Select chain that folds to one part
+    once the schedule unrolls the period (``position`` a constant)."""
     from tvm import tirx
 
+    parts = []
+    for p in range(period):
+        acc = None
+        for i, shift in pieces(p):
+            piece = _shifted(value(i), shift)
+            acc = piece if acc is None else acc | piece
+        parts.append(acc)
     expr = parts[-1]
     for p in range(len(parts) - 2, -1, -1):
         expr = tirx.Select(position == p, parts[p], expr)
@@ -263,14 +273,8 @@ def _te_bitpack(codes, *, bits: int):
 
     def byte(k):
         g, j = k // period_bytes, k % period_bytes
-        parts = []
-        for jj in range(period_bytes):
-            acc = None
-            for m, shift in _pieces_of_byte(bits, jj):
-                piece = _shifted(code(g * period_codes + m), shift)
-                acc = piece if acc is None else acc | piece
-            parts.append(acc)
-        return tirx.Cast("uint8", _by_position(j, parts) & tirx.const(0xFF, "uint32"))
+        by_j = _by_position(j, period_bytes, partial(_pieces_of_byte, bits), lambda m: code(g * period_codes + m))
+        return tirx.Cast("uint8", by_j & tirx.const(0xFF, "uint32"))
 
     return te.compute((nbytes,), byte, name="bitpack")
 
@@ -287,14 +291,10 @@ def _te_bitunpack(packed, *, bits: int, count: int):
 
     def code(i):
         g, m = i // period_codes, i % period_codes
-        parts = []
-        for mm in range(period_codes):
-            acc = None
-            for j, shift in _bytes_of_code(bits, mm):
-                piece = _shifted(_u32(packed[g * period_bytes + j]), shift)
-                acc = piece if acc is None else acc | piece
-            parts.append(acc)
-        return tirx.Cast(dtype, _by_position(m, parts) & mask)
+        by_m = _by_position(
+            m, period_codes, partial(_bytes_of_code, bits), lambda j: _u32(packed[g * period_bytes + j])
+        )
+        return tirx.Cast(dtype, by_m & mask)
 
     return te.compute((count,), code, name="bitunpack")
 
@@ -440,6 +440,13 @@ def _codes_per_period(*, bits: int, **_: Any) -> int:
     return pack_period(bits)[1]
 
 
+def _pack_kernel(kind: str, compute: Callable[..., Any], work_per_output: int, group: Callable[..., int]) -> CutKernel:
+    """bitpack or bitunpack: both directions loop over whole periods with the same schedules,
+    told their block and the work of one output (a packed byte gathers 8 codes' bits)."""
+    schedule_cpu = partial(_cpu_pack, block=kind, work_per_output=work_per_output)
+    return CutKernel(kind, compute, schedule_cpu, _gpu_pack, group=group)
+
+
 #: Kind -> its kernel; :func:`prim_func` builds one, :func:`schedule_cut_kernels` schedules it.
 CUT_KERNELS: dict[str, CutKernel] = {
     k.kind: k
@@ -447,20 +454,8 @@ CUT_KERNELS: dict[str, CutKernel] = {
         CutKernel("quant_range", _te_quant_range, _cpu_quant_range, _gpu_blocks),
         CutKernel("quantize", _te_quantize, partial(_cpu_elementwise, block="quantize"), _gpu_blocks),
         CutKernel("dequantize", _te_dequantize, partial(_cpu_elementwise, block="dequantize"), _gpu_blocks),
-        CutKernel(
-            "bitpack",
-            _te_bitpack,
-            partial(_cpu_pack, block="bitpack", work_per_output=8),
-            _gpu_pack,
-            group=_bytes_per_period,
-        ),
-        CutKernel(
-            "bitunpack",
-            _te_bitunpack,
-            partial(_cpu_pack, block="bitunpack", work_per_output=1),
-            _gpu_pack,
-            group=_codes_per_period,
-        ),
+        _pack_kernel("bitpack", _te_bitpack, 8, _bytes_per_period),
+        _pack_kernel("bitunpack", _te_bitunpack, 1, _codes_per_period),
     )
 }
 

@@ -71,6 +71,19 @@ class _Entry:
     default_weights: Callable[[], Path] | None = None
 
 
+def _cifar_resnet(depth: int, million_params: str) -> _Entry:
+    """A CIFAR-10 ResNet: one family whose members differ only in depth, so their function,
+    parameters and real weights are all found by it."""
+    return _Entry(
+        partial(cifar_resnet.forward, depth),
+        partial(cifar_resnet.param_specs, depth),
+        cifar_resnet.INPUT_CHW,
+        cifar_resnet.NUM_CLASSES,
+        f"CIFAR-10 ResNet-{depth} (option-A shortcuts), 32x32, {million_params} M params",
+        partial(cifar_resnet.weights_path, depth),
+    )
+
+
 _REGISTRY: dict[str, _Entry] = {
     "resnet18": _Entry(
         resnet.resnet18,
@@ -100,22 +113,8 @@ _REGISTRY: dict[str, _Entry] = {
         vgg16.NUM_CLASSES,
         "torchvision VGG16 (no BN), ImageNet 224x224, 138 M params",
     ),
-    "resnet20": _Entry(
-        cifar_resnet.resnet20,
-        partial(cifar_resnet.param_specs, 20),
-        cifar_resnet.INPUT_CHW,
-        cifar_resnet.NUM_CLASSES,
-        "CIFAR-10 ResNet-20 (option-A shortcuts), 32x32, 0.27 M params",
-        partial(cifar_resnet.weights_path, 20),
-    ),
-    "resnet56": _Entry(
-        cifar_resnet.resnet56,
-        partial(cifar_resnet.param_specs, 56),
-        cifar_resnet.INPUT_CHW,
-        cifar_resnet.NUM_CLASSES,
-        "CIFAR-10 ResNet-56 (option-A shortcuts), 32x32, 0.86 M params",
-        partial(cifar_resnet.weights_path, 56),
-    ),
+    "resnet20": _cifar_resnet(20, "0.27"),
+    "resnet56": _cifar_resnet(56, "0.86"),
 }
 
 

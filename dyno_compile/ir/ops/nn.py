@@ -6,6 +6,8 @@ convention (ONNX auto_pad, XLA "SAME", PyTorch symmetric) lowers to one form.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -94,8 +96,10 @@ _POOL_ATTRS = {"kernel": REQUIRED, "strides": (1, 1), "padding": ((0, 0), (0, 0)
 
 
 def _pool_window(
-    layout: str, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d, dilation: tuple[int, int]
+    *, kernel: tuple[int, int], strides: tuple[int, int], padding: Pad2d, dilation: tuple[int, int], layout: str
 ) -> dict:
+    """``lax.reduce_window``'s window arguments from a pool's window attributes (``_POOL_ATTRS``):
+    the pools take those attributes as ``**window`` and hand them on here, where they are named once."""
     h, w = spatial_axes(layout)
     pads = [(0, 0)] * 4
     pads[h], pads[w] = padding
@@ -108,38 +112,21 @@ def _pool_window(
 
 
 @register_op("max_pool2d", kind="nn", attrs=_POOL_ATTRS)
-def max_pool2d(
-    x: jax.Array,
-    *,
-    kernel: tuple[int, int],
-    strides: tuple[int, int],
-    padding: Pad2d,
-    dilation: tuple[int, int],
-    layout: str,
-) -> jax.Array:
+def max_pool2d(x: jax.Array, **window: Any) -> jax.Array:
     init = jnp.array(-jnp.inf, x.dtype)
-    return lax.reduce_window(x, init, lax.max, **_pool_window(layout, kernel, strides, padding, dilation))
+    return lax.reduce_window(x, init, lax.max, **_pool_window(**window))
 
 
 @register_op("avg_pool2d", kind="nn", attrs={**_POOL_ATTRS, "count_include_pad": False})
-def avg_pool2d(
-    x: jax.Array,
-    *,
-    kernel: tuple[int, int],
-    strides: tuple[int, int],
-    padding: Pad2d,
-    dilation: tuple[int, int],
-    layout: str,
-    count_include_pad: bool,
-) -> jax.Array:
-    window = _pool_window(layout, kernel, strides, padding, dilation)
+def avg_pool2d(x: jax.Array, *, count_include_pad: bool, **window: Any) -> jax.Array:
+    reduce_args = _pool_window(**window)
     acc = x.astype(jnp.float32) if _accumulation_dtype(x.dtype) else x
-    total = lax.reduce_window(acc, jnp.array(0, acc.dtype), lax.add, **window)
+    total = lax.reduce_window(acc, jnp.array(0, acc.dtype), lax.add, **reduce_args)
     if count_include_pad:
-        count = kernel[0] * kernel[1]
+        count = window["kernel"][0] * window["kernel"][1]
     else:
         ones = jnp.ones(x.shape, acc.dtype)
-        count = lax.reduce_window(ones, jnp.array(0, acc.dtype), lax.add, **window)
+        count = lax.reduce_window(ones, jnp.array(0, acc.dtype), lax.add, **reduce_args)
     return (total / count).astype(x.dtype)
 
 
