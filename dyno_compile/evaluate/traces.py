@@ -171,37 +171,25 @@ _MAHIMAHI = "mahimahi_cellular"
 _DOWNLINK_NOTE = "downlink throughput used as a plausible uplink process"
 
 #: The issue's three trace sets. Measured uplinks come first in each.
+# fmt: off
 TRACE_SETS: dict[str, TraceSet] = {
-    s.name: s
-    for s in (
-        TraceSet(
-            "3g",
-            "3G: mahimahi T-Mobile UMTS and Verizon EV-DO uplinks (measured, US, driving); "
-            f"Norway HSDPA logs (buses, trams, ferries, metro, trains: {_DOWNLINK_NOTE})",
-            (
-                TraceSource(_MAHIMAHI, "TMobile-UMTS-driving.up", UPLINK),
-                TraceSource(_MAHIMAHI, "Verizon-EVDO-driving.up", UPLINK),
-                TraceSource("norway_hsdpa_3g", "norway_*", DOWNLINK),
-            ),
-        ),
-        TraceSet(
-            "lte",
-            "LTE: mahimahi AT&T and Verizon LTE uplinks (measured, US, driving); "
-            f"Lumos5G Verizon 4G logs (walking and driving: {_DOWNLINK_NOTE})",
-            (
-                TraceSource(_MAHIMAHI, "ATT-LTE-driving-2016.up", UPLINK),
-                TraceSource(_MAHIMAHI, "Verizon-LTE-short.up", UPLINK),
-                TraceSource("lumos5g_verizon/4G", "4g_trace_*", DOWNLINK),
-            ),
-        ),
-        TraceSet(
-            "5g",
-            f"5G: Lumos5G Verizon mmWave logs (walking and driving: {_DOWNLINK_NOTE}); "
-            "no measured 5G uplink is available",
-            (TraceSource("lumos5g_verizon/5G", "5g_trace_*", DOWNLINK),),
-        ),
+    s.name: s for s in (
+        TraceSet("3g", "3G: mahimahi T-Mobile UMTS and Verizon EV-DO uplinks (measured, US, driving); "
+                       f"Norway HSDPA logs (buses, trams, ferries, metro, trains: {_DOWNLINK_NOTE})",
+                 (TraceSource(_MAHIMAHI, "TMobile-UMTS-driving.up", UPLINK),
+                  TraceSource(_MAHIMAHI, "Verizon-EVDO-driving.up", UPLINK),
+                  TraceSource("norway_hsdpa_3g", "norway_*", DOWNLINK))),
+        TraceSet("lte", "LTE: mahimahi AT&T and Verizon LTE uplinks (measured, US, driving); "
+                        f"Lumos5G Verizon 4G logs (walking and driving: {_DOWNLINK_NOTE})",
+                 (TraceSource(_MAHIMAHI, "ATT-LTE-driving-2016.up", UPLINK),
+                  TraceSource(_MAHIMAHI, "Verizon-LTE-short.up", UPLINK),
+                  TraceSource("lumos5g_verizon/4G", "4g_trace_*", DOWNLINK))),
+        TraceSet("5g", f"5G: Lumos5G Verizon mmWave logs (walking and driving: {_DOWNLINK_NOTE}); "
+                       "no measured 5G uplink is available",
+                 (TraceSource("lumos5g_verizon/5G", "5g_trace_*", DOWNLINK),)),
     )
 }
+# fmt: on
 
 
 @dataclass(frozen=True, eq=False)

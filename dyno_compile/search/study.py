@@ -565,21 +565,14 @@ class TableEvaluator:
 #: A ResNet-20-shaped (CIFAR-10) split space: per cut, the elements and channels of the
 #: crossing tensor, the share of the model's compute done before it, and how sensitive the
 #: accuracy is to quantising it. Cut 0 is cloud-only (the input crosses), 12 device-only.
+# fmt: off
 SYNTHETIC_CUTS: dict[int, tuple[int, int, float, float]] = {
-    0: (3072, 3, 0.0, 1.6),
-    1: (16384, 16, 0.03, 1.3),
-    2: (16384, 16, 0.12, 1.0),
-    3: (16384, 16, 0.21, 0.9),
-    4: (16384, 16, 0.30, 0.8),
-    5: (8192, 32, 0.40, 0.8),
-    6: (8192, 32, 0.50, 0.7),
-    7: (8192, 32, 0.60, 0.6),
-    8: (4096, 64, 0.70, 0.6),
-    9: (4096, 64, 0.80, 0.5),
-    10: (4096, 64, 0.90, 0.45),
-    11: (64, 64, 0.995, 0.3),
+    0: (3072, 3, 0.0, 1.6), 1: (16384, 16, 0.03, 1.3), 2: (16384, 16, 0.12, 1.0), 3: (16384, 16, 0.21, 0.9),
+    4: (16384, 16, 0.30, 0.8), 5: (8192, 32, 0.40, 0.8), 6: (8192, 32, 0.50, 0.7), 7: (8192, 32, 0.60, 0.6),
+    8: (4096, 64, 0.70, 0.6), 9: (4096, 64, 0.80, 0.5), 10: (4096, 64, 0.90, 0.45), 11: (64, 64, 0.995, 0.3),
     12: (0, 0, 1.0, 0.0),
 }
+# fmt: on
 SYNTHETIC_DEVICE_ONLY = 12
 SYNTHETIC_BASELINE = 0.92
 #: Whole model: 25 ms on the device (ARM CPU), 1.5 ms in the cloud (GPU).
