@@ -9,7 +9,6 @@ of stages 2 and 3 strides by 2 and its shortcut has no weights: it subsamples wi
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -77,7 +76,3 @@ def forward(depth: int, params: Params, x: jax.Array) -> jax.Array:
             z = conv_bn(z, params, f"{name}.conv2", f"{name}.bn2", padding=1)
             y = jax.nn.relu(z + shortcut)
     return dense(global_avg_pool(y), params, "linear")
-
-
-resnet20 = partial(forward, 20)
-resnet56 = partial(forward, 56)
