@@ -101,7 +101,7 @@ class ModuleRunner:
         self, module: CompiledModule | Compiled, weights: Mapping[str, Any] | None = None, *, device: Any = None
     ) -> None:
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # not tvm.relax's re-export: that needs the compiler library
 
         if isinstance(module, Compiled):
             module = module.as_module()
@@ -118,7 +118,7 @@ class ModuleRunner:
             )
         self.module = module
         self.device = device if device is not None else device_for(module.target)
-        self.vm = relax.VirtualMachine(module.executable, self.device)
+        self.vm = VirtualMachine(module.executable, self.device)
         self._weights: dict[str, Any] = {}
         if not module.bind_weights:
             if weights is not None:
