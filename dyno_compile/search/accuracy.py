@@ -33,7 +33,15 @@ from dyno_compile.artifact.plan import candidate_cuts
 from dyno_compile.errors import InputError
 from dyno_compile.ir import Graph, evaluate, get_op
 from dyno_compile.ir.ops import DEFAULT_CHANNEL_AXIS
-from dyno_compile.packing.vocab import FLOAT_MODES, bits_key, bits_value, check_granularity, refused_as
+from dyno_compile.packing.vocab import (
+    FLOAT_MODES,
+    MAX_BITS,
+    MIN_BITS,
+    bits_key,
+    bits_value,
+    check_granularity,
+    refused_as,
+)
 from dyno_compile.passes import CutPoint, find_cuts
 from dyno_compile.passes.segment import segment
 from dyno_compile.search.calibration import CalibrationSet, check_fits
@@ -312,7 +320,7 @@ def fewest_bits(
         values = [bits_value(w, "widths") for w in given]
     integers = [v for v in values if not isinstance(v, str)]
     if not values or len(integers) != len(values):
-        raise InputError(f"widths must be integers in 1..16, got {given!r}")
+        raise InputError(f"widths must be integers in {MIN_BITS}..{MAX_BITS}, got {given!r}")
     tried = sorted(set(integers))
     floor = simulator.float_accuracy - budget / 100 - 1e-12  # float rounding must not fail an exact tie
     positions = [
