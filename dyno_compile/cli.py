@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dyno_compile.artifact.archive import write_archive
 from dyno_compile.artifact.build import build_artifact
@@ -20,7 +22,7 @@ from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.artifact.store import amend
 from dyno_compile.cli_progress import ProgressDisplay
-from dyno_compile.errors import DynoError, InputError
+from dyno_compile.errors import DynoError, DynoWarning, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.packing import GRANULARITIES, bits_value, refused_as
@@ -45,11 +47,25 @@ DEFAULT_CLOUD_BATCH = 4
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except DynoError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
+    # soft_wrap: one line per message whatever the width, so a script reading stderr need
+    # not join lines; Text, not markup, so a message holding "[...]" prints as written.
+    stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DynoWarning)
+        plain_show = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+            if issubclass(category, DynoWarning):
+                stderr.print(Text.assemble(("warning: ", "bold yellow"), str(message)))
+            else:
+                plain_show(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        try:
+            return args.run(args)
+        except DynoError as exc:
+            stderr.print(Text.assemble(("error: ", "bold red"), str(exc)))
+            return 2
 
 
 def _parser() -> argparse.ArgumentParser:

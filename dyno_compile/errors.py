@@ -29,3 +29,8 @@ class UnsupportedOpError(FrontendError):
 
 class InputError(DynoError):
     """Data given to a graph (or a loader) does not fit what it expects."""
+
+
+class DynoWarning(UserWarning):
+    """Something the user should know that does not stop the work: a figure measured under
+    other load, say. The CLI prints each as one ``warning:`` line."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +50,26 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(args, message):
     out = _run(*args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_errors_and_warnings_are_one_line_each_and_print_brackets_as_written(tmp_path):
+    """A script reading stderr gets one line per message, whatever the terminal width, and
+    text in square brackets (profile labels hold some) is not taken for markup."""
+    (tmp_path / "warner.py").write_text(
+        "import warnings\n"
+        "from dyno_compile.errors import DynoWarning\n"
+        "from examples.tiny_cnn import build as tiny\n"
+        "def build(*args, **kwargs):\n"
+        "    warnings.warn(DynoWarning('figures taken under load [measured:host] ' + 'x' * 200))\n"
+        "    return tiny(*args, **kwargs)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "COLUMNS": "80"}
+    run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = run([sys.executable, "-m", "dyno_compile", "inspect", "warner:build"])
+    assert out.returncode == 0, out.stderr
+    warned = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: figures taken under load [measured:host] " + "x" * 200]
+    missing = tmp_path / ("[deep]" + "d" * 120) / "missing.onnx"
+    out = run([sys.executable, "-m", "dyno_compile", "inspect", str(missing)])
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1 and str(missing) in out.stderr, out.stderr

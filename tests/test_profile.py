@@ -18,9 +18,11 @@ from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.search.estimate import estimate_library, function_costs
 from dyno_compile.search.profile import (
+    MAX_PASSES,
     SIDES,
     LibraryProfile,
     ProfileError,
+    UnsteadyProfile,
     config_times,
     profile_library,
     profile_runner,
@@ -226,7 +228,25 @@ def test_a_pass_slowed_by_passing_load_is_retimed_and_dropped(artifact):
     assert set(profile.seconds.values()) == {1e-3}  # each function keeps its fastest pass
 
 
-def test_passes_that_never_agree_are_refused_not_recorded(artifact):
-    runner = _LoadedRunner(artifact.runner("device", "host"), [1.0, 2.0, 4.0, 8.0])
-    with pytest.raises(ProfileError, match="4 timing passes disagree.*quiet"):
-        profile_runner(runner, "device", "measured:host")
+def test_passes_that_never_agree_give_a_profile_marked_unsteady(artifact):
+    """A busy machine must not throw a build's work away: the profile is kept, each function
+    at its fastest pass, and it says it was taken under load — in a warning, in its label
+    and in its stored dict."""
+    factors = [2.0**k for k in range(MAX_PASSES)]
+    runner = _LoadedRunner(artifact.runner("device", "host"), factors)
+    with pytest.warns(UnsteadyProfile, match=f"{MAX_PASSES} timing passes never agreed.*quiet"):
+        profile = profile_runner(runner, "device", "measured:host")
+    assert runner.calls == MAX_PASSES * len(runner.module.functions)
+    assert set(profile.seconds.values()) == {1e-3}
+    assert not profile.steady and profile.spread == pytest.approx(factors[-1])
+    assert f"unsteady: timing passes spread {factors[-1]:.2f}x" in profile.label
+    back = LibraryProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert back == profile and back.label == profile.label
+
+
+def test_steady_passes_warn_nothing(artifact, recwarn):
+    runner = _LoadedRunner(artifact.runner("device", "host"), [1.0, 1.1])
+    profile = profile_runner(runner, "device", "measured:host")
+    assert profile.steady and profile.spread == pytest.approx(1.1)
+    assert "unsteady" not in profile.label
+    assert not [w for w in recwarn if issubclass(w.category, UnsteadyProfile)]

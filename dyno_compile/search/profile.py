@@ -15,6 +15,7 @@ its ``str``/``repr`` and of its stored dict, so no figure can be shown or saved 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyno_compile.configs import Config
-from dyno_compile.errors import DynoError
+from dyno_compile.errors import DynoError, DynoWarning
 
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact
@@ -43,15 +44,21 @@ MIN_REPEAT_MS = 10
 #: Other load that comes and goes (a compile, a test run) can slow a whole pass over the
 #: functions, and TVM's spinning thread pool makes it far worse than the load itself (a
 #: device profile taken beside another TVM process read ~400x slow here). So the library
-#: is timed in passes until two in a row agree on the total within ``AGREE`` and each
-#: function keeps its fastest pass; passes that never agree mean the machine is too busy
-#: to measure, which is an error, not a figure.
+#: is timed in passes until two in a row agree on the total within ``AGREE``, at most
+#: ``MAX_PASSES``, and each function keeps its fastest pass — load only ever slows a call.
+#: Passes that never agree still give a profile (a build must not throw its compiled work
+#: away because a neighbour was busy), marked unsteady with the passes' spread, in its
+#: label and stored dict, with a :class:`UnsteadyProfile` warning.
 AGREE = 1.25
-MAX_PASSES = 4
+MAX_PASSES = 6
 
 
 class ProfileError(DynoError):
     """A profile is missing a function, mislabelled, or does not fit the artifact or configuration."""
+
+
+class UnsteadyProfile(DynoWarning):
+    """A library's timing passes never agreed: its figures were taken under other load."""
 
 
 def check_side(side: str) -> None:
@@ -68,7 +75,7 @@ def tvm_message(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class LibraryProfile:
     """Seconds per call of each function of one side's library for one target (the
-    median window of the fastest of the timing passes that agreed).
+    fastest pass of each function, each pass the median of its windows).
 
     ``source`` says how the figures were obtained (see the module docstring) and is
     checked on construction. Measurements record the timing parameters (``repeat``
@@ -83,6 +90,10 @@ class LibraryProfile:
     repeat: int | None = None
     min_repeat_ms: int | None = None
     calibration: str | None = None
+    #: Slowest over fastest total of the timing passes (1.0 when there was one).
+    spread: float | None = None
+    #: False when no two passes in a row agreed within ``AGREE``: taken under other load.
+    steady: bool = True
 
     def __post_init__(self) -> None:
         check_side(self.side)
@@ -98,7 +109,8 @@ class LibraryProfile:
 
     @property
     def label(self) -> str:
-        return f"{self.side}/{self.target} [{self.source}]"
+        unsteady = "" if self.steady else f", unsteady: timing passes spread {self.spread or 0:.2f}x"
+        return f"{self.side}/{self.target} [{self.source}{unsteady}]"
 
     @property
     def estimated(self) -> bool:
@@ -129,6 +141,8 @@ class LibraryProfile:
             "repeat": self.repeat,
             "min_repeat_ms": self.min_repeat_ms,
             "calibration": self.calibration,
+            "spread": self.spread,
+            "steady": self.steady,
         }
 
     @classmethod
@@ -144,6 +158,8 @@ class LibraryProfile:
             d.get("repeat"),
             d.get("min_repeat_ms"),
             d.get("calibration"),
+            d.get("spread"),
+            bool(d.get("steady", True)),
         )
 
 
@@ -186,22 +202,36 @@ def profile_runner(
     functions = [f for f in runner.module.functions.values() if f.name not in skip]
     inputs = {f.name: [input_value(s, rng) for s in f.inputs] for f in functions}
     passes: list[dict[str, float]] = []
-    while len(passes) < 2 or not _agree(passes[-2], passes[-1]):
-        if len(passes) == MAX_PASSES:
-            totals = ", ".join(f"{sum(p.values()) * 1e3:.3f}" for p in passes)
-            raise ProfileError(
-                f"{runner.module.target.name} {side} library: {MAX_PASSES} timing passes disagree "
-                f"(totals {totals} ms); other load on the machine is moving the figures — profile "
-                "again when it is quiet"
-            )
+    while len(passes) < MAX_PASSES and (len(passes) < 2 or not _agree(passes[-2], passes[-1])):
         passes.append(
             {
                 name: float(np.median(runner.time(name, args, repeat=repeat, min_repeat_ms=min_repeat_ms)))
                 for name, args in inputs.items()
             }
         )
-    seconds = {name: min(p[name] for p in passes) for name in inputs}
-    return LibraryProfile(side, runner.module.target.name, source, seconds, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    totals = [sum(p.values()) for p in passes]
+    spread = max(totals) / min(totals) if min(totals) > 0 else float("inf")
+    steady = len(passes) < 2 or _agree(passes[-2], passes[-1])
+    profile = LibraryProfile(
+        side,
+        runner.module.target.name,
+        source,
+        {name: min(p[name] for p in passes) for name in inputs},
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        spread=spread,
+        steady=steady,
+    )
+    if not steady:
+        warnings.warn(
+            UnsteadyProfile(
+                f"{profile.label}: {len(passes)} timing passes never agreed within {AGREE}x (totals "
+                f"{', '.join(f'{t * 1e3:.3f}' for t in totals)} ms); each function keeps its fastest "
+                "pass, but other load moved the figures: profile again when the machine is quiet"
+            ),
+            stacklevel=2,
+        )
+    return profile
 
 
 def _agree(a: dict[str, float], b: dict[str, float]) -> bool:

@@ -385,11 +385,6 @@ def tune(
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
-    if cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
-        raise TuneError(
-            "the xgb cost model needs the xgboost package, which the 'tune' extra installs: "
-            "pip install -e '.[tune]' (or pass cost_model='random')"
-        )
     spec = get_target(target)
     if not spec.is_host:
         raise TuneError(
@@ -398,6 +393,13 @@ def tune(
         )
     if trials < 0:
         raise TuneError(f"trials must be >= 0, got {trials}")
+    # Arguments first, then the optional dependency: a wrong call says what is wrong with it
+    # whichever extras are installed.
+    if cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
+        raise TuneError(
+            "the xgb cost model needs the xgboost package, which the 'tune' extra installs: "
+            "pip install -e '.[tune]' (or pass cost_model='random')"
+        )
     work_dir = Path(work_dir)
     t0 = time.perf_counter()
     tvm_target = spec.tvm_target()
