@@ -244,6 +244,11 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure the device side on a TVM RPC server")
     g.add_argument("--rpc-key", metavar="KEY", help="the device's key at the RPC tracker")
     g.add_argument(
+        "--emulated-times",
+        action="store_true",
+        help="rank by an emulated board's times (keys 'emulated-*'; default: record them, rank by the estimate)",
+    )
+    g.add_argument(
         "--verbose",
         action="store_true",
         help="log every trial and measured configuration (default: progress bars only)",
@@ -416,6 +421,7 @@ def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions
         cloud_target=args.profile_cloud,
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
+        emulated_times=args.emulated_times,
         evaluations=args.evaluations,
         minutes=args.minutes or None,
         storage=args.storage,

@@ -63,8 +63,8 @@ class Evaluation:
     device-only); ``accuracy``: top-1 on the calibration labels (agreement with the float
     model where there are no labels); ``agreement``: top-1 agreement with the float model.
     ``sources`` says where each figure came from (``"measured:host"``,
-    ``"measured:rpc:<key>"``, ``"estimated:roofline:<target>"``) so nothing estimated is
-    ever shown as measured.
+    ``"measured:rpc:<key>"``, ``"emulated:rpc:<key>"``, ``"estimated:roofline:<target>"``)
+    so nothing estimated or emulated is ever shown as measured.
     """
 
     config: Config

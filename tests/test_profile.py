@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,10 @@ import pytest
 from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
+from dyno_compile.progress import silent
+from dyno_compile.search.calibration import CalibrationSet
 from dyno_compile.search.estimate import estimate_library, function_costs
+from dyno_compile.search.pipeline import SearchOptions, side_profiles
 from dyno_compile.search.profile import (
     MAX_PASSES,
     SIDES,
@@ -27,7 +31,7 @@ from dyno_compile.search.profile import (
     profile_library,
     profile_runner,
 )
-from dyno_compile.search.rpc import RPCError, local_rpc, profile_library_rpc
+from dyno_compile.search.rpc import EMULATED_KEY_PREFIX, RPCError, local_rpc, profile_library_rpc, rpc_source
 from dyno_compile.targets import get_target
 
 
@@ -250,3 +254,23 @@ def test_steady_passes_warn_nothing(artifact, recwarn):
     assert profile.steady and profile.spread == pytest.approx(1.1)
     assert "unsteady" not in profile.label
     assert not [w for w in recwarn if issubclass(w.category, UnsteadyProfile)]
+
+
+def test_an_emulated_board_is_labelled_and_never_ranks_by_its_times_unless_asked(artifact, profiles):
+    """A server under an 'emulated-' key (the project's QEMU board) is timed and recorded as
+    emulated:rpc:<key>; the search then ranks by the host-based estimate (last profile)
+    unless ``emulated_times`` asks for the emulated figures, and an emulation is never a
+    calibration for an estimate."""
+    calibration = CalibrationSet(np.zeros((1, *artifact.graph.inputs[0].shape[1:]), np.float32), None, "zeros")
+    with local_rpc(f"{EMULATED_KEY_PREFIX}test-{os.getpid()}") as remote:
+        options = SearchOptions(calibration, rpc_tracker=remote.tracker, rpc_key=remote.key)
+        default = side_profiles(artifact, "device", "host", options, silent)
+        asked = side_profiles(artifact, "device", "host", replace(options, emulated_times=True), silent)
+    assert [p.source for p in default] == ["measured:host", f"emulated:rpc:{remote.key}", "estimated:roofline:host"]
+    assert default[1].emulated and "emulated:rpc" in default[1].label and not default[2].emulated
+    assert [p.source for p in asked] == ["measured:host", f"emulated:rpc:{remote.key}"]
+    back = LibraryProfile.from_dict(json.loads(json.dumps(default[1].to_dict())))
+    assert back.emulated and back == default[1]
+    with pytest.raises(ProfileError, match="not an estimate or an emulation"):
+        estimate_library(artifact, default[1], "arm64")
+    assert rpc_source("rpi5") == "measured:rpc:rpi5"

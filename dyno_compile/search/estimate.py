@@ -78,8 +78,8 @@ def estimate_library(artifact: Artifact, calibration: LibraryProfile, target: st
     """Estimated seconds per call of every function in ``calibration`` on ``target``, labelled
     ``estimated:roofline:<target>``. ``calibration`` must be a measurement (host or RPC) of
     the same side; for its own target the estimate equals it."""
-    if calibration.estimated:
-        raise ProfileError(f"calibrate with a measurement, not an estimate ({calibration.label})")
+    if calibration.estimated or calibration.emulated:
+        raise ProfileError(f"calibrate with a measurement, not an estimate or an emulation ({calibration.label})")
     spec, measured_on = get_target(target), get_target(calibration.target)
     costs = function_costs(artifact, calibration.side)
     unknown = sorted(set(calibration.seconds) - set(costs))

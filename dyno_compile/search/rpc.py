@@ -40,6 +40,9 @@ from dyno_compile.targets.spec import TargetSpec
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact
 
+#: Keys of emulated boards start with this; their timings are labelled ``emulated:rpc:<key>``.
+EMULATED_KEY_PREFIX = "emulated-"
+
 #: Port ranges searched for a free port by the loopback tracker and server (several
 #: users of one machine each get their own).
 TRACKER_PORTS = (9190, 9690)
@@ -142,6 +145,11 @@ def _remote_device(session: Any, spec: TargetSpec) -> Any:
     raise RPCError(f"no remote device for target {spec.name!r} (kind {spec.kind!r})")
 
 
+def rpc_source(key: str) -> str:
+    """The provenance label of a timing taken on the server registered under ``key``."""
+    return f"{'emulated' if key.startswith(EMULATED_KEY_PREFIX) else 'measured'}:rpc:{key}"
+
+
 def profile_library_rpc(
     artifact: Artifact,
     side: str,
@@ -155,7 +163,7 @@ def profile_library_rpc(
     min_repeat_ms: int = MIN_REPEAT_MS,
 ) -> LibraryProfile:
     """Time every function of the artifact's ``side`` library for ``target`` on a server
-    registered with ``key`` at ``tracker`` (``"host:port"``); labelled ``measured:rpc:<key>``.
+    registered with ``key`` at ``tracker`` (``"host:port"``); labelled by :func:`rpc_source`.
 
     The library must be in the artifact (``ArtifactError`` otherwise) and must load on the
     server (an arm64 library on an x86 server is an ``RPCError``). ``timeout`` bounds
@@ -179,7 +187,7 @@ def profile_library_rpc(
             f"server run that target? ({tvm_message(exc)})"
         ) from None
     try:
-        return profile_runner(runner, side, f"measured:rpc:{key}", repeat=repeat, min_repeat_ms=min_repeat_ms)
+        return profile_runner(runner, side, rpc_source(key), repeat=repeat, min_repeat_ms=min_repeat_ms)
     except DynoError:
         raise
     except Exception as exc:  # noqa: BLE001 - a remote failure or the session expiring
