@@ -15,15 +15,16 @@ import pytest
 from conftest import rel_err
 from dyno_compile import zoo
 from dyno_compile.artifact import build as build_mod
-from dyno_compile.artifact.build import build_artifact, model_hash
+from dyno_compile.artifact.build import SearchIncomplete, build_artifact, model_hash
 from dyno_compile.artifact.load import load_artifact, run_split
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
-from dyno_compile.artifact.store import ArtifactError
+from dyno_compile.artifact.store import ArtifactError, amend
 from dyno_compile.frontend.jax_import import from_jax
 from dyno_compile.ir import Interpreter
 from dyno_compile.passes import run_passes
 from dyno_compile.passes.insert_pack import insert_pack, pack_graph
 from dyno_compile.passes.split import split
+from dyno_compile.search.profile import ProfileError
 
 BITS = ("float32", "float16", 16, 8, 4, 2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,35 @@ def test_failed_build_leaves_nothing_and_existing_out_is_kept(built, tmp_path, m
     with pytest.raises(RuntimeError):
         build_artifact(plan, tmp_path / "new", device_targets=["host"], cloud_targets=["host"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_or_interrupted_search_keeps_the_compiled_artifact(built, tmp_path):
+    """Compiling is the long part of a build: when the search after it fails (a DynoError)
+    or is interrupted, the compiled artifact stays, loads, and a later finish completes it."""
+    graph, _, _ = built
+    plan = plan_build(graph, candidate_cuts(graph)[:3], bits=("float32",))
+    calls = []
+
+    def failing(root):
+        calls.append(load_artifact(root).manifest["model"])
+        raise ProfileError("4 timing passes disagree")
+
+    out = tmp_path / "a"
+    with pytest.raises(SearchIncomplete, match=f"disagree.*kept at {out}.*dyno_compile search {out}") as info:
+        build_artifact(plan, out, device_targets=["host"], cloud_targets=["host"], finish=failing)
+    assert isinstance(info.value.__cause__, ProfileError) and calls == [graph.name]
+    assert "search" not in load_artifact(out).manifest
+
+    def interrupted(root):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(plan, tmp_path / "b", device_targets=["host"], cloud_targets=["host"], finish=interrupted)
+    assert load_artifact(tmp_path / "b").manifest["model"] == graph.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging folder left behind
+
+    amend(out, lambda root: {"search": {"done": load_artifact(root).manifest["model"]}})
+    assert load_artifact(out).manifest["search"] == {"done": graph.name}
 
 
 def test_build_cli_refuses_unknown_target(tmp_path):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dyno_compile.artifact.plan import BuildPlan, batched_name
-from dyno_compile.artifact.store import staging, write_manifest
+from dyno_compile.artifact.store import ArtifactError, amend, staging, write_manifest
+from dyno_compile.errors import DynoError
 from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
 from dyno_compile.progress import Progress, Step, silent
@@ -33,6 +34,11 @@ from dyno_compile.targets.compile import compile_functions, export
 from dyno_compile.targets.records import records_fingerprint
 
 Finish = Callable[[Path], dict]
+
+
+class SearchIncomplete(ArtifactError):
+    """The artifact compiled and was written, but its ``finish`` step (the search) failed;
+    the cause is ``__cause__``."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,11 @@ def build_artifact(
     ``targets.tune``) for the host target; its winning records are applied to the host
     libraries and the directory ships in the artifact under ``tuning/host``.
 
-    ``finish(root)`` runs on the complete but not yet published artifact (it opens with
-    ``load_artifact``), may add files under ``root`` and returns manifest entries to add:
-    how ``build`` profiles and searches before anyone can see the artifact, so a failed
-    search leaves no artifact behind rather than one without its Pareto set."""
+    ``finish(root)`` runs once the compiled artifact is published, on a copy (``amend``: it
+    opens with ``load_artifact``, may add files and returns manifest entries to add): how
+    ``build`` profiles and searches. Compiling is the long part, so a search that fails or
+    is interrupted leaves the compiled artifact in place, and ``search`` completes it (its
+    study resumes from the trials already stored)."""
     sides = {"device": _with_host(device_targets), "cloud": _with_host(cloud_targets)}
     functions = {"device": plan.device_functions, "cloud": plan.cloud_functions}
     built: list[LibraryBuild] = []
@@ -103,8 +110,14 @@ def build_artifact(
             tuning["host"] = records_fingerprint(records)
         manifest = {**_manifest(plan, libraries), "tuning": tuning}
         write_manifest(root, manifest)
-        if finish is not None:
-            write_manifest(root, {**manifest, **finish(root)})
+    if finish is not None:
+        try:
+            amend(out_dir, finish)
+        except DynoError as exc:
+            raise SearchIncomplete(
+                f"{exc} (the compiled artifact is kept at {out_dir}: "
+                f"`python -m dyno_compile search {out_dir}` completes it)"
+            ) from exc
     return Path(out_dir), built
 
 
