@@ -156,12 +156,14 @@ def check_artifact(
     reference = DeviceSide(art, REFERENCE_TARGET)
     progress(f"uploading {rel} to {key}@{tracker}")
     remote = copy.copy(reference)  # the same frame code and cut table; only the library differs
-    remote.runner = _open_remote(art, rel, tracker=tracker, key=key, timeout=timeout, session_timeout=session_timeout)
+    remote.runner = _open_remote(
+        art, rel, target, tracker=tracker, key=key, timeout=timeout, session_timeout=session_timeout
+    )
     tally = _Tally(art.manifest["libraries"][rel]["module"]["functions"])
     try:
         for i, x in enumerate(calibration.x[:images]):
             progress(Step("images checked", i, images, f"image {i + 1}: segments"))
-            env = _check_segments(art, reference, remote, x[None], tally, rtol)
+            env = _check_segments(art, reference, remote, x[None], tally)
             progress(Step("images checked", i, images, f"image {i + 1}: pack kernels and frames"))
             _check_cuts(art, reference, remote, env, tally, request_id=i + 1)
     except DynoError:
@@ -176,7 +178,9 @@ def check_artifact(
     return CheckReport(rel, f"{key}@{tracker}", images, rtol, tally.rows(rtol))
 
 
-def _open_remote(art: Artifact, rel: str, *, tracker: str, key: str, timeout: float, session_timeout: float) -> Any:
+def _open_remote(
+    art: Artifact, rel: str, target: str, *, tracker: str, key: str, timeout: float, session_timeout: float
+) -> Any:
     """A ``ModuleRunner`` over library ``rel`` uploaded to and loaded on a server for ``key``."""
     from dyno_compile.targets.module import CompiledModule
     from dyno_compile.targets.runner import ModuleRunner
@@ -191,7 +195,8 @@ def _open_remote(art: Artifact, rel: str, *, tracker: str, key: str, timeout: fl
         return ModuleRunner(module, device=session.cpu(0))
     except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
         raise RPCError(
-            f"server with key {key!r} could not load {rel}: does it run that target? ({tvm_message(exc)})"
+            f"server {key}@{tracker} could not load {rel}, built for {target!r}: does the server run that "
+            f"target? ({tvm_message(exc)})"
         ) from None
 
 
@@ -199,7 +204,7 @@ def _open_remote(art: Artifact, rel: str, *, tracker: str, key: str, timeout: fl
 
 
 def _check_segments(
-    art: Artifact, reference: DeviceSide, remote: DeviceSide, x: np.ndarray, tally: _Tally, rtol: float
+    art: Artifact, reference: DeviceSide, remote: DeviceSide, x: np.ndarray, tally: _Tally
 ) -> dict[str, np.ndarray]:
     """Run the whole segment chain on the reference; each segment also on the remote, on the
     reference's input (so one difference does not spread). Every tensor of the chain."""
