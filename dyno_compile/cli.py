@@ -1,8 +1,10 @@
-"""Command line: ``inspect MODEL``, ``build MODEL --out DIR``, ``search ARTIFACT`` and ``serve ARTIFACT``."""
+"""Command line: ``inspect MODEL``, ``build MODEL --out DIR``, ``search ARTIFACT``, ``serve ARTIFACT`` and
+``board setup|start|stop|status|check`` (the emulated aarch64 board)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -21,6 +23,9 @@ from dyno_compile.artifact.build import build_artifact
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.plan import DEFAULT_BITS, candidate_cuts, plan_build
 from dyno_compile.artifact.store import amend
+from dyno_compile.board import server as board_server
+from dyno_compile.board import sysroot as board_sysroot
+from dyno_compile.board.check import check_artifact
 from dyno_compile.cli_progress import ProgressDisplay
 from dyno_compile.errors import DynoError, DynoWarning, InputError
 from dyno_compile.frontend.resolve import load_model
@@ -184,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
         "the set (default resnet20:lte:1; 'none' to skip)",
     )
     e.set_defaults(run=_evaluate)
+
+    _board_parser(sub)
     return parser
 
 
@@ -569,3 +576,86 @@ def _evaluate(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
+
+
+def _board_parser(sub) -> None:
+    """``board setup|start|stop|status|check``: the emulated aarch64 board (dyno_compile.board)."""
+    board = sub.add_parser(
+        "board", help="an emulated aarch64 board (QEMU) to check the ARM library on: setup, start, check, stop"
+    )
+    actions = board.add_subparsers(required=True, metavar="ACTION")
+    actions.add_parser(
+        "setup", help="install QEMU and an aarch64 userland with the device's packages (once; needs root for apt)"
+    ).set_defaults(run=_board_setup)
+    start = actions.add_parser("start", help="start a loopback RPC tracker and the emulated RPC server")
+    start.add_argument(
+        "--key",
+        default=board_server.DEFAULT_KEY,
+        help=f"the server's key at the tracker (default {board_server.DEFAULT_KEY}; must start with "
+        f"{board_server.EMULATED_KEY_PREFIX!r})",
+    )
+    start.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="seconds to wait for the server (default 120)"
+    )
+    start.set_defaults(run=_board_start)
+    actions.add_parser("stop", help="stop the emulated board").set_defaults(run=_board_stop)
+    actions.add_parser("status", help="say whether the board runs (exit 1 when not)").set_defaults(run=_board_status)
+    check = actions.add_parser(
+        "check", help="run every function of an artifact's ARM library on the board against the host library"
+    )
+    check.add_argument("artifact", metavar="ARTIFACT", help="artifact directory or archive (with arm64 and host)")
+    images = inspect.signature(check_artifact).parameters["images"].default
+    check.add_argument(
+        "--images", type=int, default=images, metavar="N", help=f"real calibration images to run (default {images})"
+    )
+    check.add_argument("--target", default="arm64", help="the device target to check (default arm64)")
+    check.add_argument("--rpc-tracker", metavar="HOST:PORT", help="another board's tracker (default: the running one)")
+    check.add_argument("--rpc-key", metavar="KEY", help="that board's key at the tracker")
+    check.set_defaults(run=_board_check)
+
+
+def _board_setup(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    with ProgressDisplay("checking the emulated board") as progress:
+        sysroot = board_sysroot.setup(progress=progress)
+    print(f"board ready: {sysroot.root} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return 0
+
+
+def _board_start(args: argparse.Namespace) -> int:
+    with ProgressDisplay("starting the emulated board") as progress:
+        state = board_server.start(key=args.key, timeout=args.timeout, progress=progress)
+    print(f"board running: {state}", flush=True)
+    return 0
+
+
+def _board_stop(args: argparse.Namespace) -> int:
+    print("board stopped" if board_server.stop() else "no board was running", flush=True)
+    return 0
+
+
+def _board_status(args: argparse.Namespace) -> int:
+    state = board_server.status()
+    print(f"board running: {state}" if state else f"no board running ({board_server.START_HINT} starts one)")
+    return 0 if state else 1
+
+
+def _board_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every function agrees, 1 on any difference (2, from main, on an error)."""
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise InputError("--rpc-tracker and --rpc-key go together")
+    if args.rpc_tracker is None:
+        state = board_server.status()
+        if state is None:
+            raise board_sysroot.BoardError(f"no board running: run {board_server.START_HINT} (or give --rpc-tracker)")
+        tracker, key = state.tracker, state.key
+    else:
+        tracker, key = args.rpc_tracker, args.rpc_key
+    with ProgressDisplay(f"checking {args.artifact} on {key}@{tracker}") as progress:
+        report = check_artifact(
+            args.artifact, tracker=tracker, key=key, target=args.target, images=args.images, progress=progress
+        )
+    console = _stdout_console()
+    console.print(report.table())
+    console.print(report.summary(), highlight=False, markup=False)
+    return 0 if report.ok else 1
