@@ -108,3 +108,38 @@ def searched_resnet20(tmp_path_factory) -> Path:
     search = ("--cloud-batch", 4, "--evaluations", SEARCHED_EVALUATIONS, *calibration)
     assert main(host_build_args(out, *search, bits="float32,8,4,2")) == 0
     return out
+
+
+def board_sysroot():
+    """The set-up emulated board's sysroot; skips the test without one, or fails it where
+    ``DYNO_REQUIRE_BOARD=1`` (CI, which sets the board up first)."""
+    from dyno_compile.board import sysroot
+
+    try:
+        return sysroot.require()
+    except sysroot.BoardError as exc:
+        if os.environ.get("DYNO_REQUIRE_BOARD") == "1":
+            pytest.fail(f"DYNO_REQUIRE_BOARD=1 but {exc}")
+        pytest.skip("no emulated board: python -m dyno_compile board setup")
+
+
+@pytest.fixture(scope="session")
+def board():
+    """The emulated aarch64 board (dyno_compile.board), running: a ``BoardState`` with its
+    tracker and key. A board already running is used as it is; one started here is stopped
+    at the end of the session. Without a set-up board: see :func:`board_sysroot`."""
+    from dyno_compile.board import server
+
+    board_sysroot()
+    running = server.status()
+    state = running or server.start(timeout=300.0)
+    yield state
+    if running is None:
+        server.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests using the ``board`` fixture carry the ``board`` marker (``-m 'not board'`` leaves them out)."""
+    for item in items:
+        if "board" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.board)

@@ -59,6 +59,7 @@ RPC_SERVER_PACKAGES = ("cloudpickle", "psutil")
 #: Host tools and the Debian packages that provide them.
 HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "mmdebstrap": "mmdebstrap"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_LOCK_WAIT_S = 600
 
 SETUP_HINT = "python -m dyno_compile board setup"
 _STAMP = ".dyno-board.json"
@@ -167,17 +168,18 @@ def _install_host_tools(progress: Progress) -> None:
     missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
     if not missing:
         return
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", *missing]
+    install = ["install", "-y", "--no-install-recommends", *missing]
     if os.geteuid() != 0:
         raise BoardError(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed and installing needs "
-            f"root: run `apt-get update && {' '.join(install)}` as root, then {SETUP_HINT}"
+            f"root: run `apt-get update && apt-get {' '.join(install)}` as root, then {SETUP_HINT}"
         )
     if shutil.which("apt-get") is None:
         raise BoardError(f"no apt-get here to install {' and '.join(missing)}: install them, then {SETUP_HINT}")
     progress(f"installing {', '.join(missing)} (apt-get)")
-    _run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update"], "apt-get update", "Debian's archive")
-    _run(install, f"apt-get install {' '.join(missing)}", "Debian's archive")
+    apt = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"]  # another apt-get may hold the lock a while
+    _run([*apt, "update"], "apt-get update", "Debian's archive")
+    _run([*apt, *install], f"apt-get install {' '.join(missing)}", "Debian's archive")
     for tool, pkg in HOST_TOOLS.items():
         if shutil.which(tool) is None:
             raise BoardError(f"{pkg} installed but {tool} is not on PATH: check the package, then {SETUP_HINT}")
