@@ -18,6 +18,7 @@ its times mean nothing, its results are the board's.
 from __future__ import annotations
 
 import copy
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.search.calibration import default_calibration
 from dyno_compile.search.profile import tvm_message
-from dyno_compile.search.rpc import RPCError, request_session
+from dyno_compile.search.rpc import RPCError, open_library_rpc
 
 __all__ = ["CheckReport", "FunctionCheck", "check_artifact"]
 
@@ -156,10 +157,11 @@ def check_artifact(
     reference = DeviceSide(art, REFERENCE_TARGET)
     progress(f"uploading {rel} to {key}@{tracker}")
     remote = copy.copy(reference)  # the same frame code and cut table; only the library differs
-    remote.runner = _open_remote(
-        art, rel, target, tracker=tracker, key=key, timeout=timeout, session_timeout=session_timeout
+    remote.runner = open_library_rpc(
+        art, "device", target, tracker=tracker, key=key, timeout=timeout, session_timeout=session_timeout
     )
     tally = _Tally(art.manifest["libraries"][rel]["module"]["functions"])
+    failure = None
     try:
         for i, x in enumerate(calibration.x[:images]):
             progress(Step("images checked", i, images, f"image {i + 1}: segments"))
@@ -169,35 +171,18 @@ def check_artifact(
     except DynoError:
         raise
     except Exception as exc:  # noqa: BLE001 - a remote call failed or the session expired
-        raise RPCError(
-            f"running {rel} on {key}@{tracker} failed (session_timeout {session_timeout:g} s): {tvm_message(exc)}"
-        ) from None
+        failure = tvm_message(exc)  # raised below, without TVM's error (its traceback holds the session)
     finally:
-        remote.runner = None  # drop the session: the server is free for the next client
+        # End the session so the server is free for the next client. Dropping the runner is
+        # not enough: TVM's VirtualMachine.get_outputs leaves a reference cycle (a recursive
+        # closure over the VM) that holds the remote module, hence the session, until the
+        # cycle collector runs, and until then the tracker has no free server for the key.
+        remote.runner = None
+        gc.collect()
+    if failure is not None:
+        raise RPCError(f"running {rel} on {key}@{tracker} failed (session_timeout {session_timeout:g} s): {failure}")
     progress(Step("images checked", images, images))
     return CheckReport(rel, f"{key}@{tracker}", images, rtol, tally.rows(rtol))
-
-
-def _open_remote(
-    art: Artifact, rel: str, target: str, *, tracker: str, key: str, timeout: float, session_timeout: float
-) -> Any:
-    """A ``ModuleRunner`` over library ``rel`` uploaded to and loaded on a server for ``key``."""
-    from dyno_compile.targets.module import CompiledModule
-    from dyno_compile.targets.runner import ModuleRunner
-
-    session = request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
-    remote_name = f"{art.model_hash[:12]}-{rel.replace('/', '-')}"
-    try:
-        session.upload(str(art.root / rel), target=remote_name)
-        module = CompiledModule.from_description(
-            art.manifest["libraries"][rel]["module"], session.load_module(remote_name)
-        )
-        return ModuleRunner(module, device=session.cpu(0))
-    except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
-        raise RPCError(
-            f"server {key}@{tracker} could not load {rel}, built for {target!r}: does the server run that "
-            f"target? ({tvm_message(exc)})"
-        ) from None
 
 
 # --- running both sides ---------------------------------------------------------------------

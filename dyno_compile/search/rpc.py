@@ -39,6 +39,7 @@ from dyno_compile.targets.spec import TargetSpec
 
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact
+    from dyno_compile.targets.runner import ModuleRunner
 
 #: Keys of emulated boards start with this; their timings are labelled ``emulated:rpc:<key>``.
 EMULATED_KEY_PREFIX = "emulated-"
@@ -150,6 +151,46 @@ def rpc_source(key: str) -> str:
     return f"{'emulated' if key.startswith(EMULATED_KEY_PREFIX) else 'measured'}:rpc:{key}"
 
 
+def open_library_rpc(
+    artifact: Artifact,
+    side: str,
+    target: str,
+    *,
+    tracker: str,
+    key: str,
+    timeout: float = 10.0,
+    session_timeout: float = 600.0,
+) -> ModuleRunner:
+    """A ``ModuleRunner`` over the artifact's ``side`` library for ``target``, uploaded to and
+    loaded on a server registered with ``key`` at ``tracker``: its functions run there.
+
+    The library must be in the artifact (``ArtifactError`` otherwise) and must load on the
+    server (an arm64 library on an x86 server is an ``RPCError``). ``timeout`` bounds
+    reaching the tracker and getting a server; the server ends the session after
+    ``session_timeout`` seconds.
+    """
+    from dyno_compile.targets.module import CompiledModule
+    from dyno_compile.targets.runner import ModuleRunner
+
+    rel = artifact.library(side, target)
+    description = artifact.manifest["libraries"][rel]["module"]
+    session = request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
+    remote_name = f"{artifact.model_hash[:12]}-{rel.replace('/', '-')}"
+    try:
+        session.upload(str(artifact.root / rel), target=remote_name)
+        module = CompiledModule.from_description(description, session.load_module(remote_name))
+        return ModuleRunner(module, device=_remote_device(session, module.target))
+    except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
+        reason = tvm_message(exc)
+    # Raised out here, with the session dropped: an error raised in the handler would keep
+    # TVM's error as its context, whose traceback holds the session, and so the server busy.
+    session = None
+    raise RPCError(
+        f"server with key {key!r} could not load {rel}; it is built for {target!r}: does the "
+        f"server run that target? ({reason})"
+    )
+
+
 def profile_library_rpc(
     artifact: Artifact,
     side: str,
@@ -165,27 +206,14 @@ def profile_library_rpc(
     """Time every function of the artifact's ``side`` library for ``target`` on a server
     registered with ``key`` at ``tracker`` (``"host:port"``); labelled by :func:`rpc_source`.
 
-    The library must be in the artifact (``ArtifactError`` otherwise) and must load on the
-    server (an arm64 library on an x86 server is an ``RPCError``). ``timeout`` bounds
-    reaching the tracker and getting a server; ``session_timeout`` the whole remote run.
+    Loads it with :func:`open_library_rpc` (its errors); ``session_timeout`` bounds the
+    whole remote run.
     """
-    from dyno_compile.targets.module import CompiledModule
-    from dyno_compile.targets.runner import ModuleRunner
-
     check_side(side)
     rel = artifact.library(side, target)
-    description = artifact.manifest["libraries"][rel]["module"]
-    session = request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
-    remote_name = f"{artifact.model_hash[:12]}-{rel.replace('/', '-')}"
-    try:
-        session.upload(str(artifact.root / rel), target=remote_name)
-        module = CompiledModule.from_description(description, session.load_module(remote_name))
-        runner = ModuleRunner(module, device=_remote_device(session, module.target))
-    except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
-        raise RPCError(
-            f"server with key {key!r} could not load {rel}; it is built for {target!r}: does the "
-            f"server run that target? ({tvm_message(exc)})"
-        ) from None
+    runner = open_library_rpc(
+        artifact, side, target, tracker=tracker, key=key, timeout=timeout, session_timeout=session_timeout
+    )
     try:
         return profile_runner(runner, side, rpc_source(key), repeat=repeat, min_repeat_ms=min_repeat_ms)
     except DynoError:
