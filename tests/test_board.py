@@ -223,6 +223,25 @@ def test_the_emulated_board_starts_reports_and_stops(alias):
     print(f"board started in {started:.1f} s")
 
 
+@pytest.mark.board
+def test_a_start_that_times_out_says_so_and_leaves_nothing_running(alias):
+    with pytest.raises(BoardError) as exc:
+        server.start(alias, timeout=0.5)
+    message = _one_line(exc)
+    assert "did not register with the tracker within 0.5 s" in message and "--timeout" in message
+    assert str(alias / "logs" / "server.log") in message
+    assert server.status(alias) is None and not (alias / "state.json").exists()
+    ours = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(alias).encode() in _cmdline(p)]
+    assert ours == []
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.mark.parametrize("key", ["rpi5", "emulated-", "aarch64-emulated"])
 def test_start_refuses_a_key_without_the_emulated_prefix(tmp_path, key):
     with pytest.raises(BoardError) as exc:
