@@ -189,6 +189,10 @@ def test_changed_requirements_rebuild_and_a_failed_rebuild_keeps_the_ready_board
     monkeypatch.setattr(sysroot, "device_requirements", lambda: ["apache-tvm==0.27.0.post1", "numpy>=2.1"])
     with pytest.raises(BoardError, match="set up for other requirements"):
         sysroot.require(alias)
+    (alias / "state.json").write_text("{}")  # a board may run from it: not rebuilt under it
+    with pytest.raises(BoardError, match="may be running: stop it first"):
+        sysroot.setup(alias)
+    (alias / "state.json").unlink()
     run, seen = _fake_step("mmdebstrap", "E: Failed to fetch ... Temporary failure resolving 'deb.debian.org'")
     monkeypatch.setattr(subprocess, "run", run)
     with pytest.raises(BoardError, match="no network access"):

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dyno_compile.board.sysroot import BoardError, board_home, locked, require
+from dyno_compile.board.sysroot import STATE_FILE, BoardError, board_home, locked, require
 from dyno_compile.progress import Progress, silent
 from dyno_compile.search.rpc import EMULATED_KEY_PREFIX, SERVER_PORTS, RPCError, tracker_keys
 
@@ -56,7 +56,7 @@ class BoardState:
 
 
 def _state_path(home: Path) -> Path:
-    return home / "state.json"
+    return home / STATE_FILE
 
 
 def _logs(home: Path) -> Path:

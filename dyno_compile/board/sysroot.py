@@ -62,6 +62,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 APT_LOCK_WAIT_S = 600
 
 SETUP_HINT = "python -m dyno_compile board setup"
+#: Where a started board records itself (dyno_compile.board.server); setup will not
+#: rebuild a sysroot a board may be running from.
+STATE_FILE = "state.json"
 _STAMP = ".dyno-board.json"
 #: Output that means the network, not the request, failed (apt, mmdebstrap, pip).
 _NETWORK = re.compile(
@@ -133,6 +136,11 @@ def setup(home: Path | None = None, *, progress: Progress = silent) -> Sysroot:
             return require(home)
         except BoardError:
             pass
+        if (home / STATE_FILE).exists():
+            raise BoardError(
+                f"the board in {home} must be rebuilt but may be running: stop it first "
+                f"(python -m dyno_compile board stop), then {SETUP_HINT}"
+            )
         _install_host_tools(progress)
         _build(home, progress)
         return require(home)
