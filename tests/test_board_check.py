@@ -21,6 +21,7 @@ import gc
 import json
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,8 +245,9 @@ def test_a_remote_failure_mid_check_is_one_line_and_frees_the_server(artifact, l
 
 @pytest.mark.board
 def test_resnet20_arm64_library_on_the_board_is_equal(board, resnet20_arm64):
+    t0 = time.perf_counter()
     report = check_artifact(resnet20_arm64, tracker=board.tracker, key=board.key, timeout=BOARD_WAIT_S)
-    print(f"\n{report.summary()}")
+    print(f"\n{report.summary()}; checked in {time.perf_counter() - t0:.0f} s")
     _assert_all_equal(report, resnet20_arm64, "arm64")
     assert report.library == "device/arm64.so" and report.server == f"{board.key}@{board.tracker}"
     assert set(resnet20_arm64.manifest["bits"]) == {"float32", "float16", "16", "8", "4", "2"}
@@ -256,7 +258,9 @@ def test_resnet20_arm64_library_on_the_board_is_equal(board, resnet20_arm64):
 @pytest.mark.parametrize("model", ["mobilenet_v2", "squeezenet"])
 def test_imagenet_models_on_the_board_are_equal(board, model, tmp_path):
     spec = str(shared_data("imagenet", "squeezenet1.1_fp16.onnx")) if model == "squeezenet" else model
+    t0 = time.perf_counter()
     art = _build(spec, tmp_path / model)
+    t1 = time.perf_counter()
     report = check_artifact(art, tracker=board.tracker, key=board.key, timeout=BOARD_WAIT_S)
-    print(f"\n{report.summary()}")
+    print(f"\n{report.summary()}; built in {t1 - t0:.0f} s, checked in {time.perf_counter() - t1:.0f} s")
     _assert_all_equal(report, art, "arm64")
