@@ -235,7 +235,8 @@ def test_a_remote_failure_mid_check_is_one_line_and_frees_the_server(artifact, l
         with _fails(RPCError, rf"running device/host\.so on dyno-check@{loopback.tracker} failed .*some TVM traceback"):
             check_artifact(artifact, tracker=loopback.tracker, key=loopback.key, target="host", images=1)
         monkeypatch.undo()
-        assert check_artifact(artifact, tracker=loopback.tracker, key=loopback.key, target="host", images=1).ok
+        for _ in range(2):  # each check frees the server as it ends, with no collection to help
+            assert check_artifact(artifact, tracker=loopback.tracker, key=loopback.key, target="host", images=1).ok
     finally:
         gc.enable()
 

@@ -18,7 +18,6 @@ its times mean nothing, its results are the board's.
 from __future__ import annotations
 
 import copy
-import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,12 +172,9 @@ def check_artifact(
     except Exception as exc:  # noqa: BLE001 - a remote call failed or the session expired
         failure = tvm_message(exc)  # raised below, without TVM's error (its traceback holds the session)
     finally:
-        # End the session so the server is free for the next client. Dropping the runner is
-        # not enough: TVM's VirtualMachine.get_outputs leaves a reference cycle (a recursive
-        # closure over the VM) that holds the remote module, hence the session, until the
-        # cycle collector runs, and until then the tracker has no free server for the key.
+        # End the session now, so the server is free for the next client: the runner holds
+        # the remote module, hence the session.
         remote.runner = None
-        gc.collect()
     if failure is not None:
         raise RPCError(f"running {rel} on {key}@{tracker} failed (session_timeout {session_timeout:g} s): {failure}")
     progress(Step("images checked", images, images))

@@ -18,7 +18,7 @@ The contract of :class:`ModuleRunner`:
   activations to float32) or NumPy calls the cast safe, not across kinds (floats into a
   uint8 bit stream would be truncated silently).
 
-Every call goes through ``set_input``, ``invoke_stateful`` and ``get_outputs``, the VM's
+Every call goes through ``set_input``, ``invoke_stateful`` and ``get_output``, the VM's
 calling convention that also works over RPC: calling ``vm[function]`` there returns a
 tuple of outputs as one opaque remote object, which cannot be unpacked. Locally it costs
 a few microseconds more per call than calling the function directly.
@@ -176,8 +176,13 @@ class ModuleRunner:
         info = self.module.function(function)
         self.vm.set_input(function, *self.args(function, inputs))
         self.vm.invoke_stateful(function)
-        out = self.vm.get_outputs(function)
-        return list(out) if len(info.outputs) > 1 else [out]
+        # The module's own get_output, not VirtualMachine.get_outputs: that one builds a
+        # recursive closure over the VM (a reference cycle), which over RPC holds the remote
+        # session open until the garbage collector happens to run. Our outputs are flat.
+        get = self.vm.module["get_output"]
+        if len(info.outputs) == 1:
+            return [get(function)]
+        return [get(function, i) for i in range(len(info.outputs))]
 
     def run(self, function: str, inputs: Any) -> list[np.ndarray]:
         """Run ``function`` on ``inputs``; its outputs as NumPy arrays, in order."""
