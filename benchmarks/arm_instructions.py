@@ -309,7 +309,7 @@ def measure(args: argparse.Namespace, tools: Tools, prefix: Path, ort_dir: Path,
 def report(results: list[dict], args: argparse.Namespace, tools: Tools, ort_version: str) -> None:
     print(
         f"\n{LABEL}: per inference, batch 1, 1 thread, QEMU -cpu {args.cpu} ({tools.qemu_version}), "
-        f"{args.inferences} inference(s) after a warm-up minus none; ONNX Runtime {ort_version} aarch64"
+        f"(warm-up + {args.inferences}) minus (warm-up alone), / {args.inferences}; ONNX Runtime {ort_version} aarch64"
     )
     print(f"{'model':13s} {'ours M':>9s} {'ORT M':>9s} {'ORT/ours':>9s} {'ours in kernels':>16s}")
     for r in results:
