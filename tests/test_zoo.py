@@ -14,7 +14,7 @@ from dyno_compile.errors import InputError
 from dyno_compile.zoo import RANDOM, ZooModel, get_model, list_models, param_specs
 from dyno_compile.zoo.cifar_resnet import weights_path
 
-IMAGENET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16"]
+IMAGENET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16", "efficientnet_lite2"]
 CIFAR = ["resnet20", "resnet56"]
 
 # What the JAX frontend translates; relu/relu6 arrive wrapped in custom_jvp_call and jit.
@@ -42,8 +42,9 @@ FRONTEND_PRIMITIVES = {
     "convert_element_type",
 }
 
-# Trainable parameter counts (running statistics excluded) as published by torchvision
-# and by akamaster/pytorch_resnet_cifar10: an architecture slip changes these.
+# Trainable parameter counts (running statistics excluded) as published by torchvision,
+# akamaster/pytorch_resnet_cifar10 and (EfficientNet-Lite2, 6.09 M) the TF model card: an
+# architecture slip changes these.
 TRAINABLE = {
     "resnet18": 11_689_512,
     "resnet50": 25_557_032,
@@ -51,9 +52,18 @@ TRAINABLE = {
     "vgg16": 138_357_544,
     "resnet20": 269_722,
     "resnet56": 853_018,
+    "efficientnet_lite2": 6_092_072,
 }
 # state_dict entries without num_batches_tracked.
-KEYS = {"resnet18": 102, "resnet50": 267, "mobilenet_v2": 262, "vgg16": 32, "resnet20": 97, "resnet56": 277}
+KEYS = {
+    "resnet18": 102,
+    "resnet50": 267,
+    "mobilenet_v2": 262,
+    "vgg16": 32,
+    "resnet20": 97,
+    "resnet56": 277,
+    "efficientnet_lite2": 322,
+}
 
 # Measured with a plain NumPy forward pass (../shared/data/README.md): correct / 932.
 CIFAR_CORRECT = {"resnet20": 854, "resnet56": 863}
@@ -83,7 +93,15 @@ def _primitives(jaxpr: Jaxpr) -> set[str]:
 
 
 def test_list_models() -> None:
-    assert list_models() == ["resnet18", "resnet50", "mobilenet_v2", "vgg16", "resnet20", "resnet56"]
+    assert list_models() == [
+        "resnet18",
+        "resnet50",
+        "mobilenet_v2",
+        "vgg16",
+        "resnet20",
+        "resnet56",
+        "efficientnet_lite2",
+    ]
 
 
 @pytest.mark.parametrize("name", IMAGENET)

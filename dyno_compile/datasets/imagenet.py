@@ -1,4 +1,4 @@
-"""The 200 real ImageNet sample images and SqueezeNet's preprocessing of them.
+"""The 200 real ImageNet sample images and SqueezeNet's and EfficientNet-Lite's preprocessing of them.
 
 The images live in ``data_root()/imagenet/samples/`` with ``labels.tsv`` beside them (see
 the data README). Preprocessing follows the README word for word, because the accuracy
@@ -25,9 +25,11 @@ from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
 
 __all__ = [
+    "EFFICIENTNET_LITE_CROP",
     "SQUEEZENET_MEAN_BGR",
     "load_image",
     "load_samples",
+    "preprocess_efficientnet_lite",
     "preprocess_squeezenet",
     "samples_dir",
     "squeezenet_batch",
@@ -37,6 +39,11 @@ __all__ = [
 SQUEEZENET_MEAN_BGR = (104.0, 117.0, 123.0)
 RESIZE_SHORT = 256
 CROP = 224
+#: EfficientNet-Lite2 (data README): RGB, short side 292, centre crop 260, ``(x - 127) / 128``.
+EFFICIENTNET_LITE_RESIZE_SHORT = 292
+EFFICIENTNET_LITE_CROP = 260
+EFFICIENTNET_LITE_MEAN = 127.0
+EFFICIENTNET_LITE_STD = 128.0
 
 
 def samples_dir() -> Path:
@@ -104,6 +111,18 @@ def preprocess_squeezenet(image: Image.Image | str | Path) -> np.ndarray:
     bgr = np.asarray(img, dtype=np.float32)[:, :, ::-1]
     bgr = bgr - np.asarray(SQUEEZENET_MEAN_BGR, dtype=np.float32)
     return np.ascontiguousarray(bgr.transpose(2, 0, 1)[None])
+
+
+def preprocess_efficientnet_lite(image: Image.Image | str | Path) -> np.ndarray:
+    """One image as EfficientNet-Lite2's input: float32 [1, 3, 260, 260], RGB, ``(x - 127) / 128``.
+
+    Resizing and cropping round as for SqueezeNet (:func:`resize_short_side`,
+    :func:`centre_crop`): with them the JAX forward pass gets the README's 184/200.
+    """
+    img = image if isinstance(image, Image.Image) else load_image(image)
+    img = centre_crop(resize_short_side(img.convert("RGB"), EFFICIENTNET_LITE_RESIZE_SHORT), EFFICIENTNET_LITE_CROP)
+    rgb = (np.asarray(img, dtype=np.float32) - np.float32(EFFICIENTNET_LITE_MEAN)) / np.float32(EFFICIENTNET_LITE_STD)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
 
 
 def squeezenet_batch(names: Sequence[str | Path]) -> np.ndarray:

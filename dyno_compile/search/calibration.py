@@ -26,9 +26,11 @@ from PIL import Image
 from dyno_compile.datasets import cifar10, data_root
 from dyno_compile.datasets.imagenet import (
     CROP,
+    EFFICIENTNET_LITE_CROP,
     RESIZE_SHORT,
     centre_crop,
     load_image,
+    preprocess_efficientnet_lite,
     preprocess_squeezenet,
     read_labels,
     resize_short_side,
@@ -138,6 +140,15 @@ def _squeezenet(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return preprocess_squeezenet(img)[0]
 
 
+def _efficientnet_lite(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    if size != (EFFICIENTNET_LITE_CROP, EFFICIENTNET_LITE_CROP):
+        raise InputError(
+            f"preset 'efficientnet_lite' makes {EFFICIENTNET_LITE_CROP}x{EFFICIENTNET_LITE_CROP} inputs; "
+            f"the model takes {size[1]}x{size[0]}"
+        )
+    return preprocess_efficientnet_lite(img)[0]
+
+
 def _imagenet(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """torchvision's ImageNet recipe scaled to the input: short side to size * 256/224,
     centre crop, then the RGB mean/std normalisation (the same constants the CIFAR ResNets
@@ -153,6 +164,7 @@ PRESETS: dict[str, tuple[Preprocess, str]] = {
     "cifar10": (_cifar10, "x/255, RGB mean/std (CIFAR ResNets), no resize"),
     "squeezenet": (_squeezenet, "short side 256, centre crop 224, BGR 0-255 minus (104, 117, 123)"),
     "imagenet": (_imagenet, "torchvision: short side size*256/224, centre crop, RGB mean/std"),
+    "efficientnet_lite": (_efficientnet_lite, "short side 292, centre crop 260, RGB (x - 127) / 128"),
 }
 
 
@@ -256,7 +268,8 @@ def default_calibration(model: str | Path, input_shape: Sequence[int]) -> Calibr
 
     ``resnet20``/``resnet56`` (real CIFAR-10 weights): the 932 CIFAR-10 test images, labelled.
     A SqueezeNet ``.onnx`` (or a model named after one): the 200 ImageNet samples, SqueezeNet
-    preprocessing, labelled.
+    preprocessing, labelled. ``efficientnet_lite2`` (real ImageNet weights): the same 200
+    samples with its own preprocessing, labelled.
     Any other 3x224x224 model (the zoo's ImageNet models have random weights): the ImageNet
     samples, torchvision preprocessing, no labels (accuracy is then agreement with the
     float model). Any other 3x32x32 model: CIFAR-10, no labels (its training is unknown).
@@ -267,6 +280,8 @@ def default_calibration(model: str | Path, input_shape: Sequence[int]) -> Calibr
         return load_calibration(data_root() / cifar10.TEST_FILE, input_shape=shape, preprocess="cifar10")
     if "squeezenet" in name:  # the .onnx file, or its artifact (named after the file stem)
         return load_calibration(samples_dir(), input_shape=shape, preprocess="squeezenet")
+    if name == "efficientnet_lite2":
+        return load_calibration(samples_dir(), input_shape=shape, preprocess="efficientnet_lite")
     if shape[1:] == (3, CROP, CROP):
         return load_calibration(samples_dir(), input_shape=shape, preprocess="imagenet", labels=False)
     if shape[1:] == (3, 32, 32):

@@ -2,9 +2,10 @@
 
 Every model is ``fn(params, x) -> logits`` with ``params`` a flat ``dict[str, np.ndarray]``
 keyed by PyTorch ``state_dict`` names and ``x`` NCHW float32, written only with the
-primitives the frontend translates (see :mod:`dyno_compile.zoo.layers`). ImageNet models
-come with seeded random weights (no trained weights are shipped); the CIFAR-10 ResNets
-load their real trained weights from ``data_root()/cifar10``.
+primitives the frontend translates (see :mod:`dyno_compile.zoo.layers`). The torchvision
+ImageNet models come with seeded random weights (no trained weights are shipped); the
+CIFAR-10 ResNets load their real trained weights from ``data_root()/cifar10`` and
+EfficientNet-Lite2 its from ``data_root()/imagenet``.
 
 Usage::
 
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 
 from dyno_compile.errors import InputError
-from dyno_compile.zoo import cifar_resnet, mobilenet_v2, resnet, vgg16
+from dyno_compile.zoo import cifar_resnet, efficientnet_lite, mobilenet_v2, resnet, vgg16
 from dyno_compile.zoo.layers import Params, ParamSpec, init_params
 from dyno_compile.zoo.weights import load_weights
 
@@ -115,6 +116,14 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "resnet20": _cifar_resnet(20, "0.27"),
     "resnet56": _cifar_resnet(56, "0.86"),
+    efficientnet_lite.NAME: _Entry(
+        efficientnet_lite.efficientnet_lite,
+        efficientnet_lite.param_specs,
+        efficientnet_lite.INPUT_CHW,
+        efficientnet_lite.NUM_CLASSES,
+        "EfficientNet-Lite2 (ReLU6, no SE, TF SAME padding), ImageNet 260x260, 6.1 M params",
+        efficientnet_lite.weights_path,
+    ),
 }
 
 
@@ -141,7 +150,7 @@ def get_model(
     """Build ``name`` with input batch ``batch``.
 
     ``weights``: ``None`` uses the model's real trained weights where the zoo has them
-    (resnet20, resnet56) and seeded random ones otherwise; :data:`RANDOM` forces seeded
+    (resnet20, resnet56, efficientnet_lite2) and seeded random ones otherwise; :data:`RANDOM` forces seeded
     random weights; any other string or path is an ``.npz`` of ``state_dict`` arrays,
     checked key by key. ``random_bn`` draws random BN statistics instead of torchvision's
     fresh (identity) ones, so BN folding is exercised with non-trivial values; it only

@@ -33,28 +33,44 @@ BN_EPSILON = 1e-5
 
 _DIMENSION_NUMBERS = ("NCHW", "OIHW", "NCHW")
 
+Padding = int | tuple[tuple[int, int], tuple[int, int]]
+"""Symmetric amount (PyTorch) or explicit ``((top, bottom), (left, right))`` pairs (TF "SAME" is often uneven)."""
+
 
 # --------------------------------------------------------------------------- forward helpers
 
 
 def conv2d(
-    x: jax.Array, w: Tensor, b: Tensor | None = None, *, stride: int = 1, padding: int = 0, groups: int = 1
+    x: jax.Array, w: Tensor, b: Tensor | None = None, *, stride: int = 1, padding: Padding = 0, groups: int = 1
 ) -> jax.Array:
-    """PyTorch ``Conv2d`` semantics: symmetric integer ``padding``, OIHW weight, optional bias.
+    """PyTorch ``Conv2d`` semantics: OIHW weight, optional bias, ``padding`` symmetric or as explicit pairs.
 
-    Padding is passed as explicit pairs (never "SAME") so the frontend sees the exact
-    amounts PyTorch would use; ``groups`` equal to the channel count gives a depthwise conv.
+    Padding reaches JAX as explicit pairs (never "SAME") so the frontend sees the exact
+    amounts (see :func:`same_padding` for TF models); ``groups`` equal to the channel count
+    gives a depthwise conv.
     """
+    pads = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     # lax converts a NumPy weight itself; its stub types the kernel as jax.Array only
     y = lax.conv_general_dilated(
         x,
         w,  # type: ignore[arg-type]
         window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
+        padding=pads,
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=groups,
     )
     return y if b is None else y + per_channel(b)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one spatial axis: ``(before, after)``, the smaller half before.
+
+    The total is what makes the output ``ceil(size / stride)`` long; with stride 2 it is
+    often odd, so models trained in TF pad one more row/column at the bottom/right than a
+    symmetric PyTorch padding would, and a symmetric one shifts every later feature map.
+    """
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def per_channel(v: Tensor) -> Tensor:
@@ -91,11 +107,19 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 def conv_bn(
-    x: jax.Array, params: Params, conv: str, bn: str, *, stride: int = 1, padding: int = 0, groups: int = 1
+    x: jax.Array,
+    params: Params,
+    conv: str,
+    bn: str,
+    *,
+    stride: int = 1,
+    padding: Padding = 0,
+    groups: int = 1,
+    eps: float = BN_EPSILON,
 ) -> jax.Array:
     """Bias-free conv followed by batch norm: the unit every BN network here is built from."""
     y = conv2d(x, params[f"{conv}.weight"], stride=stride, padding=padding, groups=groups)
-    return batch_norm(y, params, bn)
+    return batch_norm(y, params, bn, eps)
 
 
 # --------------------------------------------------------------------------- parameter specs

@@ -20,14 +20,44 @@ _IGNORED_SUFFIXES = (".num_batches_tracked",)
 """PyTorch bookkeeping that some ``state_dict`` dumps keep; it plays no part at inference."""
 
 
-def _read_npz(path: Path, model: str) -> dict[str, np.ndarray]:
+def _require_file(path: Path, model: str) -> None:
     if not path.is_file():
         raise InputError(f"{model}: weights file {path} does not exist")
+
+
+def _read_npz(path: Path, model: str) -> dict[str, np.ndarray]:
+    _require_file(path, model)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InputError(f"{model}: cannot read weights file {path} as .npz: {exc}") from exc
+
+
+def read_shapes(path: Path, model: str) -> dict[str, tuple[int, ...]]:
+    """Each array's shape in the ``.npz`` at ``path``, from the ``.npy`` headers alone.
+
+    For models whose architecture is read off their weights file: its shapes are known
+    without decoding (or holding) the arrays; ``num_batches_tracked`` entries are left out.
+    """
+    _require_file(path, model)
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                key = member.removesuffix(".npy")
+                if key.endswith(_IGNORED_SUFFIXES):
+                    continue
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, _ = np.lib.format.read_array_header_2_0(f)
+                shapes[key] = tuple(shape)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{model}: cannot read weights file {path} as .npz: {exc}") from exc
+    return shapes
 
 
 def check_weights(
