@@ -42,7 +42,8 @@ def tvm_inference(artifact_dir: str, x: np.ndarray) -> Callable[[], np.ndarray]:
 
 def ort_inference(model: str, x: np.ndarray) -> Callable[[], np.ndarray]:
     """ONNX Runtime's CPU provider, one intra-op thread, sequential, all graph optimisations
-    (as ``benchmarks/onnx_export.ort_session``, which this process cannot import: no ONNX)."""
+    (as ``benchmarks/onnx_export.ort_session``, which this process cannot import: no ONNX),
+    and no spinning waits."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -50,6 +51,8 @@ def ort_inference(model: str, x: np.ndarray) -> Callable[[], np.ndarray]:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for pool in ("intra_op", "inter_op"):  # a spinning wait would count instructions that depend on timing
+        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
     return lambda: np.asarray(sess.run(None, feed)[0])

@@ -40,6 +40,8 @@ import argparse
 import hashlib
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,7 +154,10 @@ def emulate(
     """Run ``arm_infer.py argv`` (its output path appended) in the emulated Python with both
     plugins; the counts and the output file."""
     log, out = work / f"{tag}.log", work / f"{tag}.npy"
-    cmd = [tools.qemu, "-cpu", cpu, "-L", str(prefix)]
+    # address randomisation off (setarch -R): the guest's addresses, and what ONNX Runtime's
+    # allocator and kernels do with them, repeat from run to run
+    norandom = ["setarch", platform.machine(), "-R"] if shutil.which("setarch") else []
+    cmd = [*norandom, tools.qemu, "-cpu", cpu, "-L", str(prefix)]
     cmd += ["-plugin", f"{tools.insn_plugin},inline=on", "-plugin", f"{tools.mix_plugin},pc=on,min=1000"]
     cmd += ["-d", "plugin", "-D", str(log), str(prefix / "usr" / "bin" / "python3.11"), str(INFER), *argv, str(out)]
     t0 = time.perf_counter()
@@ -355,7 +360,11 @@ def main() -> int:
     args = _parse()
     if args.inferences < 1:
         sys.exit("--inferences must be at least 1")
-    import onnxruntime
+    try:
+        import onnx  # noqa: F401 - the export needs it
+        import onnxruntime
+    except ImportError as exc:
+        raise ToolError(f"{exc.name} is not installed here: pip install onnx onnxruntime (the baseline)") from None
 
     from dyno_compile import zoo
     from dyno_compile.board.sysroot import require
