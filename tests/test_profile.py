@@ -18,6 +18,7 @@ from dyno_compile.artifact.store import ArtifactError
 from dyno_compile.configs import Config
 from dyno_compile.errors import DynoError, InputError
 from dyno_compile.progress import silent
+from dyno_compile.search import pipeline
 from dyno_compile.search.calibration import CalibrationSet
 from dyno_compile.search.estimate import estimate_library, function_costs
 from dyno_compile.search.pipeline import SearchOptions, side_profiles
@@ -256,16 +257,18 @@ def test_steady_passes_warn_nothing(artifact, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, UnsteadyProfile)]
 
 
-def test_an_emulated_board_is_labelled_and_never_ranks_by_its_times_unless_asked(artifact, profiles):
+def test_an_emulated_board_is_labelled_and_never_ranks_by_its_times_unless_asked(artifact, profiles, monkeypatch):
     """A server under an 'emulated-' key (the project's QEMU board) is timed and recorded as
     emulated:rpc:<key>; the search then ranks by the host-based estimate (last profile)
     unless ``emulated_times`` asks for the emulated figures, and an emulation is never a
-    calibration for an estimate."""
+    calibration for an estimate. (The host profile is the module's, not taken again.)"""
+    monkeypatch.setattr(pipeline, "profile_library", lambda *args: profiles["device"])
     calibration = CalibrationSet(np.zeros((1, *artifact.graph.inputs[0].shape[1:]), np.float32), None, "zeros")
     with local_rpc(f"{EMULATED_KEY_PREFIX}test-{os.getpid()}") as remote:
         options = SearchOptions(calibration, rpc_tracker=remote.tracker, rpc_key=remote.key)
         default = side_profiles(artifact, "device", "host", options, silent)
-        asked = side_profiles(artifact, "device", "host", replace(options, emulated_times=True), silent)
+    monkeypatch.setattr(pipeline, "profile_library_rpc", lambda *args, **kwargs: default[1])
+    asked = side_profiles(artifact, "device", "host", replace(options, emulated_times=True), silent)
     assert [p.source for p in default] == ["measured:host", f"emulated:rpc:{remote.key}", "estimated:roofline:host"]
     assert default[1].emulated and "emulated:rpc" in default[1].label and not default[2].emulated
     assert [p.source for p in asked] == ["measured:host", f"emulated:rpc:{remote.key}"]
