@@ -1,5 +1,5 @@
-"""The staged broadcast operand of NEON's register tiles (``targets/schedule.py``,
-``_stage_broadcast``): the arm64 schedule stages it in every direct and Winograd tile,
+"""The staged broadcast operand of NEON's register tiles (``targets/stage_broadcast.py``,
+``stage_broadcast``): the arm64 schedule stages it in every direct and Winograd tile,
 and the same transformation, built for this machine (where it runs), computes what the
 unstaged schedule computes on every kind of tile (direct, strided, dilated, pointwise,
 7-wide, Winograd); a tile with too few reduction steps to pay for the buffer, or a
