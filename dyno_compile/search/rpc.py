@@ -35,7 +35,6 @@ from dyno_compile.search.profile import (
     profile_runner,
     tvm_message,
 )
-from dyno_compile.targets.spec import TargetSpec
 
 if TYPE_CHECKING:
     from dyno_compile.artifact.load import Artifact
@@ -137,15 +136,6 @@ def request_session(address: str, key: str, *, timeout: float = 10.0, session_ti
         ) from None
 
 
-def _remote_device(session: Any, spec: TargetSpec) -> Any:
-    """The remote device a library built for ``spec`` runs on."""
-    if spec.kind == "cuda":
-        return session.cuda(0)
-    if spec.kind == "llvm":
-        return session.cpu(0)
-    raise RPCError(f"no remote device for target {spec.name!r} (kind {spec.kind!r})")
-
-
 def rpc_source(key: str) -> str:
     """The provenance label of a timing taken on the server registered under ``key``."""
     return f"{'emulated' if key.startswith(EMULATED_KEY_PREFIX) else 'measured'}:rpc:{key}"
@@ -170,7 +160,7 @@ def open_library_rpc(
     ``session_timeout`` seconds.
     """
     from dyno_compile.targets.module import CompiledModule
-    from dyno_compile.targets.runner import ModuleRunner
+    from dyno_compile.targets.runner import ModuleRunner, device_for
 
     rel = artifact.library(side, target)
     description = artifact.manifest["libraries"][rel]["module"]
@@ -179,7 +169,7 @@ def open_library_rpc(
     try:
         session.upload(str(artifact.root / rel), target=remote_name)
         module = CompiledModule.from_description(description, session.load_module(remote_name))
-        return ModuleRunner(module, device=_remote_device(session, module.target))
+        return ModuleRunner(module, device=device_for(module.target, session))
     except Exception as exc:  # noqa: BLE001 - any failure to load remotely, named with the library
         reason = tvm_message(exc)
     # Raised out here, with the session dropped: an error raised in the handler would keep

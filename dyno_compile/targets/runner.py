@@ -39,14 +39,16 @@ from dyno_compile.targets.spec import TargetSpec
 __all__ = ["ModuleRunner", "device_for", "gpu_available", "run"]
 
 
-def device_for(spec: TargetSpec) -> Any:
-    """The local TVM device a build for ``spec`` runs on."""
+def device_for(spec: TargetSpec, session: Any = None) -> Any:
+    """The TVM device a build for ``spec`` runs on: here, or on the remote end of an RPC
+    ``session`` (which names its devices the way the ``tvm`` module does)."""
     import tvm
 
+    where = tvm if session is None else session
     if spec.kind == "cuda":
-        return tvm.cuda(0)
+        return where.cuda(0)
     if spec.kind == "llvm":
-        return tvm.cpu(0)
+        return where.cpu(0)
     raise TargetError(f"no runtime device for target kind {spec.kind!r}")
 
 
