@@ -33,7 +33,15 @@ class PackError(DynoError):
 
 
 from dyno_compile.packing.bitpack import pack, packed_nbytes, unpack  # noqa: E402
-from dyno_compile.packing.codec import CODEC_TABLE, CODECS, Codec, compress, decompress, default_level  # noqa: E402
+from dyno_compile.packing.codec import (  # noqa: E402
+    CODEC_TABLE,
+    CODECS,
+    Codec,
+    PayloadInfo,
+    compress,
+    decompress,
+    default_level,
+)
 from dyno_compile.packing.frame import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     FORMAT_VERSION,
@@ -84,6 +92,7 @@ __all__ = [
     "Mode",
     "PackConfig",
     "PackError",
+    "PayloadInfo",
     "PackedFrame",
     "PackedTensor",
     "QuantParams",

@@ -5,6 +5,13 @@ header stores for it, its levels and its two functions. Adding a codec is one en
 wire id never used before) plus its tests; the frame, :class:`~.frame.PackConfig`, the
 search space and the command line all read their codec names from this table.
 
+A codec sees the payload's bytes *and* a :class:`PayloadInfo` (code width, tensor shape,
+layout, channel axis), all of which the frame header already carries: a general-purpose
+compressor ignores it, while a coder that models the codes themselves (an entropy coder
+over symbols, an image codec over a ``C x H x W`` plane) needs it to know what the bytes
+mean. A codec may take only some payloads (``accepts``) and may be ``lossy``: the frame
+then still declares the raw length, and the decoded codes approximate the sent ones.
+
 Decompression is always bounded by the size the frame header declares, so a hostile or
 corrupt payload cannot make the cloud server allocate more than the decoder has already
 agreed to (no decompression bombs):
@@ -25,6 +32,7 @@ takes no level (0).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +45,27 @@ from dyno_compile.packing import PackError
 
 
 @dataclass(frozen=True)
+class PayloadInfo:
+    """What the frame header says about a payload besides its bytes: ``bits``, the code
+    width (``None`` for a float passthrough, whose payload is little-endian floats);
+    ``shape``, the tensor's dims; ``layout``, how the codes are packed; ``axis``, the channel
+    axis of per-channel ranges (``None`` for one range per tensor)."""
+
+    bits: int | None
+    shape: tuple[int, ...]
+    layout: str
+    axis: int | None = None
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+def _any_payload(info: PayloadInfo) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
 class Codec:
     """One lossless codec, as configs name it and frames number it.
 
@@ -44,11 +73,14 @@ class Codec:
     renumbered or reused, so every frame written before still decodes. ``levels`` is the
     inclusive range a config may ask for and ``default_level`` what it gets when it asks
     for none. The functions only ever see a non-empty payload (an empty one is zero bytes
-    whatever the codec): ``compress(data, level)``; ``decompress(data, expected_nbytes)``,
-    which must allocate at most ``expected_nbytes`` and raise PackError on a corrupt or
-    oversized payload; ``payload_bounds(raw_nbytes)``, the ``(least, most)`` bytes a genuine
-    payload of that many raw bytes takes, which the decoder checks from the header alone,
-    before the checksum and long before any byte reaches the codec.
+    whatever the codec), with the :class:`PayloadInfo` of the tensor: ``compress(data, level,
+    info)``; ``decompress(data, expected_nbytes, info)``, which must allocate at most
+    ``expected_nbytes`` (plus what a bounded decoder needs) and raise PackError on a corrupt
+    or oversized payload; ``payload_bounds(raw_nbytes, info)``, the ``(least, most)`` bytes a
+    genuine payload of that many raw bytes takes, which the decoder checks from the header
+    alone, before the checksum and long before any byte reaches the codec. ``accepts(info)``
+    says why the codec cannot code such a payload (``None`` when it can), checked on both
+    ends; ``lossy`` codecs decode to codes that only approximate the ones sent.
     """
 
     name: str
@@ -57,36 +89,38 @@ class Codec:
     default_level: int
     compress: Callable[[bytes, int], bytes]
     decompress: Callable[[bytes | memoryview, int], bytes]
-    payload_bounds: Callable[[int], tuple[int, int]]
+    payload_bounds: Callable[[int, PayloadInfo], tuple[int, int]]
+    accepts: Callable[[PayloadInfo], str | None] = _any_payload
+    lossy: bool = False
 
 
-def _stored(data: bytes, level: int) -> bytes:
+def _stored(data: bytes, level: int, info: PayloadInfo) -> bytes:
     return bytes(data)
 
 
-def _unstored(data: bytes | memoryview, expected_nbytes: int) -> bytes:
+def _unstored(data: bytes | memoryview, expected_nbytes: int, info: PayloadInfo) -> bytes:
     if len(data) != expected_nbytes:
         raise PackError(f"{len(data)} bytes stored, {expected_nbytes} expected (uncompressed)", field="payload length")
     return bytes(data)
 
 
-def _exactly_raw(raw_nbytes: int) -> tuple[int, int]:
+def _exactly_raw(raw_nbytes: int, info: PayloadInfo) -> tuple[int, int]:
     return raw_nbytes, raw_nbytes
 
 
-def _compressed_bound(raw_nbytes: int) -> tuple[int, int]:
+def _compressed_bound(raw_nbytes: int, info: PayloadInfo) -> tuple[int, int]:
     """Up to LZ4's ``raw + raw/255 + 16`` and zstd's ``ZSTD_COMPRESSBOUND`` (which includes its
     frame header), with room to spare: a longer payload cannot be genuine."""
     return 0, raw_nbytes + raw_nbytes // 64 + 256
 
 
-def _lz4_compress(data: bytes, level: int) -> bytes:
+def _lz4_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
     if level == 0:
         return lz4.block.compress(data, mode="default", store_size=False)
     return lz4.block.compress(data, mode="high_compression", compression=level, store_size=False)
 
 
-def _lz4_decompress(data: bytes | memoryview, expected_nbytes: int) -> bytes:
+def _lz4_decompress(data: bytes | memoryview, expected_nbytes: int, info: PayloadInfo) -> bytes:
     try:
         return lz4.block.decompress(data, uncompressed_size=expected_nbytes)
     except lz4.block.LZ4BlockError as err:
@@ -95,11 +129,11 @@ def _lz4_decompress(data: bytes | memoryview, expected_nbytes: int) -> bytes:
         ) from None
 
 
-def _zstd_compress(data: bytes, level: int) -> bytes:
+def _zstd_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False).compress(data)
 
 
-def _zstd_decompress(data: bytes | memoryview, expected_nbytes: int) -> bytes:
+def _zstd_decompress(data: bytes | memoryview, expected_nbytes: int, info: PayloadInfo) -> bytes:
     try:
         params = zstandard.get_frame_parameters(data)
     except zstandard.ZstdError as err:
@@ -171,31 +205,52 @@ def check_level(codec: str, level: object, field: str = "level") -> int:
     return value
 
 
-def payload_bounds(codec: str, raw_nbytes: int) -> tuple[int, int]:
+def _bytes_of(nbytes: int) -> PayloadInfo:
+    """The info of a bare byte string: 8-bit codes, one dimension, for the codecs that are
+    used on bytes alone (a codec that needs to know more refuses it by ``accepts``)."""
+    return PayloadInfo(8, (nbytes,), "stream")
+
+
+def check_accepts(codec: str, info: PayloadInfo, field: str = "codec") -> Codec:
+    """The entry for ``codec`` if it can code a payload described by ``info``; PackError
+    saying why not otherwise."""
+    entry = get_codec(codec, field)
+    reason = entry.accepts(info)
+    if reason is not None:
+        raise PackError(f"{codec!r} cannot code this tensor: {reason}", field=field)
+    return entry
+
+
+def payload_bounds(codec: str, raw_nbytes: int, info: PayloadInfo | None = None) -> tuple[int, int]:
     """``(least, most)`` bytes a genuine ``codec`` payload of ``raw_nbytes`` raw bytes takes."""
-    return (0, 0) if raw_nbytes == 0 else get_codec(codec).payload_bounds(raw_nbytes)
+    info = _bytes_of(raw_nbytes) if info is None else info
+    return (0, 0) if raw_nbytes == 0 else get_codec(codec).payload_bounds(raw_nbytes, info)
 
 
-def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
-    """Compress ``data`` with ``codec`` at ``level`` (its default when ``None``)."""
+def compress(data: bytes, codec: str, level: int | None = None, info: PayloadInfo | None = None) -> bytes:
+    """Compress ``data`` with ``codec`` at ``level`` (its default when ``None``); ``info``
+    describes the codes (a plain byte string when ``None``)."""
     level = check_level(codec, level)
-    return get_codec(codec).compress(data, level) if data else b""
+    info = _bytes_of(len(data)) if info is None else info
+    entry = check_accepts(codec, info)
+    return entry.compress(data, level, info) if data else b""
 
 
-def decompress(data: bytes | memoryview, codec: str, expected_nbytes: int) -> bytes:
+def decompress(data: bytes | memoryview, codec: str, expected_nbytes: int, info: PayloadInfo | None = None) -> bytes:
     """Decompress ``data``, which must expand to exactly ``expected_nbytes`` bytes.
 
     Never allocates more than ``expected_nbytes`` for the output; any codec error, a size
     other than expected, or trailing data raises PackError.
     """
-    entry = get_codec(codec)
+    info = _bytes_of(expected_nbytes) if info is None else info
+    entry = check_accepts(codec, info)
     if expected_nbytes == 0:
         if len(data):
             raise PackError(
                 f"{len(data)} bytes stored, 0 expected (an empty payload stores none)", field="payload length"
             )
         return b""
-    out = entry.decompress(data, expected_nbytes)
+    out = entry.decompress(data, expected_nbytes, info)
     if len(out) != expected_nbytes:
         raise PackError(f"{codec} payload expands to {len(out)} bytes, header says {expected_nbytes}", field="payload")
     return out

@@ -30,6 +30,8 @@ import numpy as np
 from dyno_compile.packing import PackError
 from dyno_compile.packing.bitpack import pack, packed_nbytes, unpack
 from dyno_compile.packing.codec import (
+    PayloadInfo,
+    check_accepts,
     check_codec,
     check_level,
     codec_from_wire,
@@ -292,7 +294,7 @@ def _describe(tensor: PackedTensor, codec: str, level: int) -> tuple[bytes, byte
         raise PackError(
             f"{params.lo.size} lo/scale pairs do not fit shape {shape} {params.granularity}", field="params"
         )
-    payload = compress(raw, codec, level)
+    payload = compress(raw, codec, level, _payload_info(params, layout, shape))
     if max(len(raw), len(payload)) > _U32_MAX:
         raise PackError(
             f"payload of {len(raw)} bytes does not fit a u32 length; split the batch", field="payload length"
@@ -428,7 +430,12 @@ def decode_packed(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAU
     tensors, pos = [], reader.pos
     for i, header in enumerate(headers):
         with _under(f"tensor[{i}]"):
-            raw = decompress(view[pos : pos + header.compressed_nbytes], header.codec, header.raw_nbytes)
+            raw = decompress(
+                view[pos : pos + header.compressed_nbytes],
+                header.codec,
+                header.raw_nbytes,
+                _payload_info(header.params, header.layout, header.shape),
+            )
         tensors.append(PackedTensor(header.dtype, header.shape, header.params, header.layout, raw))
         pos += header.compressed_nbytes
     return PackedFrame(cut_id, request_id, tensors, headers, nbytes=len(view))
@@ -463,15 +470,28 @@ def _read_tensor_header(reader: _Reader, budget: _Budget) -> TensorHeader:
             f"{raw_nbytes} bytes declared, {expected} expected for {count} elements in mode {bits!r}",
             field="raw length",
         )
-    least, most = payload_bounds(codec, raw_nbytes)
+    params = QuantParams(bits, granularity, axis, lo, scale)
+    info = _payload_info(params, layout, tuple(shape))
+    check_accepts(codec, info)
+    least, most = payload_bounds(codec, raw_nbytes, info)
     if not least <= compressed_nbytes <= most:
         raise PackError(
             f"{compressed_nbytes} bytes declared for {raw_nbytes} raw bytes under codec {codec!r} "
             f"(allowed {least}..{most})",
             field="compressed length",
         )
-    params = QuantParams(bits, granularity, axis, lo, scale)
     return TensorHeader(_DTYPES[dtype_code], tuple(shape), params, layout, codec, raw_nbytes, compressed_nbytes)
+
+
+def _payload_info(params: QuantParams, layout: str, shape: tuple[int, ...]) -> PayloadInfo:
+    """What a codec is told of a tensor's payload: all of it from the header's fields."""
+    bits = params.bits
+    return PayloadInfo(
+        None if isinstance(bits, str) else bits,
+        shape,
+        layout,
+        params.axis if params.granularity == "channel" and not isinstance(bits, str) else None,
+    )
 
 
 def _raw_nbytes(bits: Mode, count: int) -> int:
