@@ -243,15 +243,6 @@ def hot_functions(tools: Tools, library: Path, count: Count, inferences: int) ->
     return sorted(rows, key=lambda r: -r["instructions"])
 
 
-def _rel_error(want: Any, got: Any) -> float:
-    import numpy as np
-
-    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    if want.shape != got.shape:
-        return float("inf")
-    return float(np.max(np.abs(want - got)) / max(float(np.max(np.abs(want))), 1e-30))
-
-
 def _compile_bytecode(*trees: Path) -> None:
     """Byte-compile the Python the emulated runs import, here (the host's Python is the
     same 3.11: the same ``.pyc``), so that no run compiles, or writes, what another reads:
@@ -265,6 +256,8 @@ def _compile_bytecode(*trees: Path) -> None:
 
 def measure(args: argparse.Namespace, tools: Tools, prefix: Path, ort_dir: Path, sysroot: Any) -> list[dict]:
     import numpy as np
+
+    from dyno_compile.board.check import rel_error
 
     _compile_bytecode(CHECKOUT / "dyno_compile", sysroot.root / "usr" / "lib" / "python3" / "dist-packages", ort_dir)
     results = []
@@ -283,7 +276,7 @@ def measure(args: argparse.Namespace, tools: Tools, prefix: Path, ort_dir: Path,
                 tag = f"{name}-{engine}-{n}"
                 argv = ["tvm" if engine == "ours" else "ort", str(model_path), str(input_path), str(n)]
                 runs[n], out = emulate(tools, prefix, env, argv, work, tag, args.cpu)
-                err = _rel_error(reference, np.load(out))
+                err = rel_error(np.asarray(reference), np.load(out))
                 if not err <= MAX_REL_ERROR:
                     raise ToolError(
                         f"{name}: {engine}'s emulated output differs from the host library's (rel {err:.1e})"

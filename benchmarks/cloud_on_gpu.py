@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     from dyno_compile.artifact.build import build_artifact
     from dyno_compile.artifact.load import load_artifact, run_split
     from dyno_compile.artifact.plan import candidate_cuts, plan_build
+    from dyno_compile.board.check import rel_error
     from dyno_compile.errors import InputError
     from dyno_compile.frontend.resolve import load_model
     from dyno_compile.packing import bits_key, bits_value, refused_as
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
             for i in range(len(x)):
                 want = run_split(art, x[i : i + 1], cut["position"], str(b), runners=runners["host"])
                 got = run_split(art, x[i : i + 1], cut["position"], str(b), runners=runners[spec.name])
-                err = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
+                err = rel_error(want, got)
                 worst = max(worst, err)
                 checked += 1
                 if err > TOL:

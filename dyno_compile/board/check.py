@@ -250,7 +250,7 @@ class _Tally:
             if identical:
                 continue
             f.exact_only |= w.dtype.kind != "f"
-            error = _rel_error(w, g)
+            error = rel_error(w, g)
             f.max_rel_error = max(f.max_rel_error, error)
             f.notes.append(f"output {i} call {f.calls}: rel error {error:.2e}")
 
@@ -275,9 +275,11 @@ class _Tally:
         return rows
 
 
-def _rel_error(want: np.ndarray, got: np.ndarray) -> float:
+def rel_error(want: np.ndarray, got: np.ndarray) -> float:
     """Max abs difference relative to the reference's max abs; inf when the two cannot be
-    compared (shape, dtype) or disagree on where NaNs are."""
+    compared (shape, dtype) or disagree on where NaNs are. The one measure of "how far
+    apart" for every check of a library against a reference (the board check, the ARM
+    instruction counts, the GPU split check)."""
     if want.shape != got.shape or want.dtype != got.dtype:
         return float("inf")
     w, g = want.astype(np.float64), got.astype(np.float64)
