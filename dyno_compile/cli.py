@@ -31,8 +31,10 @@ from dyno_compile.errors import DynoError, DynoWarning, InputError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.packing import GRANULARITIES, bits_value, refused_as
+from dyno_compile.packing.vocab import check_level
 from dyno_compile.passes import run_passes
 from dyno_compile.search.calibration import PRESETS, default_calibration, load_calibration
+from dyno_compile.search.pareto import DEFAULT_QUALITIES, IMAGE_CODEC_NAMES
 from dyno_compile.search.pipeline import (
     DEFAULT_MINUTES,
     DEFAULT_SHARE,
@@ -191,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(run=_evaluate)
 
     _board_parser(sub)
+    _rate_accuracy_parser(sub)
     return parser
 
 
@@ -254,6 +257,20 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
         "--emulated-times",
         action="store_true",
         help="rank by an emulated board's times (keys 'emulated-*'; default: record them, rank by the estimate)",
+    )
+    g.add_argument(
+        "--image-codecs",
+        default="auto",
+        metavar="LIST",
+        help=f"image codecs whose cut-0 uploads of the input are searched, comma-separated from "
+        f"{','.join(IMAGE_CODEC_NAMES)}; 'none' for no image uploads; auto (default): every one for a "
+        "model whose input is an image",
+    )
+    g.add_argument(
+        "--image-qualities",
+        default=",".join(map(str, DEFAULT_QUALITIES)),
+        metavar="LIST",
+        help=f"qualities (1-100) each image codec is searched at (default {','.join(map(str, DEFAULT_QUALITIES))})",
     )
     g.add_argument(
         "--verbose",
@@ -404,6 +421,33 @@ def _storage_beside(out: Path) -> str:
     return f"sqlite:///{out.resolve().parent / (out.name + '.study.db')}"
 
 
+def _image_codecs(text: str) -> tuple[str, ...] | None:
+    """``--image-codecs``: None for auto, () for none, else the named image codecs."""
+    text = text.strip()
+    if text == "auto":
+        return None
+    if text == "none":
+        return ()
+    names = tuple(filter(None, (t.strip() for t in text.split(","))))
+    unknown = [n for n in names if n not in IMAGE_CODEC_NAMES]
+    if unknown or not names:
+        raise InputError(f"--image-codecs takes auto, none or a list from {','.join(IMAGE_CODEC_NAMES)}; got {text!r}")
+    return names
+
+
+def _image_qualities(text: str) -> tuple[int, ...]:
+    """``--image-qualities``: integers every image codec takes (the codec table's levels)."""
+    items = tuple(filter(None, (t.strip() for t in text.split(","))))
+    if not items or not all(i.isdecimal() for i in items):
+        raise InputError(f"--image-qualities takes comma-separated integers, got {text!r}")
+    qualities = tuple(int(i) for i in items)
+    with refused_as(InputError):
+        for codec in IMAGE_CODEC_NAMES:
+            for q in qualities:
+                check_level(codec, q, "--image-qualities")
+    return qualities
+
+
 def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions:
     if args.calibration:
         calibration = load_calibration(
@@ -436,6 +480,8 @@ def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions
         sampler=args.sampler,
         seed=args.seed,
         simulate=args.simulate,
+        image_codecs=_image_codecs(args.image_codecs),
+        image_qualities=_image_qualities(args.image_qualities),
     )
 
 
@@ -472,7 +518,7 @@ def _print_search(artifact) -> None:
             c["bits"],
             c["granularity"],
             c["layout"],
-            c["codec"],
+            c["codec"] if c.get("level") is None else f"{c['codec']} q{c['level']}",
             f"{e['device_s'] * 1e3:.3f}",
             f"{e['cloud_s'] * 1e3:.3f}",
             f"{e['bytes'] / 1024:.2f}",
@@ -659,3 +705,98 @@ def _board_check(args: argparse.Namespace) -> int:
     console.print(report.table())
     console.print(report.summary(), highlight=False, markup=False)
     return 0 if report.ok else 1
+
+
+# --- rate-accuracy (issue 18 item 2) ----------------------------------------------------------
+
+
+def _rate_accuracy_parser(sub) -> None:
+    r = sub.add_parser(
+        "rate-accuracy",
+        help="bytes per image against top-1 on real images: our cut configurations, image codecs, float32 and "
+        "JALAD; a PNG per model, a Markdown table and a JSON of every point",
+    )
+    r.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="resnet20, resnet56, squeezenet, efficientnet_lite2 (default: all four)",
+    )
+    r.add_argument("--out", default="docs/rate-accuracy", help="output folder (default docs/rate-accuracy)")
+    r.add_argument("--limit", type=int, metavar="N", help="the first N images only (the table says how many)")
+    r.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small sweep for a check: widths 2,4,8 per tensor, stream layout, the last 2 cuts, JPEG and WebP "
+        "at 3 qualities, 16 images' frames",
+    )
+    r.add_argument("--cuts", default="model", help="model (its default), candidates or frontier")
+    r.add_argument("--max-cuts", type=int, metavar="K", help="keep only the last K cuts of the selection")
+    r.add_argument("--widths", help="comma-separated code widths 1-16 and float16 (default 1-6,8,float16)")
+    r.add_argument(
+        "--image-codec",
+        action="append",
+        metavar="NAME=Q,Q",
+        help="image codec and qualities, repeatable (replaces the default set; NAME=none drops it)",
+    )
+    r.add_argument("--thresholds", default="0.5,1,2", help="top-1 losses in points (default 0.5,1,2)")
+    r.add_argument("--byte-images", type=int, metavar="N", help="images whose frames are encoded (default 64)")
+    r.set_defaults(run=_rate_accuracy)
+
+
+def _rate_accuracy_sweep(args: argparse.Namespace, model: str):
+    """The model's default sweep with the command line's changes."""
+    from dyno_compile.evaluate.rate_accuracy import QUICK, default_sweep
+
+    sweep = replace(default_sweep(model), **(QUICK if args.quick else {}))
+    changes: dict[str, Any] = {"cuts": args.cuts, "limit": args.limit}
+    if args.max_cuts is not None:
+        changes["max_cuts"] = args.max_cuts
+    if args.widths:
+        changes["widths"] = tuple(w.strip() for w in args.widths.split(",") if w.strip())
+    if args.byte_images is not None:
+        changes["byte_images"] = args.byte_images
+    try:
+        changes["thresholds"] = tuple(float(t) for t in args.thresholds.split(","))
+    except ValueError:
+        raise InputError(f"--thresholds must be comma-separated numbers of points, got {args.thresholds!r}") from None
+    if args.image_codec:
+        codecs: dict[str, tuple[int, ...]] = {}
+        for item in args.image_codec:
+            name, _, qualities = item.partition("=")
+            if qualities.strip() == "none":
+                continue
+            try:
+                codecs[name.strip()] = tuple(int(q) for q in qualities.split(","))
+            except ValueError:
+                raise InputError(f"--image-codec wants NAME=Q,Q,... with integer qualities, got {item!r}") from None
+        changes["image_codecs"] = codecs
+    return replace(sweep, **changes).checked()
+
+
+def _rate_accuracy(args: argparse.Namespace) -> int:
+    from dyno_compile.evaluate.rate_accuracy import check_models, measure_model
+    from dyno_compile.evaluate.rate_plots import plot_model
+    from dyno_compile.evaluate.rate_report import must_show, write_results
+
+    models = check_models(args.models)
+    sweeps = {m: _rate_accuracy_sweep(args, m) for m in models}  # every flag checked before any work
+    stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+    given = sys.argv[1:] if sys.argv[1:2] == ["rate-accuracy"] else ["rate-accuracy", *models]
+    command = "python -m dyno_compile " + " ".join(given)
+    start = time.perf_counter()
+    results = []
+    for model in models:
+        results.append(measure_model(model, sweeps[model], log=lambda msg: stderr.print(msg, markup=False)))
+        paths = write_results(results, args.out, command=command, seconds=time.perf_counter() - start)
+        plot_model(results[-1], Path(args.out) / f"{model}.png")
+        m = must_show(results[-1])
+        stderr.print(
+            f"{model}: at <= 1 point ours {m.ours.bytes if m.ours else float('nan'):.0f} B, best image codec "
+            f"{m.image.bytes if m.image else float('nan'):.0f} B, float32 at our cut "
+            f"{m.float32.bytes if m.float32 else float('nan'):.0f} B",
+            markup=False,
+        )
+    print(paths["markdown"])
+    return 0
+

@@ -14,25 +14,35 @@ so the runtime can read a Pareto set without importing the search.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dyno_compile.errors import InputError
-from dyno_compile.packing.vocab import bits_key, check_codec, check_granularity, check_layout, refused_as
+from dyno_compile.packing.vocab import bits_key, check_codec, check_granularity, check_layout, check_level, refused_as
+
+#: The fields of a :class:`Config`, in the order they sort by.
+CONFIG_FIELDS = ("cut", "bits", "granularity", "layout", "codec", "level")
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class Config:
     """One point of the space. ``cut`` is a cut position of the artifact's cut table;
     ``bits`` is spelt as the cut table spells it (``"8"``, ``"float16"``); for float widths
     ``granularity`` is irrelevant and kept at ``"tensor"``; for the device-only cut nothing
-    is sent and only ``cut`` matters."""
+    is sent and only ``cut`` matters. ``level`` is the codec's level (an image codec's
+    quality), ``None`` for the codec's default: the search leaves it ``None`` for lossless
+    codecs (their default levels are what it measures) and sets it for image codecs, whose
+    quality trades bytes against accuracy. A Pareto set stored before levels existed has
+    none, and reads back with ``None``."""
 
     cut: int
     bits: str = "float32"
     granularity: str = "tensor"
     layout: str = "stream"
     codec: str = "none"
+    level: int | None = None
 
     def __post_init__(self) -> None:
         with refused_as(InputError):
@@ -40,17 +50,29 @@ class Config:
             check_granularity(self.granularity)
             check_layout(self.layout)
             check_codec(self.codec)
+            if self.level is not None:  # kept as given: None stays "the default", not the default's number
+                object.__setattr__(self, "level", check_level(self.codec, self.level))
+
+    def _sort_key(self) -> tuple:
+        """Fields in order, with no level sorting before any level (None and ints do not compare)."""
+        return (self.cut, self.bits, self.granularity, self.layout, self.codec, self.level is not None, self.level or 0)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self._sort_key() < other._sort_key()
 
     @property
     def label(self) -> str:
-        return f"cut {self.cut} {self.bits}b {self.granularity} {self.layout} {self.codec}"
+        level = "" if self.level is None else f" level {self.level}"
+        return f"cut {self.cut} {self.bits}b {self.granularity} {self.layout} {self.codec}{level}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(**{k: d[k] for k in ("cut", "bits", "granularity", "layout", "codec") if k in d})
+        return cls(**{k: d[k] for k in CONFIG_FIELDS if k in d})
 
 
 @dataclass(frozen=True)

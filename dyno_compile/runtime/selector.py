@@ -36,6 +36,7 @@ import numpy as np
 
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
+from dyno_compile.packing.vocab import get_codec
 from dyno_compile.runtime.link import Conditions
 
 #: Default hysteresis: switch only for a score more than 10 % better than the current
@@ -220,12 +221,18 @@ class Neurosurgeon(_FixedBaseline):
         return is_device_only(evaluation) or (c.bits == "float32" and c.codec == "none")
 
 
+def is_lossy(evaluation: Evaluation) -> bool:
+    """Sent through a lossy codec (an image codec's upload of the input): the baselines
+    that quantise to a fixed width and code losslessly do not admit it."""
+    return get_codec(evaluation.config.codec).lossy
+
+
 class Fixed8Bit(_FixedBaseline):
     """The best cut for latency at a fixed 8-bit width (any granularity, layout and
-    codec), or device-only: what choosing the width per request adds over fixing it."""
+    lossless codec), or device-only: what choosing the width per request adds over fixing it."""
 
     def admits(self, evaluation: Evaluation) -> bool:
-        return is_device_only(evaluation) or evaluation.config.bits == "8"
+        return is_device_only(evaluation) or (evaluation.config.bits == "8" and not is_lossy(evaluation))
 
 
 class Jalad(_FixedBaseline):
@@ -234,7 +241,15 @@ class Jalad(_FixedBaseline):
 
     def admits(self, evaluation: Evaluation) -> bool:
         c = evaluation.config
-        return is_device_only(evaluation) or (c.bits == "8" and c.codec != "none")
+        return is_device_only(evaluation) or (c.bits == "8" and c.codec != "none" and not is_lossy(evaluation))
+
+
+class ImageUpload(_FixedBaseline):
+    """What a phone app does: upload the input through an image codec (JPEG, WebP, AVIF,
+    JPEG XL at a searched quality) and run everything in the cloud."""
+
+    def admits(self, evaluation: Evaluation) -> bool:
+        return evaluation.config.cut == 0 and is_lossy(evaluation)
 
 
 class Pinned(_FixedBaseline):
@@ -262,6 +277,7 @@ POLICIES: dict[str, type[Policy]] = {
     "neurosurgeon": Neurosurgeon,
     "fixed-8bit": Fixed8Bit,
     "jalad": Jalad,
+    "image-upload": ImageUpload,
     "pinned": Pinned,
 }
 

@@ -116,10 +116,11 @@ class DeviceSide(_Side):
 
     def frame(self, env: Env, config: Config, request_id: int) -> bytes:
         """The cut frame of ``config`` for this request: the compiled pack kernel's codes and
-        range, in the wire's layout, through the codec."""
+        range, in the wire's layout, through the codec at the config's level (an image
+        codec's quality; the cloud reads nothing of it but the frame)."""
         cut = self.cut(config.cut)
         packed = [self._pack(t, env[t], cut, config) for t in cut["tensors"]]
-        return encode_packed(packed, codec=config.codec, cut_id=config.cut, request_id=request_id)
+        return encode_packed(packed, codec=config.codec, level=config.level, cut_id=config.cut, request_id=request_id)
 
     def _pack(self, tensor: str, x: Any, cut: dict[str, Any], config: Config) -> PackedTensor:
         bits = bits_value(config.bits)

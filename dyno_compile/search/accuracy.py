@@ -7,7 +7,11 @@ So the simulator runs the float model once up to each cut, keeps those activatio
 per configuration only rounds them with the IR's own cut ops
 (``quant_range``, ``quantize``, ``dequantize``: the same meaning the split graphs have)
 and runs the rest of the model. Bit packing and the lossless codec are skipped: both are
-exact, so they cannot change a prediction.
+exact, so they cannot change a prediction. A lossy codec (an image codec at cut 0) is not:
+its configurations run the rest of the model on what the cloud decodes from a real frame,
+each sample quantised, packed, encoded, decoded and dequantised by the packing library
+itself (NumPy and the codec's library), so the accuracy is the codec's, measured, not
+modelled; cached per (cut, width, granularity, codec, level).
 
 Every sample is a batch-1 request; batches of them run as ``jax.vmap`` over the batch-1
 graph, so the per-request range stays per request and the graph needs no rewriting. The
@@ -33,6 +37,7 @@ from dyno_compile.artifact.plan import candidate_cuts
 from dyno_compile.errors import InputError
 from dyno_compile.ir import Graph, evaluate, get_op
 from dyno_compile.ir.ops import DEFAULT_CHANNEL_AXIS
+from dyno_compile.packing import KERNEL_LAYOUT, PackConfig, decode_packed, encode_packed, pack_tensor
 from dyno_compile.packing.vocab import (
     FLOAT_MODES,
     MAX_BITS,
@@ -40,13 +45,15 @@ from dyno_compile.packing.vocab import (
     bits_key,
     bits_value,
     check_granularity,
+    check_level,
+    get_codec,
     refused_as,
 )
 from dyno_compile.passes import CutPoint, find_cuts
 from dyno_compile.passes.segment import segment
 from dyno_compile.search.calibration import CalibrationSet, check_fits
 
-__all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "fewest_bits", "round_trip"]
+__all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "decoded", "fewest_bits", "round_trip"]
 
 #: Bound on cached cut activations (the cut being used may come on top of it).
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -80,6 +87,29 @@ def _round_trip_batch(
     return tuple(
         jax.vmap(partial(round_trip, bits=bits, granularity=granularity, axis=axis))(x) for x, axis in zip(xs, axes)
     )
+
+
+def decoded(
+    tensors: Sequence[np.ndarray],
+    axes: Sequence[int],
+    bits: int,
+    granularity: str,
+    codec: str,
+    level: int | None,
+    *,
+    cut_id: int = 0,
+    request_id: int = 0,
+) -> tuple[np.ndarray, ...]:
+    """What the cloud gets from one request's crossing ``tensors`` (batch-1 arrays) sent at
+    integer width ``bits`` through ``codec`` at ``level``: a real frame, packed, encoded,
+    decoded and dequantised by the packing library, in each tensor's own dtype. ``axes``:
+    each tensor's channel axis. For a lossy codec this is the only faithful simulation."""
+    packed = [
+        pack_tensor(t, PackConfig(bits=bits, granularity=granularity, axis=axis, layout=KERNEL_LAYOUT))
+        for t, axis in zip(tensors, axes)
+    ]
+    frame = encode_packed(packed, codec=codec, level=level, cut_id=cut_id, request_id=request_id)
+    return tuple(p.values().astype(t.dtype, copy=False) for p, t in zip(decode_packed(frame).tensors, tensors))
 
 
 class AccuracySimulator:
@@ -126,7 +156,7 @@ class AccuracySimulator:
         self._segments = segments
         self._inputs: Arrays = (calibration.x[:, None].astype(graph.inputs[0].dtype, copy=False),)
         self._cache: OrderedDict[int, Arrays] = OrderedDict()
-        self._predictions: dict[tuple[int, str, str], np.ndarray] = {}
+        self._predictions: dict[tuple, np.ndarray] = {}
         self._float: np.ndarray | None = None
 
     # ------------------------------------------------------------------ public
@@ -180,12 +210,17 @@ class AccuracySimulator:
         self._remember(position, arrays)
         return arrays
 
-    def predictions(self, position: int, bits: int | str, granularity: str = "tensor") -> np.ndarray:
-        """Top-1 class per sample when cut ``position`` sends its tensors at ``bits``."""
-        key = self._key(position, bits, granularity)
+    def predictions(
+        self, position: int, bits: int | str, granularity: str = "tensor", codec: str = "none", level: int | None = None
+    ) -> np.ndarray:
+        """Top-1 class per sample when cut ``position`` sends its tensors at ``bits`` (and,
+        for a lossy ``codec``, through it at ``level``; a lossless codec changes nothing)."""
+        key = self._key(position, bits, granularity, codec, level)
         if key not in self._predictions:
             k = self._chain_index(position)
-            if k == len(self._chain) or key[1] == "float32":
+            if len(key) > 3:
+                self._predictions[key] = self._predict(k, self._decoded(position, key), lambda xs: xs)
+            elif k == len(self._chain) or key[1] == "float32":
                 # Device-only sends nothing and float32 sends the tensors as they are: the
                 # float model's own computation, segment for segment, so its predictions.
                 self._predictions[key] = self.float_predictions
@@ -196,10 +231,12 @@ class AccuracySimulator:
                 )
         return self._predictions[key]
 
-    def evaluate(self, position: int, bits: int | str, granularity: str = "tensor") -> tuple[float, float]:
+    def evaluate(
+        self, position: int, bits: int | str, granularity: str = "tensor", codec: str = "none", level: int | None = None
+    ) -> tuple[float, float]:
         """``(accuracy, agreement)`` as fractions: top-1 against the labels (agreement where
         there are none) and top-1 agreement with the float model."""
-        return self._score(self.predictions(position, bits, granularity))
+        return self._score(self.predictions(position, bits, granularity, codec, level))
 
     # ------------------------------------------------------------------ internals
     def _chain_index(self, position: int) -> int:
@@ -208,14 +245,36 @@ class AccuracySimulator:
             raise InputError(f"cut {position!r} is not one of the simulator's cuts {sorted(self._index)}")
         return self._index[int(position)]
 
-    def _key(self, position: int, bits: int | str, granularity: str) -> tuple[int, str, str]:
-        """Cache key; float widths and device-only ignore granularity, so it is normalised away."""
+    def _key(self, position: int, bits: int | str, granularity: str, codec: str, level: int | None) -> tuple:
+        """Cache key; float widths and device-only ignore granularity, so it is normalised
+        away. A lossy codec adds itself and its level (the default's number for ``None``):
+        ``(cut, bits, granularity, codec, level)``; a lossless one adds nothing."""
         self._chain_index(position)
         with refused_as(InputError):
             key, granularity = bits_key(bits), check_granularity(granularity)
+            lossy = get_codec(codec).lossy
+            level = check_level(codec, level)
+        if lossy:
+            if key in FLOAT_MODES or self.cut(position).kind == "device-only":
+                raise InputError(
+                    f"codec {codec!r} is lossy: it codes integer codes sent at a cut, not {key} at cut {position}"
+                )
+            return int(position), key, granularity, codec, level
         if key in FLOAT_MODES or self.cut(position).kind == "device-only":
             granularity = "tensor"
         return int(position), key, granularity
+
+    def _decoded(self, position: int, key: tuple) -> Arrays:
+        """The crossing tensors of every sample as the cloud decodes them through a lossy
+        codec (:func:`decoded`); a codec that cannot code them is an InputError naming why."""
+        _, bits, granularity, codec, level = key
+        arrays, axes, width = self.activations(position), self.cut(position).channel_axes, bits_value(bits)
+        with refused_as(InputError):
+            samples = [
+                decoded([a[i] for a in arrays], axes, width, granularity, codec, level, cut_id=position, request_id=i)
+                for i in range(len(arrays[0]))
+            ]
+        return tuple(np.stack(column) for column in zip(*samples))
 
     def _segment_fn(self, k: int) -> Callable[[tuple], tuple]:
         """Segment ``k`` jitted once, vmapped over batch-1 samples, weights as arguments."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,18 @@ from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG hyperv
 
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
-from dyno_compile.packing.vocab import CODECS, FLOAT_MODES, GRANULARITIES, LAYOUTS, bits_key, mode_width, refused_as
+from dyno_compile.packing.image_codec import IMAGE_CODECS
+from dyno_compile.packing.vocab import (
+    CODEC_TABLE,
+    FLOAT_MODES,
+    GRANULARITIES,
+    LAYOUTS,
+    bits_key,
+    check_level,
+    default_level,
+    mode_width,
+    refused_as,
+)
 
 OBJECTIVES = ("device_s", "cloud_s", "bytes", "accuracy_loss")
 #: Objectives compared on a log scale in the hypervolume (see the module docstring).
@@ -42,6 +53,18 @@ REFERENCE_POINT = 1.1
 #: Widths DynO considers by default: both floats and the integer widths where accuracy
 #: and bytes actually trade (above 8 bits accuracy no longer moves; below 4 it falls fast).
 DEFAULT_BITS = ("float32", "float16", "16", "8", "6", "4", "3", "2", "1")
+#: The codecs crossed with every cut and width: the table's lossless ones.
+LOSSLESS_CODECS: tuple[str, ...] = tuple(c.name for c in CODEC_TABLE if not c.lossy)
+#: Image codecs: lossy, and only for the model input, so only at the cloud-only cut.
+IMAGE_CODEC_NAMES: tuple[str, ...] = tuple(c.name for c in IMAGE_CODECS)
+#: The cut whose crossing tensor is the model input (cloud-only), the only one an image
+#: codec can code; and the width it codes (an 8-bit plane is an 8-bit image).
+CLOUD_ONLY_CUT = 0
+IMAGE_BITS = "8"
+#: Qualities an image codec is searched at unless told otherwise: from a thumbnail-grade
+#: 25 to a near-transparent 90, where bytes and accuracy both move on 32x32 CIFAR-10 and
+#: 224x224 ImageNet inputs alike.
+DEFAULT_QUALITIES: tuple[int, ...] = (25, 50, 75, 90)
 
 
 @dataclass(frozen=True)
@@ -173,7 +196,8 @@ def _distinct(name: str, values: Iterable[Any], allowed: Sequence[Any] | None = 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The grid DynO searches: every cut × bits × granularity × layout × codec.
+    """The grid DynO searches: every cut × bits × granularity × layout × lossless codec,
+    and the image uploads: each image codec at each quality at the cloud-only cut.
 
     Several grid points are the same configuration: float widths have no quantisation
     range and are never bit-packed, so their granularity and layout are irrelevant
@@ -182,14 +206,26 @@ class SearchSpace:
     :meth:`configs` lists each configuration once. Which cut is device-only is a
     parameter, because cut positions are model-specific (it is ``n`` for an ``n``-node
     graph; see :func:`dyno_compile.passes.find_cuts`).
+
+    Image codecs (``image_codecs``, at ``qualities``) code the model input as an 8-bit
+    image, so their configurations exist only at cut 0 with 8 bits in the stream layout;
+    the grid has one codec axis (lossless and image codecs) and, when there are image
+    codecs, a ``level`` axis of qualities. An image codec at any grid point is its cut-0
+    configuration (cut, width and layout are irrelevant to it, as granularity is to a
+    float width) and a lossless codec ignores the quality (its level stays the default):
+    so no image codec is offered at another cut and no lossless codec a quality. One axis
+    rather than a conditional one for the same reason as the other irrelevant axes
+    (:mod:`.study`): samplers keep every parameter in every trial.
     """
 
     cuts: tuple[int, ...]
     bits: tuple[str, ...] = DEFAULT_BITS
     granularities: tuple[str, ...] = GRANULARITIES
     layouts: tuple[str, ...] = LAYOUTS
-    codecs: tuple[str, ...] = CODECS
+    codecs: tuple[str, ...] = LOSSLESS_CODECS
     device_only_cut: int | None = None
+    image_codecs: tuple[str, ...] = ()
+    qualities: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in self.cuts):
@@ -201,30 +237,66 @@ class SearchSpace:
             "bits": bits,
             "granularities": _distinct("granularities", self.granularities, GRANULARITIES),
             "layouts": _distinct("layouts", self.layouts, LAYOUTS),
-            "codecs": _distinct("codecs", self.codecs, CODECS),
+            "codecs": _distinct("codecs", self.codecs, LOSSLESS_CODECS),
+            **self._image_fields(bits),
         }
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         if self.device_only_cut is not None and self.device_only_cut not in self.cuts:
             raise InputError(f"search space: device_only_cut {self.device_only_cut} is not one of the cuts {self.cuts}")
 
+    def _image_fields(self, bits: tuple[str, ...]) -> dict[str, tuple]:
+        """``image_codecs`` and ``qualities`` checked: both or neither, qualities every
+        image codec takes, and a space that has the cut-0 8-bit configuration they code."""
+        codecs, qualities = tuple(self.image_codecs), tuple(self.qualities)
+        if not codecs:
+            if qualities:
+                raise InputError(f"search space: qualities {qualities!r} given without image codecs")
+            return {"image_codecs": (), "qualities": ()}
+        codecs = _distinct("image_codecs", codecs, IMAGE_CODEC_NAMES)
+        qualities = _distinct("qualities", qualities)
+        for codec in codecs:
+            for q in qualities:
+                with refused_as(InputError):
+                    check_level(codec, q, f"search space: {codec} quality")
+        if CLOUD_ONLY_CUT not in self.cuts or CLOUD_ONLY_CUT == self.device_only_cut or IMAGE_BITS not in bits:
+            raise InputError(
+                f"search space: image codecs code the model input as 8-bit codes, so they need cut "
+                f"{CLOUD_ONLY_CUT} (cloud-only) and width {IMAGE_BITS!r}; got cuts {self.cuts}, bits {bits}"
+            )
+        return {"image_codecs": codecs, "qualities": tuple(int(q) for q in qualities)}
+
     @property
     def dimensions(self) -> dict[str, tuple]:
         """Grid axes by :class:`Config` field name (the Optuna parameter names)."""
-        return {
+        axes = {
             "cut": self.cuts,
             "bits": self.bits,
             "granularity": self.granularities,
             "layout": self.layouts,
-            "codec": self.codecs,
+            "codec": self.codecs + self.image_codecs,
         }
+        return {**axes, "level": self.qualities} if self.image_codecs else axes
 
     def canonical(self, config: Config) -> Config:
+        """The configuration a grid point is (see the class docstring)."""
+        if config.codec in IMAGE_CODEC_NAMES:
+            level = config.level if config.level is not None else default_level(config.codec)
+            return Config(CLOUD_ONLY_CUT, IMAGE_BITS, config.granularity, "stream", config.codec, level)
         if config.cut == self.device_only_cut:
             return Config(config.cut)
         if config.bits in FLOAT_MODES:
             return Config(config.cut, config.bits, codec=config.codec)
-        return config
+        return replace(config, level=None)
+
+    def image_configs(self) -> list[Config]:
+        """Every image upload of the space: cut 0, 8 bits, each granularity, codec and quality."""
+        return [
+            Config(CLOUD_ONLY_CUT, IMAGE_BITS, g, "stream", c, q)
+            for g in self.granularities
+            for c in self.image_codecs
+            for q in self.qualities
+        ]
 
     def anchors(self) -> list[dict[str, Any]]:
         """Two grid points per cut, the widest and the narrowest width (the first value of
@@ -246,14 +318,31 @@ class SearchSpace:
             if cut != self.device_only_cut or bits == widths[-1]
         }
         ordered = sorted(points, key=lambda p: (p[0], -mode_width(p[1])))
-        return [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
+        anchors = [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
+        if not self.image_codecs:
+            return anchors
+        # Each image codec at its lowest and highest quality: few points that bracket the
+        # uploads' bytes/accuracy trade-off, as the widths bracket a cut's.
+        qualities = sorted({min(self.qualities), max(self.qualities)})
+        level = {"level": self.qualities[0]}
+        return [
+            *({**a, **level} for a in anchors),
+            *(
+                {**rest, "cut": self.cuts[0], "bits": self.bits[0], "codec": c, "level": q}
+                for c in self.image_codecs
+                for q in qualities
+            ),
+        ]
 
     def configs(self) -> list[Config]:
         """Every distinct configuration, sorted."""
-        grid = (Config(*point) for point in itertools.product(*self.dimensions.values()))
-        return sorted({self.canonical(c) for c in grid})
+        axes = [self.cuts, self.bits, self.granularities, self.layouts, self.codecs]
+        grid = (Config(*point) for point in itertools.product(*axes))
+        return sorted({self.canonical(c) for c in grid} | set(self.image_configs()))
 
     def to_dict(self) -> dict[str, Any]:
+        """The axes by name and the device-only cut; a space without image codecs writes
+        what spaces wrote before they existed, so a study of it can be continued."""
         return {
             **{name: list(values) for name, values in self.dimensions.items()},
             "device_only_cut": self.device_only_cut,
@@ -261,11 +350,14 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        codecs = tuple(d["codec"])
         return cls(
             tuple(d["cut"]),
             tuple(d["bits"]),
             tuple(d["granularity"]),
             tuple(d["layout"]),
-            tuple(d["codec"]),
+            tuple(c for c in codecs if c not in IMAGE_CODEC_NAMES),
             d.get("device_only_cut"),
+            tuple(c for c in codecs if c in IMAGE_CODEC_NAMES),
+            tuple(d.get("level", ())),
         )

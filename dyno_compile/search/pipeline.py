@@ -10,6 +10,12 @@ the run-time selector reads it.
 Device time is the device segments and pack kernels plus the codec's encode; cloud time
 the codec's decode, the unpack kernels and the cloud segments. The codec runs on a host
 CPU at each end and is always measured on this machine (labelled ``measured:host``).
+
+A model whose input is an image (``[1, C, H, W]``, C = 1 or 3, that every image codec
+accepts) also gets the image uploads by default: cut 0 at 8 bits through each image codec
+at each quality (:class:`~dyno_compile.search.pareto.SearchSpace`), measured like every
+configuration: bytes and both ends' codec time from real frames, accuracy on the inputs
+the cloud decodes. So the Pareto set holds a JPEG or WebP upload wherever one is best.
 """
 
 from __future__ import annotations
@@ -27,12 +33,21 @@ import numpy as np
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
+from dyno_compile.packing import PayloadInfo
+from dyno_compile.packing.vocab import get_codec
 from dyno_compile.passes import annotate_costs
 from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet
 from dyno_compile.search.estimate import estimate_library
-from dyno_compile.search.pareto import Objectives, SearchSpace
+from dyno_compile.search.pareto import (
+    CLOUD_ONLY_CUT,
+    DEFAULT_QUALITIES,
+    IMAGE_BITS,
+    IMAGE_CODEC_NAMES,
+    Objectives,
+    SearchSpace,
+)
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
 from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
@@ -68,7 +83,10 @@ class SearchOptions:
     ``evaluations``: distinct configurations to measure (default a quarter of the space);
     ``minutes``: no new measurement starts after this long (``None``: no limit).
     ``simulate``: what runs the model's segments in the accuracy simulation
-    (:func:`simulator_for`). ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact)."""
+    (:func:`simulator_for`). ``storage``: an Optuna storage URL (default: a SQLite file beside the artifact).
+    ``image_codecs``: the image codecs whose cut-0 uploads are searched, at
+    ``image_qualities``; ``None`` (default): every one for a model with an image input
+    (:func:`space_of`), none otherwise; ``()``: none."""
 
     calibration: CalibrationSet
     accuracy_budget: float = 1.0
@@ -85,6 +103,8 @@ class SearchOptions:
     byte_samples: int = DEFAULT_SAMPLES
     simulate: str = "auto"
     emulated_times: bool = False
+    image_codecs: tuple[str, ...] | None = None
+    image_qualities: tuple[int, ...] = DEFAULT_QUALITIES
 
     def __post_init__(self) -> None:
         if (self.rpc_tracker is None) != (self.rpc_key is None):
@@ -114,7 +134,9 @@ class ArtifactEvaluator:
     def __call__(self, config: Config) -> Evaluation:
         device_s, cloud_s, sources = config_times(self.artifact, self.device, self.cloud, config)
         cost = self.wire.measure(config)
-        accuracy, agreement = self.simulator.evaluate(config.cut, config.bits, config.granularity)
+        accuracy, agreement = self.simulator.evaluate(
+            config.cut, config.bits, config.granularity, config.codec, config.level
+        )
         sources = {
             **sources,
             "codec_s": "measured:host",
@@ -157,14 +179,51 @@ def simulator_for(artifact: Artifact, calibration: CalibrationSet, simulate: str
     return AccuracySimulator(artifact.graph, calibration, positions, segments=segments), simulate
 
 
-def space_of(artifact: Artifact) -> SearchSpace:
+def space_of(
+    artifact: Artifact,
+    image_codecs: tuple[str, ...] | None = None,
+    qualities: tuple[int, ...] = DEFAULT_QUALITIES,
+) -> SearchSpace:
     """Every configuration the artifact can run: its cuts, the widths it has kernels for,
-    its granularity, both bit layouts and every codec."""
+    its granularity, both bit layouts and every lossless codec; and the image uploads
+    (``image_codecs`` at ``qualities`` at cut 0). ``image_codecs=None``: every image codec
+    that accepts the model's input, when it is an image, the artifact has its 8-bit cut-0
+    kernel, and cut 0 is not device-only; none otherwise. Codecs named explicitly must
+    all apply, or the InputError says why not."""
     cuts = [c["position"] for c in artifact.cuts]
     device_only = next(c["position"] for c in artifact.cuts if c["kind"] == "device-only")
+    bits = tuple(artifact.manifest["bits"])
+    reasons = {c: _image_refusal(artifact, c, bits, cuts, device_only) for c in IMAGE_CODEC_NAMES}
+    if image_codecs is None:
+        image_codecs = tuple(c for c, why in reasons.items() if why is None)
+    for codec in image_codecs:
+        why = reasons.get(codec, f"not an image codec (image codecs: {IMAGE_CODEC_NAMES})")
+        if why is not None:
+            raise InputError(f"image codec {codec!r} cannot upload {artifact.manifest['model']}'s input: {why}")
     return SearchSpace(
-        tuple(cuts), tuple(artifact.manifest["bits"]), (artifact.manifest["granularity"],), device_only_cut=device_only
+        tuple(cuts),
+        bits,
+        (artifact.manifest["granularity"],),
+        device_only_cut=device_only,
+        image_codecs=tuple(image_codecs),
+        qualities=tuple(qualities) if image_codecs else (),
     )
+
+
+def _image_refusal(
+    artifact: Artifact, codec: str, bits: tuple[str, ...], cuts: list[int], device_only: int
+) -> str | None:
+    """Why ``codec`` cannot upload this artifact's input (``None`` if it can): the codec's
+    own rule on the input tensor, then the 8-bit cut-0 kernel the device packs it with."""
+    shape = tuple(artifact.manifest["inputs"][0]["shape"])
+    reason = get_codec(codec).accepts(PayloadInfo(8, shape, "stream"))
+    if reason is not None:
+        return reason
+    if CLOUD_ONLY_CUT not in cuts or CLOUD_ONLY_CUT == device_only:
+        return f"the artifact has no cloud-only cut {CLOUD_ONLY_CUT}"
+    if IMAGE_BITS not in bits:
+        return f"the artifact has no {IMAGE_BITS}-bit kernels (built widths {list(bits)})"
+    return None
 
 
 def _default_target(artifact: Artifact, side: str) -> str:
@@ -212,7 +271,7 @@ def search(
     evaluator = ArtifactEvaluator(
         artifact, device[-1], cloud[-1], simulator, WireBytes(simulator, samples=options.byte_samples), engine
     )
-    space = space_of(artifact)
+    space = space_of(artifact, options.image_codecs, options.image_qualities)
     size = len(space.configs())
     budget = options.evaluations or max(1, math.ceil(DEFAULT_SHARE * size))
     name = options.study_name or (
@@ -320,6 +379,7 @@ def finish_with_search(
     def finish(root: Path) -> dict[str, Any]:
         artifact = load_artifact(root)
         result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)
-        return write_search(root, result, profiles, evaluator, space_of(artifact))
+        space = space_of(artifact, options.image_codecs, options.image_qualities)
+        return write_search(root, result, profiles, evaluator, space)
 
     return finish

@@ -10,6 +10,8 @@ compressed (:func:`~dyno_compile.packing.encode_packed`), then decoded and laid 
 bytes. Only that host stage is timed — the quantise/pack and unpack kernels are in the
 library profiles already — and its *median* over the samples is what each end adds to its
 compute time, so one sample slowed by other load on the machine does not move a figure.
+An image codec at cut 0 is measured the same way, at the config's level (its quality): its
+encode is the device's, its decode the cloud's, its frames' lengths its bytes.
 """
 
 from __future__ import annotations
@@ -92,7 +94,11 @@ class WireBytes:
             packed = packed_cut(self.simulator, config, i)
             start = time.perf_counter()
             frame = encode_packed(
-                [t.relayout(config.layout) for t in packed], codec=config.codec, cut_id=config.cut, request_id=i
+                [t.relayout(config.layout) for t in packed],
+                codec=config.codec,
+                level=config.level,
+                cut_id=config.cut,
+                request_id=i,
             )
             middle = time.perf_counter()
             for tensor in decode_packed(frame).tensors:
