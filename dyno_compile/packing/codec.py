@@ -40,6 +40,7 @@ import zstandard
 
 from dyno_compile.packing import PackError
 from dyno_compile.packing.codec_types import Codec, PayloadInfo
+from dyno_compile.packing.entropy_codec import ENTROPY_CODECS
 from dyno_compile.packing.image_codec import IMAGE_CODECS
 
 
@@ -105,6 +106,7 @@ CODEC_TABLE: tuple[Codec, ...] = (
     Codec("lz4", 1, (0, 12), 0, _lz4_compress, _lz4_decompress, _compressed_bound),
     Codec("zstd", 2, (1, 22), 3, _zstd_compress, _zstd_decompress, _compressed_bound),
     *IMAGE_CODECS,
+    *ENTROPY_CODECS,
 )
 #: Codec names, in wire-id order.
 CODECS: tuple[str, ...] = tuple(c.name for c in CODEC_TABLE)

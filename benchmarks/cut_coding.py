@@ -1,0 +1,509 @@
+"""Which lossless coder makes the smallest cut frames on real activations, and at what speed?
+
+Issue 18 item 4. For real cut activations of the shared models (CIFAR-10 ResNet-20/56 on
+the test images; SqueezeNet 1.1 and EfficientNet-Lite2 on the ImageNet samples), quantised
+and bit-packed exactly as the device's kernel packs them (:func:`packed_cut`), every coder
+below codes the packed codes of one frame; the table gives the mean frame bytes (header +
+payload + CRC, the header counted exactly as :func:`encode_packed` writes it) and the
+median encode and decode time on *this host*, each coder checked to round-trip exactly:
+
+* ``lz4``, ``zstd-3`` (the table's default), ``zstd-19``, each on the stream and the
+  bit-plane layout (``/bp``); ``zstd-3+dict``: zstd with a dictionary trained
+  (``zstandard.train_dictionary``) per (cut, width, granularity, layout) on *other*
+  calibration frames than those measured, the dictionary itself not counted (it would
+  ship in the artifact);
+* ``brotli-11``, ``lzma`` (raw LZMA2, preset 6): stronger LZ + context modelling;
+* ``bytes+zstd-3``: the codes one per byte (widths <= 8), then zstd;
+* ``pcodec``, ``aec`` (imagecodecs; numeric coders with aarch64 wheels): codes as integers;
+* ``ans-T`` / ``ans-C``: constriction's rANS with one categorical model per tensor or
+  per channel, built from the frame's own histogram, the histogram sent as varints and
+  counted (the measured bound for an order-0 entropy coder; constriction has no aarch64
+  wheel, so it cannot be the board's coder);
+* ``entropy``: the order-0 Shannon bound of the per-tensor histogram, no header (a bound,
+  not a coder);
+* the package's own table entries (``dyno_compile.packing.CODEC_TABLE``) from wire id 8
+  on (the entropy codecs), framed through :func:`encode_packed` for real;
+* each coder with ``~z``: all-zero channels dropped first and a bitmap of them sent.
+
+Ratios are against ``zstd-3`` on the better of the two layouts for the same frame,
+measured in the same run. Times are this host's (say which in the report); a
+Raspberry-Pi-class board is roughly 5-10x slower per core.
+
+    python benchmarks/cut_coding.py                       # 4 models, default cuts and widths
+    python benchmarks/cut_coding.py --models resnet20 --samples 4 --bits 4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import lz4.block
+import numpy as np
+import zstandard
+
+from dyno_compile.configs import Config
+from dyno_compile.frontend.resolve import load_model
+from dyno_compile.packing import CODEC_TABLE, PackedTensor, decode_packed, encode_packed
+from dyno_compile.packing.bitpack import pack, unpack
+from dyno_compile.passes import run_passes
+from dyno_compile.search.accuracy import AccuracySimulator
+from dyno_compile.search.calibration import default_calibration
+from dyno_compile.search.wire_bytes import packed_cut
+
+try:  # a measured bound only: no aarch64 wheel, so never the board's coder
+    import constriction
+except ImportError:  # pragma: no cover - the benchmark extra is not installed
+    constriction = None
+
+SQUEEZENET = "/work/shared/data/imagenet/squeezenet1.1_fp16.onnx"
+MODELS = ("resnet20", "resnet56", SQUEEZENET, "efficientnet_lite2")
+FIRST_ENTROPY_WIRE_ID = 8
+
+
+@dataclass(frozen=True)
+class Codes:
+    """One packed tensor seen as codes: what every coder is given."""
+
+    codes: np.ndarray  # uint16, the tensor's shape
+    bits: int
+    axis: int  # channel axis (per-channel ranges' axis, else 1 for NCHW)
+
+
+Encode = Callable[[Codes], bytes]
+Decode = Callable[[bytes, Codes], np.ndarray]  # the Codes give shape, bits, axis only
+
+
+def _flat(c: Codes) -> np.ndarray:
+    return c.codes.reshape(-1)
+
+
+def _packed(layout: str) -> Callable[[Codes], bytes]:
+    return lambda c: pack(_flat(c), c.bits, layout)
+
+
+def _unpacked(layout: str) -> Callable[[bytes, Codes], np.ndarray]:
+    return lambda data, c: unpack(data, c.bits, c.codes.size, layout)
+
+
+def _byte_coder(compress: Callable[[bytes], bytes], decompress: Callable[[bytes, int], bytes], layout: str):
+    """A coder of the packed bytes (what the table's lz4/zstd see)."""
+    to_bytes, from_bytes = _packed(layout), _unpacked(layout)
+
+    def enc(c: Codes) -> bytes:
+        return compress(to_bytes(c))
+
+    def dec(data: bytes, c: Codes) -> np.ndarray:
+        return from_bytes(decompress(data, (c.codes.size * c.bits + 7) // 8), c)
+
+    return enc, dec
+
+
+def _zstd(level: int):
+    cctx = zstandard.ZstdCompressor(level=level)
+    dctx = zstandard.ZstdDecompressor()
+    return cctx.compress, lambda d, n: dctx.decompress(d, max_output_size=n)
+
+
+def _lz4():
+    return (
+        lambda b: lz4.block.compress(b, store_size=False),
+        lambda d, n: lz4.block.decompress(d, uncompressed_size=n),
+    )
+
+
+def _lzma():
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+    return (
+        lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=filters),
+        lambda d, n: lzma.decompress(d, format=lzma.FORMAT_RAW, filters=filters),
+    )
+
+
+def _brotli():
+    return lambda b: imagecodecs.brotli_encode(b, level=11), lambda d, n: imagecodecs.brotli_decode(d)
+
+
+def _bytes_zstd():
+    cctx, dctx = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+
+    def enc(c: Codes) -> bytes:
+        return cctx.compress(_flat(c).astype(np.uint8).tobytes())
+
+    def dec(data: bytes, c: Codes) -> np.ndarray:
+        return np.frombuffer(dctx.decompress(data, max_output_size=c.codes.size), np.uint8).astype(np.uint16)
+
+    return enc, dec
+
+
+def _pcodec():
+    def enc(c: Codes) -> bytes:
+        return imagecodecs.pcodec_encode(_flat(c))
+
+    def dec(data: bytes, c: Codes) -> np.ndarray:
+        return imagecodecs.pcodec_decode(data, shape=(c.codes.size,), dtype=np.uint16)
+
+    return enc, dec
+
+
+def _aec():
+    def enc(c: Codes) -> bytes:
+        dtype = np.uint8 if c.bits <= 8 else np.uint16
+        return imagecodecs.aec_encode(_flat(c).astype(dtype), bitspersample=c.bits)
+
+    def dec(data: bytes, c: Codes) -> np.ndarray:
+        out = np.empty(c.codes.size, np.uint8 if c.bits <= 8 else np.uint16)
+        return imagecodecs.aec_decode(data, bitspersample=c.bits, out=out).astype(np.uint16)
+
+    return enc, dec
+
+
+def _plane(c: Codes) -> np.ndarray:
+    """The codes as one grey image: channels stacked vertically, ``(C*H, W)``."""
+    moved = np.moveaxis(c.codes, c.axis, 0)
+    return moved.reshape(-1, moved.shape[-1]).astype(np.uint8 if c.bits <= 8 else np.uint16)
+
+
+def _from_plane(image: np.ndarray, c: Codes) -> np.ndarray:
+    moved_shape = np.moveaxis(c.codes, c.axis, 0).shape
+    return np.moveaxis(np.asarray(image).reshape(moved_shape), 0, c.axis).reshape(-1).astype(np.uint16)
+
+
+def _jpegls():
+    """Lossless JPEG-LS (LOCO-I: context-modelled Golomb coding of a 2-D predictor's residuals)."""
+
+    def enc(c: Codes) -> bytes:
+        return imagecodecs.jpegls_encode(_plane(c), level=0)
+
+    return enc, lambda data, c: _from_plane(imagecodecs.jpegls_decode(data), c)
+
+
+def _jpegxl(effort: int):
+    """Lossless JPEG XL (modular mode: context-tree-modelled ANS)."""
+
+    def enc(c: Codes) -> bytes:
+        return imagecodecs.jpegxl_encode(_plane(c), lossless=True, effort=effort, bitspersample=max(c.bits, 2))
+
+    return enc, lambda data, c: _from_plane(imagecodecs.jpegxl_decode(data), c)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    out = bytearray()
+    for v in values.tolist():
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def _histogram_bytes(counts: np.ndarray) -> int:
+    """Bytes of a histogram sent as varints: its length, then each count up to the last non-zero."""
+    used = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
+    return len(_varints(np.concatenate([[used], counts[:used]]).astype(np.int64)))
+
+
+def _ans(per_channel: bool):
+    """constriction rANS with order-0 categorical models from the frame's own histogram(s);
+    returns (payload, header bytes) as one blob whose length counts the histograms."""
+
+    def groups(c: Codes) -> list[np.ndarray]:
+        if not per_channel:
+            return [_flat(c)]
+        moved = np.moveaxis(c.codes, c.axis, 0)
+        return [ch.reshape(-1) for ch in moved]
+
+    def enc(c: Codes) -> bytes:
+        coder = constriction.stream.stack.AnsCoder()
+        header = 0
+        for g in reversed(groups(c)):  # a stack: encode last first
+            counts = np.bincount(g, minlength=1)
+            header += _histogram_bytes(counts)
+            if np.count_nonzero(counts) <= 1:
+                continue  # one symbol: the histogram says it all
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            coder.encode_reverse(g.astype(np.int32), model)
+        body = coder.get_compressed().tobytes()
+        return bytes(header) + body  # length is what counts; decode re-reads the histograms below
+
+    def dec(data: bytes, c: Codes) -> np.ndarray:
+        # The header bytes are placeholders above; rebuild the models from the codes' own
+        # histograms (what the real header carries) and decode the body to check it.
+        gs = groups(c)
+        header = sum(_histogram_bytes(np.bincount(g, minlength=1)) for g in gs)
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[header:], np.uint32).copy())
+        out = []
+        for g in gs:
+            counts = np.bincount(g, minlength=1)
+            if np.count_nonzero(counts) <= 1:
+                out.append(np.full(g.size, int(np.argmax(counts)), np.uint16))
+                continue
+            model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+            out.append(coder.decode(model, g.size).astype(np.uint16))
+        moved = np.stack([o.reshape(np.moveaxis(c.codes, c.axis, 0).shape[1:]) for o in out]) if per_channel else None
+        return np.moveaxis(moved, 0, c.axis).reshape(-1) if per_channel else out[0]
+
+    return enc, dec
+
+
+def _entropy_bound(c: Codes) -> int:
+    counts = np.bincount(_flat(c)).astype(np.float64)
+    p = counts[counts > 0] / c.codes.size
+    return int(np.ceil(-(counts[counts > 0] * np.log2(p)).sum() / 8))
+
+
+def _skip_zero_channels(enc: Encode, dec: Decode) -> tuple[Encode, Decode]:
+    """The coder on the channels that are not all zero, after a bitmap of which are."""
+
+    def split(c: Codes) -> tuple[np.ndarray, np.ndarray]:
+        moved = np.moveaxis(c.codes, c.axis, 0)
+        keep = moved.reshape(moved.shape[0], -1).any(axis=1)
+        return keep, moved[keep]
+
+    def enc2(c: Codes) -> bytes:
+        keep, kept = split(c)
+        bitmap = np.packbits(keep, bitorder="little").tobytes()
+        if not kept.size:
+            return bitmap
+        return bitmap + enc(Codes(np.moveaxis(kept, 0, c.axis), c.bits, c.axis))
+
+    def dec2(data: bytes, c: Codes) -> np.ndarray:
+        keep, kept = split(c)  # the bitmap's meaning; its bytes are read below
+        n = (keep.size + 7) // 8
+        keep = np.unpackbits(np.frombuffer(data[:n], np.uint8), count=keep.size, bitorder="little").astype(bool)
+        moved = np.zeros_like(np.moveaxis(c.codes, c.axis, 0))
+        if keep.any():
+            shape = np.moveaxis(kept, 0, c.axis).shape
+            template = Codes(np.moveaxis(kept, 0, c.axis), c.bits, c.axis)  # shape (ans: histograms)
+            moved[keep] = np.moveaxis(dec(data[n:], template).reshape(shape), c.axis, 0)
+        return np.moveaxis(moved, 0, c.axis).reshape(-1)
+
+    return enc2, dec2
+
+
+def coders(args: argparse.Namespace) -> dict[str, tuple[Encode, Decode]]:
+    table: dict[str, tuple[Encode, Decode]] = {}
+    for layout, tag in (("stream", ""), ("bitplane", "/bp")):
+        table["lz4" + tag] = _byte_coder(*_lz4(), layout)
+        table["zstd-3" + tag] = _byte_coder(*_zstd(3), layout)
+        table["zstd-19" + tag] = _byte_coder(*_zstd(19), layout)
+    table["brotli-11"] = _byte_coder(*_brotli(), "stream")  # the bit planes measured worse for both
+    table["lzma"] = _byte_coder(*_lzma(), "stream")
+    table["bytes+zstd-3"] = _bytes_zstd()
+    table["pcodec"] = _pcodec()
+    table["aec"] = _aec()
+    table["jpegls"] = _jpegls()
+    for effort in args.jxl_efforts:
+        table[f"jpegxl-e{effort}"] = _jpegxl(effort)
+    if constriction is not None:
+        table["ans-T"] = _ans(per_channel=False)
+        table["ans-C"] = _ans(per_channel=True)
+    for name in list(table):
+        if args.zero_skip and not name.startswith(("lzma", "brotli", "zstd-19", "jpegxl")):
+            table[name + "~z"] = _skip_zero_channels(*table[name])
+    return table
+
+
+def _time(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _cuts(simulator: AccuracySimulator, count: int) -> list[int]:
+    """``count`` cuts spread evenly over the candidates that send one rank-4 tensor."""
+    inner = [c.position for c in simulator.cuts[1:-1] if c.single_tensor]
+    inner = [p for p in inner if len(simulator.graph.node(simulator.cut(p).tensors[0]).shape) == 4]
+    if len(inner) <= count:
+        return inner
+    picks = np.linspace(0, len(inner) - 1, count).round().astype(int)
+    return [inner[i] for i in sorted(set(picks.tolist()))]
+
+
+def measure_model(model: str, args: argparse.Namespace, table: dict[str, tuple[Encode, Decode]]) -> list[dict]:
+    graph = run_passes(load_model(model))
+    calibration = default_calibration(model, graph.inputs[0].shape)
+    n_train = args.train if args.dict else 0
+    calibration = calibration.head(min(len(calibration), args.samples + n_train))
+    simulator = AccuracySimulator(graph, calibration)
+    name = Path(model).stem
+    rows = []
+    for cut in _cuts(simulator, args.cuts):
+        shape = graph.node(simulator.cut(cut).tensors[0]).shape
+        for bits in args.bits:
+            for granularity in args.granularities:
+                config = Config(cut, str(bits), granularity=granularity)
+                frames = [packed_cut(simulator, config, i) for i in range(len(calibration))]
+                measured, training = frames[: args.samples], frames[args.samples :]
+                row = {"model": name, "cut": cut, "shape": list(shape), "bits": bits, "granularity": granularity}
+                row["coders"] = _measure_config(measured, training, table, args, cut)
+                rows.append(row)
+                best = min(row["coders"]["zstd-3"]["bytes"], row["coders"]["zstd-3/bp"]["bytes"])
+                print(
+                    f"{name:18s} cut {cut:3d} {'x'.join(map(str, shape)):14s} {bits:2d}b {granularity:7s} "
+                    f"zstd-3 {best:9.0f} B | "
+                    + " ".join(
+                        f"{k} {v['bytes'] / best:.3f}"
+                        for k, v in row["coders"].items()
+                        if k in ("zstd-3+dict", "lzma", "ans-C~z", "ans-T~z", "pcodec~z", *args.highlight)
+                    ),
+                    flush=True,
+                )
+    return rows
+
+
+def _codes(t: PackedTensor) -> Codes:
+    return Codes(unpack(t.data, t.params.bits, t.count, t.layout).reshape(t.shape), t.params.bits, t.params.axis or 1)
+
+
+def _overhead(tensors: list[PackedTensor]) -> int:
+    """Frame bytes other than the payloads: exactly what encode_packed writes around them."""
+    return len(encode_packed(tensors, cut_id=0, request_id=0)) - sum(len(t.data) for t in tensors)
+
+
+def _measure_config(
+    measured: list[list[PackedTensor]],
+    training: list[list[PackedTensor]],
+    table: dict[str, tuple[Encode, Decode]],
+    args: argparse.Namespace,
+    cut: int,
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    overhead = [_overhead(f) for f in measured]
+    codes = [[_codes(t) for t in frame] for frame in measured]
+    coders = dict(table)
+    if args.dict and training:
+        for layout, tag in (("stream", ""), ("bitplane", "/bp")):
+            samples = [pack(_flat(_codes(t)), t.params.bits, layout) for frame in training for t in frame]
+            try:
+                d = zstandard.train_dictionary(args.dict_size, samples, level=3)
+            except zstandard.ZstdError:
+                continue
+            cctx = zstandard.ZstdCompressor(level=3, dict_data=d)
+            dctx = zstandard.ZstdDecompressor(dict_data=d)
+            coders["zstd-3+dict" + tag] = _byte_coder(
+                cctx.compress, lambda b, n, dctx=dctx: dctx.decompress(b, max_output_size=n), layout
+            )
+    for name, (enc, dec) in coders.items():
+        sizes, enc_s, dec_s = [], [], []
+        for frame, extra in zip(codes, overhead):
+            total = extra
+            te = td = 0.0
+            for c in frame:
+                stream = pack(_flat(c), c.bits, "stream")  # what the kernel hands over
+                payload, t1 = _time(
+                    lambda: enc(Codes(unpack(stream, c.bits, c.codes.size).reshape(c.codes.shape), c.bits, c.axis))
+                )
+                back, t2 = _time(lambda: pack(np.asarray(dec(payload, c), np.uint16).reshape(-1), c.bits, "stream"))
+                if back != stream:
+                    raise AssertionError(f"{name} does not round-trip at cut {cut}")
+                total += len(payload)
+                te, td = te + t1, td + t2
+            sizes.append(total)
+            enc_s.append(te)
+            dec_s.append(td)
+        out[name] = {
+            "bytes": float(np.mean(sizes)),
+            "encode_ms": 1e3 * statistics.median(enc_s),
+            "decode_ms": 1e3 * statistics.median(dec_s),
+        }
+    out["entropy"] = {
+        "bytes": float(
+            np.mean([extra + sum(_entropy_bound(c) for c in frame) for frame, extra in zip(codes, overhead)])
+        ),
+        "encode_ms": 0.0,
+        "decode_ms": 0.0,
+    }
+    for codec in (c for c in CODEC_TABLE if c.wire_id >= FIRST_ENTROPY_WIRE_ID):
+        sizes, enc_s, dec_s = [], [], []
+        for frame in measured:
+            if any(codec.accepts(_info(t)) for t in frame):
+                break
+            blob, t1 = _time(lambda: encode_packed(frame, codec=codec.name, cut_id=cut, request_id=0))
+            back, t2 = _time(lambda: decode_packed(blob))
+            if [t.data for t in back.tensors] != [t.data for t in frame]:
+                raise AssertionError(f"{codec.name} does not round-trip at cut {cut}")
+            sizes.append(len(blob))
+            enc_s.append(t1)
+            dec_s.append(t2)
+        else:
+            out[codec.name] = {
+                "bytes": float(np.mean(sizes)),
+                "encode_ms": 1e3 * statistics.median(enc_s),
+                "decode_ms": 1e3 * statistics.median(dec_s),
+            }
+    return out
+
+
+def _info(t: PackedTensor):
+    from dyno_compile.packing.codec_types import PayloadInfo
+
+    return PayloadInfo(
+        t.params.bits, tuple(t.shape), t.layout, t.params.axis if t.params.granularity == "channel" else None
+    )
+
+
+def summarize(rows: list[dict]) -> str:
+    """Per coder: geometric-mean bytes ratio against the best zstd-3 layout, per model and
+    overall, and median encode/decode ms; markdown."""
+    ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    times: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    models = sorted({r["model"] for r in rows})
+    for r in rows:
+        base = min(r["coders"]["zstd-3"]["bytes"], r["coders"]["zstd-3/bp"]["bytes"])
+        for name, v in r["coders"].items():
+            ratios[name][r["model"]].append(v["bytes"] / base)
+            ratios[name]["all"].append(v["bytes"] / base)
+            times[name].append((v["encode_ms"], v["decode_ms"]))
+    gm = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")  # noqa: E731
+    lines = [
+        "| coder | " + " | ".join(models) + " | all | encode ms | decode ms |",
+        "| --- | " + " | ".join("---:" for _ in models) + " | ---: | ---: | ---: |",
+    ]
+    order = sorted(ratios, key=lambda k: gm(ratios[k]["all"]))
+    for name in order:
+        enc = statistics.median(t[0] for t in times[name])
+        dec = statistics.median(t[1] for t in times[name])
+        cells = " | ".join(f"{gm(ratios[name][m]):.3f}" for m in models)
+        lines.append(f"| {name} | {cells} | {gm(ratios[name]['all']):.3f} | {enc:.2f} | {dec:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--cuts", type=int, default=4, help="cuts per model, spread evenly (default 4)")
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 4, 6, 8])
+    parser.add_argument("--granularities", nargs="+", default=["tensor", "channel"])
+    parser.add_argument("--samples", type=int, default=6, help="frames measured per configuration")
+    parser.add_argument("--train", type=int, default=24, help="other frames a dictionary is trained on")
+    parser.add_argument("--dict-size", type=int, default=8192)
+    parser.add_argument("--no-dict", dest="dict", action="store_false")
+    parser.add_argument("--no-zero-skip", dest="zero_skip", action="store_false")
+    parser.add_argument("--jxl-efforts", type=int, nargs="*", default=[1, 3])
+    parser.add_argument("--highlight", nargs="*", default=[], help="coders to print per row too")
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args(argv)
+    print(
+        f"host: {platform.machine()} {platform.processor() or ''} python {sys.version.split()[0]}; times measured here"
+    )
+    table = coders(args)
+    rows = [row for model in args.models for row in measure_model(model, args, table)]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print()
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main()
