@@ -90,10 +90,8 @@ def test_accepts_integer_codes_that_fold_to_a_jpeg_ls_image():
     assert loco.accepts(PayloadInfo(4, (1, 16, 32, 32), "stream")) is None
     assert loco.accepts(PayloadInfo(4, (0, 70000), "stream")) is None  # empty: never coded
     assert "passthrough" in loco.accepts(PayloadInfo(None, (4,), "stream"))
-    assert "65535" in loco.accepts(PayloadInfo(4, (70000,), "stream"))
-    assert "65535" in loco.accepts(PayloadInfo(4, (70000, 2), "stream"))
-    with pytest.raises(PackError, match="'loco' cannot code this tensor"):
-        encode([np.zeros(70000, np.float32)], PackConfig(bits=4, codec="loco"), cut_id=0, request_id=0)
+    assert loco.accepts(PayloadInfo(4, (70000,), "stream")) is None  # refolded into rows of 4096
+    assert "65535" in loco.accepts(PayloadInfo(4, (65536 * 4096 + 1,), "stream"))
     with pytest.raises(PackError, match="'loco' cannot code this tensor"):
         encode([np.zeros(4, np.float32)], PackConfig(bits="float16", codec="loco"), cut_id=0, request_id=0)
 
@@ -102,6 +100,15 @@ def test_image_dims_fold_every_dim_but_the_last_into_rows():
     assert image_dims((1, 16, 32, 8)) == (512, 8)
     assert image_dims((7,)) == (1, 7)
     assert image_dims(()) == (1, 1)
+    assert image_dims((70001,)) == (18, 4096)  # too wide: rows of 4096, the last padded
+    assert image_dims((3, 30000, 2)) == (44, 4096)  # too tall
+
+
+@pytest.mark.parametrize("shape", [(70001,), (1, 66000, 2)])
+def test_tensors_too_large_for_one_natural_image_round_trip_refolded(shape, rng):
+    x = rng.normal(size=shape).astype(np.float32)
+    for layout in LAYOUTS:
+        round_trips(x, PackConfig(bits=3, layout=layout, codec="loco"))
 
 
 # --- exact round trips ------------------------------------------------------------------------
@@ -414,3 +421,12 @@ def test_the_codecs_own_bit_packing_matches_bitpack(bits, layout, rng):
         data = pack(codes, bits, layout)
         assert _pack_codes(codes, bits, layout) == data
         assert np.array_equal(_unpack_codes(data, bits, count, layout), codes)
+
+
+def test_a_scan_with_non_zero_codes_in_the_padding_is_refused():
+    image = np.zeros((18, 4096), np.uint8)
+    image[-1, -1] = 1  # past the 70001 codes of the tensor
+    stream = bytes(imagecodecs.jpegls_encode(image))
+    scan = stream[stream.index(b"\xff\xda") + 10 : -2]
+    with pytest.raises(PackError, match="padding of its last row"):
+        decompress(bytes([SCAN]) + scan, "loco", packed_nbytes(70001, 2), PayloadInfo(2, (70001,), "stream"))

@@ -52,6 +52,8 @@ LOCO_WIRE_ID = 8
 STORED, SCAN = 0, 1
 #: JPEG-LS frame dims are u16 (larger needs an LSE segment, which this codec does not use).
 _MAX_DIM = 0xFFFF
+#: Row length of the image when the natural fold exceeds ``_MAX_DIM``.
+_FOLD_COLS = 4096
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _SOF55, _SOS, _LSE, _APP8 = 0xF7, 0xDA, 0xF8, 0xE8
 #: The preset-parameters segment CharLS writes for 16-bit samples: MAXVAL 65535 and the
@@ -61,9 +63,13 @@ _LSE16 = struct.pack(">BBHBHHHHH", 0xFF, _LSE, 13, 1, 0xFFFF, 18, 67, 276, 64)
 
 def image_dims(shape: tuple[int, ...]) -> tuple[int, int]:
     """``(rows, cols)`` of the grey image the codes of a tensor of ``shape`` are coded as:
-    every dim but the last folded into rows (so a scalar or a vector is one row)."""
-    cols = shape[-1] if shape else 1
-    return (math.prod(shape[:-1]) if shape else 1), cols
+    every dim but the last folded into rows (so a scalar or a vector is one row). Where that
+    exceeds JPEG-LS's 65535 x 65535 (a long vector, a tall stack of maps), the codes in C
+    order fill rows of 4096 instead, the last row padded with zero codes."""
+    rows, cols = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+    if rows <= _MAX_DIM and cols <= _MAX_DIM:
+        return rows, cols
+    return -(-math.prod(shape) // _FOLD_COLS), _FOLD_COLS
 
 
 def _precision(bits: int) -> int:
@@ -116,8 +122,8 @@ def _accepts(info: PayloadInfo) -> str | None:
     if info.bits is None:
         return "it codes integer codes; a float passthrough has none"
     rows, cols = image_dims(info.shape)
-    if info.count and (rows > _MAX_DIM or cols > _MAX_DIM):
-        return f"its codes fold to a {rows} x {cols} image, over JPEG-LS's {_MAX_DIM} x {_MAX_DIM}"
+    if info.count and rows > _MAX_DIM:
+        return f"its {info.count} codes fill {rows} rows of {cols}, over JPEG-LS's {_MAX_DIM}"
     return None
 
 
@@ -171,7 +177,9 @@ def _loco_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
     assert bits is not None  # accepts() refuses passthrough payloads before this is called
     rows, cols = image_dims(info.shape)
     codes = _unpack_codes(data, bits, info.count, info.layout)
-    image = codes.astype(np.uint8 if _precision(bits) == 8 else np.uint16).reshape(rows, cols)
+    image = np.zeros(rows * cols, np.uint8 if _precision(bits) == 8 else np.uint16)
+    image[: codes.size] = codes
+    image = image.reshape(rows, cols)
     scan = _scan_of(bytes(imagecodecs.jpegls_encode(image)), _headers(bits, rows, cols))
     if len(scan) >= len(data):
         return bytes([STORED]) + bytes(data)
@@ -209,7 +217,10 @@ def _loco_decompress(data: bytes | memoryview, expected_nbytes: int, info: Paylo
         )
     if bits < 16 and image.size and int(image.max()) >> bits:
         raise PackError(f"JPEG-LS scan decodes to a code over {bits} bits", field="payload")
-    return _pack_codes(image.reshape(-1), bits, info.layout)
+    flat = image.reshape(-1)
+    if flat[info.count :].any():
+        raise PackError("JPEG-LS scan decodes to non-zero codes in the padding of its last row", field="payload")
+    return _pack_codes(flat[: info.count], bits, info.layout)
 
 
 #: The entropy codecs, in wire-id order (appended to :data:`~.codec.CODEC_TABLE`).
