@@ -40,6 +40,10 @@ from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.datasets import cifar10
 from dyno_compile.datasets.imagenet import (
     CROP,
+    EFFICIENTNET_LITE_CROP,
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_RESIZE_SHORT,
+    EFFICIENTNET_LITE_STD,
     RESIZE_SHORT,
     SQUEEZENET_MEAN_BGR,
     centre_crop,
@@ -53,7 +57,7 @@ from dyno_compile.errors import InputError
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.search.calibration import PRESETS
 
-__all__ = ["JpegUpload", "measure_jpeg_upload", "measure_jpeg_uploads", "model_view", "raw_images"]
+__all__ = ["JpegUpload", "measure_jpeg_upload", "measure_jpeg_uploads", "model_view", "raw_images", "split_of"]
 
 Images = np.ndarray | Sequence[Image.Image | np.ndarray]
 """uint8 [N, H, W, 3] RGB, or a sequence of PIL images or uint8 [H, W, 3] arrays (checked at run time)."""
@@ -107,6 +111,15 @@ def _imagenet_geometry(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return centre_crop(resize_short_side(img, round(size[0] * RESIZE_SHORT / CROP)), size[0])
 
 
+def _efficientnet_lite_geometry(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if size != (EFFICIENTNET_LITE_CROP, EFFICIENTNET_LITE_CROP):
+        raise InputError(
+            f"preset 'efficientnet_lite' makes {EFFICIENTNET_LITE_CROP}x{EFFICIENTNET_LITE_CROP} inputs; "
+            f"the model takes {size[1]}x{size[0]}"
+        )
+    return centre_crop(resize_short_side(img, EFFICIENTNET_LITE_RESIZE_SHORT), EFFICIENTNET_LITE_CROP)
+
+
 def _rgb_mean_std(img: Image.Image) -> np.ndarray:
     return cifar10.preprocess(np.asarray(img)[None])[0]
 
@@ -116,6 +129,11 @@ def _bgr_minus_mean(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(bgr.transpose(2, 0, 1))
 
 
+def _rgb_minus_127_over_128(img: Image.Image) -> np.ndarray:
+    rgb = (np.asarray(img, dtype=np.float32) - np.float32(EFFICIENTNET_LITE_MEAN)) / np.float32(EFFICIENTNET_LITE_STD)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
 _Geometry = Callable[[Image.Image, tuple[int, int]], Image.Image]
 _Normalise = Callable[[Image.Image], np.ndarray]
 #: Preset name -> (geometry to the model's size, normalisation of the model-size pixels).
@@ -123,10 +141,16 @@ _SPLIT: dict[str, tuple[_Geometry, _Normalise]] = {
     "cifar10": (_cifar10_geometry, _rgb_mean_std),
     "squeezenet": (_squeezenet_geometry, _bgr_minus_mean),
     "imagenet": (_imagenet_geometry, _rgb_mean_std),
+    "efficientnet_lite": (_efficientnet_lite_geometry, _rgb_minus_127_over_128),
 }
 
 
-def _split(preset: str) -> tuple[_Geometry, _Normalise]:
+def split_of(preset: str) -> tuple[_Geometry, _Normalise]:
+    """``(geometry, normalise)`` of a preset: ``geometry(img, (H, W))`` makes the uint8 RGB
+    crop at the model's resolution (what an app would compress and send) and
+    ``normalise(crop)`` the float32 [C, H, W] input from it (what the cloud computes after
+    decoding). Shared with the rate–accuracy curves, whose image codecs must see exactly
+    this crop."""
     if preset not in PRESETS:
         raise InputError(f"unknown preprocessing preset {preset!r}; known presets: {sorted(PRESETS)}")
     if preset not in _SPLIT:
@@ -140,7 +164,7 @@ def model_view(img: Image.Image, preset: str, size: tuple[int, int]) -> tuple[Im
     """``(crop, x)``: the uint8 RGB image at the model's resolution that the phone would
     JPEG, and the preset's float32 [C, H, W] input for ``img``, checked to be the
     normalisation of that crop."""
-    geometry, normalise = _split(preset)
+    geometry, normalise = split_of(preset)
     img = img.convert("RGB")
     crop = geometry(img, size)
     x = PRESETS[preset][0](img, size)
@@ -233,7 +257,7 @@ def measure_jpeg_uploads(
     if not pictures:
         raise InputError("no images to measure")
     preset = preprocess
-    _split(preset)
+    split_of(preset)
     side, cut, size, input_bytes = _whole_model(artifact)
 
     def top1(x: np.ndarray) -> int:
