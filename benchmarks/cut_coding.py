@@ -56,6 +56,7 @@ from dyno_compile.configs import Config
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.packing import CODEC_TABLE, PackedTensor, decode_packed, encode_packed
 from dyno_compile.packing.bitpack import pack, unpack
+from dyno_compile.packing.codec_types import PayloadInfo
 from dyno_compile.passes import run_passes
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import default_calibration
@@ -396,6 +397,8 @@ def _measure_config(
             )
     for name, (enc, dec) in coders.items():
         sizes, enc_s, dec_s = [], [], []
+        warm = codes[0][0]  # one untimed round first: a library's first call sets itself up
+        dec(enc(warm), warm)
         for frame, extra in zip(codes, overhead):
             total = extra
             te = td = 0.0
@@ -426,6 +429,8 @@ def _measure_config(
     }
     for codec in (c for c in CODEC_TABLE if c.wire_id >= FIRST_ENTROPY_WIRE_ID):
         sizes, enc_s, dec_s = [], [], []
+        if not any(codec.accepts(_info(t)) for t in measured[0]):  # untimed warm-up round
+            decode_packed(encode_packed(measured[0], codec=codec.name, cut_id=cut, request_id=0))
         for frame in measured:
             if any(codec.accepts(_info(t)) for t in frame):
                 break
@@ -445,37 +450,83 @@ def _measure_config(
     return out
 
 
-def _info(t: PackedTensor):
-    from dyno_compile.packing.codec_types import PayloadInfo
-
-    return PayloadInfo(
-        t.params.bits, tuple(t.shape), t.layout, t.params.axis if t.params.granularity == "channel" else None
-    )
+def _info(t: PackedTensor) -> PayloadInfo:
+    axis = t.params.axis if t.params.granularity == "channel" else None
+    return PayloadInfo(t.params.bits, tuple(t.shape), t.layout, axis)
 
 
-def summarize(rows: list[dict]) -> str:
+def _baseline(row: dict) -> dict[str, float]:
+    """zstd-3 on the better layout for this frame: what the table offered before."""
+    return min((row["coders"]["zstd-3"], row["coders"]["zstd-3/bp"]), key=lambda v: v["bytes"])
+
+
+def net_gain_ms(coder: dict[str, float], base: dict[str, float], *, uplink_bps: float, device_factor: float) -> float:
+    """Milliseconds a request saves with ``coder`` instead of ``base``: the upload time of
+    the bytes saved, minus the extra encode time on a device ``device_factor`` times slower
+    than this host, minus the extra decode time on a cloud as fast as this host."""
+    saved = (base["bytes"] - coder["bytes"]) * 8 / uplink_bps * 1e3
+    return saved - device_factor * (coder["encode_ms"] - base["encode_ms"]) - (coder["decode_ms"] - base["decode_ms"])
+
+
+def _gm(xs: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")
+
+
+def summarize(rows: list[dict], *, uplink_bps: float, factors: tuple[float, float]) -> str:
     """Per coder: geometric-mean bytes ratio against the best zstd-3 layout, per model and
-    overall, and median encode/decode ms; markdown."""
+    overall; median encode/decode ms; and at ``uplink_bps``, for a device ``factors`` times
+    slower than this host, the share of frames where it pays for itself against that
+    baseline and the median ms it saves per request; markdown."""
     ratios: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     times: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    models = sorted({r["model"] for r in rows})
+    gains: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     for r in rows:
-        base = min(r["coders"]["zstd-3"]["bytes"], r["coders"]["zstd-3/bp"]["bytes"])
+        base = _baseline(r)
         for name, v in r["coders"].items():
-            ratios[name][r["model"]].append(v["bytes"] / base)
-            ratios[name]["all"].append(v["bytes"] / base)
+            ratios[name][r["model"]].append(v["bytes"] / base["bytes"])
+            ratios[name]["all"].append(v["bytes"] / base["bytes"])
             times[name].append((v["encode_ms"], v["decode_ms"]))
-    gm = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")  # noqa: E731
+            if name != "entropy":  # a bound, not a coder: it has no time
+                for f in factors:
+                    gains[name][f].append(net_gain_ms(v, base, uplink_bps=uplink_bps, device_factor=f))
+    pays = " | ".join(f"pays x{f:g} | saves ms x{f:g}" for f in factors)
     lines = [
-        "| coder | " + " | ".join(models) + " | all | encode ms | decode ms |",
-        "| --- | " + " | ".join("---:" for _ in models) + " | ---: | ---: | ---: |",
+        "| coder | " + " | ".join(models) + f" | all | encode ms | decode ms | {pays} |",
+        "| --- | " + " | ".join("---:" for _ in models) + " | ---: | ---: | ---: |" + " ---: | ---: |" * len(factors),
     ]
-    order = sorted(ratios, key=lambda k: gm(ratios[k]["all"]))
-    for name in order:
+    for name in sorted(ratios, key=lambda k: _gm(ratios[k]["all"])):
         enc = statistics.median(t[0] for t in times[name])
         dec = statistics.median(t[1] for t in times[name])
-        cells = " | ".join(f"{gm(ratios[name][m]):.3f}" for m in models)
-        lines.append(f"| {name} | {cells} | {gm(ratios[name]['all']):.3f} | {enc:.2f} | {dec:.2f} |")
+        cells = " | ".join(f"{_gm(ratios[name][m]):.3f}" for m in models)
+        paid = " | ".join(
+            f"{np.mean(np.array(gains[name][f]) > 0):.0%} | {statistics.median(gains[name][f]):+.1f}"
+            if gains[name][f]
+            else "- | -"
+            for f in factors
+        )
+        lines.append(f"| {name} | {cells} | {_gm(ratios[name]['all']):.3f} | {enc:.2f} | {dec:.2f} | {paid} |")
+    return "\n".join(lines)
+
+
+def detail(rows: list[dict], coder: str, bits: set[int]) -> str:
+    """Per frame kind at ``bits``: bytes of the zstd-3 baseline and of ``coder``, and both
+    coders' encode and decode ms; markdown."""
+    lines = [
+        f"| model | cut | tensor | bits | ranges | zstd-3 B (layout) | {coder} B | ratio | "
+        f"zstd-3 enc/dec ms | {coder} enc/dec ms |",
+        "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["bits"] not in bits or coder not in r["coders"]:
+            continue
+        base, v = _baseline(r), r["coders"][coder]
+        layout = "stream" if base is r["coders"]["zstd-3"] else "bitplane"
+        lines.append(
+            f"| {r['model']} | {r['cut']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | {r['granularity']} | "
+            f"{base['bytes']:.0f} ({layout}) | {v['bytes']:.0f} | {v['bytes'] / base['bytes']:.3f} | "
+            f"{base['encode_ms']:.2f} / {base['decode_ms']:.2f} | {v['encode_ms']:.2f} / {v['decode_ms']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -493,16 +544,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jxl-efforts", type=int, nargs="*", default=[1, 3])
     parser.add_argument("--highlight", nargs="*", default=[], help="coders to print per row too")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--from-json", type=Path, help="summarise rows written before instead of measuring")
+    parser.add_argument("--uplink-mbps", type=float, default=1.45, help="uplink for 'pays' (default 3G median 1.45)")
+    parser.add_argument("--device-factors", type=float, nargs=2, default=[5.0, 10.0], help="device slowdown vs host")
+    parser.add_argument("--detail", default="loco", help="coder of the per-frame table (default loco)")
+    parser.add_argument("--detail-bits", type=int, nargs="*", default=[2, 4, 8])
     args = parser.parse_args(argv)
-    print(
-        f"host: {platform.machine()} {platform.processor() or ''} python {sys.version.split()[0]}; times measured here"
-    )
-    table = coders(args)
-    rows = [row for model in args.models for row in measure_model(model, args, table)]
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())
+    else:
+        print(f"host: {platform.machine()} {platform.processor() or ''} python {sys.version.split()[0]}; times here")
+        table = coders(args)
+        rows = [row for model in args.models for row in measure_model(model, args, table)]
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
     print()
-    print(summarize(rows))
+    print(summarize(rows, uplink_bps=args.uplink_mbps * 1e6, factors=tuple(args.device_factors)))
+    print()
+    print(detail(rows, args.detail, set(args.detail_bits)))
 
 
 if __name__ == "__main__":
