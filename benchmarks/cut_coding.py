@@ -514,8 +514,8 @@ def detail(rows: list[dict], coder: str, bits: set[int]) -> str:
     coders' encode and decode ms; markdown."""
     lines = [
         f"| model | cut | tensor | bits | ranges | zstd-3 B (layout) | {coder} B | ratio | "
-        f"zstd-3 enc/dec ms | {coder} enc/dec ms |",
-        "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"zstd-3 enc/dec ms | {coder} enc/dec ms | float32 / {coder} |",
+        "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if r["bits"] not in bits or coder not in r["coders"]:
@@ -525,7 +525,8 @@ def detail(rows: list[dict], coder: str, bits: set[int]) -> str:
         lines.append(
             f"| {r['model']} | {r['cut']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | {r['granularity']} | "
             f"{base['bytes']:.0f} ({layout}) | {v['bytes']:.0f} | {v['bytes'] / base['bytes']:.3f} | "
-            f"{base['encode_ms']:.2f} / {base['decode_ms']:.2f} | {v['encode_ms']:.2f} / {v['decode_ms']:.2f} |"
+            f"{base['encode_ms']:.2f} / {base['decode_ms']:.2f} | {v['encode_ms']:.2f} / {v['decode_ms']:.2f} | "
+            f"{4 * np.prod(r['shape']) / v['bytes']:.0f}x |"
         )
     return "\n".join(lines)
 

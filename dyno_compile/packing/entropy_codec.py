@@ -50,7 +50,7 @@ __all__ = ["ENTROPY_CODECS", "LOCO_WIRE_ID", "image_dims"]
 LOCO_WIRE_ID = 8
 #: Payload tags (the first byte).
 STORED, SCAN = 0, 1
-#: JPEG-LS frame dims are u16 (larger needs an LSE segment, which this codec does not use).
+#: JPEG-LS frame dims are u16 (larger ones need an LSE dimension segment, not used here).
 _MAX_DIM = 0xFFFF
 #: Row length of the image when the natural fold exceeds ``_MAX_DIM``.
 _FOLD_COLS = 4096
