@@ -40,8 +40,9 @@ import io
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
+from inspect import signature
 from typing import Any
 
 import imagecodecs
@@ -380,6 +381,7 @@ class Sweep:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     limit: int | None = None
     byte_images: int = DEFAULT_BYTE_IMAGES
+    lossy_levels: tuple[int, ...] = (50, 75, 90)
 
     def checked(self) -> Sweep:
         """This sweep with every field validated (InputError naming the bad one)."""
@@ -413,6 +415,8 @@ class Sweep:
                 raise InputError(f"sweep {name} must be an integer >= {low}, got {value!r}")
         if self.max_cuts is not None and (not isinstance(self.max_cuts, int) or self.max_cuts < 1):
             raise InputError(f"sweep max_cuts must be an integer >= 1, got {self.max_cuts!r}")
+        if any(isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100 for q in self.lossy_levels):
+            raise InputError(f"sweep lossy_levels must be qualities in 1..100, got {self.lossy_levels!r}")
         return Sweep(
             widths,
             tuple(self.granularities),
@@ -424,6 +428,7 @@ class Sweep:
             check_thresholds(self.thresholds),
             self.limit,
             self.byte_images,
+            tuple(self.lossy_levels),
         )
 
 
@@ -538,6 +543,12 @@ def measure_model(name: str, sweep: Sweep | None = None, log: Log | None = None)
         ),
         "jalad": "8-bit per-tensor codes, Huffman code from each image's own histogram, table included",
         "codecs": ", ".join(sweep.codecs or ()),
+        "lossy codecs at cut 0": (
+            f"{', '.join(c.name for c in CODEC_TABLE if c.lossy)} at levels {list(sweep.lossy_levels)}, "
+            f"{sweep.granularities[0]} range; accuracy from the model on what the cloud decodes from real frames"
+            if any(p.method == "ours" and "level" in p.where for p in points)
+            else "none measured (no cloud-only cut in the sweep, or no lossy codec in the table)"
+        ),
         "image_codecs": "; ".join(f"{n}: {IMAGE_CODECS[n].library}" for n in sweep.image_codecs),
     }
     return ModelResult(
@@ -581,6 +592,8 @@ def _cut_points(
             if bits in FLOAT_MODES and granularity != sweep.granularities[0]:
                 continue  # a float width has no range: one point, not one per granularity
             points += _our_points(simulator, cut, bits, gran, accuracy, sweep, n_bytes, skipped)
+    if cut.kind == "cloud-only":
+        points += _lossy_points(simulator, cut, sweep, n_bytes, skipped)
     float32 = [len(_frame(simulator, cut, "float32", "tensor", "stream", "none", i)) for i in range(n_bytes)]
     points.append(Point("float32-split", float(np.mean(float32)), simulator.float_accuracy, {"cut": p}))
     points.append(Point("jalad", _jalad_bytes(simulator, cut, n_bytes), simulator.evaluate(p, 8)[0], {"cut": p}))
@@ -665,6 +678,40 @@ def _our_points(
         for (layout, codec), s in sizes.items()
         if s is not None
     ]
+
+
+def _lossy_points(
+    simulator: AccuracySimulator, cut: CutPoint, sweep: Sweep, n_bytes: int, skipped: list[str]
+) -> list[Point]:
+    """Ours at cloud-only through the table's lossy codecs (image codecs over the input's
+    8-bit codes, stream layout), at each of ``sweep.lossy_levels``: accuracy from the model
+    on what the cloud decodes from real frames (the simulator's lossy path), bytes from
+    the same frames. Skipped, and said so, where the table or the simulator has no levels."""
+    lossy = [c for c in CODEC_TABLE if c.lossy]
+    if not lossy or not sweep.lossy_levels:
+        return []
+    if "level" not in {f.name for f in fields(Config)} or "level" not in signature(simulator.evaluate).parameters:
+        skipped.append("lossy codecs of the table: Config or the simulator has no level here")
+        return []
+    granularity = sweep.granularities[0]
+    packed = [packed_cut(simulator, Config(cut.position, "8", granularity), i) for i in range(n_bytes)]
+    points = []
+    for codec in lossy:
+        reason = _refusal(codec.name, packed[0], "stream")
+        if reason is not None:
+            skipped.append(f"cut {cut.position} 8b {granularity} stream {codec.name}: {reason}")
+            continue
+        for level in sweep.lossy_levels:
+            accuracy = simulator.evaluate(cut.position, 8, granularity, codec.name, level)[0]
+            sizes = [
+                len(encode_packed(t, codec=codec.name, level=level, cut_id=cut.position, request_id=i))
+                for i, t in enumerate(packed)
+            ]
+            where = {"cut": cut.position, "bits": "8", "granularity": granularity, "layout": "stream"}
+            points.append(
+                Point("ours", float(np.mean(sizes)), accuracy, {**where, "codec": codec.name, "level": level})
+            )
+    return points
 
 
 def _refusal(codec: str, tensors: list, layout: str) -> str | None:

@@ -124,6 +124,26 @@ def _values_at(result: ModelResult, position: int) -> int:
     return int(next(c for c in result.cuts if c["position"] == position)["values"])
 
 
+def _float_miss(m: MustShow, values: int, bits_per_value: float) -> str:
+    """Why ours stays under the float32 goal, in numbers: the frame header (the float32 frame
+    less its 4-byte values) and the bits per value the goal would need."""
+    assert m.ours is not None and m.float32 is not None
+    header = m.float32.bytes - 4 * values
+    budget = m.float32.bytes / FLOAT_GOAL
+    width = m.ours.where["bits"]
+    if width in FLOAT_MODES:
+        return f"Why: ours is a {width} passthrough here, at most 2x below float32."
+    text = (
+        f"Why: the cut crosses {values:,} values; float32 sends {4 * values:,} B of them plus {header:.0f} B of "
+        f"frame header. {FLOAT_GOAL:g}x means a whole frame under {budget:.0f} B, {8 * budget / values:.2f} bits "
+        f"per value; ours spends {bits_per_value:.2f} ({width}-bit codes, header included)"
+    )
+    if budget <= header:
+        return text + ": the goal is below the header alone, so no coding of the values can reach it at this cut."
+    shrink = (m.ours.bytes - header) / (budget - header)
+    return text + f": its payload would have to shrink {shrink:.1f}x more."
+
+
 def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
     """The must-show sentences, misses said plainly with the arithmetic behind them."""
     m = must_show(result, loss)
@@ -160,15 +180,7 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
             f"fewer. Goal >= {FLOAT_GOAL:g}x: {verdict}."
         )
         if m.float_ratio < FLOAT_GOAL:
-            lines.append(
-                f"  Why: the cut crosses {n:,} values, 32 bits each in float32 plus the frame header; ours spends "
-                f"{bits:.2f} bits per value, header included. {FLOAT_GOAL:g}x would need "
-                f"{32 / FLOAT_GOAL:.2f} bits per value; {ours.where['bits']}-bit codes reach that only if the "
-                f"codec squeezes them {float(ours.where['bits']) * FLOAT_GOAL / 32:.0f}x, and this many values "
-                f"leave the fixed header a large share."
-                if ours.where["bits"] not in FLOAT_MODES
-                else "  Why: ours is a float16 passthrough here, at most 2x below float32."
-            )
+            lines.append("  " + _float_miss(m, n, bits))
     return lines
 
 
@@ -183,7 +195,8 @@ def render_markdown(results: Sequence[ModelResult], *, command: str = "", second
         + (f", {seconds / 60:.1f} min on this host" if seconds is not None else "")
         + ". Every point is in `rate_accuracy.json`; each model's curves are in its PNG.",
         "",
-        "Methods: **ours** (cut x width x granularity x layout x lossless codec of `CODEC_TABLE`), the model "
+        "Methods: **ours** (cut x width x granularity x layout x lossless codec of `CODEC_TABLE`; at cut 0 also "
+        "the table's lossy image codecs over the input's 8-bit codes, where the table has them), the model "
         "input sent with **image codecs** at its own resolution (JPEG, WebP, AVIF, JPEG XL over a quality sweep; "
         "PNG as the lossless check), **float32-split** (Neurosurgeon: the cut tensors as float32) and **jalad** "
         "(8-bit per-tensor codes, Huffman-coded from each image's own histogram, code table included). "
@@ -197,7 +210,7 @@ def render_markdown(results: Sequence[ModelResult], *, command: str = "", second
             f"## {r.model}",
             "",
             f"{r.description}. **{r.images} labelled images** (1 image = {pct:.3g} points of top-1"
-            + (f", so 1 point = {r.images / 100:g} images" if r.images < 1000 else "")
+            + (f", so 1 point = {r.images / 100:g} images" if 100 <= r.images < 1000 else "")
             + f"); float top-1 **{100 * r.float_accuracy:.2f} %**. "
             + f"Measured in {r.seconds.get('total', 0) / 60:.1f} min.",
             "",
