@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
-from datetime import timedelta
+from collections.abc import Callable
 
 import imagecodecs
 import numpy as np
@@ -266,7 +266,7 @@ def _valid_frames() -> list[bytes]:
 VALID_FRAMES = _valid_frames()
 FUZZ = settings(
     max_examples=400,
-    deadline=timedelta(seconds=DECODE_BOUND_S),  # a decode slower than this fails: a hang
+    deadline=None,  # the bound is checked per decode by _bounded, which tells a hang from a busy host
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
     database=None,
@@ -285,16 +285,36 @@ def _count(err: PackError | None) -> None:
         OUTCOMES["PackError before the codec"] += 1
 
 
+def _bounded(run: Callable[[], object], again: Callable[[], object]) -> None:
+    """Run ``run``; if it took ``DECODE_BOUND_S`` or more, time ``again`` (the same decode)
+    and fail if it does too: a hang repeats, a decode preempted on a busy shared host
+    (measured up to 0.3 s here) does not."""
+    for call in (run, again):
+        start = time.perf_counter()
+        call()
+        if time.perf_counter() - start < DECODE_BOUND_S:
+            return
+    pytest.fail(f"a decode took over {DECODE_BOUND_S} s twice: a hang")
+
+
 def _decode_only_pack_errors(buf: bytes) -> None:
-    start = time.perf_counter()
+    def run() -> None:
+        try:
+            frame = decode(buf, max_bytes=1 << 20)
+        except PackError as err:
+            _count(err)
+        else:
+            _count(None)
+            assert all(t.dtype == np.float32 for t in frame.tensors)
+
+    _bounded(run, lambda: _decode_quietly(buf))
+
+
+def _decode_quietly(buf: bytes) -> None:
     try:
-        frame = decode(buf, max_bytes=1 << 20)
-    except PackError as err:
-        _count(err)
-    else:
-        _count(None)
-        assert all(t.dtype == np.float32 for t in frame.tensors)
-    assert time.perf_counter() - start < DECODE_BOUND_S
+        decode(buf, max_bytes=1 << 20)
+    except PackError:
+        pass
 
 
 @FUZZ
@@ -358,15 +378,17 @@ def test_random_payloads_only_raise_pack_error(shape, bits, layout, body):
     PackError."""
     info = PayloadInfo(bits, shape, layout)
     raw = packed_nbytes(info.count, bits)
-    start = time.perf_counter()
-    try:
-        out = decompress(bytes([SCAN]) + body, "loco", raw, info)
-    except PackError as err:
-        _count(err)
-    else:
-        _count(None)
-        assert len(out) == raw
-    assert time.perf_counter() - start < DECODE_BOUND_S
+
+    def run() -> None:
+        try:
+            out = decompress(bytes([SCAN]) + body, "loco", raw, info)
+        except PackError as err:
+            _count(err)
+        else:
+            _count(None)
+            assert len(out) == raw
+
+    _bounded(run, run)
 
 
 def _mutate(rng: np.random.Generator, frame: bytes) -> bytes:
@@ -395,12 +417,14 @@ def test_long_fuzz_of_loco_frames():
         for b in (2, 4, 8, 16)
         for layout in LAYOUTS
     ]
-    slowest = 0.0
+    slowest, before = 0.0, dict(OUTCOMES)
     for k in range(30_000):
         start = time.perf_counter()
         _decode_only_pack_errors(_mutate(rng, frames[k % len(frames)]))
         slowest = max(slowest, time.perf_counter() - start)
-    print(f"\nlong loco fuzz: slowest decode {1e3 * slowest:.2f} ms")
+    counts = {k: OUTCOMES[k] - before[k] for k in OUTCOMES}
+    print(f"\nlong loco fuzz: 30000 decodes, {counts}, 0 other exceptions, slowest {1e3 * slowest:.2f} ms")
+    assert counts["PackError from the codec"] > 0
 
 
 def test_zz_fuzz_report():
