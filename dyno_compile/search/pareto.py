@@ -278,6 +278,14 @@ class SearchSpace:
         }
         return {**axes, "level": self.qualities} if self.image_codecs else axes
 
+    def config_of(self, point: dict[str, Any]) -> Config:
+        """The configuration a grid point (one value per axis of :attr:`dimensions`) is:
+        the quality goes to image codecs only, as a lossless codec takes none."""
+        values = dict(point)
+        if values.get("codec") not in IMAGE_CODEC_NAMES:
+            values.pop("level", None)
+        return self.canonical(Config(**values))
+
     def canonical(self, config: Config) -> Config:
         """The configuration a grid point is (see the class docstring)."""
         if config.codec in IMAGE_CODEC_NAMES:
@@ -321,18 +329,18 @@ class SearchSpace:
         anchors = [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
         if not self.image_codecs:
             return anchors
-        # Each image codec at its lowest and highest quality: few points that bracket the
-        # uploads' bytes/accuracy trade-off, as the widths bracket a cut's.
+        # Each image codec at its lowest and highest quality, right after cut 0's widths
+        # (they are cut 0 too, and a small budget should reach them): few points that
+        # bracket the uploads' bytes/accuracy trade-off, as the widths bracket a cut's.
         qualities = sorted({min(self.qualities), max(self.qualities)})
-        level = {"level": self.qualities[0]}
-        return [
-            *({**a, **level} for a in anchors),
-            *(
-                {**rest, "cut": self.cuts[0], "bits": self.bits[0], "codec": c, "level": q}
-                for c in self.image_codecs
-                for q in qualities
-            ),
+        uploads = [
+            {**rest, "cut": CLOUD_ONLY_CUT, "bits": IMAGE_BITS, "codec": c, "level": q}
+            for c in self.image_codecs
+            for q in qualities
         ]
+        level = {"level": self.qualities[0]}  # irrelevant to lossless codecs, but every trial has every axis
+        first = sum(1 for a in anchors if a["cut"] == CLOUD_ONLY_CUT)
+        return [*({**a, **level} for a in anchors[:first]), *uploads, *({**a, **level} for a in anchors[first:])]
 
     def configs(self) -> list[Config]:
         """Every distinct configuration, sorted."""

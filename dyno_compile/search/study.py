@@ -8,12 +8,15 @@ Everything needed to rebuild the result lives in the storage: each trial's full
 :class:`Evaluation` is a user attribute (``evaluation``), and the study's space, baseline
 accuracy and budget are a study user attribute, so :func:`load_results` needs nothing else.
 
-Encoding: one categorical parameter per grid axis (cut, bits, granularity, layout, codec),
-always all five, even where an axis is irrelevant (granularity and layout for float
-widths; everything but the cut for device-only). Conditional parameters would drop out of
-NSGA-II's intersection search space (it only crosses over parameters every trial has) and
-send multivariate TPE back to sampling each parameter independently; a single "config
-index" parameter would give crossover nothing to recombine and TPE no axis to model.
+Encoding: one categorical parameter per grid axis (cut, bits, granularity, layout, codec,
+and ``level``, the image codecs' quality, when the space has image codecs), always all
+of them, even where an axis is irrelevant (granularity and layout for float widths;
+everything but the cut for device-only; the quality for lossless codecs; everything but
+codec, quality and granularity for an image upload, which is always cut 0 at 8 bits).
+Conditional parameters would drop out of NSGA-II's intersection search space (it only
+crosses over parameters every trial has) and send multivariate TPE back to sampling each
+parameter independently; a single "config index" parameter would give crossover nothing
+to recombine and TPE no axis to model.
 The redundancy costs nothing: grid points are mapped to their canonical :class:`Config`
 and a configuration already measured is never measured again.
 
@@ -355,7 +358,7 @@ def _checked(evaluation: Any, config: Config) -> Evaluation:
 
 def _suggest(trial: Trial, space: SearchSpace) -> Config:
     point = {name: trial.suggest_categorical(name, values) for name, values in space.dimensions.items()}
-    return space.canonical(Config(**point))
+    return space.config_of(point)
 
 
 def _blocks(other: FrozenTrial, number: int, key: str, now: datetime) -> bool:
