@@ -89,11 +89,22 @@ def test_accepts_integer_codes_that_fold_to_a_jpeg_ls_image():
     loco = get_codec("loco")
     assert loco.accepts(PayloadInfo(4, (1, 16, 32, 32), "stream")) is None
     assert loco.accepts(PayloadInfo(4, (0, 70000), "stream")) is None  # empty: never coded
-    assert "passthrough" in loco.accepts(PayloadInfo(None, (4,), "stream"))
+    assert loco.accepts(PayloadInfo(None, (4,), "stream")) is None  # stored
     assert loco.accepts(PayloadInfo(4, (70000,), "stream")) is None  # refolded into rows of 4096
     assert "65535" in loco.accepts(PayloadInfo(4, (65536 * 4096 + 1,), "stream"))
-    with pytest.raises(PackError, match="'loco' cannot code this tensor"):
-        encode([np.zeros(4, np.float32)], PackConfig(bits="float16", codec="loco"), cut_id=0, request_id=0)
+
+
+@pytest.mark.parametrize("mode", ["float16", "float32"])
+def test_float_passthrough_is_stored(mode, rng):
+    """The search crosses every lossless codec with the float widths too: loco stores them."""
+    x = rng.normal(size=(1, 3, 5, 5)).astype(np.float32)
+    frame = encode([x], PackConfig(bits=mode, codec="loco"), cut_id=0, request_id=0)
+    plain = encode([x], PackConfig(bits=mode), cut_id=0, request_id=0)
+    assert len(frame) == len(plain) + 1
+    assert np.array_equal(decode(frame).tensors[0], x.astype(mode).astype(np.float32))
+    info = PayloadInfo(None, (4,), "stream")
+    with pytest.raises(PackError, match="is stored"):
+        decompress(bytes([SCAN]) + bytes(8), "loco", 8, info)
 
 
 def test_image_dims_fold_every_dim_but_the_last_into_rows():
@@ -257,6 +268,7 @@ def _valid_frames() -> list[bytes]:
         PackConfig(bits=8, codec="loco"),
         PackConfig(bits=12, layout="bitplane", codec="loco"),
         PackConfig(bits=1, codec="loco"),  # tiny: likely stored
+        PackConfig(bits="float16", codec="loco"),  # a passthrough: stored
     ]
     frames = [encode([x, x[0, 0]], cfg, cut_id=i, request_id=i) for i, cfg in enumerate(configs)]
     assert {f[22 + 2 + 16 + 4] for f in frames} == {LOCO_WIRE_ID}

@@ -30,7 +30,9 @@ Payload (``docs/wire-format.md``, codec 8)::
     body    the packed bytes (tag 0) or the scan (tag 1), to the end of the payload
 
 The encoder stores the packed bytes when the scan is not shorter, so a payload is never
-longer than the raw bytes plus one.
+longer than the raw bytes plus one. A float passthrough payload (no codes) is always
+stored: the search crosses every lossless codec with every width, floats included, so
+``loco`` must take them, and there it is ``none`` plus a byte.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _pack_codes(codes: np.ndarray, bits: int, layout: str) -> bytes:
 
 def _accepts(info: PayloadInfo) -> str | None:
     if info.bits is None:
-        return "it codes integer codes; a float passthrough has none"
+        return None  # stored: the search crosses every lossless codec with the float widths too
     rows, cols = image_dims(info.shape)
     if info.count and rows > _MAX_DIM:
         return f"its {info.count} codes fill {rows} rows of {cols}, over JPEG-LS's {_MAX_DIM}"
@@ -174,7 +176,8 @@ def _scan_of(stream: bytes, expected_headers: bytes) -> bytes:
 
 def _loco_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
     bits = info.bits
-    assert bits is not None  # accepts() refuses passthrough payloads before this is called
+    if bits is None:  # a float passthrough has no codes to model
+        return bytes([STORED]) + bytes(data)
     rows, cols = image_dims(info.shape)
     codes = _unpack_codes(data, bits, info.count, info.layout)
     image = np.zeros(rows * cols, np.uint8 if _precision(bits) == 8 else np.uint16)
@@ -188,7 +191,6 @@ def _loco_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
 
 def _loco_decompress(data: bytes | memoryview, expected_nbytes: int, info: PayloadInfo) -> bytes:
     bits = info.bits
-    assert bits is not None
     view = memoryview(data)
     if not len(view):
         raise PackError("a loco payload holds at least its tag byte, got none", field="payload")
@@ -198,8 +200,11 @@ def _loco_decompress(data: bytes | memoryview, expected_nbytes: int, info: Paylo
             raise PackError(
                 f"stored loco payload holds {len(view) - 1} bytes, header says {expected_nbytes}", field="payload"
             )
-        _unpack_codes(view[1:], bits, info.count, info.layout)  # checks the padding bits are zero
+        if bits is not None:
+            _unpack_codes(view[1:], bits, info.count, info.layout)  # checks the padding bits are zero
         return bytes(view[1:])
+    if bits is None:
+        raise PackError(f"a float passthrough's loco payload is stored (tag {STORED}), got tag {tag}", field="payload")
     if tag != SCAN:
         raise PackError(f"loco payload tag must be {STORED} (stored) or {SCAN} (scan), got {tag}", field="payload")
     rows, cols = image_dims(info.shape)
