@@ -741,6 +741,9 @@ def _rate_accuracy_parser(sub) -> None:
     )
     r.add_argument("--thresholds", default="0.5,1,2", help="top-1 losses in points (default 0.5,1,2)")
     r.add_argument("--byte-images", type=int, metavar="N", help="images whose frames are encoded (default 64)")
+    r.add_argument(
+        "--fresh", action="store_true", help="drop the other models' results already in --out (default: keep them)"
+    )
     r.set_defaults(run=_rate_accuracy)
 
 
@@ -777,26 +780,27 @@ def _rate_accuracy_sweep(args: argparse.Namespace, model: str):
 def _rate_accuracy(args: argparse.Namespace) -> int:
     from dyno_compile.evaluate.rate_accuracy import check_models, measure_model
     from dyno_compile.evaluate.rate_plots import plot_model
-    from dyno_compile.evaluate.rate_report import must_show, write_results
+    from dyno_compile.evaluate.rate_report import merged, must_show, read_results, write_results
 
     models = check_models(args.models)
     sweeps = {m: _rate_accuracy_sweep(args, m) for m in models}  # every flag checked before any work
+    kept = [] if args.fresh else read_results(args.out)
     stderr = Console(stderr=True, soft_wrap=True, highlight=False)
     given = sys.argv[1:] if sys.argv[1:2] == ["rate-accuracy"] else ["rate-accuracy", *models]
-    command = "python -m dyno_compile " + " ".join(given)
-    start = time.perf_counter()
     results = []
     for model in models:
-        results.append(measure_model(model, sweeps[model], log=lambda msg: stderr.print(msg, markup=False)))
-        paths = write_results(results, args.out, command=command, seconds=time.perf_counter() - start)
-        plot_model(results[-1], Path(args.out) / f"{model}.png")
-        m = must_show(results[-1])
+        result = measure_model(model, sweeps[model], log=lambda msg: stderr.print(msg, markup=False))
+        result.command = "python -m dyno_compile " + " ".join(given)
+        results.append(result)
+        paths = write_results(merged(kept, results), args.out)
+        plot_model(result, Path(args.out) / f"{model}.png")
+        m = must_show(result)
         stderr.print(
-            f"{model}: at <= 1 point ours {m.ours.bytes if m.ours else float('nan'):.0f} B, best image codec "
+            f"{model}: {result.seconds['total']:.0f} s; at <= 1 point ours "
+            f"{m.ours.bytes if m.ours else float('nan'):.0f} B, best image codec "
             f"{m.image.bytes if m.image else float('nan'):.0f} B, float32 at our cut "
             f"{m.float32.bytes if m.float32 else float('nan'):.0f} B",
             markup=False,
         )
     print(paths["markdown"])
     return 0
-

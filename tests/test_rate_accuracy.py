@@ -16,6 +16,7 @@ from dyno_compile.datasets.imagenet import load_samples
 from dyno_compile.errors import InputError
 from dyno_compile.evaluate.jpeg import model_view, raw_images
 from dyno_compile.evaluate.rate_accuracy import (
+    ModelResult,
     Point,
     Sweep,
     check_models,
@@ -245,3 +246,19 @@ def test_command_refuses_bad_input(tmp_path, capsys):
     assert main(["rate-accuracy", "resnet20", "--thresholds", "one", "--out", str(tmp_path)]) == 2
     assert main(["rate-accuracy", "resnet20", "--image-codec", "jpeg=high", "--out", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_results_read_back_and_merge(tiny, tmp_path):
+    from dyno_compile.evaluate.rate_report import merged, read_results, write_results
+
+    (r20,) = read_results(tiny)
+    assert r20.model == "resnet20" and r20.points and r20.command.startswith("python -m dyno_compile rate-accuracy")
+    other = ModelResult.from_dict({**r20.to_dict(), "model": "squeezenet"})
+    again = ModelResult.from_dict({**r20.to_dict(), "float_accuracy": 0.5})
+    both = merged([other, r20], [again])
+    assert [r.model for r in both] == ["resnet20", "squeezenet"] and both[0].float_accuracy == 0.5
+    write_results(both, tmp_path)
+    assert [r.model for r in read_results(tmp_path)] == ["resnet20", "squeezenet"]
+    (tmp_path / "rate_accuracy.json").write_text("{}")
+    with pytest.raises(InputError, match="--fresh"):
+        read_results(tmp_path)
