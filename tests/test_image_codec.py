@@ -519,4 +519,45 @@ def test_cut_0_codes_are_the_stretched_pixels(images):
     for x, p in zip(images, pixels):
         codes = _codes(x[None])[0].astype(np.float64)
         lo, hi = p.min(axis=(1, 2), keepdims=True), p.max(axis=(1, 2), keepdims=True)
-        assert np.abs(codes - (p - lo) * 255 / (hi - lo)).max() <= 1.0
+        assert np.abs(codes - (p - lo) * 255 / (hi - lo)).max() <= 0.5 + 1e-3
+
+
+@pytest.mark.slow
+def test_cut_0_codes_are_the_stretched_pixels_in_every_preset():
+    """The figures in the image codecs' docstring: per preset, on 32 real images, the
+    8-bit per-channel codes are within 1 of the pixels stretched per channel, and a JPEG of
+    the planes in the tensor's order (BGR for SqueezeNet) is as small and as exact as one
+    of the planes swapped (~10 s)."""
+    from dyno_compile.evaluate.jpeg import model_view, raw_images
+
+    sets = {"cifar10": raw_images("cifar10", 32)[0], "imagenet": raw_images("imagenet", 32)[0]}
+    cases = [
+        ("cifar10", "cifar10", (32, 32), False),
+        ("imagenet", "imagenet", (224, 224), False),
+        ("squeezenet", "imagenet", (224, 224), True),
+        ("efficientnet_lite", "imagenet", (260, 260), False),
+    ]
+    for preset, images, size, bgr in cases:
+        worst, stretch, sizes, errors = 0.0, [], {False: [], True: []}, {False: [], True: []}
+        for img in sets[images]:
+            crop, x = model_view(img, preset, size)
+            pixels = np.asarray(crop).transpose(2, 0, 1).astype(np.float64)[:: -1 if bgr else 1]
+            codes = _codes(x[None])[0].astype(np.float64)
+            lo, hi = pixels.min(axis=(1, 2), keepdims=True), pixels.max(axis=(1, 2), keepdims=True)
+            worst = max(worst, float(np.abs(codes - (pixels - lo) * 255 / (hi - lo)).max()))
+            stretch.append(float(np.mean(255 / (hi - lo))))
+            for swap in (False, True):
+                planes = codes[::-1] if swap else codes
+                hwc = np.ascontiguousarray(planes.transpose(1, 2, 0).astype(np.uint8))
+                data = encode_pixels(hwc, "jpeg", 75)
+                back = decode_pixels(data, "jpeg", *hwc.shape[:2], 3).transpose(2, 0, 1).astype(np.float64)
+                sizes[swap].append(len(data))
+                errors[swap].append(np.abs((back[::-1] if swap else back) - codes).mean())
+        b, e = {k: float(np.mean(v)) for k, v in sizes.items()}, {k: float(np.mean(v)) for k, v in errors.items()}
+        print(
+            f"\n{preset}: max |code - stretched pixel| {worst:.2f}, stretch x{np.mean(stretch):.3f}; JPEG q75 "
+            f"in tensor order {b[False]:.0f} B (mean code error {e[False]:.2f}), "
+            f"swapped {b[True]:.0f} B ({e[True]:.2f})"
+        )
+        assert worst <= 0.5 + 1e-3  # the rounding
+        assert abs(b[False] - b[True]) < 0.02 * b[False] and abs(e[False] - e[True]) < 0.05 * e[False]
