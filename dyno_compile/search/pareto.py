@@ -329,9 +329,10 @@ class SearchSpace:
         anchors = [{"cut": cut, "bits": bits, **rest} for cut, bits in ordered]
         if not self.image_codecs:
             return anchors
-        # Each image codec at its lowest and highest quality, right after cut 0's widths
-        # (they are cut 0 too, and a small budget should reach them): few points that
-        # bracket the uploads' bytes/accuracy trade-off, as the widths bracket a cut's.
+        # Each image codec at its lowest and highest quality, after every cut's widths: few
+        # points that bracket the uploads' bytes/accuracy trade-off, as the widths bracket a
+        # cut's. Last, because a budget smaller than the anchors should still span the cuts
+        # (a short search would otherwise measure little but uploads).
         qualities = sorted({min(self.qualities), max(self.qualities)})
         uploads = [
             {**rest, "cut": CLOUD_ONLY_CUT, "bits": IMAGE_BITS, "codec": c, "level": q}
@@ -339,8 +340,7 @@ class SearchSpace:
             for q in qualities
         ]
         level = {"level": self.qualities[0]}  # irrelevant to lossless codecs, but every trial has every axis
-        first = sum(1 for a in anchors if a["cut"] == CLOUD_ONLY_CUT)
-        return [*({**a, **level} for a in anchors[:first]), *uploads, *({**a, **level} for a in anchors[first:])]
+        return [*({**a, **level} for a in anchors), *uploads]
 
     def configs(self) -> list[Config]:
         """Every distinct configuration, sorted."""
