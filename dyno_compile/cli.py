@@ -730,7 +730,7 @@ def _rate_accuracy_parser(sub) -> None:
         help="a small sweep for a check: widths 2,4,8 per tensor, stream layout, the last 2 cuts, JPEG and WebP "
         "at 3 qualities, 16 images' frames",
     )
-    r.add_argument("--cuts", default="model", help="model (its default), candidates or frontier")
+    r.add_argument("--cuts", default="model", help="model (its default), candidates, frontier or spread")
     r.add_argument("--max-cuts", type=int, metavar="K", help="keep only the last K cuts of the selection")
     r.add_argument("--widths", help="comma-separated code widths 1-16 and float16 (default 1-6,8,float16)")
     r.add_argument(
@@ -784,7 +784,8 @@ def _rate_accuracy(args: argparse.Namespace) -> int:
 
     models = check_models(args.models)
     sweeps = {m: _rate_accuracy_sweep(args, m) for m in models}  # every flag checked before any work
-    kept = [] if args.fresh else read_results(args.out)
+    if not args.fresh:
+        read_results(args.out)  # an unreadable result file fails now, not after the measuring
     stderr = Console(stderr=True, soft_wrap=True, highlight=False)
     given = sys.argv[1:] if sys.argv[1:2] == ["rate-accuracy"] else ["rate-accuracy", *models]
     results = []
@@ -792,6 +793,8 @@ def _rate_accuracy(args: argparse.Namespace) -> int:
         result = measure_model(model, sweeps[model], log=lambda msg: stderr.print(msg, markup=False))
         result.command = "python -m dyno_compile " + " ".join(given)
         results.append(result)
+        # Read again at each write: another run may have added a model to --out meanwhile.
+        kept = [] if args.fresh else read_results(args.out)
         paths = write_results(merged(kept, results), args.out)
         plot_model(result, Path(args.out) / f"{model}.png")
         m = must_show(result)

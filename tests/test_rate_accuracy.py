@@ -212,11 +212,16 @@ def test_tiny_run_writes_the_figure_table_and_points(tiny):
     text = (tiny / "README.md").read_text()
     assert "## resnet20" in text and "8 labelled images" in text and "Against float32 at the same cut" in text
     (model,) = json.loads((tiny / "rate_accuracy.json").read_text())["models"]
-    assert model["images"] == 8 and model["byte_images"] == 4 and len(model["cuts"]) == 2
+    assert model["images"] == 8 and model["byte_images"] == 4
+    assert [c["position"] for c in model["cuts"]] == [0, 52]  # spread: the first and the last
     methods = {p["method"] for p in model["points"]}
     assert methods == {"ours", "jpeg", "png", "float32-split", "jalad"}
     ours = [p for p in model["points"] if p["method"] == "ours"]
-    assert {p["where"]["codec"] for p in ours} == set(lossless_codecs())
+    lossless = [p for p in ours if "level" not in p["where"]]
+    assert {p["where"]["codec"] for p in lossless} == set(lossless_codecs())
+    lossy = [p for p in ours if "level" in p["where"]]  # the table's image codecs, at cut 0 only
+    assert {p["where"]["codec"] for p in lossy} == {c.name for c in CODEC_TABLE if c.lossy}
+    assert all(p["where"]["cut"] == 0 and p["where"]["bits"] == "8" for p in lossy)
     assert {p["where"]["bits"] for p in ours} <= {"4", "8"}
     for cut in model["cuts"]:
         f32 = next(

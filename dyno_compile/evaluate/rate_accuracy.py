@@ -134,16 +134,32 @@ _IMAGENET_SWEEP: dict[str, Any] = {
     "widths": (1, 2, 3, 4, 5, 6, 8),
     "lossy_levels": (),
 }
+#: The CIFAR ResNets: 8 of their 22 / 58 candidate cuts, and 6 / 4 qualities per image codec
+#: (a pass over 932 images costs seconds, but ResNet-56 has 58 cuts).
+_CIFAR_SWEEP: dict[str, Any] = {
+    "max_cuts": 8,
+    "image_codecs": {
+        "jpeg": (10, 30, 50, 70, 85, 95),
+        "webp": (10, 30, 50, 70, 85, 95),
+        "avif": (30, 50, 70, 90),
+        "jpegxl": (30, 50, 70, 90),
+        "png": (100,),
+    },
+}
 MODELS: dict[str, ModelData] = {
-    "resnet20": ModelData(lambda: "resnet20", "cifar10", "cifar10", "candidates", "CIFAR-10 ResNet-20, 32x32"),
-    "resnet56": ModelData(lambda: "resnet56", "cifar10", "cifar10", "candidates", "CIFAR-10 ResNet-56, 32x32"),
+    "resnet20": ModelData(
+        lambda: "resnet20", "cifar10", "cifar10", "spread", "CIFAR-10 ResNet-20, 32x32", _CIFAR_SWEEP
+    ),
+    "resnet56": ModelData(
+        lambda: "resnet56", "cifar10", "cifar10", "spread", "CIFAR-10 ResNet-56, 32x32", _CIFAR_SWEEP
+    ),
     "squeezenet": ModelData(
         lambda: str(data_root() / "imagenet" / "squeezenet1.1_fp16.onnx"),
         "imagenet",
         "squeezenet",
         "frontier",
         "SqueezeNet 1.1 ONNX (float16 weights), 224x224",
-        _IMAGENET_SWEEP,
+        {**_IMAGENET_SWEEP, "max_cuts": 3},
     ),
     "efficientnet_lite2": ModelData(
         lambda: "efficientnet_lite2",
@@ -154,7 +170,7 @@ MODELS: dict[str, ModelData] = {
         {**_IMAGENET_SWEEP, "max_cuts": 2},
     ),
 }
-CUT_RULES = ("model", "candidates", "frontier")
+CUT_RULES = ("model", "candidates", "frontier", "spread")
 
 
 def check_models(names: Iterable[str]) -> list[str]:
@@ -167,7 +183,8 @@ def check_models(names: Iterable[str]) -> list[str]:
 
 
 def select_cuts(graph: Graph, rule: str) -> list[CutPoint]:
-    """The cuts to sweep, never device-only (it sends nothing). ``"candidates"``: the
+    """The cuts to sweep, never device-only (it sends nothing). ``"candidates"`` (and
+    ``"spread"``, which thins them later: :func:`_thin`): the
     build's candidate cuts (single-tensor cuts and cloud-only). ``"frontier"``: of those, the
     ones crossing fewer bytes than every earlier cut — a later cut that sends more costs
     more device compute *and* more bytes than an earlier one, so it rarely wins a rate
@@ -533,7 +550,7 @@ def measure_model(name: str, sweep: Sweep | None = None, log: Log | None = None)
     x = np.stack([v for _, v in views]).astype(np.float32, copy=False)
     calibration = CalibrationSet(x, labels, f"{data.images} ({len(x)} images, preset {data.preset})")
     rule = data.cuts if sweep.cuts == "model" else sweep.cuts
-    cuts = _thin(select_cuts(graph, rule), sweep.max_cuts)
+    cuts = _thin(select_cuts(graph, "candidates" if rule == "spread" else rule), sweep.max_cuts, rule)
     simulator = AccuracySimulator(graph, calibration, cuts, batch=min(64, len(x)))
     float_accuracy = simulator.float_accuracy
     seconds["load_and_float"] = time.perf_counter() - t0
@@ -591,10 +608,17 @@ def measure_model(name: str, sweep: Sweep | None = None, log: Log | None = None)
     )
 
 
-def _thin(cuts: list[CutPoint], most: int | None) -> list[CutPoint]:
-    """The last ``most`` cuts: on a frontier they cross the fewest bytes, and their tails
-    are the cheapest to simulate."""
-    return cuts if most is None else cuts[-most:]
+def _thin(cuts: list[CutPoint], most: int | None, rule: str) -> list[CutPoint]:
+    """At most ``most`` cuts. ``"spread"``: evenly over the model, the first and the last kept
+    (the CIFAR ResNets' candidates are dozens of equal-sized block outputs, and one in a few
+    shows the curve); otherwise the last ``most``, which on a frontier cross the fewest
+    bytes and have the cheapest tails to simulate."""
+    if most is None or len(cuts) <= most:
+        return cuts
+    if rule != "spread":
+        return cuts[-most:]
+    picks = sorted({round(i * (len(cuts) - 1) / max(most - 1, 1)) for i in range(most)})
+    return [cuts[i] for i in picks]
 
 
 def default_sweep(model: str) -> Sweep:
