@@ -306,7 +306,7 @@ def huffman_table_bytes(lengths: np.ndarray) -> int:
     """What the decoder needs to rebuild a canonical Huffman code: every symbol's code length,
     as one byte per symbol of the alphabet or, when fewer symbols are used, a count byte and
     a (symbol, length) byte pair per used symbol — whichever is smaller."""
-    return int(min(len(lengths), 1 + 2 * np.count_nonzero(lengths)))
+    return min(len(lengths), 1 + 2 * int(np.count_nonzero(lengths)))
 
 
 def huffman_bytes(codes: np.ndarray, alphabet: int = 256) -> int:
@@ -348,6 +348,10 @@ def _pillow_decode(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
+def _pillow_has(feature: str) -> bool:
+    return bool(features.check(feature))
+
+
 def _png_encode(crop: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     crop.save(buf, format="PNG", optimize=True)
@@ -369,10 +373,10 @@ IMAGE_CODECS: dict[str, ImageCodec] = {
         partial(_pillow_encode, "JPEG"), _pillow_decode, _SWEEP, "Pillow (libjpeg, 4:2:0)", lambda: True
     ),
     "webp": ImageCodec(
-        partial(_pillow_encode, "WEBP"), _pillow_decode, _SWEEP, "Pillow (libwebp)", lambda: features.check("webp")
+        partial(_pillow_encode, "WEBP"), _pillow_decode, _SWEEP, "Pillow (libwebp)", partial(_pillow_has, "webp")
     ),
     "avif": ImageCodec(
-        partial(_pillow_encode, "AVIF"), _pillow_decode, _SWEEP, "Pillow (libavif)", lambda: features.check("avif")
+        partial(_pillow_encode, "AVIF"), _pillow_decode, _SWEEP, "Pillow (libavif)", partial(_pillow_has, "avif")
     ),
     "jpegxl": ImageCodec(
         _jpegxl_encode, _jpegxl_decode, _SWEEP, "imagecodecs (libjxl)", lambda: bool(imagecodecs.JPEGXL.available)
@@ -636,7 +640,11 @@ def _cut_points(
     points = []
     floors = [floor_for(simulator.float_accuracy, t) for t in sweep.thresholds]
     for granularity in sweep.granularities:
-        for bits, accuracy in probe_widths(lambda w, g=granularity: simulator.evaluate(p, w, g)[0], sweep, floors):
+
+        def top1(width: str, granularity: str = granularity) -> float:
+            return simulator.evaluate(p, width, granularity)[0]
+
+        for bits, accuracy in probe_widths(top1, sweep, floors):
             gran = "tensor" if bits in FLOAT_MODES else granularity
             if bits in FLOAT_MODES and granularity != sweep.granularities[0]:
                 continue  # a float width has no range: one point, not one per granularity
@@ -656,7 +664,7 @@ def probe_widths(accuracy: Callable[[str], float], sweep: Sweep, floors: Sequenc
     top-1 does not fall as the width grows (each probed width is measured, none assumed);
     it probes about 4 of 7 widths instead of all 7, which on EfficientNet-Lite2 saves
     minutes per cut."""
-    integers = sorted((w for w in sweep.widths if w not in FLOAT_MODES), key=int)
+    integers = sorted((str(w) for w in sweep.widths if w not in FLOAT_MODES), key=int)
     probed: dict[str, float] = {}
 
     def top1(w: str) -> float:
@@ -678,7 +686,7 @@ def probe_widths(accuracy: Callable[[str], float], sweep: Sweep, floors: Sequenc
                     lo = mid + 1
     for w in sweep.widths:
         if w in FLOAT_MODES:
-            top1(w)
+            top1(str(w))
     return sorted(probed.items(), key=lambda kv: (kv[0] in FLOAT_MODES, int(kv[0]) if kv[0].isdecimal() else 0))
 
 
