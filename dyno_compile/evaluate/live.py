@@ -300,6 +300,10 @@ class _FrameSizes:
         key = (config, image)
         if key not in self._sizes:
             packed = [t.relayout(config.layout) for t in packed_cut(self.simulator, config, image)]
-            frame = encode_packed(packed, codec=config.codec, cut_id=config.cut, request_id=0) if packed else b""
+            frame = (
+                encode_packed(packed, codec=config.codec, level=config.level, cut_id=config.cut, request_id=0)
+                if packed
+                else b""
+            )
             self._sizes[key] = len(frame)
         return self._sizes[key]
