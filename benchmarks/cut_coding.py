@@ -163,8 +163,9 @@ def _aec():
         return imagecodecs.aec_encode(_flat(c).astype(dtype), bitspersample=c.bits)
 
     def dec(data: bytes, c: Codes) -> np.ndarray:
-        out = np.empty(c.codes.size, np.uint8 if c.bits <= 8 else np.uint16)
-        return imagecodecs.aec_decode(data, bitspersample=c.bits, out=out).astype(np.uint16)
+        # libaec may write up to a whole block past the last sample: room for one more
+        out = np.empty(c.codes.size + 1024, np.uint8 if c.bits <= 8 else np.uint16)
+        return imagecodecs.aec_decode(data, bitspersample=c.bits, out=out)[: c.codes.size].astype(np.uint16)
 
     return enc, dec
 
@@ -545,20 +546,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jxl-efforts", type=int, nargs="*", default=[1, 3])
     parser.add_argument("--highlight", nargs="*", default=[], help="coders to print per row too")
     parser.add_argument("--json", type=Path, help="write every row here")
-    parser.add_argument("--from-json", type=Path, help="summarise rows written before instead of measuring")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="summarise rows written before instead")
     parser.add_argument("--uplink-mbps", type=float, default=1.45, help="uplink for 'pays' (default 3G median 1.45)")
     parser.add_argument("--device-factors", type=float, nargs=2, default=[5.0, 10.0], help="device slowdown vs host")
     parser.add_argument("--detail", default="loco", help="coder of the per-frame table (default loco)")
     parser.add_argument("--detail-bits", type=int, nargs="*", default=[2, 4, 8])
     args = parser.parse_args(argv)
     if args.from_json:
-        rows = json.loads(args.from_json.read_text())
+        rows = [row for path in args.from_json for row in json.loads(path.read_text())]
     else:
         print(f"host: {platform.machine()} {platform.processor() or ''} python {sys.version.split()[0]}; times here")
         table = coders(args)
-        rows = [row for model in args.models for row in measure_model(model, args, table)]
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
+        rows = []
+        for model in args.models:
+            rows += measure_model(model, args, table)
+            if args.json:  # after each model, so a long run leaves what it measured
+                args.json.write_text(json.dumps(rows, indent=1))
     print()
     print(summarize(rows, uplink_bps=args.uplink_mbps * 1e6, factors=tuple(args.device_factors)))
     print()
