@@ -744,6 +744,11 @@ def _rate_accuracy_parser(sub) -> None:
     r.add_argument(
         "--fresh", action="store_true", help="drop the other models' results already in --out (default: keep them)"
     )
+    r.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite the table and redraw the figures from the JSON already in --out",
+    )
     r.set_defaults(run=_rate_accuracy)
 
 
@@ -782,6 +787,14 @@ def _rate_accuracy(args: argparse.Namespace) -> int:
     from dyno_compile.evaluate.rate_plots import plot_model
     from dyno_compile.evaluate.rate_report import merged, must_show, read_results, write_results
 
+    if args.render_only:
+        stored = read_results(args.out)
+        if not stored:
+            raise InputError(f"--render-only: no rate_accuracy.json in {args.out} to render")
+        for result in stored:
+            plot_model(result, Path(args.out) / f"{result.model}.png")
+        print(write_results(stored, args.out)["markdown"])
+        return 0
     models = check_models(args.models)
     sweeps = {m: _rate_accuracy_sweep(args, m) for m in models}  # every flag checked before any work
     if not args.fresh:

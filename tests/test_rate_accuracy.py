@@ -267,3 +267,11 @@ def test_results_read_back_and_merge(tiny, tmp_path):
     (tmp_path / "rate_accuracy.json").write_text("{}")
     with pytest.raises(InputError, match="--fresh"):
         read_results(tmp_path)
+
+
+def test_render_only_redraws_from_the_json(tiny, tmp_path):
+    (tiny / "README.md").unlink()
+    (tiny / "resnet20.png").unlink()
+    assert main(["rate-accuracy", "--render-only", "--out", str(tiny)]) == 0
+    assert "## resnet20" in (tiny / "README.md").read_text() and (tiny / "resnet20.png").is_file()
+    assert main(["rate-accuracy", "--render-only", "--out", str(tmp_path)]) == 2  # nothing to render

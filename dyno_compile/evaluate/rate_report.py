@@ -185,7 +185,10 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
         f"top-1 {100 * ours.accuracy:.1f} %)."
     )
     if m.image is None or m.image_ratio is None:
-        lines.append(f"- No lossy image codec stays within {loss:g} point; ours is the only method below float32.")
+        lines.append(
+            f"- No lossy image codec of the sweep stays within {loss:g} point (even its highest quality loses "
+            f"more), so there is no ratio against one."
+        )
     else:
         goal = result.model in IMAGE_GOAL_MODELS
         verdict = ""
@@ -199,6 +202,15 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
             f"- **Against the best image codec at the same loss:** {m.image.method} q{m.image.where['quality']} "
             f"needs {_bytes(m.image.bytes)}; ours is **{m.image_ratio:.3f}x** its bytes.{verdict}"
         )
+        if goal and m.image_ratio > IMAGE_GOAL:
+            n = _values_at(result, ours.where["cut"])
+            lines.append(
+                f"  Why: our fewest bytes at this loss send {n:,} values at cut {ours.where['cut']} "
+                f"({8 * ours.bytes / n:.2f} bits per value, header included); the goal needs under "
+                f"{_bytes(IMAGE_GOAL * m.image.bytes)}, i.e. {8 * IMAGE_GOAL * m.image.bytes / n:.2f} bits per value "
+                f"there, and no width, granularity, layout or lossless codec of the sweep got that far within "
+                f"{loss:g} point."
+            )
     if m.float32 is not None and m.float_ratio is not None:
         n = _values_at(result, ours.where["cut"])
         bits = ours.bytes * 8 / n
@@ -230,6 +242,9 @@ def render_markdown(results: Sequence[ModelResult]) -> str:
         "(8-bit per-tensor codes, Huffman-coded from each image's own histogram, code table included). "
         "Loss is in top-1 points below the float model on the same images. The device-only cut sends nothing and "
         "is left out.",
+        "",
+        "Context, published and not measured here (sc2-benchmark, ResNet-50 on ImageNet at 224x224): JPEG about "
+        "8 KB per image for 73 % top-1 and about 45 KB for the float model's 76 %; WebP 9.5 KB for 74 %.",
         "",
     ]
     for r in results:
