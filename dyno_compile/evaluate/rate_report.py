@@ -99,6 +99,24 @@ class MustShow:
     float32: Point | None
     image_ratio: float | None
     float_ratio: float | None
+    #: The largest ``float32 / ours`` over every cut (ours' fewest bytes there within ``loss``), and its cut.
+    best_float_ratio: float | None = None
+    best_float_cut: int | None = None
+
+
+def best_float_ratio(result: ModelResult, loss: float) -> tuple[float, int] | None:
+    """Over every cut, float32's bytes over our fewest bytes at that cut within ``loss``
+    points: how far below float32 a cut can go, wherever the cut is."""
+    floor = floor_for(result.float_accuracy, loss)
+    best = None
+    for p in result.points:
+        if p.method != "float32-split":
+            continue
+        here = [q for q in result.points if q.method == "ours" and q.where["cut"] == p.where["cut"]]
+        ours = fewest_bytes(here, floor)
+        if ours is not None and (best is None or p.bytes / ours.bytes > best[0]):
+            best = (p.bytes / ours.bytes, int(p.where["cut"]))
+    return best
 
 
 def must_show(result: ModelResult, loss: float = 1.0) -> MustShow:
@@ -119,6 +137,7 @@ def must_show(result: ModelResult, loss: float = 1.0) -> MustShow:
         float32,
         None if ours is None or image is None else ours.bytes / image.bytes,
         None if ours is None or float32 is None else float32.bytes / ours.bytes,
+        *(best_float_ratio(result, loss) or (None, None)),
     )
 
 
@@ -221,6 +240,11 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
         )
         if m.float_ratio < FLOAT_GOAL:
             lines.append("  " + _float_miss(m, n, bits))
+        if m.best_float_ratio is not None and m.best_float_cut is not None:
+            lines.append(
+                f"- Over every cut, within {loss:g} point, float32 over ours peaks at **{m.best_float_ratio:.1f}x** "
+                f"({_cut_name(result, m.best_float_cut)}, {_values_at(result, m.best_float_cut):,} values)."
+            )
     return lines
 
 
