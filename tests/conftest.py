@@ -105,7 +105,9 @@ def searched_resnet20(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("served") / "resnet20"
     calibration = ("--calibration", shared_data("cifar10", "test_932.npz"), "--preprocess", "cifar10")
-    search = ("--cloud-batch", 4, "--evaluations", SEARCHED_EVALUATIONS, *calibration)
+    # No image uploads: the runtime tests check each Pareto configuration against run_split,
+    # which knows widths, not codecs; test_image_codec and test_server_fuzz serve them.
+    search = ("--cloud-batch", 4, "--evaluations", SEARCHED_EVALUATIONS, "--image-codecs", "none", *calibration)
     assert main(host_build_args(out, *search, bits="float32,8,4,2")) == 0
     return out
 

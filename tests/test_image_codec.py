@@ -561,3 +561,38 @@ def test_cut_0_codes_are_the_stretched_pixels_in_every_preset():
         )
         assert worst <= 0.5 + 1e-3  # the rounding
         assert abs(b[False] - b[True]) < 0.02 * b[False] and abs(e[False] - e[True]) < 0.05 * e[False]
+
+
+@pytest.mark.slow
+def test_image_uploads_of_resnet20_measured_on_256_images():
+    """The figures of the report: every image codec at each default quality at cut 0 of
+    resnet20, bytes from 64 real frames and top-1 of the model on the 256 decoded inputs,
+    beside the float32 and 8-bit uploads (~70 s)."""
+    from dyno_compile.frontend.resolve import load_model
+    from dyno_compile.passes import run_passes
+    from dyno_compile.search.accuracy import AccuracySimulator
+    from dyno_compile.search.calibration import load_calibration
+    from dyno_compile.search.pareto import DEFAULT_QUALITIES
+    from dyno_compile.search.wire_bytes import WireBytes
+
+    graph = run_passes(load_model("resnet20"))
+    cal = load_calibration(
+        shared_data("cifar10", "test_932.npz"), input_shape=(1, 3, 32, 32), preprocess="cifar10", limit=256
+    )
+    simulator = AccuracySimulator(graph, cal, [0])
+    wire = WireBytes(simulator, samples=64)
+    rows = [Config(0, "float32"), Config(0, "8"), Config(0, "8", codec="zstd")]
+    rows += [Config(0, "8", codec=c, level=q) for c in NAMES for q in DEFAULT_QUALITIES]
+    print(f"\nresnet20, 256 CIFAR-10 test images, float32 top-1 {simulator.float_accuracy:.4f}")
+    measured = {}
+    for c in rows:
+        accuracy, _ = simulator.evaluate(c.cut, c.bits, c.granularity, c.codec, c.level)
+        cost = wire.measure(c)
+        measured[c] = cost.bytes
+        print(
+            f"{c.label:42s} {cost.bytes:8.1f} B  top-1 {accuracy:.4f}  "
+            f"encode {1e3 * cost.encode_s:.3f} ms  decode {1e3 * cost.decode_s:.3f} ms"
+        )
+    for codec in NAMES:
+        sizes = [measured[Config(0, "8", codec=codec, level=q)] for q in DEFAULT_QUALITIES]
+        assert sizes == sorted(sizes) and sizes[-1] < measured[Config(0, "8")]
