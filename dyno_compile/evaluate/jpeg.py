@@ -9,7 +9,9 @@ measured, none assumed:
    preprocessing preset does (resize the short side and centre-crop, or nothing for
    CIFAR-10): the phone sends what the model sees, not the full-size photo;
 2. that crop is JPEG-encoded as uint8 RGB with Pillow (libjpeg's defaults: 4:2:0 chroma
-   subsampling, no optimised Huffman tables) at ``quality``, and decoded again;
+   subsampling, no optimised Huffman tables) at ``quality``, and decoded again, by the
+   wire's ``jpeg`` codec (:mod:`dyno_compile.packing.image_codec`), so this baseline and
+   the search's cut-0 JPEG uploads are one JPEG;
 3. the decoded pixels get the rest of the preset (scaling and mean/std or mean
    subtraction) and run through the whole model with the artifact's host library
    (:class:`~dyno_compile.runtime.sides.DeviceSide`, the device-only cut);
@@ -27,7 +29,6 @@ cropping and normalising are left out, since every way of offloading pays them a
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ from dyno_compile.datasets.imagenet import (
 )
 from dyno_compile.datasets.location import data_root
 from dyno_compile.errors import InputError
+from dyno_compile.packing.image_codec import decode_pixels, encode_pixels
 from dyno_compile.runtime.sides import DeviceSide
 from dyno_compile.search.calibration import PRESETS
 
@@ -271,21 +273,19 @@ def measure_jpeg_uploads(
     ref = np.asarray(reference)
     _, normalise = _SPLIT[preset]
     results = {}
+    pixels = [np.asarray(crop) for crop in crops]
     for q in qualities:
         sizes, enc, dec, got = [], [], [], []
-        for crop in crops:
+        for p in pixels:
             t0 = time.perf_counter()
-            buf = io.BytesIO()
-            crop.save(buf, format="JPEG", quality=q)
-            data = buf.getvalue()
+            data = encode_pixels(p, "jpeg", q)  # the wire's JPEG codec: one definition of its settings
             t1 = time.perf_counter()
-            with Image.open(io.BytesIO(data)) as jpeg:
-                decoded = jpeg.convert("RGB")
+            decoded = decode_pixels(data, "jpeg", p.shape[0], p.shape[1], 3)
             t2 = time.perf_counter()
             sizes.append(len(data))
             enc.append(t1 - t0)
             dec.append(t2 - t1)
-            got.append(top1(normalise(decoded)))
+            got.append(top1(normalise(Image.fromarray(decoded))))
         pred = np.asarray(got)
         agreement = float(np.mean(pred == ref))
         results[q] = JpegUpload(
