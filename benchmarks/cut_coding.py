@@ -2,35 +2,43 @@
 
 Issue 18 item 4. For real cut activations of the shared models (CIFAR-10 ResNet-20/56 on
 the test images; SqueezeNet 1.1 and EfficientNet-Lite2 on the ImageNet samples), quantised
-and bit-packed exactly as the device's kernel packs them (:func:`packed_cut`), every coder
-below codes the packed codes of one frame; the table gives the mean frame bytes (header +
-payload + CRC, the header counted exactly as :func:`encode_packed` writes it) and the
-median encode and decode time on *this host*, each coder checked to round-trip exactly:
+and bit-packed exactly as the device's kernel packs them (:func:`packed_cut`, stream
+layout), every coder below codes one frame's tensors; the table gives the mean frame bytes
+(header + payloads + CRC, the header counted exactly as :func:`encode_packed` writes it)
+and the median encode and decode time on *this host*, each coder checked to round-trip
+exactly. Every coder starts from the kernel's stream bytes and ends with them, so what a
+coder needs on the way (unpacking the codes, a bit-plane relayout) is in its time:
 
-* ``lz4``, ``zstd-3`` (the table's default), ``zstd-19``, each on the stream and the
-  bit-plane layout (``/bp``); ``zstd-3+dict``: zstd with a dictionary trained
+* ``lz4(table)``, ``zstd(table)`` (level 3), ``loco(table)``: the package's own codecs,
+  framed and timed exactly as the search's :class:`WireBytes` does; ``/bp``: on the
+  bit-plane layout. The baseline of every ratio is ``zstd(table)`` on the better layout
+  for that frame, measured in the same run;
+* ``lz4``, ``zstd-3``, ``zstd-19``, on the stream and the bit-plane layout (``/bp``), the
+  payload alone; ``zstd-3+dict``: zstd with a dictionary trained
   (``zstandard.train_dictionary``) per (cut, width, granularity, layout) on *other*
-  calibration frames than those measured, the dictionary itself not counted (it would
-  ship in the artifact);
+  calibration frames than those measured, the dictionary not counted (it would ship in
+  the artifact);
 * ``brotli-11``, ``lzma`` (raw LZMA2, preset 6): stronger LZ + context modelling;
 * ``bytes+zstd-3``: the codes one per byte (widths <= 8), then zstd;
 * ``pcodec``, ``aec`` (imagecodecs; numeric coders with aarch64 wheels): codes as integers;
+* ``jpegls``, ``jpegxl-eN``: the codes as a grey ``(C*H) x W`` image, lossless, through
+  imagecodecs with its container headers (``loco`` is the first without them);
 * ``ans-T`` / ``ans-C``: constriction's rANS with one categorical model per tensor or
   per channel, built from the frame's own histogram, the histogram sent as varints and
-  counted (the measured bound for an order-0 entropy coder; constriction has no aarch64
-  wheel, so it cannot be the board's coder);
+  counted (the measured bound for an order-0 entropy coder; its decoder here rebuilds the
+  models from the codes rather than parsing the varints, so its decode time is not a
+  coder's; constriction has no aarch64 wheel, so it cannot be the board's coder);
 * ``entropy``: the order-0 Shannon bound of the per-tensor histogram, no header (a bound,
   not a coder);
-* the package's own table entries (``dyno_compile.packing.CODEC_TABLE``) from wire id 8
-  on (the entropy codecs), framed through :func:`encode_packed` for real;
-* each coder with ``~z``: all-zero channels dropped first and a bitmap of them sent.
+* ``~z``: the coder after dropping all-zero channels, with a bitmap of them.
 
-Ratios are against ``zstd-3`` on the better of the two layouts for the same frame,
-measured in the same run. Times are this host's (say which in the report); a
-Raspberry-Pi-class board is roughly 5-10x slower per core.
+The "pays" columns weigh bytes against time for a given uplink (default 1.45 Mbit/s, the
+3G median) and a device N times slower than this host (default 5 and 10: a
+Raspberry-Pi-class board): see :func:`net_gain_ms`.
 
-    python benchmarks/cut_coding.py                       # 4 models, default cuts and widths
-    python benchmarks/cut_coding.py --models resnet20 --samples 4 --bits 4 --json out.json
+    python benchmarks/cut_coding.py --json rows.json      # 4 models, 4 cuts each, widths 2 4 6 8
+    python benchmarks/cut_coding.py --models resnet20 --cuts 2 --bits 4 --samples 2
+    python benchmarks/cut_coding.py --from-json rows.json --uplink-mbps 10
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ import zstandard
 
 from dyno_compile.configs import Config
 from dyno_compile.frontend.resolve import load_model
-from dyno_compile.packing import CODEC_TABLE, PackedTensor, decode_packed, encode_packed
+from dyno_compile.packing import KERNEL_LAYOUT, PackedTensor, decode_packed, encode_packed
 from dyno_compile.packing.bitpack import pack, unpack
 from dyno_compile.packing.codec_types import PayloadInfo
 from dyno_compile.passes import run_passes
@@ -69,43 +77,55 @@ except ImportError:  # pragma: no cover - the benchmark extra is not installed
 
 SQUEEZENET = "/work/shared/data/imagenet/squeezenet1.1_fp16.onnx"
 MODELS = ("resnet20", "resnet56", SQUEEZENET, "efficientnet_lite2")
-FIRST_ENTROPY_WIRE_ID = 8
+#: The package's own lossless codecs, measured through real frames as the search measures them.
+TABLE_CODECS = ("lz4", "zstd", "loco")
 
 
 @dataclass(frozen=True)
 class Codes:
-    """One packed tensor seen as codes: what every coder is given."""
+    """One tensor as the device's kernel hands it over, what every coder is given: its codes
+    packed in the stream layout. A coder that models the codes calls :meth:`array`, and so
+    pays for unpacking them in its encode time, as the real codec does."""
 
-    codes: np.ndarray  # uint16, the tensor's shape
+    stream: bytes
+    shape: tuple[int, ...]
     bits: int
     axis: int  # channel axis (per-channel ranges' axis, else 1 for NCHW)
 
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape))
+
+    def array(self) -> np.ndarray:
+        """The codes, uint16, in the tensor's shape (an unpack: charged to the caller)."""
+        return unpack(self.stream, self.bits, self.count, "stream").reshape(self.shape)
+
+    @classmethod
+    def of(cls, codes: np.ndarray, bits: int, axis: int) -> Codes:
+        return cls(pack(codes.reshape(-1), bits, "stream"), tuple(codes.shape), bits, axis)
+
 
 Encode = Callable[[Codes], bytes]
-Decode = Callable[[bytes, Codes], np.ndarray]  # the Codes give shape, bits, axis only
+#: Decodes to the stream-packed bytes, or to codes that the harness packs (timed) into them;
+#: the Codes give shape, bits and axis (and the ANS bound's histograms, see :func:`_ans`).
+Decode = Callable[[bytes, Codes], "bytes | np.ndarray"]
 
 
 def _flat(c: Codes) -> np.ndarray:
-    return c.codes.reshape(-1)
-
-
-def _packed(layout: str) -> Callable[[Codes], bytes]:
-    return lambda c: pack(_flat(c), c.bits, layout)
-
-
-def _unpacked(layout: str) -> Callable[[bytes, Codes], np.ndarray]:
-    return lambda data, c: unpack(data, c.bits, c.codes.size, layout)
+    return c.array().reshape(-1)
 
 
 def _byte_coder(compress: Callable[[bytes], bytes], decompress: Callable[[bytes, int], bytes], layout: str):
-    """A coder of the packed bytes (what the table's lz4/zstd see)."""
-    to_bytes, from_bytes = _packed(layout), _unpacked(layout)
+    """A coder of the packed bytes (what the table's lz4/zstd see): the kernel's stream bytes
+    as they are, or re-laid out as bit planes (an unpack and a pack, charged as the
+    runtime's relayout is)."""
 
     def enc(c: Codes) -> bytes:
-        return compress(to_bytes(c))
+        return compress(c.stream if layout == "stream" else pack(_flat(c), c.bits, layout))
 
-    def dec(data: bytes, c: Codes) -> np.ndarray:
-        return from_bytes(decompress(data, (c.codes.size * c.bits + 7) // 8), c)
+    def dec(data: bytes, c: Codes) -> bytes | np.ndarray:
+        raw = decompress(data, (c.count * c.bits + 7) // 8)
+        return raw if layout == "stream" else unpack(raw, c.bits, c.count, layout)
 
     return enc, dec
 
@@ -142,7 +162,7 @@ def _bytes_zstd():
         return cctx.compress(_flat(c).astype(np.uint8).tobytes())
 
     def dec(data: bytes, c: Codes) -> np.ndarray:
-        return np.frombuffer(dctx.decompress(data, max_output_size=c.codes.size), np.uint8).astype(np.uint16)
+        return np.frombuffer(dctx.decompress(data, max_output_size=c.count), np.uint8).astype(np.uint16)
 
     return enc, dec
 
@@ -152,7 +172,7 @@ def _pcodec():
         return imagecodecs.pcodec_encode(_flat(c))
 
     def dec(data: bytes, c: Codes) -> np.ndarray:
-        return imagecodecs.pcodec_decode(data, shape=(c.codes.size,), dtype=np.uint16)
+        return imagecodecs.pcodec_decode(data, shape=(c.count,), dtype=np.uint16)
 
     return enc, dec
 
@@ -164,20 +184,20 @@ def _aec():
 
     def dec(data: bytes, c: Codes) -> np.ndarray:
         # libaec may write up to a whole block past the last sample: room for one more
-        out = np.empty(c.codes.size + 1024, np.uint8 if c.bits <= 8 else np.uint16)
-        return imagecodecs.aec_decode(data, bitspersample=c.bits, out=out)[: c.codes.size].astype(np.uint16)
+        out = np.empty(c.count + 1024, np.uint8 if c.bits <= 8 else np.uint16)
+        return imagecodecs.aec_decode(data, bitspersample=c.bits, out=out)[: c.count].astype(np.uint16)
 
     return enc, dec
 
 
 def _plane(c: Codes) -> np.ndarray:
     """The codes as one grey image: channels stacked vertically, ``(C*H, W)``."""
-    moved = np.moveaxis(c.codes, c.axis, 0)
+    moved = np.moveaxis(c.array(), c.axis, 0)
     return moved.reshape(-1, moved.shape[-1]).astype(np.uint8 if c.bits <= 8 else np.uint16)
 
 
 def _from_plane(image: np.ndarray, c: Codes) -> np.ndarray:
-    moved_shape = np.moveaxis(c.codes, c.axis, 0).shape
+    moved_shape = np.moveaxis(np.empty(c.shape, np.uint8), c.axis, 0).shape
     return np.moveaxis(np.asarray(image).reshape(moved_shape), 0, c.axis).reshape(-1).astype(np.uint16)
 
 
@@ -222,7 +242,7 @@ def _ans(per_channel: bool):
     def groups(c: Codes) -> list[np.ndarray]:
         if not per_channel:
             return [_flat(c)]
-        moved = np.moveaxis(c.codes, c.axis, 0)
+        moved = np.moveaxis(c.array(), c.axis, 0)
         return [ch.reshape(-1) for ch in moved]
 
     def enc(c: Codes) -> bytes:
@@ -252,7 +272,8 @@ def _ans(per_channel: bool):
                 continue
             model = constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
             out.append(coder.decode(model, g.size).astype(np.uint16))
-        moved = np.stack([o.reshape(np.moveaxis(c.codes, c.axis, 0).shape[1:]) for o in out]) if per_channel else None
+        inner = np.moveaxis(np.empty(c.shape, np.uint8), c.axis, 0).shape[1:]
+        moved = np.stack([o.reshape(inner) for o in out]) if per_channel else None
         return np.moveaxis(moved, 0, c.axis).reshape(-1) if per_channel else out[0]
 
     return enc, dec
@@ -260,7 +281,7 @@ def _ans(per_channel: bool):
 
 def _entropy_bound(c: Codes) -> int:
     counts = np.bincount(_flat(c)).astype(np.float64)
-    p = counts[counts > 0] / c.codes.size
+    p = counts[counts > 0] / c.count
     return int(np.ceil(-(counts[counts > 0] * np.log2(p)).sum() / 8))
 
 
@@ -268,7 +289,7 @@ def _skip_zero_channels(enc: Encode, dec: Decode) -> tuple[Encode, Decode]:
     """The coder on the channels that are not all zero, after a bitmap of which are."""
 
     def split(c: Codes) -> tuple[np.ndarray, np.ndarray]:
-        moved = np.moveaxis(c.codes, c.axis, 0)
+        moved = np.moveaxis(c.array(), c.axis, 0)
         keep = moved.reshape(moved.shape[0], -1).any(axis=1)
         return keep, moved[keep]
 
@@ -277,17 +298,20 @@ def _skip_zero_channels(enc: Encode, dec: Decode) -> tuple[Encode, Decode]:
         bitmap = np.packbits(keep, bitorder="little").tobytes()
         if not kept.size:
             return bitmap
-        return bitmap + enc(Codes(np.moveaxis(kept, 0, c.axis), c.bits, c.axis))
+        return bitmap + enc(Codes.of(np.moveaxis(kept, 0, c.axis), c.bits, c.axis))
 
     def dec2(data: bytes, c: Codes) -> np.ndarray:
-        keep, kept = split(c)  # the bitmap's meaning; its bytes are read below
-        n = (keep.size + 7) // 8
-        keep = np.unpackbits(np.frombuffer(data[:n], np.uint8), count=keep.size, bitorder="little").astype(bool)
-        moved = np.zeros_like(np.moveaxis(c.codes, c.axis, 0))
+        channels = c.shape[c.axis]
+        n = (channels + 7) // 8
+        keep = np.unpackbits(np.frombuffer(data[:n], np.uint8), count=channels, bitorder="little").astype(bool)
+        inner = np.moveaxis(np.empty(c.shape, np.uint8), c.axis, 0).shape[1:]
+        moved = np.zeros((channels, *inner), np.uint16)
         if keep.any():
-            shape = np.moveaxis(kept, 0, c.axis).shape
-            template = Codes(np.moveaxis(kept, 0, c.axis), c.bits, c.axis)  # shape (ans: histograms)
-            moved[keep] = np.moveaxis(dec(data[n:], template).reshape(shape), c.axis, 0)
+            shape = np.moveaxis(np.empty((int(keep.sum()), *inner), np.uint8), 0, c.axis).shape
+            inner_codes = dec(data[n:], Codes(b"", shape, c.bits, c.axis))  # the shape is all it reads
+            if isinstance(inner_codes, bytes):
+                inner_codes = unpack(inner_codes, c.bits, int(np.prod(shape)), "stream")
+            moved[keep] = np.moveaxis(inner_codes.reshape(shape), c.axis, 0)
         return np.moveaxis(moved, 0, c.axis).reshape(-1)
 
     return enc2, dec2
@@ -310,8 +334,8 @@ def coders(args: argparse.Namespace) -> dict[str, tuple[Encode, Decode]]:
     if constriction is not None:
         table["ans-T"] = _ans(per_channel=False)
         table["ans-C"] = _ans(per_channel=True)
-    for name in list(table):
-        if args.zero_skip and not name.startswith(("lzma", "brotli", "zstd-19", "jpegxl")):
+    for name in list(table):  # not the slow ones, nor the ANS bound (its decoder reads the codes' histograms)
+        if args.zero_skip and not name.startswith(("lzma", "brotli", "zstd-19", "jpegxl", "ans")):
             table[name + "~z"] = _skip_zero_channels(*table[name])
     return table
 
@@ -350,10 +374,10 @@ def measure_model(model: str, args: argparse.Namespace, table: dict[str, tuple[E
                 row = {"model": name, "cut": cut, "shape": list(shape), "bits": bits, "granularity": granularity}
                 row["coders"] = _measure_config(measured, training, table, args, cut)
                 rows.append(row)
-                best = min(row["coders"]["zstd-3"]["bytes"], row["coders"]["zstd-3/bp"]["bytes"])
+                best = _baseline(row)["bytes"]
                 print(
                     f"{name:18s} cut {cut:3d} {'x'.join(map(str, shape)):14s} {bits:2d}b {granularity:7s} "
-                    f"zstd-3 {best:9.0f} B | "
+                    f"zstd {best:9.0f} B | "
                     + " ".join(
                         f"{k} {v['bytes'] / best:.3f}"
                         for k, v in row["coders"].items()
@@ -365,12 +389,70 @@ def measure_model(model: str, args: argparse.Namespace, table: dict[str, tuple[E
 
 
 def _codes(t: PackedTensor) -> Codes:
-    return Codes(unpack(t.data, t.params.bits, t.count, t.layout).reshape(t.shape), t.params.bits, t.params.axis or 1)
+    """The tensor as the kernel hands it over (:func:`packed_cut` packs in the kernel's layout)."""
+    assert t.layout == KERNEL_LAYOUT == "stream"
+    return Codes(t.data, tuple(t.shape), t.params.bits, t.params.axis or 1)
 
 
 def _overhead(tensors: list[PackedTensor]) -> int:
     """Frame bytes other than the payloads: exactly what encode_packed writes around them."""
     return len(encode_packed(tensors, cut_id=0, request_id=0)) - sum(len(t.data) for t in tensors)
+
+
+def _row(sizes: list[float], enc_s: list[float], dec_s: list[float]) -> dict[str, float]:
+    return {
+        "bytes": float(np.mean(sizes)),
+        "encode_ms": 1e3 * statistics.median(enc_s),
+        "decode_ms": 1e3 * statistics.median(dec_s),
+    }
+
+
+def _measure_coder(enc: Encode, dec: Decode, codes: list[list[Codes]], overhead: list[int]) -> dict[str, float]:
+    """Mean frame bytes, median encode and decode ms of one coder; checks the round trip."""
+    warm = codes[0][0]  # one untimed round first: a library's first call sets itself up
+    dec(enc(warm), warm)
+    sizes, enc_s, dec_s = [], [], []
+    for frame, extra in zip(codes, overhead):
+        total, te, td = extra, 0.0, 0.0
+        for c in frame:
+            payload, t1 = _time(lambda: enc(c))
+
+            def decode_to_stream() -> bytes:
+                out = dec(payload, c)
+                return out if isinstance(out, bytes) else pack(np.asarray(out, np.uint16).reshape(-1), c.bits, "stream")
+
+            back, t2 = _time(decode_to_stream)
+            if back != c.stream:
+                raise AssertionError("does not round-trip")
+            total, te, td = total + len(payload), te + t1, td + t2
+        sizes.append(total)
+        enc_s.append(te)
+        dec_s.append(td)
+    return _row(sizes, enc_s, dec_s)
+
+
+def _measure_table_codec(codec: str, layout: str, measured: list[list[PackedTensor]], cut: int) -> dict[str, float]:
+    """A codec of the package's table, framed and timed exactly as :class:`WireBytes` times
+    it for the search: relayout + :func:`encode_packed` on the device, :func:`decode_packed`
+    + relayout to the kernel's layout on the cloud."""
+
+    def encode(frame: list[PackedTensor]) -> bytes:
+        return encode_packed([t.relayout(layout) for t in frame], codec=codec, cut_id=cut, request_id=0)
+
+    def decode(blob: bytes) -> list[bytes]:
+        return [t.relayout(KERNEL_LAYOUT).data for t in decode_packed(blob).tensors]
+
+    decode(encode(measured[0]))  # untimed warm-up round
+    sizes, enc_s, dec_s = [], [], []
+    for frame in measured:
+        blob, t1 = _time(lambda: encode(frame))
+        back, t2 = _time(lambda: decode(blob))
+        if back != [t.data for t in frame]:
+            raise AssertionError(f"{codec} does not round-trip at cut {cut}")
+        sizes.append(len(blob))
+        enc_s.append(t1)
+        dec_s.append(t2)
+    return _row(sizes, enc_s, dec_s)
 
 
 def _measure_config(
@@ -381,6 +463,10 @@ def _measure_config(
     cut: int,
 ) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
+    for codec in TABLE_CODECS:
+        for layout, tag in (("stream", ""), ("bitplane", "/bp")):
+            if codec != "loco" or layout == "stream":  # loco unpacks the codes: the layout is moot
+                out[f"{codec}(table){tag}"] = _measure_table_codec(codec, layout, measured, cut)
     overhead = [_overhead(f) for f in measured]
     codes = [[_codes(t) for t in frame] for frame in measured]
     coders = dict(table)
@@ -397,57 +483,12 @@ def _measure_config(
                 cctx.compress, lambda b, n, dctx=dctx: dctx.decompress(b, max_output_size=n), layout
             )
     for name, (enc, dec) in coders.items():
-        sizes, enc_s, dec_s = [], [], []
-        warm = codes[0][0]  # one untimed round first: a library's first call sets itself up
-        dec(enc(warm), warm)
-        for frame, extra in zip(codes, overhead):
-            total = extra
-            te = td = 0.0
-            for c in frame:
-                stream = pack(_flat(c), c.bits, "stream")  # what the kernel hands over
-                payload, t1 = _time(
-                    lambda: enc(Codes(unpack(stream, c.bits, c.codes.size).reshape(c.codes.shape), c.bits, c.axis))
-                )
-                back, t2 = _time(lambda: pack(np.asarray(dec(payload, c), np.uint16).reshape(-1), c.bits, "stream"))
-                if back != stream:
-                    raise AssertionError(f"{name} does not round-trip at cut {cut}")
-                total += len(payload)
-                te, td = te + t1, td + t2
-            sizes.append(total)
-            enc_s.append(te)
-            dec_s.append(td)
-        out[name] = {
-            "bytes": float(np.mean(sizes)),
-            "encode_ms": 1e3 * statistics.median(enc_s),
-            "decode_ms": 1e3 * statistics.median(dec_s),
-        }
-    out["entropy"] = {
-        "bytes": float(
-            np.mean([extra + sum(_entropy_bound(c) for c in frame) for frame, extra in zip(codes, overhead)])
-        ),
-        "encode_ms": 0.0,
-        "decode_ms": 0.0,
-    }
-    for codec in (c for c in CODEC_TABLE if c.wire_id >= FIRST_ENTROPY_WIRE_ID):
-        sizes, enc_s, dec_s = [], [], []
-        if not any(codec.accepts(_info(t)) for t in measured[0]):  # untimed warm-up round
-            decode_packed(encode_packed(measured[0], codec=codec.name, cut_id=cut, request_id=0))
-        for frame in measured:
-            if any(codec.accepts(_info(t)) for t in frame):
-                break
-            blob, t1 = _time(lambda: encode_packed(frame, codec=codec.name, cut_id=cut, request_id=0))
-            back, t2 = _time(lambda: decode_packed(blob))
-            if [t.data for t in back.tensors] != [t.data for t in frame]:
-                raise AssertionError(f"{codec.name} does not round-trip at cut {cut}")
-            sizes.append(len(blob))
-            enc_s.append(t1)
-            dec_s.append(t2)
-        else:
-            out[codec.name] = {
-                "bytes": float(np.mean(sizes)),
-                "encode_ms": 1e3 * statistics.median(enc_s),
-                "decode_ms": 1e3 * statistics.median(dec_s),
-            }
+        try:
+            out[name] = _measure_coder(enc, dec, codes, overhead)
+        except AssertionError as err:
+            raise AssertionError(f"{name} at cut {cut}: {err}") from None
+    bound = [extra + sum(_entropy_bound(c) for c in frame) for frame, extra in zip(codes, overhead)]
+    out["entropy"] = {"bytes": float(np.mean(bound)), "encode_ms": 0.0, "decode_ms": 0.0}
     return out
 
 
@@ -456,9 +497,13 @@ def _info(t: PackedTensor) -> PayloadInfo:
     return PayloadInfo(t.params.bits, tuple(t.shape), t.layout, axis)
 
 
+BASELINE = "zstd(table)"
+
+
 def _baseline(row: dict) -> dict[str, float]:
-    """zstd-3 on the better layout for this frame: what the table offered before."""
-    return min((row["coders"]["zstd-3"], row["coders"]["zstd-3/bp"]), key=lambda v: v["bytes"])
+    """The table's zstd (level 3) on the better layout for this frame, framed and timed as
+    the search does: the strongest configuration the table offered before."""
+    return min((row["coders"][BASELINE], row["coders"][BASELINE + "/bp"]), key=lambda v: v["bytes"])
 
 
 def net_gain_ms(coder: dict[str, float], base: dict[str, float], *, uplink_bps: float, device_factor: float) -> float:
@@ -514,15 +559,15 @@ def detail(rows: list[dict], coder: str, bits: set[int]) -> str:
     """Per frame kind at ``bits``: bytes of the zstd-3 baseline and of ``coder``, and both
     coders' encode and decode ms; markdown."""
     lines = [
-        f"| model | cut | tensor | bits | ranges | zstd-3 B (layout) | {coder} B | ratio | "
-        f"zstd-3 enc/dec ms | {coder} enc/dec ms | float32 / {coder} |",
+        f"| model | cut | tensor | bits | ranges | zstd B (layout) | {coder} B | ratio | "
+        f"zstd enc/dec ms | {coder} enc/dec ms | float32 / {coder} |",
         "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if r["bits"] not in bits or coder not in r["coders"]:
             continue
         base, v = _baseline(r), r["coders"][coder]
-        layout = "stream" if base is r["coders"]["zstd-3"] else "bitplane"
+        layout = "stream" if base is r["coders"][BASELINE] else "bitplane"
         lines.append(
             f"| {r['model']} | {r['cut']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | {r['granularity']} | "
             f"{base['bytes']:.0f} ({layout}) | {v['bytes']:.0f} | {v['bytes'] / base['bytes']:.3f} | "
@@ -549,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, nargs="+", help="summarise rows written before instead")
     parser.add_argument("--uplink-mbps", type=float, default=1.45, help="uplink for 'pays' (default 3G median 1.45)")
     parser.add_argument("--device-factors", type=float, nargs=2, default=[5.0, 10.0], help="device slowdown vs host")
-    parser.add_argument("--detail", default="loco", help="coder of the per-frame table (default loco)")
+    parser.add_argument("--detail", default="loco(table)", help="coder of the per-frame table")
     parser.add_argument("--detail-bits", type=int, nargs="*", default=[2, 4, 8])
     args = parser.parse_args(argv)
     if args.from_json:
