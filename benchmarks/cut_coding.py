@@ -61,6 +61,7 @@ import numpy as np
 import zstandard
 
 from dyno_compile.configs import Config
+from dyno_compile.errors import DynoError
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.packing import KERNEL_LAYOUT, PackedTensor, decode_packed, encode_packed
 from dyno_compile.packing.bitpack import pack, unpack
@@ -604,7 +605,10 @@ def main(argv: list[str] | None = None) -> None:
         table = coders(args)
         rows = []
         for model in args.models:
-            rows += measure_model(model, args, table)
+            try:
+                rows += measure_model(model, args, table)
+            except DynoError as err:  # an unknown model or missing data: one line, not a traceback
+                parser.exit(2, f"cut_coding.py: {model}: {err}\n")
             if args.json:  # after each model, so a long run leaves what it measured
                 args.json.write_text(json.dumps(rows, indent=1))
     print()

@@ -466,3 +466,27 @@ def test_a_scan_with_non_zero_codes_in_the_padding_is_refused():
     scan = stream[stream.index(b"\xff\xda") + 10 : -2]
     with pytest.raises(PackError, match="padding of its last row"):
         decompress(bytes([SCAN]) + scan, "loco", packed_nbytes(70001, 2), PayloadInfo(2, (70001,), "stream"))
+
+
+# --- the benchmark's weighing of bytes against time (benchmarks/cut_coding.py) ------------------
+
+
+def test_net_gain_weighs_upload_time_against_device_and_cloud_time():
+    from cut_coding import detail, net_gain_ms, summarize
+
+    base = {"bytes": 10_000.0, "encode_ms": 1.0, "decode_ms": 1.0}
+    coder = {"bytes": 8_550.0, "encode_ms": 2.0, "decode_ms": 1.5}
+    # 1450 bytes at 1.45 Mbit/s = 8 ms saved; 1 ms more on a 5x device = 5 ms; 0.5 ms more decode
+    assert net_gain_ms(coder, base, uplink_bps=1.45e6, device_factor=5) == pytest.approx(2.5)
+    assert net_gain_ms(coder, base, uplink_bps=1.45e6, device_factor=10) == pytest.approx(-2.5)
+    row = {
+        "model": "m",
+        "cut": 3,
+        "shape": [1, 2, 4, 4],
+        "bits": 4,
+        "granularity": "tensor",
+        "coders": {"zstd(table)": base, "zstd(table)/bp": {**base, "bytes": 12_000.0}, "loco(table)": coder},
+    }
+    table = summarize([row], uplink_bps=1.45e6, factors=(5.0, 10.0))
+    assert "| loco(table) | 0.855 | 0.855 | 2.00 | 1.50 | 100% | +2.5 | 0% | -2.5 |" in table
+    assert "| 3 | 1x2x4x4 | 4 | tensor | 10000 (stream) | 8550 | 0.855 |" in detail([row], "loco(table)", {4})
