@@ -176,12 +176,14 @@ def _decode_jpegxl(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _decode_pillow(data: bytes, spec: _Format, shape: tuple[int, ...]) -> np.ndarray:
+    fmt = spec.pillow
+    assert fmt is not None, "only Pillow formats come here"
     height, width = shape[:2]
     grey = len(shape) == 2
-    modes = ("RGB",) if not grey else ("L", "RGB") if spec.pillow == "WEBP" else ("L",)
-    with Image.open(io.BytesIO(data), formats=[spec.pillow]) as image:  # header only: no pixel decoded yet
-        if image.format != spec.pillow:
-            raise PackError(f"a {image.format} image, not {spec.pillow}", field="payload")
+    modes = ("RGB",) if not grey else ("L", "RGB") if fmt == "WEBP" else ("L",)
+    with Image.open(io.BytesIO(data), formats=[fmt]) as image:  # header only: no pixel decoded yet
+        if image.format != fmt:
+            raise PackError(f"a {image.format} image, not {fmt}", field="payload")
         if image.size != (width, height):
             raise PackError(
                 f"{spec.name} image is {image.size[0]}x{image.size[1]}, the header says {width}x{height}",
@@ -195,9 +197,7 @@ def _decode_pillow(data: bytes, spec: _Format, shape: tuple[int, ...]) -> np.nda
         if image.info.get("progressive") or image.info.get("progression"):
             raise PackError("progressive JPEG refused: only baseline JPEGs are sent", field="payload")
         image.load()
-        if grey and image.mode != "L":
-            image = image.convert("L")
-        pixels = np.asarray(image)
+        pixels = np.asarray(image.convert("L") if grey and image.mode != "L" else image)
     if pixels.shape != shape or pixels.dtype != np.uint8:
         raise PackError(f"decoded {pixels.dtype} {list(pixels.shape)}, expected uint8 {list(shape)}", field="payload")
     return pixels

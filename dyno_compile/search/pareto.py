@@ -344,7 +344,7 @@ class SearchSpace:
 
     def configs(self) -> list[Config]:
         """Every distinct configuration, sorted."""
-        axes = [self.cuts, self.bits, self.granularities, self.layouts, self.codecs]
+        axes: list[tuple[Any, ...]] = [self.cuts, self.bits, self.granularities, self.layouts, self.codecs]
         grid = (Config(*point) for point in itertools.product(*axes))
         return sorted({self.canonical(c) for c in grid} | set(self.image_configs()))
 
