@@ -555,7 +555,10 @@ def _valid_frames() -> list[bytes]:
         PackConfig(bits="float16"),
         PackConfig(bits=1, codec="none"),
     ]
-    return [encode([x, x[0, 0]], cfg, cut_id=i, request_id=i) for i, cfg in enumerate(configs)]
+    frames = [encode([x, x[0, 0]], cfg, cut_id=i, request_id=i) for i, cfg in enumerate(configs)]
+    # The image codecs' frames (one 8-bit C x H x W plane each), so mutations reach their decoders.
+    images = [PackConfig(bits=8, granularity="channel", codec=c, level=50) for c in ("jpeg", "webp", "avif", "jpegxl")]
+    return frames + [encode([x], cfg, cut_id=0, request_id=i) for i, cfg in enumerate(images)]
 
 
 VALID_FRAMES = _valid_frames()
