@@ -53,6 +53,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import imagecodecs
@@ -338,7 +339,7 @@ def coders(args: argparse.Namespace) -> dict[str, tuple[Encode, Decode]]:
     for name in list(table):  # not the slow ones, nor the ANS bound (its decoder reads the codes' histograms)
         if args.zero_skip and not name.startswith(("lzma", "brotli", "zstd-19", "jpegxl", "ans")):
             table[name + "~z"] = _skip_zero_channels(*table[name])
-    return table
+    return {name: coder for name, coder in table.items() if any(fnmatch(name, p) for p in args.coders)}
 
 
 def _time(fn: Callable[[], object]) -> tuple[object, float]:
@@ -471,7 +472,7 @@ def _measure_config(
     overhead = [_overhead(f) for f in measured]
     codes = [[_codes(t) for t in frame] for frame in measured]
     coders = dict(table)
-    if args.dict and training:
+    if args.dict and training and any(fnmatch("zstd-3+dict", p) for p in args.coders):
         for layout, tag in (("stream", ""), ("bitplane", "/bp")):
             samples = [pack(_flat(_codes(t)), t.params.bits, layout) for frame in training for t in frame]
             try:
@@ -590,6 +591,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-dict", dest="dict", action="store_false")
     parser.add_argument("--no-zero-skip", dest="zero_skip", action="store_false")
     parser.add_argument("--jxl-efforts", type=int, nargs="*", default=[1, 3])
+    parser.add_argument(
+        "--coders",
+        nargs="*",
+        default=["*"],
+        help="patterns of the coders to run besides the table's (none: only those)",
+    )
     parser.add_argument("--highlight", nargs="*", default=[], help="coders to print per row too")
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--from-json", type=Path, nargs="+", help="summarise rows written before instead")

@@ -97,6 +97,14 @@ def _unpack_codes(data: bytes | memoryview, bits: int, count: int, layout: str) 
         return buf.astype(np.uint16)
     if layout == "stream" and bits == 16:
         return buf.view("<u2").astype(np.uint16)
+    if layout == "stream" and bits in (1, 2, 4):  # whole codes per byte: shifts, not bits
+        per, mask = 8 // bits, (1 << bits) - 1
+        codes = np.empty(buf.size * per, np.uint16)
+        for k in range(per):
+            codes[k::per] = (buf >> (k * bits)) & mask
+        if codes[count:].any():
+            raise PackError("the unused padding bits of the last byte must be zero", field="payload")
+        return codes[:count]
     flat = np.unpackbits(buf, bitorder="little")
     if flat[nbits:].any():
         raise PackError("the unused padding bits of the last byte must be zero", field="payload")
@@ -113,6 +121,15 @@ def _pack_codes(codes: np.ndarray, bits: int, layout: str) -> bytes:
         return codes.astype(np.uint8).tobytes()
     if layout == "stream" and bits == 16:
         return codes.astype("<u2").tobytes()
+    if layout == "stream" and bits in (1, 2, 4):
+        per = 8 // bits
+        padded = np.zeros(-(-codes.size // per) * per, np.uint8)
+        padded[: codes.size] = codes
+        groups = padded.reshape(-1, per)
+        out = groups[:, 0].copy()
+        for k in range(1, per):
+            out |= groups[:, k] << np.uint8(k * bits)
+        return out.tobytes()
     planes = np.empty((bits, codes.size), np.uint8)
     for j in range(bits):
         planes[j] = (codes >> np.uint16(j)) & np.uint16(1)
