@@ -269,7 +269,7 @@ class AccuracySimulator:
         """The crossing tensors of every sample as the cloud decodes them through a lossy
         codec (:func:`decoded`); a codec that cannot code them is an InputError naming why."""
         _, bits, granularity, codec, level = key
-        arrays, axes, width = self.activations(position), self.cut(position).channel_axes, check_width(bits)
+        arrays, axes, width = self.activations(position), self.cut(position).channel_axes, check_width(bits_value(bits))
         with refused_as(InputError):
             samples = [
                 decoded([a[i] for a in arrays], axes, width, granularity, codec, level, cut_id=position, request_id=i)
