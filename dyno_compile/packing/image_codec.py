@@ -35,9 +35,9 @@ per channel (or BGR minus a mean for SqueezeNet, ``(pixel - 127) / 128`` for
 EfficientNet-Lite): an increasing affine map of the pixels per channel, so its per-channel
 8-bit codes with this input's range are the pixels with each channel's range stretched to
 0..255. Measured on 32 real images per preset (cifar10, imagenet, squeezenet,
-efficientnet_lite): within half a code of the stretched pixels (the rounding), stretched 1.06-1.21x
-on average (a photo rarely spans 0..255 in every channel), so an image codec sees an
-image with a little more contrast than the photo, and the range needs no care. Neither
+efficientnet_lite): within half a code of the stretched pixels (the rounding), stretched
+1.06-1.21x on average (a photo rarely spans 0..255 in every channel), so an image codec
+sees an image with a little more contrast than the photo, and the range needs no care. Neither
 does the channel order: SqueezeNet's BGR planes coded as if they were RGB gave JPEGs (q75)
 of 10,518 B against 10,526 B with the planes swapped to RGB, and equal mean code errors
 (4.32 vs 4.31), so a codec codes the tensor's channels in the tensor's order
