@@ -567,7 +567,7 @@ def test_cut_0_codes_are_the_stretched_pixels_in_every_preset():
 def test_image_uploads_of_resnet20_measured_on_256_images():
     """The figures of the report: every image codec at each default quality at cut 0 of
     resnet20, bytes from 64 real frames and top-1 of the model on the 256 decoded inputs,
-    beside the float32 and 8-bit uploads (~70 s)."""
+    beside the float32 and 8-bit uploads (~25 s)."""
     from dyno_compile.frontend.resolve import load_model
     from dyno_compile.passes import run_passes
     from dyno_compile.search.accuracy import AccuracySimulator
