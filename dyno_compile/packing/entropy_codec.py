@@ -197,10 +197,10 @@ def _loco_compress(data: bytes, level: int, info: PayloadInfo) -> bytes:
         return bytes([STORED]) + bytes(data)
     rows, cols = image_dims(info.shape)
     codes = _unpack_codes(data, bits, info.count, info.layout)
-    image = np.zeros(rows * cols, np.uint8 if _precision(bits) == 8 else np.uint16)
-    image[: codes.size] = codes
-    image = image.reshape(rows, cols)
-    scan = _scan_of(bytes(imagecodecs.jpegls_encode(image)), _headers(bits, rows, cols))
+    samples = np.zeros(rows * cols, np.uint8 if _precision(bits) == 8 else np.uint16)
+    samples[: codes.size] = codes  # then zero codes up to the end of the last row
+    stream = bytes(imagecodecs.jpegls_encode(samples.reshape(rows, cols)))
+    scan = _scan_of(stream, _headers(bits, rows, cols))
     if len(scan) >= len(data):
         return bytes([STORED]) + bytes(data)
     return bytes([SCAN]) + scan
