@@ -55,8 +55,8 @@ class Codec:
     wire_id: int
     levels: tuple[int, int]
     default_level: int
-    compress: Callable[[bytes, int], bytes]
-    decompress: Callable[[bytes | memoryview, int], bytes]
+    compress: Callable[[bytes, int, PayloadInfo], bytes]
+    decompress: Callable[[bytes | memoryview, int, PayloadInfo], bytes]
     payload_bounds: Callable[[int, PayloadInfo], tuple[int, int]]
     accepts: Callable[[PayloadInfo], str | None] = _any_payload
     lossy: bool = False
