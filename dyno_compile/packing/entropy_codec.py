@@ -138,6 +138,8 @@ def _pack_codes(codes: np.ndarray, bits: int, layout: str) -> bytes:
 
 
 def _accepts(info: PayloadInfo) -> str | None:
+    if not imagecodecs.JPEGLS.available:  # a build of imagecodecs without CharLS: say so, on both ends
+        return "this imagecodecs was built without JPEG-LS (CharLS)"
     if info.bits is None:
         return None  # stored: the search crosses every lossless codec with the float widths too
     rows, cols = image_dims(info.shape)
