@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 import time
-import zlib
 from collections.abc import Callable
 
 import imagecodecs
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_packing import mutate, refresh_crc
 
 from conftest import shared_data
 from dyno_compile.packing import (
@@ -61,11 +61,6 @@ def post_relu(rng: np.random.Generator, shape=(1, 16, 32, 32), zeros: float = 0.
         smooth = (np.roll(smooth, 1, axis) + smooth + np.roll(smooth, -1, axis)) / 3
     cut = np.quantile(smooth, zeros)
     return np.maximum(smooth - cut, 0).astype(np.float32)
-
-
-def refresh_crc(frame: bytes) -> bytes:
-    body = frame[:-4]
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def round_trips(x: np.ndarray, config: PackConfig) -> bytes:
@@ -334,17 +329,7 @@ def _decode_quietly(buf: bytes) -> None:
 def test_mutated_loco_frames_only_raise_pack_error(frame, data, fix_crc):
     """Overwrites, insertions and cuts of valid loco frames, mostly with the CRC recomputed
     so the mutations reach the header checks and the codec behind them."""
-    buf = bytearray(frame)
-    for _ in range(data.draw(st.integers(1, 4))):
-        i = data.draw(st.integers(0, len(buf)))
-        kind = data.draw(st.sampled_from(["set", "insert", "delete"]))
-        if kind == "set" and i < len(buf):
-            buf[i] = data.draw(st.integers(0, 255))
-        elif kind == "insert":
-            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
-        else:
-            del buf[i : i + data.draw(st.integers(1, 8))]
-    _decode_only_pack_errors(refresh_crc(bytes(buf)) if fix_crc and len(buf) >= 4 else bytes(buf))
+    _decode_only_pack_errors(mutate(frame, data, fix_crc))
 
 
 def _payload_offset(frame: bytes) -> int:

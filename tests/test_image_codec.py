@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_packing import refresh_crc
 
 from conftest import shared_data
 from dyno_compile.configs import Config, Evaluation
@@ -133,7 +133,7 @@ def test_a_header_naming_an_image_codec_for_other_codes_is_refused_before_the_pa
     frame = bytearray(encode([x], PackConfig(bits=4), cut_id=0, request_id=0))
     frame[44] = 3
     with pytest.raises(PackError) as err:
-        decode(_recrc(bytes(frame)))
+        decode(refresh_crc(bytes(frame)))
     assert err.value.field == "tensor[0].codec" and "8-bit codes" in str(err.value)
 
 
@@ -153,17 +153,12 @@ def test_image_codec_levels_are_checked():
 # --- hostile decoding ----------------------------------------------------------------------
 
 
-def _recrc(frame: bytes) -> bytes:
-    body = frame[:-4]
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
 def _with_payload(frame: bytes, payload: bytes) -> bytes:
     """``frame`` (one tensor) carrying ``payload`` instead, its length and CRC fixed: what
     reaches the image decoder itself."""
     n = decode_packed(frame).headers[0].compressed_nbytes
     start = len(frame) - 4 - n
-    return _recrc(frame[: start - 4] + struct.pack("<I", len(payload)) + payload + b"\0\0\0\0")
+    return refresh_crc(frame[: start - 4] + struct.pack("<I", len(payload)) + payload + b"\0\0\0\0")
 
 
 def _pillow(image: np.ndarray | Image.Image, fmt: str, **kw: object) -> bytes:
@@ -241,7 +236,7 @@ def test_hostile_image_payloads_only_raise_pack_error(images):
             buf = bytearray(genuine)
             i = int(rng.integers(0, len(buf) - 4))
             buf[i] = int(rng.integers(0, 256))
-            _decode_only_pack_errors(_recrc(bytes(buf)), stats)
+            _decode_only_pack_errors(refresh_crc(bytes(buf)), stats)
     print(
         f"\nhostile image payloads: {stats['runs']} decodes, {stats['refused']} refused (PackError), "
         f"{stats['decoded']} decoded, 0 other exceptions, 0 crashes; slowest {1e3 * stats['slowest_s']:.1f} ms"

@@ -57,6 +57,23 @@ def refresh_crc(frame: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def mutate(frame: bytes, data: st.DataObject, fix_crc: bool) -> bytes:
+    """One to four overwrites, insertions or cuts of ``frame``, drawn by hypothesis; with
+    the CRC recomputed when ``fix_crc``, so the mutations reach the checks behind it. The
+    fuzz harness of every frame kind (tests of each codec family import it)."""
+    buf = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(buf)))
+        kind = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        if kind == "set" and i < len(buf):
+            buf[i] = data.draw(st.integers(0, 255))
+        elif kind == "insert":
+            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            del buf[i : i + data.draw(st.integers(1, 8))]
+    return refresh_crc(bytes(buf)) if fix_crc and len(buf) >= 4 else bytes(buf)
+
+
 def patch(frame: bytes, offset: int, data: bytes) -> bytes:
     """Overwrite bytes at ``offset`` and fix the CRC."""
     return refresh_crc(frame[:offset] + data + frame[offset + len(data) :])
@@ -589,18 +606,7 @@ def test_random_bytes_only_raise_pack_error(buf):
 def test_mutated_frames_only_raise_pack_error(frame, data, fix_crc):
     """Overwrites, insertions and cuts of valid frames; with the CRC fixed half the time so
     the mutations reach the field checks, the codecs and the unpacker behind it."""
-    buf = bytearray(frame)
-    for _ in range(data.draw(st.integers(1, 4))):
-        i = data.draw(st.integers(0, len(buf)))
-        kind = data.draw(st.sampled_from(["set", "insert", "delete"]))
-        if kind == "set" and i < len(buf):
-            buf[i] = data.draw(st.integers(0, 255))
-        elif kind == "insert":
-            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
-        else:
-            del buf[i : i + data.draw(st.integers(1, 8))]
-    out = refresh_crc(bytes(buf)) if fix_crc and len(buf) >= 4 else bytes(buf)
-    _decode_only_pack_errors(out)
+    _decode_only_pack_errors(mutate(frame, data, fix_crc))
 
 
 # --- compression pays on post-ReLU maps ---------------------------------------------------
