@@ -275,3 +275,39 @@ def test_render_only_redraws_from_the_json(tiny, tmp_path):
     assert main(["rate-accuracy", "--render-only", "--out", str(tiny)]) == 0
     assert "## resnet20" in (tiny / "README.md").read_text() and (tiny / "resnet20.png").is_file()
     assert main(["rate-accuracy", "--render-only", "--out", str(tmp_path)]) == 2  # nothing to render
+
+
+# --- the must-show comparison and the per-cut rows ---------------------------------------------
+
+
+def _result(points: list[Point]) -> ModelResult:
+    """A hand-made result: two cuts (64 and 4,096 values), float top-1 0.90."""
+    cuts = [{"position": 10, "tensors": ["a"], "values": 4096}, {"position": 20, "tensors": ["b"], "values": 64}]
+    return ModelResult("resnet20", "hand-made", 1000, 64, 0.90, points, cuts, {}, [], {}, (0.5, 1.0, 2.0))
+
+
+def test_must_show_and_per_cut_rows_on_hand_made_points():
+    from dyno_compile.evaluate.rate_report import _per_cut_table, must_show, per_cut_rows
+
+    pts = [
+        _p("float32-split", 16_433, 0.90, cut=10),
+        _p("ours", 400, 0.895, cut=10, bits=3, granularity="tensor", layout="stream", codec="zstd"),
+        _p("ours", 200, 0.85, cut=10, bits=1, granularity="tensor", layout="stream", codec="zstd"),  # 5 points down
+        _p("float32-split", 305, 0.90, cut=20),
+        _p("ours", 65, 0.892, cut=20, bits=1, granularity="tensor", layout="stream", codec="none"),
+        _p("webp", 740, 0.891, quality=95),
+        _p("jpeg", 500, 0.87, quality=50),  # 3 points down: not within 1
+        _p("png", 2000, 0.90),  # lossless: never the image contender
+    ]
+    m = must_show(_result(pts), 1.0)
+    assert m.ours.bytes == 65 and m.image.method == "webp" and m.float32.bytes == 305
+    assert m.image_ratio == pytest.approx(65 / 740) and m.float_ratio == pytest.approx(305 / 65)
+    assert m.best_float_ratio == pytest.approx(16_433 / 400) and m.best_float_cut == 10
+    rows = per_cut_rows(_result(pts), 1.0)
+    assert [r["cut"] for r in rows] == [10, 20] and [r["values"] for r in rows] == [4096, 64]
+    assert rows[0]["ours"].bytes == 400 and rows[0]["float_ratio"] == pytest.approx(16_433 / 400)
+    assert rows[0]["image_ratio"] == pytest.approx(400 / 740)
+    tight = per_cut_rows(_result(pts), 0.5)  # floor 0.895: cut 10's 0.895 ties (within), cut 20's 0.892 is not
+    assert tight[0]["ours"].bytes == 400 and tight[1]["ours"] is None and tight[1]["float_ratio"] is None
+    table = "\n".join(_per_cut_table(_result(pts), 1.0))
+    assert "| cut 10 (a) | 4,096 | 16.4 kB | 400 B | 3, tensor, stream, zstd | 41.1x | 0.541x |" in table

@@ -33,6 +33,7 @@ __all__ = [
     "must_show",
     "merged",
     "must_show_lines",
+    "per_cut_rows",
     "read_results",
     "render_markdown",
     "write_results",
@@ -248,6 +249,66 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
     return lines
 
 
+def per_cut_rows(result: ModelResult, loss: float = 1.0) -> list[dict[str, object]]:
+    """Per measured cut, in model order: the values crossing it, float32's bytes there, our
+    fewest bytes there within ``loss`` points (and how), and the ratios against float32 and
+    against the best lossy image codec within the same loss. The headline picks the one cut
+    with the fewest bytes, which is nearly always the last (the device then runs almost the
+    whole model); these rows show what each earlier cut, where the cloud does more of the
+    work, costs on the wire."""
+    (loss,) = check_thresholds([loss])
+    floor = floor_for(result.float_accuracy, loss)
+    lossy = [p for p in result.points if p.method in IMAGE_CODECS and IMAGE_CODECS[p.method].lossy]
+    image = fewest_bytes(lossy, floor)
+    rows = []
+    for p in sorted((p for p in result.points if p.method == "float32-split"), key=lambda p: p.where["cut"]):
+        cut = int(p.where["cut"])
+        ours = fewest_bytes([q for q in result.points if q.method == "ours" and q.where["cut"] == cut], floor)
+        rows.append(
+            {
+                "cut": cut,
+                "values": _values_at(result, cut),
+                "float32": p.bytes,
+                "ours": ours,
+                "float_ratio": None if ours is None else p.bytes / ours.bytes,
+                "image_ratio": None if ours is None or image is None else ours.bytes / image.bytes,
+            }
+        )
+    return rows
+
+
+def _per_cut_table(result: ModelResult, loss: float = 1.0) -> list[str]:
+    rows = per_cut_rows(result, loss)
+    if not rows:
+        return []
+    out = [
+        f"Every measured cut at <= {loss:g} point (ours: the fewest bytes at that cut; x image: over the best lossy "
+        "image codec at the same loss):",
+        "",
+        "| cut | values | float32 | ours | bits, granularity, layout, codec | float32 / ours | ours / image codec |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        ours = r["ours"]
+        assert ours is None or isinstance(ours, Point)
+        how = (
+            "none within the loss"
+            if ours is None
+            else ", ".join(str(ours.where[k]) for k in ("bits", "granularity", "layout", "codec"))
+        )
+        float_ratio, image_ratio = r["float_ratio"], r["image_ratio"]
+        out.append(
+            f"| {_cut_name(result, int(r['cut']))} | {int(r['values']):,} | {_bytes(float(r['float32']))} | "
+            + ("-" if ours is None else _bytes(ours.bytes))
+            + f" | {how} | "
+            + ("-" if float_ratio is None else f"{float_ratio:.1f}x")
+            + " | "
+            + ("-" if image_ratio is None else f"{image_ratio:.3f}x")
+            + " |"
+        )
+    return [*out, ""]
+
+
 def render_markdown(results: Sequence[ModelResult]) -> str:
     """The table per model (fewest bytes per method and threshold, and where), the must-show
     lines, the provenance of every figure and what was skipped."""
@@ -290,7 +351,7 @@ def render_markdown(results: Sequence[ModelResult]) -> str:
         table = r.table()
         for method in sorted(table, key=lambda m: (_METHOD_ORDER + (m,)).index(m)):
             out.append(f"| {method} | " + " | ".join(_cell(table[method][t]) for t in r.thresholds) + " |")
-        out += ["", *must_show_lines(r, 1.0), "", "Provenance:", ""]
+        out += ["", *must_show_lines(r, 1.0), "", *_per_cut_table(r, 1.0), "Provenance:", ""]
         out += [f"- {k}: {v}" for k, v in r.provenance.items()]
         if r.skipped:
             shown = r.skipped[:8]
