@@ -304,10 +304,10 @@ def test_must_show_and_per_cut_rows_on_hand_made_points():
     assert m.image_ratio == pytest.approx(65 / 740) and m.float_ratio == pytest.approx(305 / 65)
     assert m.best_float_ratio == pytest.approx(16_433 / 400) and m.best_float_cut == 10
     rows = per_cut_rows(_result(pts), 1.0)
-    assert [r["cut"] for r in rows] == [10, 20] and [r["values"] for r in rows] == [4096, 64]
-    assert rows[0]["ours"].bytes == 400 and rows[0]["float_ratio"] == pytest.approx(16_433 / 400)
-    assert rows[0]["image_ratio"] == pytest.approx(400 / 740)
+    assert [r.cut for r in rows] == [10, 20] and [r.values for r in rows] == [4096, 64]
+    assert rows[0].ours.bytes == 400 and rows[0].float_ratio == pytest.approx(16_433 / 400)
+    assert rows[0].image_ratio == pytest.approx(400 / 740)
     tight = per_cut_rows(_result(pts), 0.5)  # floor 0.895: cut 10's 0.895 ties (within), cut 20's 0.892 is not
-    assert tight[0]["ours"].bytes == 400 and tight[1]["ours"] is None and tight[1]["float_ratio"] is None
+    assert tight[0].ours.bytes == 400 and tight[1].ours is None and tight[1].float_ratio is None
     table = "\n".join(_per_cut_table(_result(pts), 1.0))
     assert "| cut 10 (a) | 4,096 | 16.4 kB | 400 B | 3, tensor, stream, zstd | 41.1x | 0.541x |" in table

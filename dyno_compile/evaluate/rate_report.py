@@ -32,6 +32,7 @@ __all__ = [
     "MustShow",
     "must_show",
     "merged",
+    "CutRow",
     "must_show_lines",
     "per_cut_rows",
     "read_results",
@@ -249,7 +250,19 @@ def must_show_lines(result: ModelResult, loss: float = 1.0) -> list[str]:
     return lines
 
 
-def per_cut_rows(result: ModelResult, loss: float = 1.0) -> list[dict[str, object]]:
+@dataclass(frozen=True)
+class CutRow:
+    """One cut's row of the per-cut table (see :func:`per_cut_rows`)."""
+
+    cut: int
+    values: int
+    float32: float
+    ours: Point | None
+    float_ratio: float | None
+    image_ratio: float | None
+
+
+def per_cut_rows(result: ModelResult, loss: float = 1.0) -> list[CutRow]:
     """Per measured cut, in model order: the values crossing it, float32's bytes there, our
     fewest bytes there within ``loss`` points (and how), and the ratios against float32 and
     against the best lossy image codec within the same loss. The headline picks the one cut
@@ -265,14 +278,14 @@ def per_cut_rows(result: ModelResult, loss: float = 1.0) -> list[dict[str, objec
         cut = int(p.where["cut"])
         ours = fewest_bytes([q for q in result.points if q.method == "ours" and q.where["cut"] == cut], floor)
         rows.append(
-            {
-                "cut": cut,
-                "values": _values_at(result, cut),
-                "float32": p.bytes,
-                "ours": ours,
-                "float_ratio": None if ours is None else p.bytes / ours.bytes,
-                "image_ratio": None if ours is None or image is None else ours.bytes / image.bytes,
-            }
+            CutRow(
+                cut,
+                _values_at(result, cut),
+                p.bytes,
+                ours,
+                None if ours is None else p.bytes / ours.bytes,
+                None if ours is None or image is None else ours.bytes / image.bytes,
+            )
         )
     return rows
 
@@ -289,21 +302,18 @@ def _per_cut_table(result: ModelResult, loss: float = 1.0) -> list[str]:
         "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
-        ours = r["ours"]
-        assert ours is None or isinstance(ours, Point)
         how = (
             "none within the loss"
-            if ours is None
-            else ", ".join(str(ours.where[k]) for k in ("bits", "granularity", "layout", "codec"))
+            if r.ours is None
+            else ", ".join(str(r.ours.where[k]) for k in ("bits", "granularity", "layout", "codec"))
         )
-        float_ratio, image_ratio = r["float_ratio"], r["image_ratio"]
         out.append(
-            f"| {_cut_name(result, int(r['cut']))} | {int(r['values']):,} | {_bytes(float(r['float32']))} | "
-            + ("-" if ours is None else _bytes(ours.bytes))
+            f"| {_cut_name(result, r.cut)} | {r.values:,} | {_bytes(r.float32)} | "
+            + ("-" if r.ours is None else _bytes(r.ours.bytes))
             + f" | {how} | "
-            + ("-" if float_ratio is None else f"{float_ratio:.1f}x")
+            + ("-" if r.float_ratio is None else f"{r.float_ratio:.1f}x")
             + " | "
-            + ("-" if image_ratio is None else f"{image_ratio:.3f}x")
+            + ("-" if r.image_ratio is None else f"{r.image_ratio:.3f}x")
             + " |"
         )
     return [*out, ""]
