@@ -8,15 +8,13 @@ temporary file and renamed, as :mod:`dyno_compile.search.plots` does.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dyno_compile.errors import InputError
 from dyno_compile.evaluate.rate_accuracy import ModelResult, Point, floor_for, pareto_front
+from dyno_compile.search.plots import save_png
 
 __all__ = ["plot_model"]
 
@@ -106,16 +104,4 @@ def plot_model(result: ModelResult, path: str | Path) -> Path:
     )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="lower right", fontsize="x-small")
-    return _save(figure, path)
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
+    return save_png(figure, path, dpi=110)

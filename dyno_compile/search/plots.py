@@ -34,12 +34,13 @@ def _checked_target(evaluations: Sequence[Evaluation], path: str | Path) -> Path
     return path
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as PNG to ``path`` atomically (temporary file, then rename)."""
+def save_png(figure: Figure, path: Path, dpi: int = 120) -> Path:
+    """Write ``figure`` as PNG to ``path`` atomically (temporary file, then rename): a
+    reader never sees half a plot, and a failed write leaves the old one."""
     FigureCanvasAgg(figure)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(tmp, format="png", dpi=120)
+        figure.savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -95,7 +96,7 @@ def plot_pareto(evaluations: Sequence[Evaluation], objectives: Objectives, path:
     _panel(right, evaluations, front, lambda e: e.device_s * 1e3, lambda e: e.cloud_s * 1e3)
     right.set(xlabel="device time (ms)", ylabel="cloud time (ms)", title="device vs cloud time")
     figure.suptitle(f"{len(front)} Pareto-optimal of {len(evaluations)} configurations")
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def _grid(
@@ -163,4 +164,4 @@ def plot_per_cut(evaluations: Sequence[Evaluation], path: str | Path) -> Path:
     _heatmap(
         right, cuts, bits, accuracy * 100, "best top-1 accuracy", "accuracy (%)", lambda v: f"{v:.1f}", cmap="viridis"
     )
-    return _save(figure, path)
+    return save_png(figure, path)
