@@ -70,6 +70,7 @@ from dyno_compile.packing import (
     pack_tensor,
     quantize,
 )
+from dyno_compile.packing.image_codec import decode_pixels, encode_pixels
 from dyno_compile.passes import CutPoint, run_passes
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import CalibrationSet
@@ -326,26 +327,26 @@ def huffman_bytes(codes: np.ndarray, alphabet: int = 256) -> int:
 @dataclass(frozen=True)
 class ImageCodec:
     """An image codec over a uint8 RGB crop: ``encode(crop, quality) -> bytes`` and
-    ``decode(bytes) -> RGB image``; ``qualities``: the default sweep; ``library``: which
-    library encodes, for provenance."""
+    ``decode(bytes, (width, height)) -> RGB image``; ``qualities``: the default sweep;
+    ``library``: which library encodes, for provenance."""
 
     encode: Callable[[Image.Image, int], bytes]
-    decode: Callable[[bytes], Image.Image]
+    decode: Callable[[bytes, tuple[int, int]], Image.Image]
     qualities: tuple[int, ...]
     library: str
     available: Callable[[], bool]
     lossy: bool = True
 
 
-def _pillow_encode(fmt: str, crop: Image.Image, quality: int, **options: Any) -> bytes:
-    buf = io.BytesIO()
-    crop.save(buf, format=fmt, quality=quality, **options)
-    return buf.getvalue()
+def _wire_encode(codec: str, crop: Image.Image, quality: int) -> bytes:
+    """The crop as the wire's image codec encodes it (:func:`~dyno_compile.packing.image_codec.encode_pixels`):
+    the baseline and the search's cut-0 uploads use one set of library settings."""
+    return encode_pixels(np.asarray(crop.convert("RGB")), codec, quality)
 
 
-def _pillow_decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
+def _wire_decode(codec: str, data: bytes, size: tuple[int, int]) -> Image.Image:
+    width, height = size
+    return Image.fromarray(decode_pixels(data, codec, height, width, 3))
 
 
 def _pillow_has(feature: str) -> bool:
@@ -358,30 +359,39 @@ def _png_encode(crop: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _jpegxl_encode(crop: Image.Image, quality: int) -> bytes:
-    return bytes(imagecodecs.jpegxl_encode(np.asarray(crop), level=quality))
-
-
-def _jpegxl_decode(data: bytes) -> Image.Image:
-    return Image.fromarray(np.asarray(imagecodecs.jpegxl_decode(data))).convert("RGB")
+def _png_decode(data: bytes, size: tuple[int, int]) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 _SWEEP = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 #: Every image codec the sweep knows; one whose library is missing here is skipped (and said so).
 IMAGE_CODECS: dict[str, ImageCodec] = {
     "jpeg": ImageCodec(
-        partial(_pillow_encode, "JPEG"), _pillow_decode, _SWEEP, "Pillow (libjpeg, 4:2:0)", lambda: True
+        partial(_wire_encode, "jpeg"), partial(_wire_decode, "jpeg"), _SWEEP, "Pillow (libjpeg, 4:2:0)", lambda: True
     ),
     "webp": ImageCodec(
-        partial(_pillow_encode, "WEBP"), _pillow_decode, _SWEEP, "Pillow (libwebp)", partial(_pillow_has, "webp")
+        partial(_wire_encode, "webp"),
+        partial(_wire_decode, "webp"),
+        _SWEEP,
+        "Pillow (libwebp)",
+        partial(_pillow_has, "webp"),
     ),
     "avif": ImageCodec(
-        partial(_pillow_encode, "AVIF"), _pillow_decode, _SWEEP, "Pillow (libavif)", partial(_pillow_has, "avif")
+        partial(_wire_encode, "avif"),
+        partial(_wire_decode, "avif"),
+        _SWEEP,
+        "Pillow (libavif)",
+        partial(_pillow_has, "avif"),
     ),
     "jpegxl": ImageCodec(
-        _jpegxl_encode, _jpegxl_decode, _SWEEP, "imagecodecs (libjxl)", lambda: bool(imagecodecs.JPEGXL.available)
+        partial(_wire_encode, "jpegxl"),
+        partial(_wire_decode, "jpegxl"),
+        _SWEEP,
+        "imagecodecs (libjxl)",
+        lambda: bool(imagecodecs.JPEGXL.available),
     ),
-    "png": ImageCodec(_png_encode, _pillow_decode, (100,), "Pillow (zlib, lossless)", lambda: True, lossy=False),
+    "png": ImageCodec(_png_encode, _png_decode, (100,), "Pillow (zlib, lossless)", lambda: True, lossy=False),
 }
 
 
@@ -826,7 +836,9 @@ def _image_points(
         for q in qualities:
             start = time.perf_counter()
             data = [entry.encode(crop, q) for crop in crops]
-            x = np.stack([normalise(entry.decode(d)) for d in data]).astype(np.float32, copy=False)
+            x = np.stack([normalise(entry.decode(d, crop.size)) for d, crop in zip(data, crops)]).astype(
+                np.float32, copy=False
+            )
             predictions = model.top1(x)
             accuracy = float(np.mean(predictions == labels))
             where: dict[str, Any] = {"codec": codec} if not entry.lossy else {"codec": codec, "quality": q}
