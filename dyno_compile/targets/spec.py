@@ -11,6 +11,20 @@ take fractions of them. Sources and assumptions:
   BCM2712). A76 has two 128-bit NEON FMA pipes: 2 x 4 lanes x 2 flop = 16 flop/cycle
   per core, so 4 x 2.4 GHz x 16 = 153.6 GFLOP/s. Memory: 32-bit LPDDR4X-4267,
   4267 MT/s x 4 B = 17.1 GB/s.
+  It stays a generic A76-class target (no ``mcpu``: LLVM's generic AArch64 tuning), kept
+  for the builds and boards that name it; :data:`BOARD_TARGETS` are the named boards.
+* ``rpi4``: Raspberry Pi 4 Model B (BCM2711), 4x Cortex-A72 at 1.8 GHz (boards since
+  2020; 1.5 GHz before). A72 issues one 128-bit FMA per cycle: 4 lanes x 2 flop = 8
+  flop/cycle/core, 4 x 1.8 x 8 = 57.6 GFLOP/s. Memory: 32-bit LPDDR4-3200 = 12.8 GB/s
+  (raspberrypi/documentation, bcm2711; 9.6 GB/s on LPDDR4-2400 boards).
+* ``rpi5``: Raspberry Pi 5 (BCM2712), 4x Cortex-A76 at 2.4 GHz: as ``arm64``, with
+  ``mcpu=cortex-a76`` (raspberrypi/documentation, bcm2712).
+* ``jetson-nano``: NVIDIA Jetson Nano's CPU, 4x Cortex-A57 at 1.43 GHz, 8 flop/cycle/core:
+  45.8 GFLOP/s; 64-bit LPDDR4-3200 = 25.6 GB/s (NVIDIA Jetson Nano module data sheet).
+* ``phone``: a Snapdragon 855 phone (Pixel 4 class), its four big cores: 1x Cortex-A76
+  (Kryo 485 Gold "prime") at 2.84 GHz + 3x Cortex-A76 at 2.42 GHz, 16 flop/cycle/core:
+  (2.84 + 3 x 2.42) x 16 = 161.6 GFLOP/s; 4x16-bit LPDDR4X-2133 = 34.1 GB/s (Qualcomm
+  Snapdragon 855 product brief). The little A55 cores are not used (4 threads).
 * ``cuda-sm75``: NVIDIA T4 datasheet: 8.1 TFLOP/s FP32, 320 GB/s GDDR6.
 * ``cuda-sm80``: NVIDIA A100 SXM4 80 GB datasheet: 19.5 TFLOP/s FP32 (non-tensor),
   2039 GB/s HBM2e.
@@ -30,7 +44,11 @@ from typing import Any
 
 from dyno_compile.targets.errors import TargetError
 
-__all__ = ["GPU_KINDS", "TargetSpec", "get_target", "list_targets", "host_cpu_count"]
+__all__ = ["BOARD_TARGETS", "GPU_KINDS", "TargetSpec", "get_target", "list_targets", "host_cpu_count"]
+
+#: The named ARM boards: their device times are anchored on published latencies
+#: (:mod:`dyno_compile.search.device_model`), not scaled from the host's.
+BOARD_TARGETS = ("rpi4", "rpi5", "jetson-nano", "phone")
 
 #: TVM target kinds that compile for a GPU: their kernels need thread bindings.
 GPU_KINDS = ("cuda", "rocm", "vulkan", "metal", "opencl")
@@ -139,6 +157,23 @@ _ZIG_AARCH64 = (sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux
 _CUDA_HOST = {"kind": "llvm"}
 
 
+def _board(
+    name: str, mcpu: str, description: str, gflops: float, gbs: float, source: str, threads: int = 4
+) -> TargetSpec:
+    """An AArch64 Linux board whose CPU LLVM knows by name (``mcpu``: its scheduling model
+    and features), linked with the same zig cross linker as ``arm64``."""
+    return TargetSpec(
+        name=name,
+        target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": ["+neon"], "num-cores": threads},
+        linker=_ZIG_AARCH64,
+        threads=threads,
+        peak_gflops=gflops,
+        mem_bandwidth_gbs=gbs,
+        description=description,
+        source=source,
+    )
+
+
 def _cuda(arch: str, board: str, gflops: float, gbs: float, source: str, aliases: tuple[str, ...] = ()) -> TargetSpec:
     sm = arch.replace("_", "")
     return TargetSpec(
@@ -168,6 +203,41 @@ def _registry() -> dict[str, TargetSpec]:
             description="64-bit ARM Linux device, Cortex-A76 class x 4 (e.g. Raspberry Pi 5)",
             source="Cortex-A76: 2x128-bit FMA = 16 flop/cycle/core @2.4 GHz x 4; LPDDR4X-4267 x32 = 17.1 GB/s",
             aliases=("aarch64",),
+        ),
+        _board(
+            "rpi4",
+            "cortex-a72",
+            "Raspberry Pi 4 Model B (BCM2711), 4x Cortex-A72 @ 1.8 GHz",
+            4 * 1.8 * 8,
+            12.8,
+            "raspberrypi/documentation bcm2711: 4x A72 @1.8 GHz x 8 flop/cycle (1x128-bit FMA); "
+            "LPDDR4-3200 x32 = 12.8 GB/s",
+        ),
+        _board(
+            "rpi5",
+            "cortex-a76",
+            "Raspberry Pi 5 (BCM2712), 4x Cortex-A76 @ 2.4 GHz",
+            4 * 2.4 * 16,
+            17.1,
+            "raspberrypi/documentation bcm2712: 4x A76 @2.4 GHz x 16 flop/cycle (2x128-bit FMA); "
+            "LPDDR4X-4267 x32 = 17.1 GB/s",
+        ),
+        _board(
+            "jetson-nano",
+            "cortex-a57",
+            "NVIDIA Jetson Nano CPU, 4x Cortex-A57 @ 1.43 GHz",
+            4 * 1.43 * 8,
+            25.6,
+            "NVIDIA Jetson Nano module data sheet: 4x A57 @1.43 GHz x 8 flop/cycle; LPDDR4 x64 = 25.6 GB/s",
+        ),
+        _board(
+            "phone",
+            "cortex-a76",
+            "Snapdragon 855 phone (Pixel 4 class), big cores: 1x A76 @ 2.84 + 3x A76 @ 2.42 GHz",
+            (2.84 + 3 * 2.42) * 16,
+            34.1,
+            "Qualcomm Snapdragon 855: 4 big Kryo 485 (Cortex-A76) cores, 1 @2.84 + 3 @2.42 GHz x 16 flop/cycle; "
+            "LPDDR4X-2133 4x16-bit = 34.1 GB/s",
         ),
         _cuda("sm_75", "T4", 8100.0, 320.0, "NVIDIA T4 datasheet: 8.1 TFLOPS FP32, 320 GB/s"),
         _cuda(

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from dyno_compile.errors import InputError
-from dyno_compile.zoo import cifar_resnet, efficientnet_lite, mobilenet_v2, resnet, vgg16
+from dyno_compile.zoo import cifar_resnet, efficientnet_b0, efficientnet_lite, mobilenet_v2, resnet, vgg16
 from dyno_compile.zoo.layers import Params, ParamSpec, init_params
 from dyno_compile.zoo.weights import load_weights
 
@@ -123,6 +123,21 @@ _REGISTRY: dict[str, _Entry] = {
         efficientnet_lite.NUM_CLASSES,
         "EfficientNet-Lite2 (ReLU6, no SE, TF SAME padding), ImageNet 260x260, 6.1 M params",
         efficientnet_lite.weights_path,
+    ),
+    # Random weights only: they are here so published device latencies can be costed (search.device_model).
+    "efficientnet_b0": _Entry(
+        efficientnet_b0.efficientnet_b0,
+        partial(efficientnet_b0.param_specs, se=True),
+        efficientnet_b0.INPUT_CHW,
+        efficientnet_b0.NUM_CLASSES,
+        "EfficientNet-B0 (Swish, squeeze-excite, TF SAME padding), ImageNet 224x224, 5.3 M params, random weights",
+    ),
+    "efficientnet_lite0": _Entry(
+        efficientnet_b0.efficientnet_lite0,
+        partial(efficientnet_b0.param_specs, se=False),
+        efficientnet_b0.INPUT_CHW,
+        efficientnet_b0.NUM_CLASSES,
+        "EfficientNet-Lite0 (ReLU6, no SE, TF SAME padding), ImageNet 224x224, 4.7 M params, random weights",
     ),
 }
 
