@@ -10,13 +10,16 @@ fit reads that; a test re-extracts a small model and compares.
 
 Op classes (what separates the kernels ncnn and XNNPACK run, and their efficiencies):
 
-* ``conv``: dense (``groups == 1``) convolutions with a kxk window, k > 1 (im2col/GEMM or
-  Winograd);
+* ``conv3x3s1``: dense (``groups == 1``) 3x3 convolutions of stride 1: the ones ncnn runs
+  with Winograd, fewer multiplies than their MACs (an efficiency above 1 of the naive roofline);
+* ``conv``: the other dense kxk convolutions, k > 1 (strided, or 5x5, 7x7: im2col + GEMM);
 * ``conv1x1``: dense 1x1 convolutions (a plain GEMM);
 * ``dwconv``: grouped convolutions (depthwise, one input channel per group): little reuse;
 * ``fc``: dense layers, and 1x1 convolutions on a 1x1 map (squeeze-excite): matrix-vector,
   bound by reading their weights;
-* ``other``: everything else (elementwise, pooling, concat, reshape): memory-bound.
+* ``other``: everything else (elementwise, pooling, concat, reshape): memory-bound;
+* ``fused``: an activation (:data:`FUSED_ACTIVATIONS`) that is the only user of a conv or
+  dense layer's output: the layer's epilogue computes it, so it costs nothing itself.
 
 Bytes are counted as float32 (4 bytes an element) whatever the graph's dtype: the
 published rows are fp32, and SqueezeNet's ONNX file is float16.
@@ -25,7 +28,7 @@ published rows are fp32, and SqueezeNet's ONNX file is float16.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,12 @@ import numpy as np
 from dyno_compile.errors import InputError
 from dyno_compile.ir import Graph, Node
 
-CLASSES = ("conv", "conv1x1", "dwconv", "fc", "other")
+CLASSES = ("conv3x3s1", "conv", "conv1x1", "dwconv", "fc", "other", "fused")
+#: Activations that ncnn, XNNPACK and our schedule compute in the epilogue of the conv or
+#: dense layer that produces their input (when they are its only user): no kernel of their own.
+FUSED_ACTIVATIONS = frozenset({"relu", "relu6", "clip", "silu", "sigmoid", "hardswish", "hardsigmoid"})
 FEATURES_FILE = Path(__file__).with_name("device_features.json")
-FEATURES_VERSION = 1
+FEATURES_VERSION = 3
 
 #: The models of the published rows and how we build their IR. SqueezeNet 1.1 is the real
 #: ONNX file, re-imported at the 227x227 input ncnn's benchmark runs (every shape follows
@@ -93,8 +99,18 @@ class Features:
         return out
 
 
-def node_class(graph: Graph, node: Node) -> int:
-    """Index in :data:`CLASSES` of ``node`` (see the module docstring)."""
+def node_class(graph: Graph, node: Node, within: Container[str] | None = None) -> int:
+    """Index in :data:`CLASSES` of ``node`` (see the module docstring). An activation is
+    ``fused`` only where its producer is in ``within`` (the same compiled function; any
+    node of the graph when None): a function cannot fuse into a kernel of another."""
+    if node.op in FUSED_ACTIVATIONS and node.inputs:
+        producer = graph.node(node.inputs[0])
+        if (
+            producer.op in ("conv2d", "dense")
+            and len(graph.users(producer.name)) == 1
+            and (within is None or producer.name in within)
+        ):
+            return CLASSES.index("fused")
     if node.op == "dense":
         return CLASSES.index("fc")
     if node.op == "conv2d":
@@ -105,12 +121,17 @@ def node_class(graph: Graph, node: Node) -> int:
             return CLASSES.index("dwconv")
         if kh * kw == 1:
             return CLASSES.index("fc" if spatial == 1 else "conv1x1")
+        if (kh, kw) == (3, 3) and tuple(node.attrs.get("strides", (1, 1))) == (1, 1):
+            return CLASSES.index("conv3x3s1")
         return CLASSES.index("conv")
     return CLASSES.index("other")
 
 
-def node_features(graph: Graph, nodes: Iterable[Node]) -> Features:
-    """Features of ``nodes`` of an annotated ``graph`` (:func:`annotate_costs` meta), bytes as float32."""
+def node_features(graph: Graph, nodes: Iterable[Node], *, one_function: bool = False) -> Features:
+    """Features of ``nodes`` of an annotated ``graph`` (:func:`annotate_costs` meta), bytes as
+    float32. ``one_function``: the nodes are one compiled function, which fuses only its own."""
+    nodes = list(nodes)
+    within = {n.name for n in nodes} if one_function else None
     rows = []
     for node in nodes:
         m = node.meta
@@ -118,7 +139,10 @@ def node_features(graph: Graph, nodes: Iterable[Node]) -> Features:
             raise InputError(f"node {node.name} has no cost annotation: run passes.annotate_costs first")
         reads = [graph.node(i) for i in node.inputs]
         elements = sum(r.type.size for r in reads) + node.type.size  # weights and activations alike
-        cls = node_class(graph, node)
+        cls = node_class(graph, node, within)
+        if cls == CLASSES.index("fused"):
+            rows.append((cls, 0.0, 0.0))
+            continue
         flops = 2.0 * m["macs"] if cls != CLASSES.index("other") else 0.0
         rows.append((cls, flops, 4.0 * elements))
     return Features.of(rows)
@@ -176,9 +200,8 @@ def load_features(path: Path = FEATURES_FILE) -> dict[str, Features]:
             "regenerate with: python -m dyno_compile.search.device_features"
         ) from None
     if data.get("version") != FEATURES_VERSION or data.get("classes") != list(CLASSES):
-        raise InputError(f"{path}: stored with another layout; regenerate: python -m dyno_compile.search.device_features")
+        raise InputError(f"{path}: stored with another layout; regenerate it: python -m {__name__}")
     return {m: Features.from_dict(d) for m, d in data["models"].items()}
-
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ times are sums of those (:func:`config_times`) — no configuration is ever run 
 A :class:`LibraryProfile` always carries where its figures came from (``source``):
 ``"measured:host"`` (timed here), ``"measured:rpc:<key>"`` (timed on a remote device,
 :mod:`dyno_compile.search.rpc`), ``"emulated:rpc:<key>"`` (timed on an emulated board:
-correct code, meaningless times) or ``"estimated:roofline:<target>"``
+correct code, meaningless times), ``"estimated:roofline:<target>"`` or, for the named
+boards, ``"estimated:anchored:<target>"`` (anchored on published latencies)
 (:mod:`dyno_compile.search.estimate`). The label is required to build one, is part of
 its ``str``/``repr`` and of its stored dict, so no figure can be shown or saved unlabelled.
 """
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from dyno_compile.targets.runner import ModuleRunner
 
 SIDES = ("device", "cloud")
-_SOURCE = re.compile(r"^(measured:(rpc:\S+|[\w.-]+)|emulated:rpc:\S+|estimated:roofline:[\w.-]+)$")
+_SOURCE = re.compile(r"^(measured:(rpc:\S+|[\w.-]+)|emulated:rpc:\S+|estimated:(roofline|anchored):[\w.-]+)$")
 
 #: Defaults sized so one pass over the ~47 functions of a resnet20 library takes 5-10 s on 2 cores: each
 #: function runs for ``repeat`` windows of at least ``min_repeat_ms`` plus a warm-up call.
@@ -101,7 +102,8 @@ class LibraryProfile:
         if not _SOURCE.match(self.source):
             raise ProfileError(
                 f"profile source {self.source!r} is not 'measured:<target>', 'measured:rpc:<key>', "
-                "'emulated:rpc:<key>' or 'estimated:roofline:<target>'; every figure must say where it came from"
+                "'emulated:rpc:<key>' or 'estimated:roofline|anchored:<target>'; every figure must say "
+                "where it came from"
             )
         bad = {f: s for f, s in self.seconds.items() if not (np.isfinite(s) and s > 0)}
         if bad:

@@ -126,9 +126,7 @@ def _mbconv(p: Params, x: jax.Array, blk: Block, se: bool) -> jax.Array:
     y = x
     if blk.expand != 1:
         y = _conv_bn_act(y, p, f"{blk.name}._expand_conv", f"{blk.name}._bn0", se)
-    y = _conv_bn_act(
-        y, p, f"{blk.name}._depthwise_conv", f"{blk.name}._bn1", se, stride=blk.stride, groups=blk.hidden
-    )
+    y = _conv_bn_act(y, p, f"{blk.name}._depthwise_conv", f"{blk.name}._bn1", se, stride=blk.stride, groups=blk.hidden)
     if se:
         y = _squeeze_excite(p, y, blk)
     y = conv_bn(y, p, f"{blk.name}._project_conv", f"{blk.name}._bn2", eps=BN_EPSILON)
