@@ -277,3 +277,20 @@ def test_an_emulated_board_is_labelled_and_never_ranks_by_its_times_unless_asked
     with pytest.raises(ProfileError, match="not an estimate or an emulation"):
         estimate_library(artifact, default[1], "arm64")
     assert rpc_source("rpi5") == "measured:rpc:rpi5"
+
+
+def test_a_board_target_with_no_board_ranks_by_the_anchored_estimate(artifact, profiles, monkeypatch):
+    """``--profile-device rpi4`` without an RPC board: the search's device profiles are the host
+    measurement and the estimate anchored on published rows, which names them; stored and
+    read back with its label."""
+    monkeypatch.setattr(pipeline, "profile_library", lambda *args: profiles["device"])
+    calibration = CalibrationSet(np.zeros((1, *artifact.graph.inputs[0].shape[1:]), np.float32), None, "zeros")
+    host, board = side_profiles(artifact, "device", "rpi4", SearchOptions(calibration), silent)
+    assert host.source == "measured:host" and board.source == "estimated:anchored:rpi4"
+    assert board.target == "rpi4" and set(board.seconds) == set(host.seconds)
+    assert "rows: rpi4 ncnn 4t" in board.calibration and "measured:host" in board.calibration
+    back = LibraryProfile.from_dict(json.loads(json.dumps(board.to_dict())))
+    assert back == board and back.estimated and "estimated:anchored:rpi4" in str(back)
+    d, _, sources = config_times(artifact, board, profiles["cloud"], Config(max(c["position"] for c in artifact.cuts)))
+    assert d == pytest.approx(sum(board.seconds[s["function"]] for s in artifact.segments)) and d > 0
+    assert sources["device_s"] == "estimated:anchored:rpi4"

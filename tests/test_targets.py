@@ -757,6 +757,31 @@ def test_arm64_export_is_aarch64_shared_object(resnet20, tmp_path):
     assert int.from_bytes(open(so, "rb").read(18)[16:18], "little") == 3  # ET_DYN: a shared object
 
 
+def test_board_target_builds_resnet20_for_its_cpu(resnet20, tmp_path):
+    """A named board (LLVM mcpu cortex-a72) compiles and links with the zig aarch64 linker as arm64 does."""
+    g, _ = resnet20
+    c = compile_graph(g, "rpi4")
+    assert c.target.name == "rpi4" and c.target.tvm_target().attrs["mcpu"] == "cortex-a72"
+    so = export(c, tmp_path / "resnet20_rpi4.so")
+    magic, klass, machine = _elf_header(so)
+    assert magic == b"\x7fELF" and klass == 2 and machine == 183  # EM_AARCH64
+
+
+def test_board_targets_name_their_cpus_and_rooflines():
+    from dyno_compile.targets.spec import BOARD_TARGETS
+
+    cpus = {"rpi4": "cortex-a72", "rpi5": "cortex-a76", "jetson-nano": "cortex-a57", "phone": "cortex-a76"}
+    assert set(BOARD_TARGETS) == set(cpus) and set(cpus) <= set(list_targets())
+    for name, cpu in cpus.items():
+        spec = get_target(name)
+        assert spec.target["mcpu"] == cpu and spec.target["mtriple"] == "aarch64-linux-gnu"
+        assert spec.linker == get_target("arm64").linker and spec.threads == 4 and not spec.is_host
+    assert get_target("rpi4").peak_gflops == pytest.approx(4 * 1.8 * 8)
+    assert get_target("jetson-nano").peak_gflops == pytest.approx(4 * 1.43 * 8)
+    assert get_target("rpi5").peak_gflops == pytest.approx(get_target("arm64").peak_gflops)  # both 4x A76 @ 2.4
+    assert "mcpu" not in get_target("arm64").target  # arm64 stays the generic A76-class build
+
+
 @pytest.mark.parametrize("name", ["cuda-sm75", "cuda-sm80", "cuda-sm90"])
 def test_cuda_builds_and_exports_without_gpu(name, resnet20, tmp_path):
     g, _ = resnet20

@@ -101,7 +101,26 @@ def test_list_models() -> None:
         "resnet20",
         "resnet56",
         "efficientnet_lite2",
+        "efficientnet_b0",
+        "efficientnet_lite0",
     ]
+
+
+@pytest.mark.parametrize(
+    "name, keys, trainable", [("efficientnet_b0", 311, 5_288_548), ("efficientnet_lite0", 247, 4_652_008)]
+)
+def test_cost_only_efficientnets_match_the_published_parameter_counts(name: str, keys: int, trainable: int) -> None:
+    """B0 and Lite0 (random weights, for costing published latencies) have efficientnet_pytorch's
+    and TF's parameter counts: 5,288,548 and 4,652,008 (B0's squeeze-excite is the difference)."""
+    specs = param_specs(name)
+    assert len(specs) == keys
+    assert sum(int(np.prod(s.shape)) for k, s in specs.items() if not k.endswith(("running_mean", "running_var"))) == (
+        trainable
+    )
+    m = get_model(name)
+    assert m.input_shape == (1, 3, 224, 224) and not m.real_weights
+    used = _primitives(jax.make_jaxpr(m.fn)(m.params, m.random_input()).jaxpr)
+    assert used <= FRONTEND_PRIMITIVES | {"logistic"}, sorted(used - FRONTEND_PRIMITIVES)
 
 
 @pytest.mark.parametrize("name", IMAGENET)
