@@ -56,6 +56,16 @@ def test_efficientnets_cost_as_published_architectures(features):
     assert len(b0) > len(lite0) and (b0.classes == CLASSES.index("fc")).sum() > 16  # SE convs on 1x1 maps
 
 
+def test_resnet50_is_costed_as_the_network_ncnn_ran(features):
+    """ncnn's benchmark ResNet-50 is Caffe's v1 (stride on the 1x1 conv): every 3x3 conv has
+    stride 1, so the only other kxk conv is the 7x7 stem; and it does fewer MACs than v1.5."""
+    r50 = features["resnet50"]
+    assert (r50.classes == CLASSES.index("conv")).sum() == 1
+    v15 = graph_features(build_graph("resnet18"))  # a torchvision net through the same path
+    assert (v15.classes == CLASSES.index("conv")).sum() > 1  # its strided 3x3 convs
+    assert 7.5e9 < r50.flops.sum() < 7.9e9  # 3.86 G MACs (v1.5: 4.09)
+
+
 def test_fused_activations_only_inside_one_function(rng):
     from conftest import conv_bn_relu_graph
     from dyno_compile.passes import run_passes

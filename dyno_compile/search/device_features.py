@@ -48,7 +48,11 @@ FEATURES_VERSION = 3
 #: The models of the published rows and how we build their IR. SqueezeNet 1.1 is the real
 #: ONNX file, re-imported at the 227x227 input ncnn's benchmark runs (every shape follows
 #: from the input: the exact graph, no scaling); the others are zoo entries (random
-#: weights: costs need only shapes). ``efficientnet_b0`` is B0 with Swish and
+#: weights: costs need only shapes), each the network the rows' framework ran: ncnn's
+#: "resnet50" is the Caffe v1 network (``benchmark/resnet50.param`` strides in
+#: ``res3a_branch2a``, a 1x1 conv), so it is costed as ``resnet50_v1``, not torchvision's
+#: v1.5 (:mod:`dyno_compile.zoo.resnet50_v1`, the zoo's ResNet-50 parameters).
+#: ``efficientnet_b0`` is B0 with Swish and
 #: squeeze-excite, ``efficientnet_lite0`` Lite0 (ReLU6, no SE), both 224x224.
 ANCHOR_MODELS: dict[str, str] = {
     "squeezenet1.1": "imagenet/squeezenet1.1_fp16.onnx@227",
@@ -56,7 +60,7 @@ ANCHOR_MODELS: dict[str, str] = {
     "efficientnet_b0": "zoo:efficientnet_b0",
     "efficientnet_lite0": "zoo:efficientnet_lite0",
     "resnet18": "zoo:resnet18",
-    "resnet50": "zoo:resnet50",
+    "resnet50": "v1:resnet50",
     "vgg16": "zoo:vgg16",
 }
 
@@ -169,6 +173,13 @@ def build_graph(model: str) -> Graph:
         raise InputError(f"no IR recipe for published model {model!r}; known: {', '.join(ANCHOR_MODELS)}") from None
     if spec.startswith("zoo:"):
         return run_passes(load_model(spec[4:]))
+    if spec == "v1:resnet50":
+        from dyno_compile import zoo
+        from dyno_compile.frontend.jax_import import from_jax
+        from dyno_compile.zoo.resnet50_v1 import resnet50_v1
+
+        m = zoo.get_model("resnet50", weights=zoo.RANDOM)
+        return run_passes(from_jax(resnet50_v1, m.params, m.random_input(), name="resnet50_v1"))
     rel, _, size = spec.partition("@")
     path = data_root() / rel
     probe = from_onnx(path)
