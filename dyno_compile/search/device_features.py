@@ -62,6 +62,8 @@ ANCHOR_MODELS: dict[str, str] = {
     "resnet18": "zoo:resnet18",
     "resnet50": "v1:resnet50",
     "vgg16": "zoo:vgg16",
+    # not a published model: torchvision's v1.5, so the report can show what costing it instead of v1 does
+    "resnet50_v1.5": "zoo:resnet50",
 }
 
 
