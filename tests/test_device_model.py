@@ -189,3 +189,23 @@ def test_board_targets_have_the_device_profiles():
     phone = dm.HARDWARE["pixel4"].peak_flops(2.84, 4) / 1e9
     assert get_target("phone").peak_gflops == pytest.approx(phone, rel=1e-3)
     assert get_target("rpi4").peak_gflops == pytest.approx(dm.HARDWARE["rpi4"].peak_flops(1.8, 4) / 1e9)
+
+
+def test_the_report_is_the_committed_doc():
+    """docs/device-estimates.md is what benchmarks/device_estimates.py writes today (but its run time)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("device_estimates", root / "benchmarks" / "device_estimates.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def strip(text: str) -> str:
+        return re.sub(r"\(\d+\.\d s\)", "(s)", text)
+
+    assert strip(module.report(False)) == strip((root / "docs" / "device-estimates.md").read_text()), (
+        "regenerate: .venv/bin/python benchmarks/device_estimates.py --out docs/device-estimates.md"
+    )
