@@ -36,6 +36,9 @@ RTT_S = {"3g": 0.100, "lte": 0.050, "5g": 0.020}
 #: No accuracy constraint for the baselines: 100 points.
 UNCONSTRAINED = 100.0
 OURS = "DynO (ours)"
+#: The policies replayed with the client's hedged offload (``ReplaySettings.hedge``): ours;
+#: the published baselines are replayed as published, waiting for the cloud.
+HEDGED = frozenset({OURS})
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,12 @@ def compare(
     for trace in traces:
         rtt = RTT_S[trace.set]
         for name, factory in factories.items():
-            seq = replay(factory("sequential"), trace.trace, ReplaySettings(rtt_s=rtt, requests=requests))
+            hedge = name in HEDGED
+            seq = replay(factory("sequential"), trace.trace, ReplaySettings(rtt_s=rtt, requests=requests, hedge=hedge))
             pipe = replay(
-                factory("pipelined"), trace.trace, ReplaySettings(rtt_s=rtt, requests=requests, mode="pipelined")
+                factory("pipelined"),
+                trace.trace,
+                ReplaySettings(rtt_s=rtt, requests=requests, mode="pipelined", hedge=hedge),
             )
             runs.append(PolicyRun(name, trace, seq, pipe))
     return runs

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from dyno_compile.artifact.load import Artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
 from dyno_compile.runtime.client import DeviceClient
-from dyno_compile.runtime.selector import is_device_only
+from dyno_compile.runtime.selector import is_device_only, local_remainders
 from dyno_compile.runtime.sides import DeviceLike
 from dyno_compile.search.profile import LibraryProfile, config_times
 
@@ -78,6 +79,7 @@ class EmulatedDevice:
         self._device_s = {e.config: e.device_s for e in evaluations}
         self._device_only_cut = device_only_cut
         self._device_only_s = next(e.device_s for e in evaluations if e.config.cut == device_only_cut)
+        self._remainder_s = local_remainders(evaluations)
         self._started = 0.0
 
     def __getattr__(self, name: str) -> Any:
@@ -98,9 +100,22 @@ class EmulatedDevice:
         if position == self._device_only_cut:
             sleep_until(self._started + self._device_only_s)
         else:  # a failed offload finishing on the device: the rest of the network
-            rest = self._device_only_s - min(s for c, s in self._device_s.items() if c.cut == position)
-            sleep_until(began + max(rest, 0.0))
+            sleep_until(began + self._rest(position))
         return output
+
+    def finish_until(self, env: Any, position: int, stop: threading.Event) -> np.ndarray | None:
+        """:meth:`finish` after an offload, given up (None) as soon as ``stop`` is set: the
+        hedged client's device stops when the reply is in (``client._finish_until``)."""
+        began = time.perf_counter()
+        output = self._real.finish(env, position)
+        if stop.wait(max(began + self._rest(position) - time.perf_counter(), 0.0)):
+            return None
+        return output
+
+    def _rest(self, position: int) -> float:
+        """The emulated time of the segments after cut ``position``, by the replay's rule
+        (:func:`~dyno_compile.runtime.selector.local_remainders`)."""
+        return self._remainder_s[position]
 
 
 def emulate_device(client: DeviceClient, evaluations: list[Evaluation] | None = None) -> DeviceClient:

@@ -7,7 +7,9 @@ policy's selector over the model's measured configurations, on an emulated phone
 device, :mod:`.emulate`) sends real calibration images, one request at a time, to a
 real server process (``python -m dyno_compile serve``) through a :class:`LinkShaper`
 playing the trace from the first request; then the replay runs the same selector over
-the same trace with the same prober settings. Agreement means:
+the same trace with the same prober settings, and with the client's hedged offload
+where the evaluation replays it (:data:`~dyno_compile.evaluate.compare.HEDGED`: ours).
+Agreement means:
 
 * **bytes exactly**: every frame the client sent is, byte for byte in length, the frame
   the evaluation's wire measurement builds for that image and configuration, and the
@@ -37,7 +39,7 @@ import numpy as np
 from dyno_compile.artifact.load import Artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
-from dyno_compile.evaluate.compare import OURS, policies
+from dyno_compile.evaluate.compare import HEDGED, OURS, policies
 from dyno_compile.evaluate.emulate import emulate_device, slower_device
 from dyno_compile.evaluate.prepare import PreparedModel, model_spec
 from dyno_compile.evaluate.replay import ReplayResult, ReplaySettings, replay
@@ -158,7 +160,9 @@ def live_comparison(
             endpoint = "grpc://{}:{}".format(*shaper.address)
             out = []
             for name in policy_names:
-                settings = ReplaySettings(rtt_s=rtt_s, requests=requests, probe_every_s=probe_every_s)
+                settings = ReplaySettings(
+                    rtt_s=rtt_s, requests=requests, probe_every_s=probe_every_s, hedge=name in HEDGED
+                )
                 live, measured = _live(
                     factories[name]("sequential"), evaluations, prepared, endpoint, shaper, trace, images, settings
                 )
@@ -269,6 +273,7 @@ def _live(
         probe_every_s=settings.probe_every_s,
         probe_bytes=settings.probe_bytes,
         timeout_s=60.0,
+        hedge=settings.hedge,
     )
     shaper.set_uplink(None)
     out, loads = [], []

@@ -39,6 +39,24 @@ previous returns): its latencies are the ones to report. ``mode="pipelined"`` ke
 device busy (the next request starts as soon as the device is free, at most
 ``max_in_flight`` outstanding) with device, uplink and cloud each serving one request at
 a time in order: its throughput is the one to report.
+
+``hedge=True`` replays the client with ``ClientOptions.hedge``: what the selector cannot
+foresee (a link that stalls after a frame is sent) costs at most the device's own time.
+
+* **The device never idles while an offloaded request is unanswered.** Both sides hold
+  the whole model, so when the device has nothing else to do (sequential: always, once
+  the frame is sent; pipelined: when no new request may start, ``max_in_flight`` being
+  outstanding or the stream over) it finishes the oldest such request from the
+  activations it holds, taking ``Decision.remainder_s`` (:func:`local_remainders`) times
+  the device load; the request completes at the earlier of that and the reply, and the
+  device stops as soon as the reply is in. Sequential latency is so never above
+  device-only's by more than the packing, and a pipelined window full of stalled frames
+  is emptied by the device at its own pace rather than waited out.
+* A reply that comes after the request finished locally is still observed: it is a real
+  sample of the uplink.
+* The selector is given :meth:`LinkObserver.conditions`: the frames still unanswered as
+  the uplink's backlog, and the stall an overdue one betrays, so a new frame is priced
+  behind them (and ``HighestThroughput`` runs the request on the device instead).
 """
 
 from __future__ import annotations
@@ -90,7 +108,9 @@ class ReplaySettings:
     the prober's ``probe_every_s`` and ``probe_bytes`` (the client's defaults); the
     sides' true loads (the estimator must discover them); ``noise``: the sigma of a
     lognormal factor on each request's device and cloud times, drawn from ``seed``, for
-    jitter a profile does not show (0: none, everything as profiled)."""
+    jitter a profile does not show (0: none, everything as profiled); ``hedge``: the
+    client's hedged offload and backlog-aware conditions (see the module; off: the
+    published baselines as published)."""
 
     rtt_s: float
     requests: int | None = None
@@ -105,6 +125,7 @@ class ReplaySettings:
     cloud_load: float = 1.0
     noise: float = 0.0
     seed: int = 0
+    hedge: bool = False
 
     def __post_init__(self) -> None:
         _number("ReplaySettings.rtt_s", self.rtt_s)
@@ -129,13 +150,17 @@ class ReplaySettings:
         _integer("ReplaySettings.max_in_flight", self.max_in_flight, low=1)
         _integer("ReplaySettings.probe_bytes", self.probe_bytes, low=0)
         _integer("ReplaySettings.seed", self.seed, low=0)
+        if not isinstance(self.hedge, bool):
+            raise InputError(f"ReplaySettings.hedge must be True or False, got {self.hedge!r}")
 
 
 @dataclass(frozen=True)
 class RequestRecord:
     """One replayed request. ``start_s``: when it was chosen (trace time, ``start_s``
-    included, so it lines up with the trace); ``where``: ``"cloud"`` or ``"device"``;
-    ``device_s``/``cloud_s``: the time it spent computing on each side (queues excluded);
+    included, so it lines up with the trace); ``where``: ``"cloud"``, ``"device"``, or
+    ``"local"`` (offloaded, and finished on the device before the reply came: hedged);
+    ``device_s``/``cloud_s``: the time it spent computing on each side (queues excluded;
+    the cloud's for a frame it answered after the device finished included);
     ``predicted_s``: the latency the selector expected under its estimates."""
 
     start_s: float
@@ -202,7 +227,7 @@ class ReplayResult:
     def bytes_per_offload(self) -> float:
         """Frame bytes per request that went to the cloud (NaN if none did): what a
         policy's packing costs when it does send, whatever share of requests it sends."""
-        sent = [r.bytes for r in self.requests if r.where == "cloud"]
+        sent = [r.bytes for r in self.requests if r.where != "device"]
         return sum(sent) / len(sent) if sent else math.nan
 
     @property
@@ -281,10 +306,16 @@ class _Request:
     start_s: float
     evaluation: Evaluation
     predicted_s: float
+    remainder_s: float = math.inf
     device_s: float = 0.0
     cloud_s: float = 0.0
     sent_s: float = 0.0
     server_s: float = 0.0
+    finished: bool = False
+    #: Bumped to cancel the local remainder running for it (the reply came, or it was set aside).
+    local_run: int = 0
+    #: Device seconds left of its remainder, once started.
+    local_left_s: float | None = None
 
 
 class _Replay:
@@ -312,6 +343,11 @@ class _Replay:
         self.started = 0
         self.in_flight = 0
         self.device_busy = False
+        #: Offloaded requests not yet answered nor finished, oldest first (hedge only).
+        self.unanswered: list[_Request] = []
+        #: The request whose remainder the device is running, if any, and since when.
+        self.local: _Request | None = None
+        self.local_started_s = 0.0
         self.next_probe = settings.start_s  # when the scheduled probe is due (a retry brings it forward)
         self.stopped = False
 
@@ -348,9 +384,10 @@ class _Replay:
         if self.stopped or not self.may_start():
             self.stopped = True
             return
-        decision = self.selector.select(self.link.conditions())
+        conditions = self.observer.conditions(self.now) if self.settings.hedge else self.link.conditions()
+        decision = self.selector.select(conditions)
         e = decision.evaluation
-        request = _Request(self.started, self.now, e, decision.latency_s)
+        request = _Request(self.started, self.now, e, decision.latency_s, decision.remainder_s)
         self.started += 1
         self.in_flight += 1
         self.device_busy = True
@@ -365,11 +402,13 @@ class _Replay:
             self.finish(request, "device")
         else:
             request.sent_s = max(self.now, self.frame_delivered_s)
+            self.observer.sent(request.index, e.bytes, self.now)
             delivered = self.uplink.send(self.now, e.bytes) if e.bytes > 0 else self.now
             self.frame_delivered_s = max(self.frame_delivered_s, delivered)
             self.at(delivered + self.settings.rtt_s / 2, lambda: self.cloud_arrival(request))
-        if self.settings.mode == "pipelined":
-            self.feed_device()
+            if self.settings.hedge and math.isfinite(request.remainder_s):
+                self.unanswered.append(request)
+        self.device_free()
 
     def cloud_arrival(self, request: _Request) -> None:
         request.cloud_s = request.evaluation.cloud_s * self.settings.cloud_load * self.jitter()
@@ -379,7 +418,8 @@ class _Replay:
 
     def reply(self, request: _Request) -> None:
         """The answer is back: observed as the client observes its replies
-        (:meth:`LinkObserver.offload`)."""
+        (:meth:`LinkObserver.offload`), even when the device finished the request first.
+        A remainder running for it stops."""
         e = request.evaluation
         self.observer.offload(
             e.bytes,
@@ -389,10 +429,20 @@ class _Replay:
             profiled_cloud_s=e.cloud_s,
             now_s=self.now,
         )
+        self.observer.settled(request.index)
+        if request.finished:
+            return
+        if request in self.unanswered:
+            self.unanswered.remove(request)
+        if self.local is request:
+            self.stop_remainder(request)
         self.finish(request, "cloud")
 
     def finish(self, request: _Request, where: str) -> None:
         e = request.evaluation
+        cloud_s = request.cloud_s
+        if where == "local":  # the frame was sent: the cloud computes it all the same
+            cloud_s = cloud_s or e.cloud_s * self.settings.cloud_load
         record = RequestRecord(
             request.start_s,
             e.config,
@@ -400,22 +450,71 @@ class _Replay:
             self.now - request.start_s,
             e.bytes,
             request.device_s,
-            request.cloud_s,
+            cloud_s,
             e.accuracy,
             request.predicted_s,
         )
+        request.finished = True
         self.records.append((request.index, record))
         self.in_flight -= 1
         if self.settings.mode == "sequential":
-            self.start_request()
+            if not self.device_busy:
+                self.start_request()
         else:
-            self.feed_device()
+            self.device_free()
 
-    def feed_device(self) -> None:
-        """Pipelined: the device takes the next request once it is free and fewer than
-        ``max_in_flight`` are outstanding."""
-        if not self.device_busy and self.in_flight < self.settings.max_in_flight:
+    def device_free(self) -> None:
+        """The device may take other work: pipelined, it takes the next request if fewer
+        than ``max_in_flight`` are outstanding, setting aside a remainder it was running
+        (kept where it stopped: segments are not redone); otherwise (sequential: once the
+        frame is sent), with ``hedge``, it runs the oldest unanswered offloaded request's
+        remainder. A remainder is only ever what the device does when it has nothing
+        else to do: a slow device (resnet50 on a Pi 4 class board: 263 ms) tied up in one
+        while requests could start would forgo a dozen offloads."""
+        s = self.settings
+        can_start = s.mode == "pipelined" and self.in_flight < s.max_in_flight and not self.stopped
+        if self.device_busy:
+            if not (can_start and self.local is not None):
+                return
+            self.set_aside(self.local)
+        if can_start:
             self.start_request()
+            if self.device_busy:
+                return
+        if self.unanswered:
+            self.run_remainder(self.unanswered.pop(0))
+
+    def run_remainder(self, request: _Request) -> None:
+        """The device finishes ``request`` from the activations it holds (from where it
+        stopped, if it was set aside), unless the reply comes first (:meth:`reply`)."""
+        if request.local_left_s is None:
+            request.local_left_s = request.remainder_s * self.settings.device_load * self.jitter()
+        self.device_busy = True
+        self.local = request
+        self.local_started_s = self.now
+        run = request.local_run
+        self.at(self.now + request.local_left_s, lambda: self.remainder_done(request, run))
+
+    def stop_remainder(self, request: _Request) -> None:
+        """The device stops ``request``'s remainder now, counting the time it spent."""
+        spent = self.now - self.local_started_s
+        request.device_s += spent
+        if request.local_left_s is not None:
+            request.local_left_s -= spent
+        request.local_run += 1
+        self.local = None
+        self.device_busy = False
+
+    def set_aside(self, request: _Request) -> None:
+        """A remainder yields to a new request: it goes back to the front of the queue."""
+        self.stop_remainder(request)
+        self.unanswered.insert(0, request)
+
+    def remainder_done(self, request: _Request, run: int) -> None:
+        if request.local_run != run:
+            return  # stopped meanwhile: the reply came, or a new request took the device
+        self.stop_remainder(request)
+        self.finish(request, "local")
 
     # --- the prober ----------------------------------------------------------------------
 

@@ -23,6 +23,15 @@ same over gRPC and HTTP.
 The prober also keeps the link estimates fresh when requests do not: an empty ping now
 and then for the round trip, and, while the selector keeps everything on the device (so
 no frame measures the uplink), a padded ping to notice that the uplink has recovered.
+
+With ``hedge`` (:class:`ClientOptions`) an offload cannot cost much more than running
+alone, whatever the link does after the frame is sent: the transport call runs in a
+worker thread while the device, otherwise idle, finishes the request from the
+activations it holds, one segment at a time, stopping as soon as the reply is in; the
+request completes at the earlier of the two. The worker observes the reply even when
+it comes after the device finished (a real sample of the uplink), and the selector is
+given :meth:`LinkObserver.conditions`, which prices a new frame behind those still on
+the link. The trace replay (``ReplaySettings.hedge``) follows the same rules.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from dyno_compile.runtime.protocol import (
     model_id,
 )
 from dyno_compile.runtime.selector import Decision, Policy, Selector, is_device_only, make_policy, predict
-from dyno_compile.runtime.sides import DeviceLike, DeviceSide
+from dyno_compile.runtime.sides import DeviceLike, DeviceSide, Env
 from dyno_compile.runtime.transport import Reason, Transport, TransportError
 
 
@@ -67,7 +76,9 @@ class ClientOptions:
     prober measures the round trip, and the uplink while nothing else does; ``selector``:
     a ready :class:`Selector` to use instead of one over the artifact's search results (an
     evaluation comparing policies over configurations it measured itself), whose policy
-    replaces ``policy``."""
+    replaces ``policy``; ``hedge``: finish each offloaded request on the device meanwhile
+    and take whichever answer comes first (see the module; off by default: the published
+    baselines wait for the cloud)."""
 
     policy: str | Policy = "lowest-latency"
     policy_options: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +92,7 @@ class ClientOptions:
     device_target: str = "host"
     link: LinkEstimator | None = None
     selector: Selector | None = None
+    hedge: bool = False
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "retry_after_s", "max_retry_after_s", "probe_every_s"):
@@ -96,8 +108,9 @@ class Result:
     """One request: its output, the decision behind it, and where it ended.
 
     ``where``: ``"cloud"`` (answered by ``endpoint``), ``"device"`` (device-only by
-    choice or because no endpoint was up) or ``"fallback"`` (offloaded, failed, finished
-    on the device; ``error`` says why)."""
+    choice or because no endpoint was up), ``"fallback"`` (offloaded, failed, finished
+    on the device; ``error`` says why) or ``"local"`` (offloaded with ``hedge``, and the
+    device finished before the reply came)."""
 
     output: np.ndarray
     decision: Decision
@@ -178,7 +191,9 @@ class DeviceClient:
                 decision = self.local
                 if endpoint:
                     assert self.selector is not None, "a client given endpoints always has a selector"
-                    decision = self.selector.select(self.link.conditions())
+                    hedged = self.options.hedge
+                    conditions = self._observer.conditions(time.monotonic()) if hedged else self.link.conditions()
+                    decision = self.selector.select(conditions)
             config, evaluation = decision.evaluation.config, decision.evaluation
             env = self.device.start(x, config.cut)
             if endpoint is None or is_device_only(evaluation):
@@ -189,15 +204,13 @@ class DeviceClient:
             request = encode_request(self.device.frame(env, config, request_id), model=self.model)
             device_s = time.perf_counter() - start
             self._observe_device(device_s, evaluation)
+            if self.options.hedge:
+                return self._hedged(endpoint, request, request_id, env, decision, start)
             sent = time.perf_counter()
             try:
                 reply = self._call(endpoint, request, request_id)
             except (TransportError, ProtocolError) as e:
-                if not _busy(e):
-                    self._mark_down(endpoint)
-                elif isinstance(e, ProtocolError) and e.reply is not None:  # OVERLOADED, with the load figures
-                    with self._state:
-                        self._observer.busy(evaluation.cloud_s, in_flight=e.reply.in_flight, workers=e.reply.workers)
+                self._failed(endpoint, e, evaluation)
                 output = self.device.finish(env, config.cut)
                 return Result(
                     output,
@@ -228,6 +241,64 @@ class DeviceClient:
                 endpoint.transport.endpoint,
                 reply=reply,
             )
+
+    def _hedged(
+        self, endpoint: _Endpoint, request: bytes, request_id: int, env: Env, decision: Decision, start: float
+    ) -> Result:
+        """The frame goes out from a worker thread while the device finishes the request
+        itself; the earlier answer is the result. The worker observes what the call gives
+        (reply, failure, busy) before it says the call is over, so a request the reply
+        decides is never chosen after ahead of its observation."""
+        evaluation, cut = decision.evaluation, decision.evaluation.config.cut
+        answered = threading.Event()  # a good reply is in: the device stops
+        outcome: dict[str, Any] = {}
+        with self._state:
+            self._observer.sent(request_id, len(request), time.monotonic())
+
+        def call() -> None:
+            sent = time.perf_counter()
+            try:
+                reply = self._call(endpoint, request, request_id)
+            except (TransportError, ProtocolError) as e:
+                self._failed(endpoint, e, evaluation)
+                with self._state:
+                    self._observer.settled(request_id)
+                outcome["error"] = e
+                return
+            network_s = time.perf_counter() - sent
+            with self._state:
+                self._observer.offload(
+                    len(request),
+                    network_s,
+                    server_s=reply.server_s,
+                    compute_s=reply.compute_s,
+                    profiled_cloud_s=evaluation.cloud_s,
+                    now_s=time.monotonic(),
+                )
+                self._observer.settled(request_id)
+            outcome["reply"] = reply
+            answered.set()
+
+        worker = threading.Thread(target=call, name="dyno-offload", daemon=True)
+        worker.start()
+        output = _finish_until(self.device, env, cut, answered)
+        where, reply, error = "local", None, None
+        if output is None:  # stopped: the reply is in
+            reply = outcome["reply"]
+            assert reply.output is not None, "_call refuses a reply without an output"
+            where, output = "cloud", reply.output.reshape(self.device.output_shape)
+        elif "error" in outcome:
+            where, error = "fallback", str(outcome["error"])
+        return Result(
+            output,
+            decision,
+            where,
+            time.perf_counter() - start,
+            len(request),
+            endpoint.transport.endpoint,
+            error,
+            reply,
+        )
 
     def close(self) -> None:
         self._closed.set()
@@ -265,6 +336,15 @@ class DeviceClient:
         if reply.request_id != request_id or reply.output is None or reply.output.size != expected:
             raise ProtocolError(reply.status, f"{endpoint.transport.endpoint}: the reply does not answer this request")
         return reply
+
+    def _failed(self, endpoint: _Endpoint, e: TransportError | ProtocolError, evaluation: Evaluation) -> None:
+        """A failed offload: the endpoint is down unless it only said it is busy
+        (``OVERLOADED`` brings the load figures, observed)."""
+        if not _busy(e):
+            self._mark_down(endpoint)
+        elif isinstance(e, ProtocolError) and e.reply is not None:
+            with self._state:
+                self._observer.busy(evaluation.cloud_s, in_flight=e.reply.in_flight, workers=e.reply.workers)
 
     def _observe_device(self, seconds: float, evaluation: Evaluation) -> None:
         with self._state:
@@ -350,6 +430,25 @@ class DeviceClient:
                 self._observer.round_trip(rtt)
             elif self._observer.padded_ping(rtt, size, padded, time.monotonic()):
                 self._last_rtt_probe = -float("inf")  # the next tick probes again, with more padding
+
+
+def _finish_until(device: DeviceLike, env: Env, position: int, stop: threading.Event) -> np.ndarray | None:
+    """The device's output from the activations at cut ``position``, or None if ``stop``
+    was set first. A :class:`DeviceSide` checks between segments (a segment under way
+    is not interrupted); a stand-in with a ``finish_until`` of its own (the evaluation's
+    emulated device) is asked; any other runs to the end."""
+    own = getattr(device, "finish_until", None)
+    if callable(own):
+        result: np.ndarray | None = own(env, position, stop)
+        return result
+    if not isinstance(device, DeviceSide):
+        return device.finish(env, position)
+    for index in device.cut(position)["cloud_segments"]:
+        if stop.is_set():
+            return None
+        device.run_segments([index], env)
+    value = env[device.output_name]
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 def _busy(e: TransportError | ProtocolError) -> bool:

@@ -62,18 +62,23 @@ DEFAULT_LOAD_ALPHA = 0.3
 @dataclass(frozen=True)
 class Conditions:
     """What the selector needs to predict a configuration's latency: uplink bandwidth in
-    bytes/s, round-trip time in seconds, and each side's load factor (observed time over
-    profiled time; 1 runs as profiled, 2 takes twice as long)."""
+    bytes/s, round-trip time in seconds, each side's load factor (observed time over
+    profiled time; 1 runs as profiled, 2 takes twice as long), and ``uplink_backlog_s``:
+    how long until the uplink is expected to have carried the frames already sent and not
+    yet answered (0: it is free; :meth:`~dyno_compile.runtime.observations.LinkObserver.conditions`
+    fills it), so that a new frame is priced behind them rather than on an idle link."""
 
     bandwidth: float
     rtt_s: float
     device_load: float = PRIOR_LOAD
     cloud_load: float = PRIOR_LOAD
+    uplink_backlog_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("bandwidth", "device_load", "cloud_load"):
             _require(name, getattr(self, name), positive=True)
         _require("rtt_s", self.rtt_s, positive=False)
+        _require("uplink_backlog_s", self.uplink_backlog_s, positive=False)
 
 
 def _require(name: str, value: float, *, positive: bool) -> float:

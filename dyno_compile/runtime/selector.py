@@ -12,10 +12,13 @@ do not depend on the network, so each request only has to weigh them by the curr
 
 its latency is their sum and, with requests pipelined, its throughput is one over the
 slowest of device, uplink and cloud (the round trip delays a request but does not
-occupy a stage). That is a product of a fixed ``n × 4`` matrix of measures with four
-weights, so the matrix is built once and a request costs one matrix-vector product and
-an argmin: a few microseconds for a hundred candidates, measured faster than a Python
-loop over them (``benchmarks/selector_decision.py``).
+occupy a stage). A frame sent while the uplink still carries earlier ones
+(``Conditions.uplink_backlog_s``) waits for them: an offloaded configuration's latency
+also holds whatever of the backlog its device part does not cover. Without a backlog
+that is a product of a fixed ``n × 4`` matrix of measures with four weights, so the
+matrix is built once and a request costs one matrix-vector product and an argmin: a
+few microseconds for a hundred candidates, measured faster than a Python loop over them
+(``benchmarks/selector_decision.py``).
 
 Which candidate is best is a :class:`Policy`, pluggable like an Optuna sampler; every
 policy chooses only among the candidates within the accuracy budget. To keep noise from
@@ -60,24 +63,48 @@ def is_device_only(evaluation: Evaluation) -> bool:
 class Decision:
     """The configuration chosen for one request, what the cost model predicts for it
     under the conditions it was chosen for, and why (``note``: empty, or what the policy
-    had to give up, e.g. a latency bound no configuration meets)."""
+    had to give up, e.g. a latency bound no configuration meets). ``remainder_s``: the
+    device's profiled time to finish the request alone from the activations it holds at
+    the cut (:func:`local_remainders`; 0 for device-only, ``inf`` when unknown)."""
 
     evaluation: Evaluation
     latency_s: float
     throughput_rps: float
     policy: str
     note: str = ""
+    remainder_s: float = math.inf
 
 
 #: Requests a pipelining client keeps outstanding unless told otherwise.
 DEFAULT_MAX_IN_FLIGHT = 8
 
 
+def local_remainders(evaluations: Sequence[Evaluation]) -> dict[int, float]:
+    """Per cut, the device's time to run the segments after it: what finishing an
+    offloaded request locally (a hedge, a deadline, a failed transfer) costs. The rule,
+    the same as the emulated device's fallback (:mod:`dyno_compile.evaluate.emulate`):
+    device-only's ``device_s`` less the smallest ``device_s`` of a configuration at that
+    cut. That configuration's time is the segments before the cut plus its packing, the
+    cheapest at the cut (float32 with no codec is a copy), so the remainder is short of the
+    true one by at most that packing. Empty when no device-only configuration is given:
+    nothing says how long the whole network takes on the device."""
+    device_only = [e.device_s for e in evaluations if is_device_only(e)]
+    if not device_only:
+        return {}
+    whole = min(device_only)
+    prefix: dict[int, float] = {}
+    for e in evaluations:
+        prefix[e.config.cut] = min(prefix.get(e.config.cut, math.inf), e.device_s)
+    return {cut: max(whole - p, 0.0) for cut, p in prefix.items()}
+
+
 class Candidates:
     """The configurations one selector may choose from, as the matrix of their measures
     (``measures``, n x 4 in :data:`_COLUMNS` order), its stage columns transposed
     (``stages``, 3 x n: NumPy reduces across rows far faster than along short ones), and
-    as Python tuples (``rows``) for arithmetic on one candidate without array overhead."""
+    as Python tuples (``rows``) for arithmetic on one candidate without array overhead;
+    ``remainder_s``: each one's local remainder (:func:`local_remainders`, ``inf`` without
+    a device-only candidate); ``offloaded``: which send a frame."""
 
     def __init__(self, evaluations: Sequence[Evaluation]) -> None:
         self.evaluations = tuple(evaluations)
@@ -85,6 +112,13 @@ class Candidates:
         self.measures = np.array(self.rows, dtype=float).reshape(-1, len(_COLUMNS))
         self.stages = np.ascontiguousarray(self.measures[:, _STAGES].T)
         self.cloud_s = self.measures[:, _COLUMNS.index("cloud_s")].copy()
+        self.offloaded = self.measures[:, _COLUMNS.index("offloaded")] > 0
+        remainders = local_remainders(self.evaluations)
+        self.remainder_s = [
+            0.0 if is_device_only(e) else remainders.get(e.config.cut, math.inf) for e in self.evaluations
+        ]
+        #: The whole network on the device (``inf`` without a device-only candidate).
+        self.device_only_s = min((e.device_s for e in self.evaluations if is_device_only(e)), default=math.inf)
 
     def __len__(self) -> int:
         return len(self.evaluations)
@@ -108,7 +142,23 @@ class Prediction:
 
     @cached_property
     def latency(self) -> np.ndarray:
+        """Each candidate's latency if chosen now: :attr:`unqueued_latency` plus the wait
+        for the uplink's backlog."""
+        if self.conditions.uplink_backlog_s > 0:
+            return self.unqueued_latency + np.where(self.candidates.offloaded, self.backlog_wait, 0.0)
+        return self.unqueued_latency
+
+    @cached_property
+    def unqueued_latency(self) -> np.ndarray:
+        """Each candidate's latency on an uplink with nothing ahead of its frame."""
         return self.candidates.measures @ np.array(self._weights)
+
+    @cached_property
+    def backlog_wait(self) -> np.ndarray:
+        """How long each candidate's frame would wait for the uplink to clear once packed:
+        the backlog its device part does not cover (read only for offloaded ones)."""
+        device = self.candidates.measures[:, 0] * self._weights[0]
+        return np.maximum(self.conditions.uplink_backlog_s - device, 0.0)
 
     @cached_property
     def bottleneck(self) -> np.ndarray:
@@ -117,9 +167,11 @@ class Prediction:
 
     def of(self, index: int) -> tuple[float, float]:
         """``(latency_s, throughput_rps)`` of one candidate."""
-        times = [m * w for m, w in zip(self.candidates.rows[index], self._weights)]
+        row = self.candidates.rows[index]
+        times = [m * w for m, w in zip(row, self._weights)]
         slowest = max(times[j] for j in _STAGES)
-        return sum(times), (1.0 / slowest if slowest > 0 else math.inf)
+        wait = max(self.conditions.uplink_backlog_s - times[0], 0.0) if row[2] else 0.0
+        return sum(times) + wait, (1.0 / slowest if slowest > 0 else math.inf)
 
 
 def predict(evaluation: Evaluation, conditions: Conditions) -> tuple[float, float]:
@@ -157,7 +209,9 @@ class HighestThroughput(Policy):
     ``max_in_flight`` requests are outstanding — so, by Little's law, no faster than
     ``max_in_flight`` per latency. Without that bound a long round trip looks free and
     offloading wins on paper what it loses when the window is full (replays of
-    resnet50 and mobilenet_v2 over LTE reached 0.77x device-only's rate)."""
+    resnet50 and mobilenet_v2 over LTE reached 0.77x device-only's rate). Given the
+    uplink's backlog (``Conditions.uplink_backlog_s``), it shares work with the device:
+    see :meth:`scores`."""
 
     def __init__(self, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
@@ -165,13 +219,29 @@ class HighestThroughput(Policy):
         self.max_in_flight = max_in_flight
 
     def scores(self, prediction: Prediction) -> tuple[np.ndarray, str]:
-        return np.maximum(prediction.bottleneck, prediction.latency / self.max_in_flight), ""
+        # Little's law on the latency without the backlog: pipelined, the frames ahead are
+        # this stream's own, which the bottleneck stage already counts; adding their wait
+        # too would count them twice.
+        scores = np.maximum(prediction.bottleneck, prediction.unqueued_latency / self.max_in_flight)
+        conditions, candidates = prediction.conditions, prediction.candidates
+        if conditions.uplink_backlog_s > candidates.device_only_s * conditions.device_load:
+            # Work sharing: the uplink will not clear before the device could run a whole
+            # request itself, so another frame only lengthens the queue while the device
+            # would have time to spare: every offload is "not now", the device takes the
+            # request, and the link stays busy meanwhile. Below that backlog a frame is
+            # worth queueing (running locally would leave the link idle). The device never
+            # waits on the link: throughput at least device-only's, plus what the link carries.
+            scores = np.where(candidates.offloaded, math.inf, scores)
+        return scores, ""
 
 
 class Onloading(Policy):
     """Least cloud compute whose predicted latency meets ``latency_bound_s``: as much of
     the network as the bound allows runs on the device, sparing the shared cloud. When
-    no configuration meets the bound it falls back to the lowest latency and says so."""
+    no configuration meets the bound it falls back to the lowest latency and says so.
+    Given a hedged client's conditions (:meth:`~dyno_compile.runtime.observations.LinkObserver.conditions`)
+    the check is stall-aware: a frame overdue lowers the bandwidth and lengthens the
+    backlog the bound is checked against, until a reply comes."""
 
     def __init__(self, latency_bound_s: float) -> None:
         number = isinstance(latency_bound_s, (int, float)) and not isinstance(latency_bound_s, bool)
@@ -351,7 +421,13 @@ class Selector:
         prediction = Prediction(self.candidates, conditions)
         scores, note = self.policy.scores(prediction)
         index = self._keep_or_switch(scores)
-        return Decision(self.candidates.evaluations[index], *prediction.of(index), self.policy.name, note)
+        return Decision(
+            self.candidates.evaluations[index],
+            *prediction.of(index),
+            self.policy.name,
+            note,
+            self.candidates.remainder_s[index],
+        )
 
     def _keep_or_switch(self, scores: np.ndarray) -> int:
         """The best-scoring candidate, unless the previous choice is still allowed and
