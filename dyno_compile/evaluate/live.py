@@ -151,7 +151,7 @@ def live_comparison(
         f"{prepared.name}: live run on an emulated device {factor:.0f}x slower than the host, "
         f"trace {trace.name}, round trip {1e3 * rtt_s:.0f} ms"
     )
-    factories = policies(prepared, evaluations, None)
+    factories = policies(prepared, evaluations)
     images = default_calibration(model_spec(prepared.name), prepared.artifact.graph.inputs[0].shape).x[:DEFAULT_SAMPLES]
     frames = _FrameSizes(prepared.artifact, images)
     with _ServeProcess(prepared.artifact) as (host, port):
