@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--sets", default="3g,lte,5g", help="trace sets (default 3g,lte,5g)")
     e.add_argument("--traces-per-set", type=int, default=2, help="traces per set, measured uplinks first (default 2)")
-    e.add_argument("--requests", type=int, default=200, help="requests replayed per policy and trace (default 200)")
+    e.add_argument("--requests", type=int, default=1000, help="requests replayed per policy and trace (default 1000)")
     e.add_argument("--minutes", type=float, default=1.0, help="search minutes per model (default 1)")
     e.add_argument("--cache", metavar="DIR", help="built and measured models (default OUT/artifacts); reused")
     e.add_argument(

@@ -166,9 +166,23 @@ def test_a_loss_of_exactly_the_budget_is_within_it():
     ],
 )
 def test_onloading_picks_the_least_cloud_compute_that_meets_the_bound(bound_s, expected):
-    decision = selector(Onloading(bound_s)).select(TEN)
+    decision = selector(Onloading(bound_s, headroom=0.0)).select(TEN)
     assert decision.evaluation == expected and decision.note == ""
     assert decision.latency_s <= bound_s
+
+
+def test_onloading_aims_inside_its_bound_by_the_headroom():
+    """With headroom h it takes the least cloud among those predicted within (1 - h) x the
+    bound; only when none is does it settle for the bound itself."""
+    bound = 0.031
+    s = selector(Onloading(bound, headroom=0.3))
+    latency = [(e, predict(e, TEN)[0]) for e in s.candidates.evaluations]
+    inside = [e for e, t in latency if t <= 0.7 * bound]
+    assert inside and any(0.7 * bound < t <= bound for _, t in latency)  # the headroom matters here
+    decision = s.select(TEN)
+    assert decision.evaluation == min(inside, key=lambda e: e.cloud_s) and decision.evaluation != DEVICE_ONLY
+    # 8-bit input (12 ms) is the only one within 0.025; none within 0.7 x 0.016 = 11.2 ms
+    assert selector(Onloading(0.016, headroom=0.3)).select(TEN).evaluation == INPUT_8BIT
 
 
 def test_onloading_falls_back_to_the_lowest_latency_and_says_so():
@@ -344,6 +358,7 @@ def test_loads_are_smoothed():
         (lambda: make_policy("lowest-latency", latency_bound_s=0.1), "bad options"),
         (lambda: make_policy("onloading", latency_bound_s=-1.0), "latency_bound_s must be"),
         (lambda: Onloading("fast"), "latency_bound_s must be"),
+        (lambda: Onloading(0.1, headroom=1.0), "headroom must be a fraction"),
         (lambda: Conditions(0.0, 0.01), "bandwidth must be"),
         (lambda: Selector.from_manifest({"name": "m"}, LowestLatency()), "no search results"),
         (lambda: Selector.from_manifest({"search": {"pareto": []}}, LowestLatency()), "incomplete or malformed"),

@@ -81,7 +81,9 @@ def policies(prepared: PreparedModel, evaluations: list[Evaluation]) -> dict[str
         "Neurosurgeon": lambda mode: make(evaluations, Neurosurgeon(), UNCONSTRAINED),
         "JALAD (8-bit + zstd)": lambda mode: make(evaluations, Jalad(), UNCONSTRAINED),
         OURS: lambda mode: make(
-            evaluations, LowestLatency() if mode == "sequential" else HighestThroughput(), prepared.accuracy_budget
+            evaluations,
+            LowestLatency() if mode == "sequential" else HighestThroughput(hedged=OURS in HEDGED),
+            prepared.accuracy_budget,
         ),
     }
     try:
