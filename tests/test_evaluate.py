@@ -103,8 +103,9 @@ def test_the_figures_say_what_each_policy_is(evaluation):
     # ...and the contained check says how it fares against the best of the baselines it contains
     (cell,) = d["contained"]
     runs = {r["policy"]: r for r in d["sets"]["lte"]["runs"]}
-    best_latency = min(runs[n]["mean_latency_s"] for n in CONTAINED if n in runs)
-    best_rate = max(runs[n]["throughput_rps"] for n in CONTAINED if n in runs)
+    contained = [n for n in CONTAINED if n in runs and n not in cell["over_budget"]]
+    best_latency = min(runs[n]["mean_latency_s"] for n in contained)
+    best_rate = max(runs[n]["throughput_rps"] for n in contained)
     assert cell["latency_ratio"] == pytest.approx(best_latency / runs[OURS]["mean_latency_s"])
     assert cell["throughput_ratio"] == pytest.approx(runs[OURS]["throughput_rps"] / best_rate)
     assert cell["met"] == (min(cell["latency_ratio"], cell["throughput_ratio"]) >= 0.97)

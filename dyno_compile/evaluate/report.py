@@ -123,7 +123,7 @@ def run_evaluation(
             for s, ts in traces.items():
                 runs = compare(prepared, ts, device=device, cloud=CLOUD, requests=requests)
                 per_set[s] = {"summary": summarise(runs), "runs": [_run_info(r) for r in runs]}
-                contained += contained_check(runs)
+                contained += contained_check(runs, prepared.baseline_accuracy - prepared.accuracy_budget / 100)
                 onload += onloading(prepared, runs, device=device, cloud=CLOUD)
                 if device == PLOTTED_DEVICE:
                     _plot_cut_over_time(runs, out / f"{model}_{s}_cuts.png", model)
@@ -401,11 +401,28 @@ def _headline_markdown(results: dict) -> list[str]:
     lines.append(
         f"On every (model, device, trace) cell, ours' mean latency and throughput against the best of "
         f"device-only, cloud-only (raw and image-coded), Neurosurgeon and JALAD; a cell misses below "
-        f"{1 - CONTAINED_TOLERANCE:.2f}."
+        f"{1 - CONTAINED_TOLERANCE:.2f}. A baseline that served any request outside ours' accuracy budget is "
+        "not contained (ours may not choose it) and is left out of that cell's comparison, as listed below."
     )
     lines += ["", "| device | cells | below | worst ratio |", "| --- | ---: | ---: | ---: |"]
     for device, v in h.items():
         lines.append(f"| {device} | {v['cells']} | {len(v['below_contained'])} | {v['worst_contained']:.3f} |")
+    over = sorted(
+        {
+            (d, model, name)
+            for model, entry in results["models"].items()
+            for d in h
+            for c in entry["devices"][d]["contained"]
+            for name in c["over_budget"]
+        }
+    )
+    if over:
+        lines += [
+            "",
+            "Not contained (outside the accuracy budget) on some trace: "
+            + "; ".join(f"{d}, {m}: {n}" for d, m, n in over)
+            + ".",
+        ]
     misses = [(d, c) for d, v in h.items() for c in v["below_contained"]]
     if misses:
         lines += ["", "Cells below:", ""]

@@ -214,13 +214,12 @@ class HighestThroughput(Policy):
     see :meth:`scores`.
 
     ``hedged``: the client finishes unanswered requests on the device whenever it cannot
-    start a new one (``ReplaySettings.hedge``, pipelined). Then a device-only request is
-    never chosen while an offload is possible: it would hold the device for the whole
-    network while the uplink, fed by nobody, runs dry; an offloaded request costs the
-    device only its packing up front, keeps the uplink fed, and is finished on the device
-    in its idle time if the cloud is slow to answer. (With device-only requests, resnet50
-    on a Pi-4-class device over 3G and LTE reached 0.89-0.93x the throughput of a plain
-    image upload.)"""
+    start a new one (``ReplaySettings.hedge``, pipelined): that is work sharing already,
+    and preemptible, so the backlog rule of :meth:`scores` is off. A device-only request
+    holds the device for the whole network while nobody feeds the uplink; with the rule on,
+    resnet50 on a Pi-4-class device over 3G and LTE reached 0.89-0.93x the throughput of a
+    plain image upload. Device-only is still chosen where it scores best (a link too slow
+    or too far to help)."""
 
     def __init__(self, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, *, hedged: bool = False) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
@@ -234,9 +233,7 @@ class HighestThroughput(Policy):
         # too would count them twice.
         scores = np.maximum(prediction.bottleneck, prediction.unqueued_latency / self.max_in_flight)
         conditions, candidates = prediction.conditions, prediction.candidates
-        if self.hedged and candidates.offloaded.any():
-            return np.where(candidates.offloaded, scores, math.inf), ""
-        if conditions.uplink_backlog_s > candidates.device_only_s * conditions.device_load:
+        if not self.hedged and conditions.uplink_backlog_s > candidates.device_only_s * conditions.device_load:
             # Work sharing: the uplink will not clear before the device could run a whole
             # request itself, so another frame only lengthens the queue while the device
             # would have time to spare: every offload is "not now", the device takes the
