@@ -221,17 +221,9 @@ class DeviceClient:
                     endpoint.transport.endpoint,
                     str(e),
                 )
-            network_s = time.perf_counter() - sent
             assert reply.output is not None, "_call refuses a reply without an output"
             with self._state:
-                self._observer.offload(
-                    len(request),
-                    network_s,
-                    server_s=reply.server_s,
-                    compute_s=reply.compute_s,
-                    profiled_cloud_s=evaluation.cloud_s,
-                    now_s=time.monotonic(),
-                )
+                self._observe_reply(len(request), time.perf_counter() - sent, reply, evaluation)
             return Result(
                 reply.output.reshape(self.device.output_shape),
                 decision,
@@ -241,6 +233,18 @@ class DeviceClient:
                 endpoint.transport.endpoint,
                 reply=reply,
             )
+
+    def _observe_reply(self, nbytes: int, network_s: float, reply: Reply, evaluation: Evaluation) -> None:
+        """A frame of ``nbytes`` answered ``network_s`` after it was handed to the network:
+        an uplink sample and the cloud's load (call with ``_state`` held)."""
+        self._observer.offload(
+            nbytes,
+            network_s,
+            server_s=reply.server_s,
+            compute_s=reply.compute_s,
+            profiled_cloud_s=evaluation.cloud_s,
+            now_s=time.monotonic(),
+        )
 
     def _hedged(
         self, endpoint: _Endpoint, request: bytes, request_id: int, env: Env, decision: Decision, start: float
@@ -265,16 +269,8 @@ class DeviceClient:
                     self._observer.settled(request_id)
                 outcome["error"] = e
                 return
-            network_s = time.perf_counter() - sent
             with self._state:
-                self._observer.offload(
-                    len(request),
-                    network_s,
-                    server_s=reply.server_s,
-                    compute_s=reply.compute_s,
-                    profiled_cloud_s=evaluation.cloud_s,
-                    now_s=time.monotonic(),
-                )
+                self._observe_reply(len(request), time.perf_counter() - sent, reply, evaluation)
                 self._observer.settled(request_id)
             outcome["reply"] = reply
             answered.set()
