@@ -34,6 +34,7 @@ there are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dyno_compile.search.device_features import CLASSES, Features, node_features
@@ -121,12 +122,7 @@ def anchored_library(artifact: Artifact, calibration: LibraryProfile, spec: Targ
     model = default_model()
     anchor = describe_anchor(spec.name, model)  # fails clearly when the device has no rows
     features = function_features(artifact, calibration.side)
-    unknown = sorted(set(calibration.seconds) - set(features))
-    if unknown:
-        raise ProfileError(
-            f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
-            f"{', '.join(unknown[:5])}; was it measured on another artifact?"
-        )
+    _check_same_functions(calibration, features)
     scale = model.scale(profile.hardware, profile.framework)
     peak, bandwidth = spec.peak_gflops * 1e9, spec.mem_bandwidth_gbs * 1e9
     seconds = {}
@@ -142,6 +138,16 @@ def anchored_library(artifact: Artifact, calibration: LibraryProfile, spec: Targ
     )
 
 
+def _check_same_functions(calibration: LibraryProfile, known: Mapping[str, object]) -> None:
+    """``calibration`` times only functions of the artifact's library (``known``)."""
+    unknown = sorted(set(calibration.seconds) - set(known))
+    if unknown:
+        raise ProfileError(
+            f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
+            f"{', '.join(unknown[:5])}; was it measured on another artifact?"
+        )
+
+
 def estimate_library(artifact: Artifact, calibration: LibraryProfile, target: str | TargetSpec) -> LibraryProfile:
     """Estimated seconds per call of every function in ``calibration`` on ``target``, labelled
     ``estimated:roofline:<target>``. ``calibration`` must be a measurement (host or RPC) of
@@ -154,12 +160,7 @@ def estimate_library(artifact: Artifact, calibration: LibraryProfile, target: st
     if spec.name in BOARD_TARGETS:
         return anchored_library(artifact, calibration, spec)
     costs = function_costs(artifact, calibration.side)
-    unknown = sorted(set(calibration.seconds) - set(costs))
-    if unknown:
-        raise ProfileError(
-            f"{calibration.label} times functions the artifact's {calibration.side} library lacks: "
-            f"{', '.join(unknown[:5])}; was it measured on another artifact?"
-        )
+    _check_same_functions(calibration, costs)
     seconds = {
         f: s * roofline_seconds(*costs[f], spec) / roofline_seconds(*costs[f], measured_on)
         for f, s in calibration.seconds.items()
