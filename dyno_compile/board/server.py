@@ -230,15 +230,19 @@ def _reap(pid: int) -> None:
 
 
 def _alive(pid: int, mark: str) -> bool:
-    """``pid`` runs (not a zombie) and its command line contains ``mark``."""
+    """``pid`` runs (not a zombie) and its command line contains ``mark``. An empty command
+    line counts as alive: a process in the middle of an ``exec`` (the launcher script
+    handing over to QEMU) reads as empty for a moment, and a CI run once failed a board
+    start on exactly that ("exited while starting", with an empty log)."""
     _reap(pid)
     stat = _proc_stat(pid)
     if stat is None or stat[0] in "ZX":
         return False
     try:
-        return mark.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return not cmdline or mark.encode() in cmdline
 
 
 def _members(pgid: int) -> list[int]:
