@@ -145,7 +145,12 @@ def test_a_second_run_reuses_the_cached_measurements(evaluation, tmp_path):
 
 
 def test_the_command_refuses_unknown_models_and_sets_before_writing(tmp_path):
-    for flag, value in (("--models", "resnet20,vgg99"), ("--sets", "wifi"), ("--devices", "rpi4,pdp11")):
+    for flag, value in (
+        ("--models", "resnet20,vgg99"),
+        ("--sets", "wifi"),
+        ("--devices", "rpi4,pdp11"),
+        ("--requests", "0"),
+    ):
         r = subprocess.run(
             [sys.executable, "-m", "dyno_compile", "evaluate", "--out", str(tmp_path / "r"), flag, value],
             cwd=ROOT,

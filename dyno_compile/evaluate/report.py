@@ -94,6 +94,9 @@ def run_evaluation(
             f"unknown or missing models, devices or trace sets {unknown}; models: {MODELS}, devices: {DEVICES}, "
             f"sets: {tuple(TRACE_SETS)}"
         )
+    for name, value in (("requests", requests), ("traces_per_set", traces_per_set)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")  # before minutes of building
     out.mkdir(parents=True, exist_ok=True)
     cache = cache or out / "artifacts"
     start = time.perf_counter()
