@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import conv_bn_relu_graph, rel_err
 from dyno_compile.errors import GraphError
+from dyno_compile.frontend.jax_import import from_jax
 from dyno_compile.ir import Graph, Interpreter, validate
 from dyno_compile.passes import (
     annotate_costs,
@@ -177,3 +180,35 @@ def test_infer_shapes_refuses_a_node_that_pins_the_batch():
     g.set_outputs([g.add("add", ["x", s.name]).name])
     with pytest.raises(GraphError, match="'slice' \\(slice\\) pins the batch size"):
         infer_shapes(g, {"x": (3, 4)})
+
+
+@pytest.mark.parametrize(
+    ("clamp", "want"),
+    [
+        (lambda x: jnp.clip(x, 0, 6), ("relu6", {})),
+        (jax.nn.relu6, ("relu6", {})),
+        (lambda x: jnp.minimum(jax.nn.relu(x), 6.0), ("relu6", {})),
+        (lambda x: jnp.clip(x, -1.0, 1.0), ("clip", {"min": -1.0, "max": 1.0})),
+        (lambda x: jnp.maximum(jnp.minimum(x, 3.0), -2.0), ("clip", {"min": -2.0, "max": 3.0})),
+        (lambda x: jnp.clip(jnp.clip(x, -1.0, 4.0), 0.0, 6.0), ("clip", {"min": 0.0, "max": 4.0})),
+        (lambda x: jnp.clip(jnp.clip(x, 7.0, 9.0), 0.0, 6.0), ("clip", {"min": 6.0, "max": 6.0})),
+    ],
+)
+def test_simplify_makes_one_clamp_of_a_clip_written_as_max_and_min(clamp, want):
+    """``jnp.clip`` traces to a max and a min: one user-level op must be one node, so that
+    ``inspect`` shows one layer and no cut falls between its halves."""
+    g = run_passes(from_jax(lambda p, x: clamp(x * 3.0), {}, X))
+    ops = [(n.op, dict(n.attrs)) for n in g.compute_nodes]
+    assert ops == [("mul", {}), want]
+    assert len(find_cuts(g)) == 3  # before the mul, between mul and clamp, after the clamp
+    assert rel_err(Interpreter(g)(X), np.asarray(clamp(X * 3.0))) == 0.0
+
+
+def test_simplify_keeps_a_clamp_whose_inner_half_has_other_readers():
+    def fn(p, x):
+        low = jnp.maximum(x, 0.5)
+        return jnp.minimum(low, 2.0) + low
+
+    g = run_passes(from_jax(fn, {}, X))
+    assert [n.op for n in g.compute_nodes] == ["maximum", "minimum", "add"]
+    assert rel_err(Interpreter(g)(X), np.asarray(fn({}, X))) == 0.0

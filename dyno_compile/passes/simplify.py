@@ -10,7 +10,12 @@ match exactly:
   it -> bypassed (the copy is never materialised);
 - ``div(reduce_sum(x, H and W), H*W)`` or ``reduce_mean`` over H and W of a 4-D tensor ->
   ``global_avg_pool2d`` (NCHW or NHWC);
-- ``mul(x, a)`` then ``div(., b)`` with scalar weights -> ``mul(x, a / b)``.
+- ``mul(x, a)`` then ``div(., b)`` with scalar weights -> ``mul(x, a / b)``;
+- two clamps in a row (``relu``, ``relu6``, ``clip``, or ``maximum``/``minimum`` with a
+  scalar weight), the inner one read only by the outer -> one ``clip`` (``relu6`` for
+  [0, 6], ``relu`` for [0, inf)): ``jnp.clip(x, 0, 6)`` traces to a ``max`` and a ``min``,
+  and as two nodes it would show as two layers and offer a cut between the halves of one
+  activation.
 """
 
 from __future__ import annotations
@@ -145,6 +150,56 @@ def _merge_scalar_mul_div(graph: Graph, node: Node) -> bool:
     return _replace(graph, node, merged.name)
 
 
+#: (lower, upper) bounds of the clamps that single ops are; None where unbounded.
+_FIXED_CLAMPS: dict[str, tuple[float | None, float | None]] = {"relu": (0.0, None), "relu6": (0.0, 6.0)}
+
+
+def _clamp_of(graph: Graph, node: Node) -> tuple[str, float | None, float | None] | None:
+    """``(x, lower, upper)`` when ``node`` clamps float ``x`` to an interval, else None."""
+    if not np.issubdtype(np.dtype(node.dtype), np.floating):
+        return None
+    if node.op in _FIXED_CLAMPS:
+        return (node.inputs[0], *_FIXED_CLAMPS[node.op])
+    if node.op == "clip":
+        return node.inputs[0], node.attrs["min"], node.attrs["max"]
+    if node.op in ("maximum", "minimum"):
+        for pos in (0, 1):
+            bound, x = _scalar(graph, node.inputs[pos]), node.inputs[1 - pos]
+            if bound is not None and graph.node(x).shape == node.shape:
+                return (x, bound, None) if node.op == "maximum" else (x, None, bound)
+    return None
+
+
+def _merge_clamps(graph: Graph, node: Node) -> bool:
+    outer = _clamp_of(graph, node)
+    inner_node = graph.node(outer[0]) if outer else None
+    inner = _clamp_of(graph, inner_node) if inner_node else None
+    if outer is None or inner is None or inner_node is None:
+        return False
+    if len(graph.users(inner_node.name)) != 1 or inner_node.name in graph.outputs:
+        return False
+    lo, hi = _compose_clamps(inner[1:], outer[1:])
+    op, attrs = next(((op, {}) for op, b in _FIXED_CLAMPS.items() if b == (lo, hi)), ("clip", {"min": lo, "max": hi}))
+    scope = node.name.rpartition(".")[0]
+    merged = graph.add(op, [inner[0]], attrs, name=f"{scope}.{op}" if scope else op, after=node.name)
+    return _replace(graph, node, merged.name)
+
+
+def _compose_clamps(
+    first: tuple[float | None, float | None], then: tuple[float | None, float | None]
+) -> tuple[float | None, float | None]:
+    """The interval of ``clamp(clamp(x, *first), *then)``: a clamp is monotone, so the
+    composition clamps to the images of ``first``'s bounds under ``then``."""
+
+    def apply(v: float) -> float:
+        lo, hi = then
+        return min(max(v, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+
+    lo = apply(-np.inf if first[0] is None else first[0])
+    hi = apply(np.inf if first[1] is None else first[1])
+    return (None if np.isinf(lo) else float(lo)), (None if np.isinf(hi) else float(hi))
+
+
 _RULES: tuple[Rule, ...] = (
     _drop_identity,
     _merge_reshapes,
@@ -152,4 +207,5 @@ _RULES: tuple[Rule, ...] = (
     _bypass_broadcast,
     _global_avg_pool,
     _merge_scalar_mul_div,
+    _merge_clamps,
 )
