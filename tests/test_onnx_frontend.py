@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import shared_data
 from dyno_compile.errors import FrontendError, UnsupportedOpError
-from dyno_compile.frontend.onnx_import import from_onnx, resolve_reshape
+from dyno_compile.frontend.onnx_import import from_onnx
+from dyno_compile.frontend.onnx_shape_ops import resolve_reshape
 from dyno_compile.ir import Interpreter, validate
 
 RNG = np.random.default_rng(0)

@@ -1,0 +1,97 @@
+"""ONNX elementwise operators, casts and the nodes that only rename a tensor (Identity, Constant).
+
+Opset-dependent forms (Clip's bounds as attributes before opset 11, the legacy
+``broadcast``/``axis`` of opset < 7 binary ops) become the IR's single form here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dyno_compile.frontend.onnx_context import Context, OnnxNode, np_dtype, optional_scalar
+
+__all__ = ["binary", "cast", "clip", "constant", "dropout", "hard_sigmoid", "identity", "unary", "variadic"]
+
+
+def unary(ir_op: str, ctx: Context, node: OnnxNode) -> str:
+    return ctx.add(ir_op, [ctx.input(node)], None, node)
+
+
+def binary(ir_op: str, ctx: Context, node: OnnxNode) -> str:
+    a, b = ctx.input(node, 0), ctx.input(node, 1)
+    if ir_op == "div" and not np.issubdtype(np.dtype(ctx.dtype(a)), np.floating):
+        raise ctx.unsupported(node, "integer division is not supported (the IR's div is true division)")
+    if ctx.opset < 7 and node.attrs.get("broadcast", 0) and "axis" in node.attrs:
+        b = _legacy_broadcast(ctx, node, a, b)
+    return ctx.add(ir_op, [a, b], None, node)
+
+
+def _legacy_broadcast(ctx: Context, node: OnnxNode, a: str, b: str) -> str:
+    """Opset < 7 aligned ``b`` at ``axis`` of ``a``; NumPy rules align trailing dims, so pad with 1s."""
+    rank_a, shape_b = len(ctx.shape(a)), ctx.shape(b)
+    axis = node.attrs["axis"] % rank_a
+    trailing = rank_a - axis - len(shape_b)
+    if trailing <= 0:
+        return b
+    return ctx.add("reshape", [b], {"shape": shape_b + (1,) * trailing}, node, "b_aligned")
+
+
+def variadic(ir_op: str, ctx: Context, node: OnnxNode) -> str:
+    """Max/Min of N inputs as a chain of binary ops; the last one carries the node's name."""
+    names = [ctx.value(t, node) for t in node.inputs if t]
+    if len(names) == 1:
+        return ctx.add("identity", names, None, node)
+    acc = names[0]
+    for k, other in enumerate(names[1:], start=1):
+        acc = ctx.add(ir_op, [acc, other], None, node, "" if k == len(names) - 1 else f"part{k}")
+    return acc
+
+
+def clip(ctx: Context, node: OnnxNode) -> str:
+    """Bounds are attributes before opset 11 and optional constant inputs from opset 11 on."""
+    if ctx.opset < 11:
+        lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    else:
+        lo = optional_scalar(ctx, node, 1, "min")
+        hi = optional_scalar(ctx, node, 2, "max")
+    return ctx.add("clip", [ctx.input(node)], {"min": lo, "max": hi}, node)
+
+
+def hard_sigmoid(ctx: Context, node: OnnxNode) -> str:
+    """``max(0, min(1, alpha*x + beta))``; the IR's hardsigmoid is the alpha=1/6, beta=1/2 case."""
+    alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+    x = ctx.input(node)
+    if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and math.isclose(beta, 0.5, rel_tol=1e-6):
+        return ctx.add("hardsigmoid", [x], None, node)
+    scaled = ctx.add("mul", [x, ctx.scalar(alpha, ctx.dtype(x), node, "alpha")], None, node, "scaled")
+    shifted = ctx.add("add", [scaled, ctx.scalar(beta, ctx.dtype(x), node, "beta")], None, node, "shifted")
+    return ctx.add("clip", [shifted], {"min": 0.0, "max": 1.0}, node)
+
+
+def cast(ctx: Context, node: OnnxNode) -> str:
+    dtype = np_dtype(node.attrs["to"], f"Cast node {node.name!r}", ctx.source)
+    return ctx.add("cast", [ctx.input(node)], {"dtype": dtype}, node)
+
+
+def identity(ctx: Context, node: OnnxNode) -> str:
+    """No IR node: readers of the output read the input (Identity, inference-time Dropout)."""
+    return ctx.input(node)
+
+
+def dropout(ctx: Context, node: OnnxNode) -> str:
+    if node.has_input(2) and bool(ctx.const_input(node, 2, "training_mode").reshape(())):
+        raise ctx.unsupported(node, "Dropout in training mode is not supported")
+    return identity(ctx, node)
+
+
+def constant(ctx: Context, node: OnnxNode) -> None:
+    """Keep the value aside like an initializer; it becomes a const node only if read as a tensor."""
+    keys = [k for k in ("value", "value_float", "value_floats", "value_int", "value_ints") if k in node.attrs]
+    if len(keys) != 1:
+        raise ctx.unsupported(node, f"only value/value_float(s)/value_int(s) are supported, got {sorted(node.attrs)}")
+    raw = node.attrs[keys[0]]
+    dtype = np.float32 if keys[0].startswith("value_float") else (np.int64 if keys[0] != "value" else None)
+    ctx.constants[node.outputs[0]] = np.asarray(raw, dtype=dtype)
+    return None
