@@ -87,7 +87,7 @@ def test_unknown_target_lists_names():
 
 
 # --------------------------------------------------------------------------- op level
-UNARY = ["relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "exp", "neg", "abs", "identity"]
+UNARY = ["relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "exp", "neg", "abs", "erf", "identity"]
 
 
 @pytest.mark.parametrize("op", UNARY)
@@ -100,6 +100,11 @@ def test_unary(op, rng):
 def test_unary_positive(op, rng):
     g = unary_graph(op)
     check(g, [rng.uniform(0.1, 5.0, (2, 3, 5, 6)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu(approximate, rng):
+    check(unary_graph("gelu", attrs={"approximate": approximate}), [normal(rng, (2, 3, 5, 6)) * 3])
 
 
 @pytest.mark.parametrize("lo,hi", [(-1.0, 2.5), (0.0, None), (None, 0.5)])
@@ -302,6 +307,37 @@ def test_batch_norm(shape, axis, rng):
     n = g.add("batch_norm", ["x", *names], {"axis": axis, "epsilon": 1e-3})
     g.set_outputs([n.name])
     check(g, [normal(rng, shape)])
+
+
+def layer_norm_graph(rng, shape, axis, param_shape, bias=True, dtype="float32") -> Graph:
+    g = Graph("ln")
+    g.add_input("x", shape, dtype)
+    ins = ["x", g.add_const("scale", normal(rng, param_shape, dtype)).name]
+    if bias:
+        ins.append(g.add_const("bias", normal(rng, param_shape, dtype)).name)
+    g.set_outputs([g.add("layer_norm", ins, {"axis": axis, "epsilon": 1e-6}).name])
+    return g
+
+
+@pytest.mark.parametrize(
+    "shape,axis,param_shape,bias,dtype",
+    [
+        ((2, 7, 7, 16), -1, (16,), True, "float32"),  # ConvNeXt's LayerNorm over channels in NHWC
+        ((2, 16, 7, 7), 1, (16, 7, 7), False, "float32"),  # over C, H and W; no bias
+        ((3, 5, 8), -2, (1,), True, "float32"),  # a scale that broadcasts
+        ((2, 7, 7, 16), -1, (16,), True, "float16"),  # normalised in float32
+    ],
+)
+def test_layer_norm(shape, axis, param_shape, bias, dtype, rng):
+    g = layer_norm_graph(rng, shape, axis, param_shape, bias, dtype)
+    check(g, [normal(rng, shape, dtype) * 3 + 1], TOL_F16 if dtype == "float16" else TOL)
+
+
+@pytest.mark.parametrize("target", ["arm64", "cuda-sm90"])
+def test_layer_norm_and_gelu_compile_for_devices(target, rng):
+    g = layer_norm_graph(rng, (1, 7, 7, 32), -1, (32,))
+    g.set_outputs([g.add("gelu", g.outputs, {"approximate": False}).name])
+    assert compile_graph(g, target).target.name == target
 
 
 POOL_CASES = {
@@ -597,6 +633,9 @@ def test_every_registered_op_has_a_converter():
         "avg_pool2d",
         "global_avg_pool2d",
         "softmax",
+        "layer_norm",
+        "gelu",
+        "erf",
         "concat",
         "pad",
         "flatten",

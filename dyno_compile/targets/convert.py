@@ -135,6 +135,7 @@ for _op, _fn in {
     "rsqrt": "rsqrt",
     "neg": "negative",
     "abs": "abs",
+    "erf": "erf",
 }.items():
     CONVERTERS[_op] = _unary(_fn)
 
@@ -187,6 +188,14 @@ def _silu(ctx, xs):
     from tvm import relax
 
     return relax.op.multiply(xs[0], ctx.emit(relax.op.sigmoid(xs[0])))
+
+
+@converter("gelu")
+def _gelu(ctx, xs):
+    """Relax's ``gelu`` is ``0.5 * x * (1 + erf(x / sqrt 2))`` and ``gelu_tanh`` jax.nn's approximation."""
+    from tvm import relax
+
+    return (relax.op.nn.gelu_tanh if ctx.attrs["approximate"] else relax.op.nn.gelu)(xs[0])
 
 
 @converter("identity")
@@ -331,6 +340,32 @@ def _batch_norm(ctx, xs):
     y = ctx.emit(relax.op.multiply(y, reshape(scale)))
     y = relax.op.add(y, reshape(beta))
     return ctx.cast(ctx.emit(y), ctx.out.dtype) if cdt != ctx.out.dtype else y
+
+
+@converter("layer_norm")
+def _layer_norm(ctx, xs):
+    """Relax's ``layer_norm`` over the trailing axes; scale and bias broadcast to those axes'
+    shape (Relax wants exactly that shape), a missing bias is zeros, half floats normalise
+    in float32 as the JAX impl does."""
+    from tvm import relax
+
+    x = xs[0]
+    shape = _shape_of(x)
+    axes = list(range(ctx.attrs["axis"] % len(shape), len(shape)))
+    dtype = _dtype_of(x)
+    acc = _acc_dtype(dtype)
+    norm_shape = [shape[a] for a in axes]
+
+    def param(v):
+        v = ctx.cast(v, acc)
+        if _shape_of(v) != tuple(norm_shape):
+            v = ctx.emit(relax.op.broadcast_to(v, norm_shape))
+        return v
+
+    gamma = param(xs[1])
+    beta = param(xs[2]) if len(xs) == 3 else ctx.const(np.zeros(norm_shape), acc)
+    y = ctx.emit(relax.op.nn.layer_norm(ctx.cast(x, acc), gamma, beta, axes, epsilon=float(ctx.attrs["epsilon"])))
+    return ctx.cast(y, dtype) if acc != dtype else y
 
 
 def _pad_hw(layout: str, padding) -> list[list[int]]:

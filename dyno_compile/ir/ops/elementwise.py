@@ -23,6 +23,7 @@ _UNARY: dict[str, Callable[..., jax.Array]] = {
     "rsqrt": jax.lax.rsqrt,
     "neg": jnp.negative,
     "abs": jnp.abs,
+    "erf": jax.lax.erf,
     "identity": lambda x: x,
 }
 
@@ -55,3 +56,9 @@ def clip(x: jax.Array, *, min: float | None, max: float | None) -> jax.Array:
 @register_op("cast", attrs={"dtype": REQUIRED}, kind="elementwise")
 def cast(x: jax.Array, *, dtype: str) -> jax.Array:
     return x.astype(dtype)
+
+
+@register_op("gelu", attrs={"approximate": False}, kind="elementwise")
+def gelu(x: jax.Array, *, approximate: bool) -> jax.Array:
+    """``x * Phi(x)``, exact (erf) or tanh-approximated; one op so that no cut falls inside it."""
+    return jax.nn.gelu(x, approximate=approximate)

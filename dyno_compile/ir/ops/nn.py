@@ -1,4 +1,4 @@
-"""Neural-network ops: convolution, dense, batch norm, pooling, softmax.
+"""Neural-network ops: convolution, dense, batch norm, layer norm, pooling, softmax.
 
 Padding is explicit ``((top, bottom), (left, right))`` so that every frontend's
 convention (ONNX auto_pad, XLA "SAME", PyTorch symmetric) lowers to one form.
@@ -90,6 +90,27 @@ def batch_norm(
     shape = _channel_shape(x.ndim, axis % x.ndim, x.shape[axis])
     scale = (gamma * lax.rsqrt(var + epsilon)).reshape(shape)
     return ((x - mean.reshape(shape)) * scale + beta.reshape(shape)).astype(x.dtype)
+
+
+@register_op("layer_norm", inputs=(2, 3), kind="nn", attrs={"axis": -1, "epsilon": 1e-5})
+def layer_norm(
+    x: jax.Array, scale: jax.Array, bias: jax.Array | None = None, *, axis: int, epsilon: float
+) -> jax.Array:
+    """Normalise over the trailing axes from ``axis`` on, then ``* scale + bias`` (ONNX LayerNormalization).
+
+    ``scale`` and ``bias`` broadcast against those trailing axes. Half-precision inputs are
+    normalised in float32, as ONNX's default ``stash_type`` says.
+    """
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    acc = _accumulation_dtype(x.dtype) or x.dtype
+    xf = x.astype(acc)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    centered = xf - mean
+    var = jnp.mean(centered * centered, axis=axes, keepdims=True)
+    y = centered * lax.rsqrt(var + jnp.asarray(epsilon, acc)) * scale.astype(acc)
+    if bias is not None:
+        y = y + bias.astype(acc)
+    return y.astype(x.dtype)
 
 
 _POOL_ATTRS = {"kernel": REQUIRED, "strides": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "layout": "NCHW"}
