@@ -16,7 +16,8 @@ The steps, each timed (``timings``, seconds):
                (:func:`cut_kernels.schedule_cut_kernels`); tuning records where given
                (:func:`records.apply_records`); the rest, CPU: the tuning-free
                schedule of :mod:`dyno_compile.targets.schedule`; GPU: ``tvm.s_tir.dlight``
-               default rules;
+               default rules per function, falling back to a simpler rule where one
+               fails (:mod:`dyno_compile.targets.gpu_schedule`);
 ``build``      the ``"default_build"`` Relax pipeline, TIR lowering and code generation.
 """
 
@@ -34,6 +35,7 @@ import numpy as np
 from dyno_compile.errors import InputError
 from dyno_compile.targets.cut_kernels import schedule_cut_kernels
 from dyno_compile.targets.errors import TargetError
+from dyno_compile.targets.gpu_schedule import schedule_gpu
 from dyno_compile.targets.lower import lower, lower_functions
 from dyno_compile.targets.module import Compiled, CompiledModule, FunctionInfo, TensorSpec, contiguous
 from dyno_compile.targets.records import apply_records
@@ -49,16 +51,6 @@ def _schedule_cpu(mod, tvm_target, spec: TargetSpec, cfg=None):
     from dyno_compile.targets.schedule import schedule_module
 
     return schedule_module(mod, tvm_target, threads=spec.threads, cfg=cfg)
-
-
-def _schedule_gpu(mod, tvm_target):
-    from tvm.s_tir import dlight as dl
-
-    with tvm_target:
-        mod = dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-        )(mod)
-    return mod, None
 
 
 def fuse(mod, spec: TargetSpec, *, blocked_conv: bool = True):
@@ -98,7 +90,7 @@ def _build(
     """Fuse, schedule and build a lowered (and bound) Relax module: ``(executable, report)``.
 
     Cut kernels (quantize, pack, ... :func:`cut_kernels.schedule_cut_kernels`) get their own
-    schedules; the rest the CPU schedule or dlight. Adds ``fuse``, ``schedule`` and
+    schedules; the rest the CPU schedule or the GPU one (dlight). Adds ``fuse``, ``schedule`` and
     ``build`` to ``timings``.
     """
     import tvm
@@ -111,8 +103,9 @@ def _build(
     t = time.perf_counter()
     report = None
     if spec.is_gpu:  # GPU kernels need thread bindings: dlight is not optional
-        mod, _ = schedule_cut_kernels(mod, tvm_target)
-        mod, report = _schedule_gpu(mod, tvm_target)
+        mod, cut = schedule_cut_kernels(mod, tvm_target)
+        mod, report = schedule_gpu(mod, tvm_target)
+        report.functions.update(cut)
     elif schedule:
         mod, cut = schedule_cut_kernels(mod, tvm_target)
         if records is not None:  # tuned records first; _schedule_cpu skips the functions they scheduled

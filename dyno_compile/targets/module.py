@@ -134,7 +134,8 @@ class CompiledModule:
             ) from None
 
     def describe(self) -> dict:
-        """A JSON-able description: target, functions (inputs, outputs, weights), weights.
+        """A JSON-able description: target, functions (inputs, outputs, weights), weights;
+        from a build, how its functions were scheduled (``schedule``: summary, fallbacks).
 
         With the exported library it is everything a runner needs
         (:meth:`from_description`); an artifact manifest can hold it as is.
@@ -150,7 +151,15 @@ class CompiledModule:
             "bind_weights": self.bind_weights,
             "functions": {name: info.to_dict() for name, info in self.functions.items()},
             "weights": [w.to_dict() for w in self.weight_specs.values()],
+            **({"schedule": self._schedule()} if self.schedule_report is not None else {}),
         }
+
+    def _schedule(self) -> dict:
+        """How the build scheduled its functions: counts per kind, and every function that
+        fell back from the first choice with why (a reader of the manifest sees which
+        kernels run slower than they could, and a failing rule is reported, not fatal)."""
+        report = self.schedule_report
+        return {"summary": report.summary(), "fallbacks": dict(report.fallbacks)}
 
     @classmethod
     def from_description(cls, description: Mapping[str, Any], library: Any) -> CompiledModule:

@@ -119,13 +119,15 @@ class ScheduleConfig:
 @dataclass
 class ScheduleReport:
     """What the pass did: function name -> ``tiled`` | ``window`` | ``winograd`` | ``parallel`` |
-    ``default (reason)``."""
+    ``default (reason)``; a simpler schedule taken after the first choice failed adds
+    ``(after: reason)`` (so does the GPU schedule, :mod:`.gpu_schedule`)."""
 
     functions: dict[str, str] = field(default_factory=dict)
 
     @property
     def fallbacks(self) -> dict[str, str]:
-        return {k: v for k, v in self.functions.items() if v.startswith("default")}
+        """The functions that did not get their first choice: left to TVM's default, or scheduled after a failure."""
+        return {k: v for k, v in self.functions.items() if v.startswith("default") or "(after: " in v}
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
