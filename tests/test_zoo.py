@@ -97,6 +97,8 @@ def test_list_models() -> None:
         "resnet18",
         "resnet50",
         "mobilenet_v2",
+        "mobilenet_v3_small",
+        "densenet121",
         "vgg16",
         "resnet20",
         "resnet56",

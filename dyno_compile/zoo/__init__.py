@@ -24,7 +24,16 @@ import jax
 import numpy as np
 
 from dyno_compile.errors import InputError
-from dyno_compile.zoo import cifar_resnet, efficientnet_b0, efficientnet_lite, mobilenet_v2, resnet, vgg16
+from dyno_compile.zoo import (
+    cifar_resnet,
+    densenet,
+    efficientnet_b0,
+    efficientnet_lite,
+    mobilenet_v2,
+    mobilenet_v3,
+    resnet,
+    vgg16,
+)
 from dyno_compile.zoo.layers import Params, ParamSpec, init_params
 from dyno_compile.zoo.weights import load_weights
 
@@ -106,6 +115,20 @@ _REGISTRY: dict[str, _Entry] = {
         mobilenet_v2.INPUT_CHW,
         mobilenet_v2.NUM_CLASSES,
         "torchvision MobileNetV2 (width 1.0, ReLU6), ImageNet 224x224, 3.5 M params",
+    ),
+    "mobilenet_v3_small": _Entry(
+        mobilenet_v3.mobilenet_v3_small,
+        mobilenet_v3.param_specs,
+        mobilenet_v3.INPUT_CHW,
+        mobilenet_v3.NUM_CLASSES,
+        "torchvision MobileNetV3-Small (hard-swish, squeeze-excite), ImageNet 224x224, 2.5 M params",
+    ),
+    "densenet121": _Entry(
+        densenet.densenet121,
+        densenet.param_specs,
+        densenet.INPUT_CHW,
+        densenet.NUM_CLASSES,
+        "torchvision DenseNet-121 (growth 32), ImageNet 224x224, 8.0 M params",
     ),
     "vgg16": _Entry(
         vgg16.vgg16,
