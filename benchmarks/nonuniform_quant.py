@@ -294,10 +294,12 @@ def measure_model(
                 for bits in (w for w in WIDTHS if w >= start_bits):
                     start = time.perf_counter()
 
-                    def transform(xs: tuple, rule: Rule = rule, bits: int = bits, gran: str = gran) -> tuple:
+                    def transform(
+                        xs: tuple, _rows: range, rule: Rule = rule, bits: int = bits, gran: str = gran
+                    ) -> tuple:
                         return tuple(out[3] for out in _batch(xs, rule, bits, gran, axes))
 
-                    predictions = sim._predict(k, arrays, transform)
+                    predictions = sim._predict(k, transform)
                     top1 = float(np.mean(predictions == sim.calibration.labels))
                     nbytes = frame_bytes(head, rule, bits, gran, axes, cut.position)
                     points.append(

@@ -89,7 +89,7 @@ def test_float32_at_every_cut_reproduces_the_float_model(full: AccuracySimulator
     for k, cut in enumerate(full.cuts[:-1]):
         # The simulator answers float32 with the float model's predictions without running
         # anything; this is why: the tensors at each cut, run on unchanged, give just those.
-        continued = full._predict(k, full.activations(cut.position), lambda xs: xs)
+        continued = full._predict(k, lambda xs, rows: xs)
         assert np.array_equal(continued, full.float_predictions), f"cut {cut.position}"
         assert full.evaluate(cut.position, "float32") == (FLOAT_CORRECT / 932, 1.0)
 
@@ -313,7 +313,7 @@ def test_squeezenet_smoke_within_the_memory_bound() -> None:
     for cut in sim.cuts[1:4] + sim.cuts[-3:-1]:
         accuracy, agreement = sim.evaluate(cut.position, 8)
         assert agreement >= 0.9 and accuracy >= sim.float_accuracy - 0.1
-        assert sim.cached_bytes <= max(budget, cut.nbytes * 24)  # only the cut in use may exceed it
+        assert sim.cached_bytes <= budget
     cost = WireBytes(sim, samples=4).measure(Config(sim.cuts[3].position, "4", codec="zstd"))
     assert 0 < cost.bytes < sim.cuts[3].nbytes
 
@@ -335,7 +335,7 @@ def test_a_head_computes_only_its_samples_or_slices_the_parents(resnet20: Graph,
     sim = AccuracySimulator(resnet20, cifar.head(64))
     position = sim.cuts[3].position
     alone = sim.head(8).activations(position)  # the parent has nothing cached: computed
-    whole = sim.activations(position)
+    whole = sim.activations(position)  # one batch of 64: the parent's cached batch itself
     assert all(np.allclose(a, w[:8], rtol=1e-5, atol=1e-6) for a, w in zip(alone, whole))
     sliced = sim.head(8).activations(position)  # now the parent's, sliced
     assert all(np.shares_memory(s, w) and s.shape[0] == 8 for s, w in zip(sliced, whole))

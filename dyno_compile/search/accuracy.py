@@ -18,8 +18,13 @@ graph, so the per-request range stays per request and the graph needs no rewriti
 model is cut into the chain of segments between the candidate cuts (the same chain a
 build compiles), each jitted once: the activations at a cut come from the nearest cached
 earlier cut through the segments in between, and the rest of the model from a cut is
-the tail of that chain. Cached activations are bounded by ``cache_bytes`` (least
-recently used go first), so 224x224 models with hundreds of images fit in a few GB.
+the tail of that chain.
+
+Memory does not grow with the number of samples: a configuration streams them through the
+model one batch at a time, and activations are cached per (cut, batch) within
+``cache_bytes`` (least recently used go first; what does not fit is recomputed from the
+nearest cached earlier cut). Holding every sample's activations at a cut instead made a
+224x224 search on 200 images peak at 5.4 GB, and it grew with every image added.
 """
 
 from __future__ import annotations
@@ -56,10 +61,13 @@ from dyno_compile.search.calibration import CalibrationSet, check_fits
 
 __all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "decoded", "fewest_bits", "round_trip"]
 
-#: Bound on cached cut activations (the cut being used may come on top of it).
+#: Bound on cached cut activations; one batch in flight comes on top of it.
 DEFAULT_CACHE_BYTES = 1 << 30
 Arrays = tuple[np.ndarray, ...]
 SegmentRunner = Callable[[int, tuple], tuple]
+#: What the cloud receives for one batch: ``(tensors at the cut, padded to the batch size;
+#: the indices of the batch's real samples) -> tensors the rest of the model runs on``.
+Transform = Callable[[tuple, range], tuple]
 
 
 def round_trip(
@@ -118,10 +126,11 @@ class AccuracySimulator:
 
     ``cuts``: the candidate cuts (CutPoints or positions; default the build's
     :func:`candidate_cuts`); cloud-only and device-only are always included. ``batch``:
-    samples per jitted call. Results are cached, so asking twice costs nothing. Memory:
-    the calibration set, at most ``cache_bytes`` of cached activations plus the cut in use,
-    and one batch in flight (measured: mobilenet_v2 at 224x224 on 200 images, whose largest
-    cut holds 963 MB, peaks at 3.6 GB resident).
+    samples per jitted call, and the unit everything streams in. Results are cached, so
+    asking twice costs nothing. Memory: the calibration set, at most ``cache_bytes`` of
+    cached activations, one batch in flight and one top-1 class per sample and
+    configuration, whatever the number of samples; only :meth:`activations` hands out
+    every sample's tensors at once, for callers that ask for them.
 
     ``segments``: runs segment ``k`` of the chain on a batch instead of JAX —
     ``segments(k, inputs) -> outputs``, batched ``[B, ...]`` arrays in the segment's input
@@ -155,8 +164,8 @@ class AccuracySimulator:
         self._segment_fns: dict[int, Callable[[tuple], tuple]] = {}
         self._parent: AccuracySimulator | None = None
         self._segments = segments
-        self._inputs: Arrays = (calibration.x[:, None].astype(graph.inputs[0].dtype, copy=False),)
-        self._cache: OrderedDict[int, Arrays] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], Arrays] = OrderedDict()
+        self._cached_bytes = 0
         self._predictions: dict[tuple, np.ndarray] = {}
         self._float: np.ndarray | None = None
 
@@ -165,7 +174,7 @@ class AccuracySimulator:
     def float_predictions(self) -> np.ndarray:
         """The float model's top-1 class per sample, computed once."""
         if self._float is None:
-            self._float = self._predict(0, self._inputs, lambda xs: xs)
+            self._float = self._predict(0, lambda xs, rows: xs)
         return self._float
 
     @property
@@ -175,7 +184,7 @@ class AccuracySimulator:
     @property
     def cached_bytes(self) -> int:
         """Bytes of cut activations held now (the input is the calibration set itself)."""
-        return sum(a.nbytes for arrays in self._cache.values() for a in arrays)
+        return self._cached_bytes
 
     def cut(self, position: int) -> CutPoint:
         return self.cuts[self._chain_index(position)]
@@ -183,33 +192,24 @@ class AccuracySimulator:
     def head(self, n: int) -> AccuracySimulator:
         """This simulator over the first ``n`` calibration samples, for measurements that
         need a few samples' tensors at many cuts (the wire's bytes) and not the whole set's.
-        It shares the compiled segments and the batch size (so nothing compiles again) and
-        slices this simulator's cached activations where it has them."""
+        It shares the compiled segments and the batch size (so nothing compiles again, and
+        its batches are the first of this one's) and slices this simulator's cached
+        activations where it has them."""
         sub = copy.copy(self)
         sub.calibration = self.calibration.head(n)
-        sub._inputs = tuple(a[:n] for a in self._inputs)
-        sub._cache, sub._predictions, sub._float, sub._parent = OrderedDict(), {}, None, self
+        sub._cache, sub._cached_bytes, sub._predictions, sub._float, sub._parent = OrderedDict(), 0, {}, None, self
         return sub
 
     def activations(self, position: int) -> Arrays:
         """The float tensors crossing cut ``position``, one array ``[N, *tensor_shape]`` per
-        tensor (sample ``i`` is ``a[i]``, a batch-1 tensor); empty for device-only."""
+        tensor (sample ``i`` is ``a[i]``, a batch-1 tensor); empty for device-only. Every
+        sample's at once, so memory grows with the set: the search itself asks only a
+        :meth:`head` of a few samples (the wire's bytes) and streams everything else."""
         k = self._chain_index(position)
-        position = self.cuts[k].position  # a plain int key, whatever integer type was given
-        if k == 0:
-            return self._inputs
         if k == len(self._chain):
             return ()
-        if position in self._cache:
-            self._cache.move_to_end(position)
-            return self._cache[position]
-        if self._parent is not None and position in self._parent._cache:
-            return tuple(a[: len(self.calibration)] for a in self._parent._cache[position])
-        start = max((self._index[p] for p in self._cache if self._index[p] < k), default=0)
-        source = self._cache[self.cuts[start].position] if start else self._inputs
-        arrays = self._apply(source, partial(self._run, start, k))
-        self._remember(position, arrays)
-        return arrays
+        chunks = [self._chunk(k, start) for start in self._starts()]
+        return chunks[0] if len(chunks) == 1 else tuple(np.concatenate(column) for column in zip(*chunks))
 
     def predictions(
         self, position: int, bits: int | str, granularity: str = "tensor", codec: str = "none", level: int | None = None
@@ -220,16 +220,14 @@ class AccuracySimulator:
         if key not in self._predictions:
             k = self._chain_index(position)
             if len(key) > 3:
-                self._predictions[key] = self._predict(k, self._decoded(position, key), lambda xs: xs)
+                self._predictions[key] = self._predict(k, partial(self._decoded, position, key))
             elif k == len(self._chain) or key[1] == "float32":
                 # Device-only sends nothing and float32 sends the tensors as they are: the
                 # float model's own computation, segment for segment, so its predictions.
                 self._predictions[key] = self.float_predictions
             else:
                 width, gran, axes = bits_value(key[1]), key[2], self.cut(position).channel_axes
-                self._predictions[key] = self._predict(
-                    k, self.activations(position), lambda xs: _round_trip_batch(xs, width, gran, axes)
-                )
+                self._predictions[key] = self._predict(k, lambda xs, rows: _round_trip_batch(xs, width, gran, axes))
         return self._predictions[key]
 
     def evaluate(
@@ -265,17 +263,21 @@ class AccuracySimulator:
             granularity = "tensor"
         return int(position), key, granularity
 
-    def _decoded(self, position: int, key: tuple) -> Arrays:
-        """The crossing tensors of every sample as the cloud decodes them through a lossy
-        codec (:func:`decoded`); a codec that cannot code them is an InputError naming why."""
+    def _decoded(self, position: int, key: tuple, xs: tuple, rows: range) -> Arrays:
+        """A batch's crossing tensors as the cloud decodes them through a lossy codec
+        (:func:`decoded`), sample ``rows[j]`` being row ``j`` of ``xs``; the padding rows
+        stay as they are. A codec that cannot code them is an InputError naming why."""
         _, bits, granularity, codec, level = key
-        arrays, axes, width = self.activations(position), self.cut(position).channel_axes, check_width(bits_value(bits))
+        axes, width = self.cut(position).channel_axes, check_width(bits_value(bits))
+        arrays = tuple(np.array(x) for x in xs)
         with refused_as(InputError):
-            samples = [
-                decoded([a[i] for a in arrays], axes, width, granularity, codec, level, cut_id=position, request_id=i)
-                for i in range(len(arrays[0]))
-            ]
-        return tuple(np.stack(column) for column in zip(*samples))
+            for j, i in enumerate(rows):
+                cloud = decoded(
+                    [a[j] for a in arrays], axes, width, granularity, codec, level, cut_id=position, request_id=i
+                )
+                for a, d in zip(arrays, cloud):
+                    a[j] = d
+        return arrays
 
     def _segment_fn(self, k: int) -> Callable[[tuple], tuple]:
         """Segment ``k`` jitted once, vmapped over batch-1 samples, weights as arguments."""
@@ -297,32 +299,52 @@ class AccuracySimulator:
             xs = self._segment_fn(k)(xs)
         return xs
 
-    def _predict(self, k: int, arrays: Arrays, transform: Callable[[tuple], tuple]) -> np.ndarray:
-        """Top-1 per sample of the model's first output, from the tensors at chain index ``k``."""
-        end = len(self._chain)
-        (logits,) = self._apply(arrays, lambda xs: self._run(k, end, transform(xs))[:1])
-        return logits.reshape(len(logits), -1).argmax(axis=1)
+    def _starts(self) -> range:
+        """First sample of each batch: the unit activations are computed, cached and streamed in."""
+        return range(0, len(self.calibration), self._batch)
 
-    def _apply(self, arrays: Arrays, fn: Callable[[tuple], tuple]) -> Arrays:
-        """``fn`` over the samples in batches, results stacked as NumPy ``[N, ...]``. The last
-        batch is padded to full size so that nothing compiles twice."""
-        n, size = len(arrays[0]), self._batch
-        outs: list[np.ndarray] = []
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            got = fn(tuple(_padded(a[start:stop], size) for a in arrays))
-            if not outs:
-                outs = [np.empty((n, *g.shape[1:]), g.dtype) for g in got]
-            for out, g in zip(outs, got):
-                out[start:stop] = np.asarray(g)[: stop - start]
-        return tuple(outs)
+    def _chunk(self, k: int, start: int) -> Arrays:
+        """The tensors at chain index ``k`` of the batch of samples from ``start``
+        (``[b, *tensor_shape]``, b <= batch): cached, sliced from the parent's cache (a
+        :meth:`head`), or run from the nearest earlier cut cached for this batch."""
+        stop = min(start + self._batch, len(self.calibration))
+        if k == 0:
+            return (self.calibration.x[start:stop, None].astype(self.graph.inputs[0].dtype, copy=False),)
+        key = (self.cuts[k].position, start)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if self._parent is not None and key in self._parent._cache:
+            return tuple(a[: stop - start] for a in self._parent._cache[key])
+        begin = max((j for j in range(1, k) if (self.cuts[j].position, start) in self._cache), default=0)
+        outs = self._run(begin, k, tuple(_padded(a, self._batch) for a in self._chunk(begin, start)))
+        arrays = tuple(np.asarray(o)[: stop - start] for o in outs)
+        self._remember(key, arrays)
+        return arrays
 
-    def _remember(self, position: int, arrays: Arrays) -> None:
-        """Cache ``arrays``, evicting least recently used cuts until within ``cache_bytes``
-        (the newest stays even when larger: it is about to be used)."""
-        self._cache[position] = arrays
-        while len(self._cache) > 1 and self.cached_bytes > self.cache_bytes:
-            self._cache.popitem(last=False)
+    def _predict(self, k: int, transform: Transform) -> np.ndarray:
+        """Top-1 per sample of the model's first output, from the tensors at chain index
+        ``k`` as ``transform`` turns them into what the cloud receives, batch by batch.
+        The last batch is padded to full size so that nothing compiles twice."""
+        end, n = len(self._chain), len(self.calibration)
+        top1 = np.empty(n, np.int64)
+        for start in self._starts():
+            rows = range(start, min(start + self._batch, n))
+            xs = tuple(_padded(x, self._batch) for x in self._chunk(k, start))
+            logits = self._run(k, end, transform(xs, rows))[0]
+            top1[start : rows.stop] = np.asarray(logits)[: len(rows)].reshape(len(rows), -1).argmax(axis=1)
+        return top1
+
+    def _remember(self, key: tuple[int, int], arrays: Arrays) -> None:
+        """Cache one batch's ``arrays``, evicting least recently used ones to stay within
+        ``cache_bytes``; a batch larger than the whole budget is not cached."""
+        size = sum(a.nbytes for a in arrays)
+        if size > self.cache_bytes:
+            return
+        while self._cache and self._cached_bytes + size > self.cache_bytes:
+            self._cached_bytes -= sum(a.nbytes for a in self._cache.popitem(last=False)[1])
+        self._cache[key] = arrays
+        self._cached_bytes += size
 
     def _score(self, predictions: np.ndarray) -> tuple[float, float]:
         agreement = float(np.mean(predictions == self.float_predictions))
