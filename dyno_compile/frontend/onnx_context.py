@@ -27,7 +27,9 @@ __all__ = [
     "Converter",
     "OnnxNode",
     "Pad2d",
+    "axes_arg",
     "display_name",
+    "normalize_axis",
     "np_dtype",
     "optional_scalar",
     "pair",
@@ -89,7 +91,13 @@ class OnnxNode:
 
     @property
     def base_name(self) -> str:
-        return sanitize(self.outputs[0]) if self.outputs and self.outputs[0] else self.op_type.lower()
+        return self.output_name(0)
+
+    def output_name(self, k: int) -> str:
+        """IR name for output ``k``: the sanitised ONNX tensor name."""
+        if k < len(self.outputs) and self.outputs[k]:
+            return sanitize(self.outputs[k])
+        return self.op_type.lower() + (f"_{k}" if k else "")
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -112,7 +120,9 @@ class Context:
     opset: int
     #: ONNX tensor name -> IR node name.
     tensors: dict[str, str] = field(default_factory=dict)
-    #: Values of initializers and Constant outputs, added to the graph on first use.
+    #: Values known at import time: initializers, Constant outputs and what shape arithmetic
+    #: computes from them and from static shapes (``onnx_fold``). They become const nodes
+    #: only where a computation reads them, so the IR holds no shape computations.
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     #: Secondary outputs (Dropout mask, MaxPool indices) the IR does not compute -> producing node.
     unavailable: dict[str, OnnxNode] = field(default_factory=dict)
@@ -162,22 +172,38 @@ class Context:
                 node.op_type,
                 node.name,
                 self.source,
-                f"its {what} (input {i}, {tensor!r}) must be a constant (initializer or "
-                "Constant node); computed values are not supported",
+                f"its {what} (input {i}, {tensor!r}) must be known at import time (an "
+                "initializer, a Constant, or shape arithmetic on static shapes); a value "
+                "computed at run time is not supported",
             )
         return self.constants[tensor]
 
     def shape(self, ir_name: str) -> tuple[int, ...]:
         return self.graph.node(ir_name).shape
 
+    def static_shape(self, node: OnnxNode, i: int) -> tuple[int, ...]:
+        """Shape of input ``i``, known or computed, without adding a const node for it."""
+        tensor = node.inputs[i]
+        if tensor in self.constants and tensor not in self.tensors:
+            return tuple(self.constants[tensor].shape)
+        return self.shape(self.input(node, i))
+
     def dtype(self, ir_name: str) -> str:
         return self.graph.node(ir_name).dtype
 
     def add(
-        self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None, node: OnnxNode, suffix: str = ""
+        self,
+        op: str,
+        inputs: Sequence[str],
+        attrs: Mapping[str, Any] | None,
+        node: OnnxNode,
+        suffix: str = "",
+        *,
+        output: int = 0,
     ) -> str:
-        """Add an IR node named after the ONNX node's output (plus ``suffix`` for helper nodes)."""
-        name = node.base_name + (f"_{suffix}" if suffix else "")
+        """Add an IR node named after the ONNX node's output number ``output`` (plus
+        ``suffix`` for helper nodes)."""
+        name = node.output_name(output) + (f"_{suffix}" if suffix else "")
         return self.graph.add(op, inputs, attrs, name=name).name
 
     def scalar(self, value: float, dtype: str, node: OnnxNode, suffix: str) -> str:
@@ -189,7 +215,28 @@ class Context:
         return UnsupportedOpError(node.op_type, node.name, self.source, hint)
 
 
-Converter = Callable[[Context, OnnxNode], "str | None"]
+#: A converter returns the IR name of the node's output, a tuple of names for nodes with
+#: several outputs (Split), or None when it bound its outputs itself (a Constant's value).
+Converter = Callable[[Context, OnnxNode], "str | tuple[str, ...] | None"]
+
+
+def axes_arg(ctx: Context, node: OnnxNode, i: int, rank: int) -> tuple[int, ...] | None:
+    """Axes from input ``i`` (Squeeze/Unsqueeze/Split from opset 13, ReduceX from 18) or from
+    the ``axes`` attribute (earlier opsets), made non-negative for ``rank``; None if neither."""
+    if node.has_input(i):
+        raw = ctx.const_input(node, i, "axes").reshape(-1).tolist()
+    elif "axes" in node.attrs:
+        raw = node.attrs["axes"]
+    else:
+        return None
+    return tuple(normalize_axis(int(a), rank) for a in raw)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    """``axis`` counted from the front; one out of ``[-rank, rank)`` is an error, not a wrap."""
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis {axis} is out of range for a rank-{rank} tensor")
+    return axis % rank
 
 
 def optional_scalar(ctx: Context, node: OnnxNode, i: int, what: str) -> float | None:

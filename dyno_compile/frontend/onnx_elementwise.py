@@ -1,7 +1,9 @@
 """ONNX elementwise operators, casts and the nodes that only rename a tensor (Identity, Constant).
 
 Opset-dependent forms (Clip's bounds as attributes before opset 11, the legacy
-``broadcast``/``axis`` of opset < 7 binary ops) become the IR's single form here.
+``broadcast``/``axis`` of opset < 7 binary ops) become the IR's single form here. GELU
+is one IR op (``gelu``) whether spelled ``Gelu`` (opset 20) or through ``Erf`` (the
+``simplify`` pass recognises the latter).
 """
 
 from __future__ import annotations
@@ -12,7 +14,19 @@ import numpy as np
 
 from dyno_compile.frontend.onnx_context import Context, OnnxNode, np_dtype, optional_scalar
 
-__all__ = ["binary", "cast", "clip", "constant", "dropout", "hard_sigmoid", "identity", "unary", "variadic"]
+__all__ = [
+    "binary",
+    "cast",
+    "clip",
+    "constant",
+    "dropout",
+    "gelu",
+    "hard_sigmoid",
+    "identity",
+    "pow_",
+    "unary",
+    "variadic",
+]
 
 
 def unary(ir_op: str, ctx: Context, node: OnnxNode) -> str:
@@ -22,10 +36,37 @@ def unary(ir_op: str, ctx: Context, node: OnnxNode) -> str:
 def binary(ir_op: str, ctx: Context, node: OnnxNode) -> str:
     a, b = ctx.input(node, 0), ctx.input(node, 1)
     if ir_op == "div" and not np.issubdtype(np.dtype(ctx.dtype(a)), np.floating):
-        raise ctx.unsupported(node, "integer division is not supported (the IR's div is true division)")
+        raise ctx.unsupported(
+            node,
+            "integer division of values computed at run time is not supported (the IR's div "
+            "is true division); shape arithmetic on static shapes is folded at import",
+        )
     if ctx.opset < 7 and node.attrs.get("broadcast", 0) and "axis" in node.attrs:
         b = _legacy_broadcast(ctx, node, a, b)
     return ctx.add(ir_op, [a, b], None, node)
+
+
+def pow_(ctx: Context, node: OnnxNode) -> str:
+    """Pow's result has the base's type whatever the exponent's (ONNX); the IR's pow promotes,
+    so a known exponent is stored in the base's dtype and a computed one is cast to it."""
+    x = ctx.input(node, 0)
+    dtype = ctx.dtype(x)
+    tensor = node.inputs[1]
+    if tensor in ctx.constants and tensor not in ctx.tensors and ctx.constants[tensor].dtype != dtype:
+        e = ctx.graph.add_const(f"{node.base_name}_exponent", ctx.constants[tensor].astype(dtype)).name
+    else:
+        e = ctx.input(node, 1)
+        if ctx.dtype(e) != dtype:
+            e = ctx.add("cast", [e], {"dtype": dtype}, node, "exponent")
+    return ctx.add("pow", [x, e], None, node)
+
+
+def gelu(ctx: Context, node: OnnxNode) -> str:
+    """Gelu (opset 20): ``approximate`` is ``none`` (erf) or ``tanh``."""
+    approximate = node.attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.unsupported(node, f"approximate={approximate!r}; only 'none' and 'tanh' exist")
+    return ctx.add("gelu", [ctx.input(node)], {"approximate": approximate == "tanh"}, node)
 
 
 def _legacy_broadcast(ctx: Context, node: OnnxNode, a: str, b: str) -> str:

@@ -33,6 +33,7 @@ from dyno_compile.frontend import onnx_elementwise as ew
 from dyno_compile.frontend import onnx_layers as layers
 from dyno_compile.frontend import onnx_shape_ops as shape_ops
 from dyno_compile.frontend.onnx_context import Context, Converter, OnnxNode, display_name, np_dtype, sanitize
+from dyno_compile.frontend.onnx_fold import FOLDERS, fold_only_hint, try_fold
 from dyno_compile.ir import Graph
 
 __all__ = ["CONVERTERS", "from_onnx", "supported_ops"]
@@ -67,8 +68,9 @@ def from_onnx(
 
 
 def supported_ops() -> list[str]:
-    """ONNX operator types (default domain) that ``from_onnx`` translates."""
-    return sorted(CONVERTERS)
+    """ONNX operator types (default domain) that ``from_onnx`` translates (those in
+    ``onnx_fold.FOLDERS`` alone, only on values known at import time)."""
+    return sorted(set(CONVERTERS) | set(FOLDERS))
 
 
 # ====================================================================== loading and checks
@@ -115,7 +117,8 @@ def _opset(model: onnx.ModelProto, source: str) -> int:
 
 def _refuse_unsupported(graph: onnx.GraphProto, source: str) -> None:
     """Fail before building anything, naming the first unsupported node and all missing ops."""
-    bad = [n for n in graph.node if n.domain not in _DEFAULT_DOMAINS or n.op_type not in CONVERTERS]
+    known = set(supported_ops())
+    bad = [n for n in graph.node if n.domain not in _DEFAULT_DOMAINS or n.op_type not in known]
     if not bad:
         return
     ops = sorted({_qualified_op(n) for n in bad})
@@ -179,10 +182,15 @@ def _input_shape(info: onnx.ValueInfoProto, given: Sequence[int] | None, source:
 
 # ====================================================================== conversion
 def _convert(ctx: Context, node: OnnxNode) -> None:
-    """Run the node's converter and record where its outputs live; errors name the node."""
+    """Fold the node if its inputs are known, else run its converter and record where its
+    outputs live; errors name the node."""
     try:
+        if try_fold(ctx, node, has_ir_form=node.op_type in CONVERTERS):
+            return
+        if node.op_type not in CONVERTERS:
+            raise ctx.unsupported(node, fold_only_hint(ctx, node))
         result = CONVERTERS[node.op_type](ctx, node)
-    except (GraphError, ValueError) as exc:
+    except (GraphError, ValueError, IndexError) as exc:
         raise FrontendError(f"{ctx.source}: node {node.name!r} ({node.op_type}) cannot be translated: {exc}") from exc
     except KeyError as exc:
         raise FrontendError(
@@ -190,8 +198,9 @@ def _convert(ctx: Context, node: OnnxNode) -> None:
         ) from exc
     if result is None:  # the converter bound its outputs itself (Constant)
         return
-    ctx.tensors[node.outputs[0]] = result
-    for extra in node.outputs[1:]:
+    bound = (result,) if isinstance(result, str) else result
+    ctx.tensors.update((name, ir_name) for name, ir_name in zip(node.outputs, bound) if name)
+    for extra in node.outputs[len(bound) :]:
         if extra:
             ctx.unavailable[extra] = node
 
@@ -211,6 +220,7 @@ CONVERTERS: dict[str, Converter] = {
             "Sqrt": "sqrt",
             "Neg": "neg",
             "Abs": "abs",
+            "Erf": "erf",
         }.items()
     },
     **{
@@ -219,6 +229,8 @@ CONVERTERS: dict[str, Converter] = {
     },
     "Max": partial(ew.variadic, "maximum"),
     "Min": partial(ew.variadic, "minimum"),
+    "Pow": ew.pow_,
+    "Gelu": ew.gelu,
     "Clip": ew.clip,
     "HardSigmoid": ew.hard_sigmoid,
     "Cast": ew.cast,
@@ -236,12 +248,19 @@ CONVERTERS: dict[str, Converter] = {
     "Gemm": layers.gemm,
     "MatMul": layers.matmul,
     "Softmax": layers.softmax,
+    "LayerNormalization": layers.layer_norm,
     # shapes and data movement
     "Concat": shape_ops.concat,
     "Flatten": shape_ops.flatten,
     "Reshape": shape_ops.reshape,
     "Transpose": shape_ops.transpose,
     "Pad": shape_ops.pad,
+    "Expand": shape_ops.expand,
+    "Squeeze": shape_ops.squeeze,
+    "Unsqueeze": shape_ops.unsqueeze,
+    "Slice": shape_ops.slice_,
+    "Gather": shape_ops.gather,
+    "Split": shape_ops.split,
     # reductions
     "ReduceMean": partial(layers.reduce, "reduce_mean"),
     "ReduceSum": partial(layers.reduce, "reduce_sum"),

@@ -11,9 +11,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dyno_compile.frontend.onnx_context import Context, OnnxNode, Pad2d, pair, spatial_input, window_padding
+from dyno_compile.frontend.onnx_context import (
+    Context,
+    OnnxNode,
+    Pad2d,
+    axes_arg,
+    normalize_axis,
+    pair,
+    spatial_input,
+    window_padding,
+)
 
-__all__ = ["average_pool", "batch_norm", "conv", "gemm", "global_pool", "matmul", "max_pool", "reduce", "softmax"]
+__all__ = [
+    "average_pool",
+    "batch_norm",
+    "conv",
+    "gemm",
+    "global_pool",
+    "layer_norm",
+    "matmul",
+    "max_pool",
+    "reduce",
+    "reduce_axes",
+    "softmax",
+]
 
 
 # ====================================================================== convolution and pooling
@@ -168,6 +189,16 @@ def matmul(ctx: Context, node: OnnxNode) -> str:
     return ctx.add("dense", [ctx.input(node, 0), w], None, node)
 
 
+def layer_norm(ctx: Context, node: OnnxNode) -> str:
+    """LayerNormalization (opset 17) as one IR ``layer_norm`` over the axes from ``axis`` on,
+    not its decomposition, so that no cut falls inside it; its training outputs (Mean,
+    InvStdDev) are not computed."""
+    x = ctx.input(node)
+    axis = normalize_axis(int(node.attrs.get("axis", -1)), len(ctx.shape(x)))
+    inputs = [x, ctx.input(node, 1)] + ([ctx.input(node, 2)] if node.has_input(2) else [])
+    return ctx.add("layer_norm", inputs, {"axis": axis, "epsilon": float(node.attrs.get("epsilon", 1e-5))}, node)
+
+
 def softmax(ctx: Context, node: OnnxNode) -> str:
     """Before opset 13 Softmax flattens to 2-D at ``axis`` and normalises each row.
 
@@ -186,16 +217,19 @@ def softmax(ctx: Context, node: OnnxNode) -> str:
 
 # ====================================================================== reductions
 def reduce(ir_op: str, ctx: Context, node: OnnxNode) -> str:
-    """Axes come from an attribute in old opsets and from an optional input in new ones."""
     x = ctx.input(node)
-    rank = len(ctx.shape(x))
-    if node.has_input(1):
-        axes = ctx.const_input(node, 1, "axes").tolist()
-    else:
-        axes = node.attrs.get("axes")
+    axes = reduce_axes(ctx, node, len(ctx.shape(x)))
+    if axes is None:
+        return x
+    return ctx.add(ir_op, [x], {"axes": axes, "keepdims": bool(node.attrs.get("keepdims", 1))}, node)
+
+
+def reduce_axes(ctx: Context, node: OnnxNode, rank: int) -> tuple[int, ...] | None:
+    """The sorted axes a ReduceX node reduces (an attribute in old opsets, an optional input
+    from opset 18): all of them when none are listed, None for ``noop_with_empty_axes``."""
+    axes = axes_arg(ctx, node, 1, rank)
     if not axes:
         if node.attrs.get("noop_with_empty_axes", 0):
-            return x
-        axes = range(rank)
-    axes = tuple(sorted(int(a) % rank for a in axes))
-    return ctx.add(ir_op, [x], {"axes": axes, "keepdims": bool(node.attrs.get("keepdims", 1))}, node)
+            return None
+        axes = tuple(range(rank))
+    return tuple(sorted(axes))

@@ -15,11 +15,15 @@ match exactly:
   scalar weight), the inner one read only by the outer -> one ``clip`` (``relu6`` for
   [0, 6], ``relu`` for [0, inf)): ``jnp.clip(x, 0, 6)`` traces to a ``max`` and a ``min``,
   and as two nodes it would show as two layers and offer a cut between the halves of one
-  activation.
+  activation;
+- ``x * 0.5 * (1 + erf(x / sqrt 2))``, factors in any order and grouping, ``/ 2`` for
+  ``* 0.5`` and ``* (1 / sqrt 2)`` for ``/ sqrt 2`` -> ``gelu`` (exact): the TorchScript
+  exporter spells GELU so, and as five nodes it would offer cuts inside one activation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from math import prod
 
@@ -200,6 +204,71 @@ def _compose_clamps(
     return (None if np.isinf(lo) else float(lo)), (None if np.isinf(hi) else float(hi))
 
 
+def _fuse_gelu(graph: Graph, node: Node) -> bool:
+    if node.op not in ("mul", "div") or not np.issubdtype(np.dtype(node.dtype), np.floating):
+        return False
+    product = _product(graph, node.name, root=True)
+    if product is None or not math.isclose(product[0], 0.5, rel_tol=1e-6) or len(product[1]) != 2:
+        return False
+    for x, other in (product[1], product[1][::-1]):
+        if graph.node(x).shape == node.shape and _is_one_plus_erf_of_scaled(graph, other, x):
+            scope = node.name.rpartition(".")[0]
+            gelu = graph.add(
+                "gelu", [x], {"approximate": False}, name=f"{scope}.gelu" if scope else "gelu", after=node.name
+            )
+            return _replace(graph, node, gelu.name)
+    return False
+
+
+def _product(graph: Graph, name: str, *, root: bool = False) -> tuple[float, list[str]] | None:
+    """``(scale, factors)`` of a tree of ``mul``s (and ``div``s by scalar weights) whose inner
+    nodes only feed the tree: the scalar weights multiplied, the other operands listed."""
+    value = _scalar(graph, name)
+    if value is not None:
+        return value, []
+    node = graph.node(name)
+    inner = root or (len(graph.users(name)) == 1 and name not in graph.outputs)
+    if not inner or node.op not in ("mul", "div"):
+        return 1.0, [name]
+    divisor = _scalar(graph, node.inputs[1]) if node.op == "div" else None
+    if node.op == "div" and not divisor:
+        return None if root else (1.0, [name])
+    parts = [_product(graph, node.inputs[0])] + ([] if divisor else [_product(graph, node.inputs[1])])
+    if any(p is None for p in parts):
+        return None
+    scale = math.prod(p[0] for p in parts if p is not None) / (divisor or 1.0)
+    return scale, [f for p in parts if p is not None for f in p[1]]
+
+
+def _sole_input(graph: Graph, name: str, op: str) -> Node | None:
+    """The node ``name`` if it is an ``op`` read only once (so a fusion may consume it)."""
+    node = graph.node(name)
+    if node.op != op or len(graph.users(name)) != 1 or name in graph.outputs:
+        return None
+    return node
+
+
+def _is_one_plus_erf_of_scaled(graph: Graph, name: str, x: str) -> bool:
+    """Whether ``name`` is ``1 + erf(x / sqrt 2)`` (or ``erf(x * (1 / sqrt 2)) + 1``)."""
+    plus = _sole_input(graph, name, "add")
+    if plus is None:
+        return False
+    for one, erf_name in (plus.inputs, plus.inputs[::-1]):
+        erf = _sole_input(graph, erf_name, "erf")
+        if _scalar(graph, one) != 1.0 or erf is None:
+            continue
+        for op, factor in (("div", math.sqrt(2)), ("mul", math.sqrt(0.5))):
+            scaled = _sole_input(graph, erf.inputs[0], op)
+            if scaled is None:
+                continue
+            pairs = [scaled.inputs] if op == "div" else [scaled.inputs, scaled.inputs[::-1]]
+            for a, b in pairs:
+                weight = _scalar(graph, b)
+                if a == x and weight is not None and math.isclose(weight, factor, rel_tol=1e-6):
+                    return True
+    return False
+
+
 _RULES: tuple[Rule, ...] = (
     _drop_identity,
     _merge_reshapes,
@@ -208,4 +277,5 @@ _RULES: tuple[Rule, ...] = (
     _global_avg_pool,
     _merge_scalar_mul_div,
     _merge_clamps,
+    _fuse_gelu,
 )
