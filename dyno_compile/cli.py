@@ -26,8 +26,9 @@ from dyno_compile.artifact.store import amend
 from dyno_compile.board import server as board_server
 from dyno_compile.board import sysroot as board_sysroot
 from dyno_compile.board.check import check_artifact
-from dyno_compile.cli_progress import ProgressDisplay
+from dyno_compile.cli_progress import ProgressDisplay, stderr_console
 from dyno_compile.errors import DynoError, DynoWarning, InputError
+from dyno_compile.frontend.onnx_bind import parse_input_shape
 from dyno_compile.frontend.resolve import load_model
 from dyno_compile.inspect_report import inspect_report
 from dyno_compile.packing import GRANULARITIES, bits_value, refused_as
@@ -54,9 +55,8 @@ DEFAULT_CLOUD_BATCH = 4
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # soft_wrap: one line per message whatever the width, so a script reading stderr need
-    # not join lines; Text, not markup, so a message holding "[...]" prints as written.
-    stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+    # Text, not markup, so a message holding "[...]" prints as written.
+    stderr = stderr_console()
     with warnings.catch_warnings():
         warnings.simplefilter("always", DynoWarning)
         plain_show = warnings.showwarning
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model", metavar="MODEL", help=f"zoo name ({', '.join(list_models())}), a .onnx file, or module:function"
     )
-    p.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    _model_shape_options(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     p.add_argument(
         "--all-cuts", action="store_true", help="list every cut point (default: single-tensor cuts and the two ends)"
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--granularity", choices=GRANULARITIES, default="tensor", help="quantization range per tensor or per channel"
     )
-    b.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    _model_shape_options(b)
     b.add_argument(
         "--cloud-batch",
         type=int,
@@ -201,6 +201,21 @@ def _parser() -> argparse.ArgumentParser:
     _board_parser(sub)
     _rate_accuracy_parser(sub)
     return parser
+
+
+def _model_shape_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="input batch size; binds a dynamic batch dimension (default: an ONNX file's fixed batch, else 1)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DxDx...",
+        help="whole shape of an ONNX input, binding its dynamic dimensions, e.g. input=1x3x224x224 (repeatable)",
+    )
 
 
 def _search_options(parser: argparse.ArgumentParser) -> None:
@@ -285,10 +300,15 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    if args.batch < 1:
+def _load(args: argparse.Namespace, batch: int | None = None):
+    """The model with its passes run; ``batch`` overrides ``--batch`` (the cloud's batched
+    segments), also in the ``--input-shape`` shapes."""
+    if args.batch is not None and args.batch < 1:
         raise DynoError(f"--batch must be at least 1, got {args.batch}")
-    return run_passes(load_model(args.model, batch=args.batch))
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    if batch is not None:
+        shapes = {name: (batch, *shape[1:]) for name, shape in shapes.items()}
+    return run_passes(load_model(args.model, batch=batch or args.batch, input_shapes=shapes))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -354,7 +374,7 @@ def _parse_bits(text: str) -> list:
 
 
 def _build(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = stderr_console()
     bits = _parse_bits(args.bits)
     device, cloud = args.device or ["arm64"], args.cloud or ["cuda"]
     for t in device + cloud:
@@ -406,18 +426,19 @@ def _plan(args: argparse.Namespace, graph, bits: list, console: Console):
     for explicitly, a model that cannot be batched is an error; by default it is built
     without batched segments, and the console says so."""
     cuts = candidate_cuts(graph, args.cuts)
-    batch = args.cloud_batch if args.cloud_batch is not None else (DEFAULT_CLOUD_BATCH if args.batch == 1 else 1)
-    if batch < 1 or (batch > 1 and args.batch != 1):
-        raise DynoError(f"--cloud-batch must be >= 1, and needs --batch 1; got {batch} with batch {args.batch}")
+    own = graph.inputs[0].shape[0] if graph.inputs[0].shape else 1
+    batch = args.cloud_batch if args.cloud_batch is not None else (DEFAULT_CLOUD_BATCH if own == 1 else 1)
+    if batch < 1 or (batch > 1 and own != 1):
+        raise DynoError(f"--cloud-batch must be >= 1, and needs batch 1; got {batch} with batch {own}")
     if batch == 1:
         return plan_build(graph, cuts, bits=bits, granularity=args.granularity)
     try:
-        batched = run_passes(load_model(args.model, batch=batch))
+        batched = _load(args, batch)
         return plan_build(graph, cuts, bits=bits, granularity=args.granularity, batched=batched)
     except DynoError as e:
         if args.cloud_batch is not None:
             raise
-        console.print(f"[yellow]note:[/] no batched cloud segments ({e})", highlight=False)
+        console.print(Text.assemble(("note: ", "yellow"), f"no batched cloud segments ({e})"))
         return plan_build(graph, cuts, bits=bits, granularity=args.granularity)
 
 
@@ -454,7 +475,15 @@ def _image_qualities(text: str) -> tuple[int, ...]:
     return qualities
 
 
-def _options(args: argparse.Namespace, model: str, input_shape) -> SearchOptions:
+def _options(args: argparse.Namespace, model: str, model_input: Sequence[int]) -> SearchOptions:
+    """The search's options, checked before anything is compiled."""
+    input_shape = tuple(model_input)
+    if input_shape[:1] != (1,):
+        raise InputError(
+            f"the search measures one request per calibration sample, so it needs a model of batch 1, "
+            f"not input {list(input_shape)}: build with --batch 1 (batched cloud segments come from "
+            f"--cloud-batch), or pass --no-search"
+        )
     if args.calibration:
         calibration = load_calibration(
             args.calibration,
@@ -582,7 +611,7 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     endpoint = server.start()
-    Console(stderr=True).print(
+    stderr_console().print(
         f"serving {artifact.manifest.get('model', '?')} ({artifact.model_hash[:12]}) on "
         f"{endpoint} with the {engine.target} cloud library, {args.workers} worker(s)"
         f"{', token required' if token else ''}",
@@ -591,7 +620,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(endpoint, flush=True)
     stop.wait()
     server.stop()
-    Console(stderr=True).print("stopped", highlight=False)
+    stderr_console().print("stopped", highlight=False)
     return 0
 
 
@@ -607,7 +636,7 @@ def _live_option(value: str) -> tuple[str, str, int] | None:
 def _evaluate(args: argparse.Namespace) -> int:
     from dyno_compile.evaluate.report import run_evaluation
 
-    console = Console(stderr=True)
+    console = stderr_console()
     out = Path(args.out)
     results = run_evaluation(
         out,
@@ -809,7 +838,7 @@ def _rate_accuracy(args: argparse.Namespace) -> int:
     sweeps = {m: _rate_accuracy_sweep(args, m) for m in models}  # every flag checked before any work
     if not args.fresh:
         read_results(args.out)  # an unreadable result file fails now, not after the measuring
-    stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+    stderr = stderr_console()
     given = sys.argv[1:] if sys.argv[1:2] == ["rate-accuracy"] else ["rate-accuracy", *models]
     results = []
     for model in models:

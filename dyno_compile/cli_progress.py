@@ -44,11 +44,17 @@ class _Count(ProgressColumn):
         return Text("" if task.total is None else f"{task.completed:.0f}/{task.total:.0f}", style="progress.download")
 
 
+def stderr_console() -> Console:
+    """The console for messages: one line per message whatever the width (``soft_wrap``), so
+    a script reading stderr from a pipe need not join lines."""
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
 class ProgressDisplay:
     """A context manager and a ``progress`` callable (see :mod:`dyno_compile.progress`)."""
 
     def __init__(self, first_phase: str, *, console: Console | None = None, verbose: bool = False) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or stderr_console()
         self._verbose = verbose
         self._live = self.console.is_terminal
         self._bars: dict[str, TaskID] = {}

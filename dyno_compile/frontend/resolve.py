@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -22,10 +23,23 @@ from dyno_compile.frontend.onnx_import import from_onnx
 from dyno_compile.ir import Graph
 
 
-def load_model(spec: str, *, batch: int = 1) -> Graph:
-    """Import the model that ``spec`` names, with input batch ``batch`` where it can be chosen."""
+def load_model(
+    spec: str, *, batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> Graph:
+    """Import the model that ``spec`` names. ``batch``: the input batch (default: an ONNX
+    file's own fixed batch, else 1); ``input_shapes``: whole input shapes by name, which
+    bind an ONNX file's dynamic dimensions."""
     if spec.endswith(".onnx") or Path(spec).is_file():
-        return _load_onnx(Path(spec), batch)
+        path = Path(spec)
+        if not path.is_file():
+            raise FrontendError(f"{path}: no such ONNX file")
+        return from_onnx(path, batch=batch, input_shapes=input_shapes)
+    if input_shapes:
+        raise InputError(
+            f"{spec}: --input-shape binds the dynamic dimensions of an ONNX file; this model's "
+            "input shape is fixed by its definition (use --batch for the batch)"
+        )
+    batch = batch or 1
     if ":" in spec:
         return _load_jax_entry_point(spec, batch)
     if spec in zoo.list_models():
@@ -35,16 +49,6 @@ def load_model(spec: str, *, batch: int = 1) -> Graph:
         f"model {spec!r} is not a zoo model ({', '.join(zoo.list_models())}), "
         "an existing .onnx file, or module:function"
     )
-
-
-def _load_onnx(path: Path, batch: int) -> Graph:
-    if not path.is_file():
-        raise FrontendError(f"{path}: no such ONNX file")
-    graph = from_onnx(path)
-    if batch != 1:
-        shapes = {n.name: (batch, *n.shape[1:]) for n in graph.inputs}
-        graph = from_onnx(path, input_shapes=shapes)
-    return graph
 
 
 def _load_jax_entry_point(spec: str, batch: int) -> Graph:
