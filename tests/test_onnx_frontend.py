@@ -335,35 +335,6 @@ def test_resolve_reshape(target: tuple, expected: tuple) -> None:
     assert resolve_reshape((2, 3, 4), target) == expected
 
 
-# ====================================================================== input shapes
-def dynamic_model() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [node("Relu", ["x"])],
-        "dyn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
-
-
-def test_dynamic_dims_need_input_shapes() -> None:
-    with pytest.raises(FrontendError, match=r"dynamic dimensions.*input_shapes"):
-        from_onnx(dynamic_model())
-
-
-def test_input_shapes_fix_dynamic_dims() -> None:
-    graph = from_onnx(dynamic_model(), input_shapes={"x": (5, 3)})
-    assert graph.inputs[0].shape == (5, 3)
-
-
-@pytest.mark.parametrize(
-    "shapes,message", [({"nope": (1, 3)}, "not inputs of the model"), ({"x": (1, 3, 1)}, "rank 3")]
-)
-def test_bad_input_shapes_are_refused(shapes: dict, message: str) -> None:
-    with pytest.raises(FrontendError, match=message):
-        from_onnx(dynamic_model(), input_shapes=shapes)
-
-
 # ====================================================================== failures
 @pytest.mark.parametrize(
     "op_type,inputs,attrs",

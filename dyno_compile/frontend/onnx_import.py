@@ -32,6 +32,7 @@ from dyno_compile.errors import FrontendError, GraphError, UnsupportedOpError
 from dyno_compile.frontend import onnx_elementwise as ew
 from dyno_compile.frontend import onnx_layers as layers
 from dyno_compile.frontend import onnx_shape_ops as shape_ops
+from dyno_compile.frontend.onnx_bind import bind_inputs
 from dyno_compile.frontend.onnx_context import Context, Converter, OnnxNode, display_name, np_dtype, sanitize
 from dyno_compile.frontend.onnx_fold import FOLDERS, fold_only_hint, try_fold
 from dyno_compile.ir import Graph
@@ -45,22 +46,25 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 def from_onnx(
     path_or_model: str | PathLike[str] | onnx.ModelProto,
     *,
+    batch: int | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     name: str | None = None,
 ) -> Graph:
     """Build a ``Graph`` equal in meaning to the ONNX model.
 
-    ``input_shapes`` gives the shape of inputs by ONNX name; it is required for inputs with
-    symbolic dimensions (``dim_param``) and may also override a fixed one (a batch of N
-    through a model exported with batch 1). ``name`` names the graph (default: the file's
-    stem, else the ONNX graph's name).
+    ``batch`` sets the first dimension of every input (a dynamic one is 1 by default);
+    ``input_shapes`` gives inputs their whole shape by ONNX name, for other dynamic
+    dimensions. Both are bound before anything is imported, and an export fixed at batch 1
+    has the batch's 1 in its reshape targets rewritten (:mod:`.onnx_bind`). ``name`` names
+    the graph (default: the file's stem, else the ONNX graph's name).
     """
     model, source = _load(path_or_model)
     _check(model, source)
     _refuse_unsupported(model.graph, source)
+    model = bind_inputs(model, source, batch=batch, shapes=input_shapes)
     ctx = Context(Graph(name or _default_name(path_or_model, model)), source, _opset(model, source))
     ctx.remember_initializers(model.graph)
-    _add_inputs(ctx, model.graph, dict(input_shapes or {}))
+    _add_inputs(ctx, model.graph)
     for proto in model.graph.node:
         _convert(ctx, OnnxNode.from_proto(proto))
     ctx.graph.set_outputs([ctx.value(o.name, None) for o in model.graph.output])
@@ -138,46 +142,13 @@ def _default_name(path_or_model: object, model: onnx.ModelProto) -> str:
 
 
 # ====================================================================== graph inputs
-def _add_inputs(ctx: Context, graph: onnx.GraphProto, shapes: dict[str, Sequence[int]]) -> None:
-    """Add graph inputs; those that are also initializers (IR version 3) are weights."""
-    real = [i for i in graph.input if i.name not in ctx.constants]
-    unknown = set(shapes) - {i.name for i in real}
-    if unknown:
-        names = ", ".join(repr(i.name) for i in real)
-        raise FrontendError(
-            f"{ctx.source}: input_shapes names {sorted(unknown)}, which are not inputs "
-            f"of the model; its inputs are {names}"
-        )
-    for info in real:
-        shape = _input_shape(info, shapes.get(info.name), ctx.source)
+def _add_inputs(ctx: Context, graph: onnx.GraphProto) -> None:
+    """Add graph inputs, static by now (``bind_inputs``); those that are also initializers
+    (IR version 3) are weights."""
+    for info in (i for i in graph.input if i.name not in ctx.constants):
+        shape = tuple(d.dim_value for d in info.type.tensor_type.shape.dim)
         dtype = np_dtype(info.type.tensor_type.elem_type, f"input {info.name!r}", ctx.source)
         ctx.tensors[info.name] = ctx.graph.add_input(sanitize(info.name), shape, dtype).name
-
-
-def _input_shape(info: onnx.ValueInfoProto, given: Sequence[int] | None, source: str) -> tuple[int, ...]:
-    """The declared static shape, or ``given``; symbolic dims without ``given`` are an error."""
-    if not info.type.HasField("tensor_type"):
-        raise FrontendError(f"{source}: input {info.name!r} is not a tensor")
-    tt = info.type.tensor_type
-    declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-    if given is not None:
-        given = tuple(int(d) for d in given)
-        if tt.HasField("shape") and len(given) != len(declared):
-            raise FrontendError(
-                f"{source}: input_shapes[{info.name!r}] = {given} has rank {len(given)}, "
-                f"but the model declares {declared} (rank {len(declared)})"
-            )
-        return given
-    if not tt.HasField("shape"):
-        raise FrontendError(
-            f"{source}: input {info.name!r} has no declared shape; pass input_shapes={{{info.name!r}: (...)}}"
-        )
-    if any(isinstance(d, str) for d in declared):
-        raise FrontendError(
-            f"{source}: input {info.name!r} has dynamic dimensions {declared}; the IR needs "
-            f"static shapes, so pass input_shapes={{{info.name!r}: (...)}} to fix them"
-        )
-    return tuple(int(d) for d in declared)  # all dim_values: symbolic dims were refused above
 
 
 # ====================================================================== conversion
