@@ -20,6 +20,7 @@ from dyno_compile.errors import FrontendError, UnsupportedOpError
 from dyno_compile.frontend.onnx_import import from_onnx
 from dyno_compile.ir import Graph, Interpreter, validate
 from dyno_compile.passes import run_passes
+from dyno_compile.passes.channel_axes import channel_axes
 
 RNG = np.random.default_rng(0)
 OPSETS = range(13, 19)  # what the TorchScript and dynamo exporters write for CNNs
@@ -359,7 +360,7 @@ def test_pow_with_a_computed_exponent():
 def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelProto:
     """torchvision's CNBlock: depthwise 7x7 -> NHWC -> LayerNorm -> Linear -> GELU -> Linear
     -> layer scale -> NCHW -> residual. LayerNormalization from opset 17 (before, the
-    exporter's decomposition), GELU via Erf (the Gelu op from opset 20)."""
+    TorchScript exporter's decomposition), GELU via Erf (the Gelu op from opset 20)."""
     c, hidden = channels, 4 * channels
     inits = {
         "dw_w": (RNG.standard_normal((c, 1, 7, 7)) * 0.2).astype(np.float32),
@@ -410,9 +411,46 @@ def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelPr
 @pytest.mark.parametrize("opset", [13, 17, 18, 20])
 def test_convnext_block(opset):
     graph = check(convnext_block(opset), passes=True, tol=1e-4)
-    ops = ops_of(graph)
-    assert ops.count("gelu") == 1 and "erf" not in ops
-    assert ops.count("layer_norm") == (1 if opset >= 17 else 0)
+    # one node per user-level op: biases and the layer scale fold into the dense layers
+    assert ops_of(graph) == ["conv2d", "transpose", "layer_norm", "dense", "gelu", "dense", "transpose", "add"]
+
+
+def layer_norm_decomposed(affine: bool = True, square: str = "Pow") -> list[onnx.NodeProto]:
+    """LayerNorm over the last axis of ``x`` as the TorchScript exporter wrote it before opset 17."""
+    nodes = [
+        const("two", np.float32(2)),
+        const("eps", np.float32(1e-5)),
+        node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+        node("Sub", ["x", "mu"], ["d"]),
+        node("Pow", ["d", "two"], ["d2"]) if square == "Pow" else node("Mul", ["d", "d"], ["d2"]),
+        node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        node("Add", ["var", "eps"], ["var_eps"]),
+        node("Sqrt", ["var_eps"], ["std"]),
+        node("Div", ["d", "std"], ["normed" if affine else "y"]),
+    ]
+    if affine:
+        nodes += [node("Mul", ["normed", "s"], ["scaled"]), node("Add", ["scaled", "b"])]
+    return nodes
+
+
+@pytest.mark.parametrize("affine,square", [(True, "Pow"), (False, "Pow"), (True, "Mul")])
+def test_layer_norm_decomposition_becomes_one_layer_norm(affine, square):
+    inits = {"s": RNG.uniform(0.5, 1.5, 6).astype(np.float32), "b": RNG.standard_normal(6).astype(np.float32)}
+    proto = model(layer_norm_decomposed(affine, square), {"x": (2, 3, 6)}, inits=inits if affine else None)
+    assert ops_of(check(proto, passes=True)) == ["layer_norm"]
+
+
+def test_layer_norm_decomposition_read_inside_stays():
+    """A mean also read outside the pattern keeps the decomposition (fusing would drop it)."""
+    proto = model([*layer_norm_decomposed(False), node("Relu", ["mu"], ["m"])], {"x": (2, 3, 6)}, ["y", "m"])
+    assert "layer_norm" not in ops_of(check(proto, passes=True))
+
+
+def test_convnext_layer_norm_states_nhwc_channels():
+    """Per-channel quantisation at a cut between the permute and the LayerNorm takes the last axis."""
+    graph = run_passes(from_onnx(convnext_block(17)))
+    axes = channel_axes(graph)
+    assert (axes["dw"], axes["nhwc"], axes["ln"], axes["nchw"]) == (1, 3, 3, 1)
 
 
 def test_convnext_block_builds_for_host():

@@ -4,7 +4,8 @@ Per-channel quantisation at a cut takes one range per channel, so it must know w
 channels are: axis 1 in an NCHW graph (ONNX, PyTorch), the last axis in an NHWC one (Flax's
 default). The graph states a layout only at its layout-bearing ops — a convolution's
 ``data_layout``, a pool's ``layout``, a batch norm's ``axis``, a dense layer's features
-(its last axis) — and each of those fixes the channel axis of its data input and its
+(its last axis), a layer norm over the last axis alone (ConvNeXt's LayerNorm over NHWC
+channels) — and each of those fixes the channel axis of its data input and its
 output. Between them the fact travels through the ops that leave every axis where it is
 (elementwise ops, pads, slices, concats; only between operands of the output's rank, not
 broadcast weights): forward from a producer to its readers and backward from a reader to
@@ -59,6 +60,8 @@ def _stated(graph: Graph, node: Node) -> dict[str, int]:
         return {data: axis, node.name: axis if attrs["keepdims"] else 1}
     if node.op == "batch_norm":
         return dict.fromkeys((data, node.name), attrs["axis"] % len(node.shape))
+    if node.op == "layer_norm" and attrs["axis"] % len(node.shape) == len(node.shape) - 1:
+        return dict.fromkeys((data, node.name), len(node.shape) - 1)
     if node.op == "dense":
         return {data: len(graph.node(data).shape) - 1, node.name: len(node.shape) - 1}
     return {}

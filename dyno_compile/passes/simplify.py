@@ -18,7 +18,10 @@ match exactly:
   activation;
 - ``x * 0.5 * (1 + erf(x / sqrt 2))``, factors in any order and grouping, ``/ 2`` for
   ``* 0.5`` and ``* (1 / sqrt 2)`` for ``/ sqrt 2`` -> ``gelu`` (exact): the TorchScript
-  exporter spells GELU so, and as five nodes it would offer cuts inside one activation.
+  exporter spells GELU so, and as five nodes it would offer cuts inside one activation;
+- ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* scale] [+ bias]`` over trailing
+  axes, with constant scale and bias -> ``layer_norm``: the TorchScript exporter's
+  LayerNorm before opset 17 (nine nodes, eight places to cut one normalisation).
 """
 
 from __future__ import annotations
@@ -269,6 +272,74 @@ def _is_one_plus_erf_of_scaled(graph: Graph, name: str, x: str) -> bool:
     return False
 
 
+def _fuse_layer_norm(graph: Graph, node: Node) -> bool:
+    core = _layer_norm_core(graph, node) if node.op == "div" else None
+    if core is None:
+        return False
+    x, axis, epsilon = core
+    top, affine = node, dict[str, str]()
+    for op in ("mul", "add"):  # scale, then bias; each optional
+        users = graph.users(top.name)
+        if len(users) == 1 and top.name not in graph.outputs and users[0].op == op:
+            param = _affine_param(graph, users[0], top.name, x, axis)
+            if param is not None:
+                top, affine[op] = users[0], param
+    if "mul" not in affine:  # the IR's layer_norm always scales
+        ones = np.ones(graph.node(x).shape[axis:], dtype=node.dtype)
+        affine["mul"] = graph.add_const("literal", ones).name
+    params = [affine["mul"]] + ([affine["add"]] if "add" in affine else [])
+    scope = top.name.rpartition(".")[0]
+    name = f"{scope}.layer_norm" if scope else "layer_norm"
+    fused = graph.add("layer_norm", [x, *params], {"axis": axis, "epsilon": epsilon}, name=name, after=top.name)
+    return _replace(graph, top, fused.name)
+
+
+def _layer_norm_core(graph: Graph, div: Node) -> tuple[str, int, float] | None:
+    """``(x, axis, eps)`` when ``div`` is ``(x - mean) / sqrt(var + eps)`` over x's axes from
+    ``axis`` on, every inner node read only inside the pattern."""
+    centered = graph.node(div.inputs[0])
+    std = _sole_input(graph, div.inputs[1], "sqrt")
+    var_eps = _sole_input(graph, std.inputs[0], "add") if std else None
+    if centered.op != "sub" or var_eps is None or not np.issubdtype(np.dtype(div.dtype), np.floating):
+        return None
+    epsilon, var_name = next(
+        ((_scalar(graph, a), b) for a, b in (var_eps.inputs, var_eps.inputs[::-1]) if _scalar(graph, a) is not None),
+        (None, ""),
+    )
+    var = _sole_input(graph, var_name, "reduce_mean") if epsilon is not None else None
+    mean = _sole_input(graph, centered.inputs[1], "reduce_mean")
+    x = centered.inputs[0]
+    if var is None or mean is None or mean.inputs[0] != x or epsilon is None:
+        return None
+    square = _sole_input(graph, var.inputs[0], "pow") or _sole_input(graph, var.inputs[0], "mul")
+    if square is None or not (
+        (square.op == "pow" and square.inputs[0] == centered.name and _scalar(graph, square.inputs[1]) == 2.0)
+        or (square.op == "mul" and square.inputs == (centered.name, centered.name))
+    ):
+        return None
+    rank = len(graph.node(x).shape)
+    axes = tuple(sorted(a % rank for a in mean.attrs["axes"]))
+    trailing = bool(axes) and axes == tuple(range(axes[0], rank))
+    same = (
+        axes == tuple(sorted(a % rank for a in var.attrs["axes"])) and mean.attrs["keepdims"] and var.attrs["keepdims"]
+    )
+    readers = {u.name for u in graph.users(centered.name)}
+    if not (trailing and same) or readers != {square.name, div.name} or centered.name in graph.outputs:
+        return None
+    return x, axes[0], epsilon
+
+
+def _affine_param(graph: Graph, step: Node, prev: str, x: str, axis: int) -> str | None:
+    """The weight ``step`` (a mul or add) applies to ``prev``, if it broadcasts over x's
+    normalised axes only (so the fused op's scale or bias can hold it)."""
+    other = next((i for i in step.inputs if i != prev), None)
+    if other is None or graph.node(other).op != CONST_OP or step.type != graph.node(x).type:
+        return None
+    norm_shape, shape = graph.node(x).shape[axis:], graph.node(other).shape
+    fits = len(shape) <= len(norm_shape) and all(d in (1, n) for d, n in zip(shape[::-1], norm_shape[::-1]))
+    return other if fits else None
+
+
 _RULES: tuple[Rule, ...] = (
     _drop_identity,
     _merge_reshapes,
@@ -278,4 +349,5 @@ _RULES: tuple[Rule, ...] = (
     _merge_scalar_mul_div,
     _merge_clamps,
     _fuse_gelu,
+    _fuse_layer_norm,
 )
