@@ -14,7 +14,6 @@ import pytest
 
 from conftest import rel_err
 from dyno_compile import zoo
-from dyno_compile.artifact import build as build_mod
 from dyno_compile.artifact.build import SearchIncomplete, build_artifact, model_hash
 from dyno_compile.artifact.load import load_artifact, run_split
 from dyno_compile.artifact.plan import candidate_cuts, plan_build
@@ -25,6 +24,8 @@ from dyno_compile.passes import run_passes
 from dyno_compile.passes.insert_pack import insert_pack, pack_graph
 from dyno_compile.passes.split import split
 from dyno_compile.search.profile import ProfileError
+from dyno_compile.targets import compile as compile_mod
+from dyno_compile.targets.libraries import JOBS_ENV
 
 BITS = ("float32", "float16", 16, 8, 4, 2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,8 @@ def test_failed_build_leaves_nothing_and_existing_out_is_kept(built, tmp_path, m
     def explode(*args, **kwargs):
         raise RuntimeError("compiler crashed")
 
-    monkeypatch.setattr(build_mod, "compile_functions", explode)
+    monkeypatch.setenv(JOBS_ENV, "1")  # compile in this process, where the patch is
+    monkeypatch.setattr(compile_mod, "compile_functions", explode)
     with pytest.raises(RuntimeError):
         build_artifact(plan, tmp_path / "new", device_targets=["host"], cloud_targets=["host"])
     assert list(tmp_path.iterdir()) == []

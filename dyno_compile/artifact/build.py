@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from dyno_compile.ir import Graph, save
 from dyno_compile.ir.serialize import graph_to_dict
 from dyno_compile.progress import Progress, Step, silent
 from dyno_compile.targets import get_target
-from dyno_compile.targets.compile import compile_functions, export
+from dyno_compile.targets.libraries import LibraryJob, compile_libraries
 from dyno_compile.targets.records import records_fingerprint
 
 Finish = Callable[[Path], dict]
@@ -87,23 +86,31 @@ def build_artifact(
     with staging(out_dir, overwrite=overwrite) as root:
         save(plan.graph, root / "model")
         progress(Step("libraries compiled", 0, total))
+        jobs = {}  # path in the artifact -> (side, target, job), in manifest order
         for side, targets in sides.items():
             (root / side).mkdir()
             for name in targets:
                 spec = get_target(name)
-                progress(f"compiling the {side} library for {spec.name} ({len(functions[side])} functions)")
-                t = time.perf_counter()
-                module = compile_functions(functions[side], spec, records=records if spec.is_host else None)
                 rel = f"{side}/{spec.name}.so"
-                export(module, root / rel)
-                built.append(LibraryBuild(side, spec.name, rel, time.perf_counter() - t, len(functions[side])))
-                progress(Step("libraries compiled", len(built), total, rel))
-                libraries[rel] = {
-                    "side": side,
-                    "target": spec.name,
-                    "target_spec": _spec_dict(spec),
-                    "module": module.describe(),
-                }
+                jobs[rel] = (
+                    side,
+                    spec,
+                    LibraryJob(functions[side], spec.name, root / rel, records if spec.is_host else None),
+                )
+        done = {}
+        for result in compile_libraries(
+            [job for *_, job in jobs.values()], on_start=lambda j: progress(_compiling(root, j))
+        ):
+            done[result.job.path.relative_to(root).as_posix()] = result
+            progress(Step("libraries compiled", len(done), total, result.job.path.relative_to(root).as_posix()))
+        for rel, (side, spec, job) in jobs.items():
+            built.append(LibraryBuild(side, spec.name, rel, done[rel].seconds, len(job.functions)))
+            libraries[rel] = {
+                "side": side,
+                "target": spec.name,
+                "target_spec": _spec_dict(spec),
+                "module": done[rel].description,
+            }
         tuning = {}
         if records is not None:
             shutil.copytree(records, root / "tuning" / "host")
@@ -119,6 +126,10 @@ def build_artifact(
                 f"`python -m dyno_compile search {out_dir}` completes it)"
             ) from exc
     return Path(out_dir), built
+
+
+def _compiling(root: Path, job: LibraryJob) -> str:
+    return f"compiling {job.path.relative_to(root).as_posix()} ({len(job.functions)} functions)"
 
 
 def _spec_dict(spec) -> dict:
