@@ -16,7 +16,9 @@ The modules, in the order data flows through them:
 ``lower``           the driver: IR graphs -> one Relax module;
 ``blocked_conv``, ``winograd_conv``, ``schedule``, ``schedule_common``: the tuning-free CPU schedule;
 ``records``         MetaSchedule tuning records: read, checked, applied;
+``gpu_schedule``    dlight's GPU rules per function, with a fallback where one fails;
 ``compile``         lower, bind, fuse, schedule, build, export;
+``libraries``       several libraries compiled at once, in worker processes;
 ``tune``            MetaSchedule tuning, writing records;
 ``module``          what a build produces (``Compiled``, ``CompiledModule``), JSON-described;
 ``runner``          ``ModuleRunner``: runs a module's functions here or over TVM RPC.
