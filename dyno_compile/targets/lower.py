@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dyno_compile.targets import convert_spatial  # noqa: F401  (registers the spatial ops' converters)
 from dyno_compile.targets.convert import CONVERTERS, convert_node, relax_name, supported_ops
 from dyno_compile.targets.errors import LoweringError
 

@@ -359,6 +359,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
     elif reg is None and vregs == 1:
         vk = pick_factor(extents[vec] // vf, cfg.acc_registers // 2)
     consumers = sch.get_consumers(block)
+    epilogue = _epilogue(sch, block)
     work = prod(extents)
 
     # split the spatial axes
@@ -394,7 +395,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
         _vector_axis_last(sch, block, vec)
         sch.reverse_compute_at(cache, fused)
         epilogue_blocks = [cache]
-        if len(consumers) == 1:
+        if len(consumers) == len(epilogue) == 1:
             try:  # let the epilogue read the local tile directly
                 sch.compute_inline(cache)
                 epilogue_blocks = []
@@ -402,7 +403,7 @@ def _tile_reduction(sch, block, lanes: int, cfg: ScheduleConfig):
                 pass
     else:
         epilogue_blocks = []
-    epilogue_blocks += _attach_epilogue(sch, consumers, fused)
+    epilogue_blocks += _attach_epilogue(sch, epilogue, fused)
     _pad_each_plane(sch, producers, par)
     # loop kinds first: the update block stops being a "reduction block" once its init is split off
     _parallel(sch, par, work, cfg)
@@ -534,14 +535,41 @@ def _schedule_window(sch, block, cfg: ScheduleConfig):
     _parallel(sch, par, prod(extents), cfg)
     for loop in loops[n_spatial:]:
         sch.unroll(loop)
-    _attach_epilogue(sch, sch.get_consumers(block), row)  # per row, while it is in cache
+    _attach_epilogue(sch, _epilogue(sch, block), row)  # per row, while it is in cache
     return par
 
 
+def _epilogue(sch, block) -> list:
+    """The consumers of the reduction ``block`` that make each element of their output
+    from the reduction's (bias, activation, residual add, a layout change): those can be
+    made tile by tile right after it. One that also makes elements of its own (a pad or a
+    concat: as many or more elements, some chosen by a condition) keeps its own loops;
+    moved under the reduction's loop, those elements would never be written (a transposed
+    convolution's output padding read uninitialised memory)."""
+    size = prod(static_ints(sch.get(block).writes[0].source.shape) or [0])
+    return [
+        c
+        for c in sch.get_consumers(block)
+        if prod(static_ints(sch.get(c).writes[0].source.shape) or [-1]) == size and not _conditional(sch.get(c))
+    ]
+
+
+def _conditional(blk) -> bool:
+    """``blk`` chooses values by a condition (``if_then_else``: a pad's or a concat's)."""
+    import tvm_ffi
+    from tvm import ir
+
+    found: list = []
+    tvm_ffi.structural_walk(
+        blk.body, (ir.Call, lambda call: found.append(call) if str(call.op.name) == "prim.if_then_else" else None)
+    )
+    return bool(found)
+
+
 def _attach_epilogue(sch, consumers: list, loop) -> list:
-    """Move the elementwise ``consumers`` of a reduction under its parallel ``loop``, each
-    right after the part of the reduction it reads; returns those that moved (the rest
-    keep loops of their own)."""
+    """Move the elementwise ``consumers`` of a reduction (:func:`_epilogue`) under its
+    parallel ``loop``, each right after the part of the reduction it reads; returns those
+    that moved (the rest keep loops of their own)."""
     moved = []
     for c in consumers:
         if sch.get(c).name_hint and not is_reduction(sch, c):

@@ -1,0 +1,192 @@
+"""Converters of the ops in :mod:`dyno_compile.ir.ops.spatial` (IR op -> Relax), registered
+into :data:`dyno_compile.targets.convert.CONVERTERS` on import (the driver,
+:mod:`dyno_compile.targets.lower`, imports this module).
+
+Where Relax has the op with the JAX impl's meaning, the converter emits it; where it
+differs, the converter composes Relax ops or a TE compute that follow the JAX impl:
+
+* ``resize2d`` applies the JAX impl's own sample table (``resize_plan``) as ``take`` and a
+  weighted sum: Relax's ``image.resize2d`` places samples by ``input / output size``,
+  not by ONNX's scale, and rounds halfway coordinates without ONNX Runtime's tolerance;
+* ``conv2d_transpose`` is Relax's, which takes pads up to the dilated kernel's extent less
+  one and an ``output_padding`` below the stride; any pad or output padding beyond that is
+  a crop or a zero pad of its result (before the bias, which covers every output pixel);
+* ``instance_norm`` is composed (mean, centred mean of squares, rsqrt) because Relax's
+  computes the variance as ``E[x^2] - E[x]^2``: 15 % off on a plane of mean 1000 and
+  standard deviation 3 (measured);
+* ``prelu`` is a ``where``, since Relax's takes only a 1-D per-channel slope and ONNX's
+  broadcasts any way NumPy does;
+* ``lrn`` is a TE compute (Relax has none): a sum of squares over the channel window,
+  bounds-checked rather than padded, then the power.
+"""
+
+from __future__ import annotations
+
+from dyno_compile.targets.convert import (
+    _acc_dtype,
+    _channel_shape,
+    _Ctx,
+    _dtype_of,
+    _pad,
+    _shape_of,
+    converter,
+    relax_name,
+)
+
+__all__: list[str] = []
+
+
+@converter("resize2d")
+def _resize2d(ctx: _Ctx, xs: list):
+    from tvm import relax
+
+    from dyno_compile.ir.ops import spatial_axes
+    from dyno_compile.ir.ops.spatial import resize_plan
+
+    a = ctx.attrs
+    x = xs[0]
+    shape = _shape_of(x)
+    axes = spatial_axes(a["layout"])
+    plan = resize_plan(
+        (shape[axes[0]], shape[axes[1]]),
+        tuple(a["size"]),
+        a["scales"],
+        method=a["method"],
+        coordinate_mode=a["coordinate_mode"],
+        nearest_mode=a["nearest_mode"],
+    )
+    acc = _acc_dtype(_dtype_of(x))
+    for axis, taps in zip(axes, plan):
+        terms = []
+        for tap in taps:
+            term = ctx.emit(relax.op.take(x, ctx.const(tap.index, "int64"), axis=axis))
+            if tap.weight is not None:
+                weight = ctx.const(tap.weight.reshape(_channel_shape(len(shape), axis, len(tap.weight))), acc)
+                term = ctx.emit(relax.op.multiply(ctx.cast(term, acc), weight))
+            terms.append(term)
+        x = terms[0]
+        for term in terms[1:]:
+            x = ctx.emit(relax.op.add(x, term))
+    return ctx.cast(x, ctx.out.dtype)
+
+
+@converter("conv2d_transpose")
+def _conv2d_transpose(ctx: _Ctx, xs: list):
+    from tvm import relax
+
+    a = ctx.attrs
+    x = xs[0]
+    dtype = _dtype_of(x)
+    acc = _acc_dtype(dtype)
+    w = ctx.cast(xs[1], dtype)
+    spans = [d * (k - 1) for k, d in zip(_shape_of(w)[2:], a["dilation"])]
+    pads, extra, rest = [], [], [[0, 0], [0, 0]]
+    for (lo, hi), span, stride, out_pad in zip(a["padding"], spans, a["strides"], a["output_padding"]):
+        begin, end, grow = min(max(lo, 0), span), min(max(hi, 0), span), min(max(out_pad, 0), stride - 1)
+        pads.append((begin, end))
+        extra.append(grow)
+        rest.append([begin - lo, (end - hi) + (out_pad - grow)])  # what Relax's padding could not say
+    (top, bottom), (left, right) = pads
+    y = ctx.emit(
+        relax.op.nn.conv2d_transpose(
+            x,
+            w,
+            strides=tuple(a["strides"]),
+            padding=(top, left, bottom, right),
+            output_padding=tuple(extra),
+            dilation=tuple(a["dilation"]),
+            groups=int(a["groups"]),
+            out_dtype=acc,
+        )
+    )
+    if any(v for side in rest for v in side):
+        y = _pad(ctx, y, rest, 0.0)
+    if len(xs) == 3:
+        bias = ctx.emit(relax.op.reshape(ctx.cast(xs[2], acc), _channel_shape(4, 1, _shape_of(xs[2])[0])))
+        y = ctx.emit(relax.op.add(y, bias))
+    return ctx.cast(y, dtype)
+
+
+@converter("leaky_relu")
+def _leaky_relu(ctx: _Ctx, xs: list):
+    from tvm import relax
+
+    return relax.op.nn.leakyrelu(xs[0], float(ctx.attrs["alpha"]))
+
+
+@converter("prelu")
+def _prelu(ctx: _Ctx, xs: list):
+    """``where(x < 0, x * slope, x)``, as the JAX impl."""
+    from tvm import relax
+
+    dtype = ctx.out.dtype
+    x, slope = (ctx.cast(v, dtype) for v in xs)
+    negative = ctx.emit(relax.op.less(x, ctx.const(0, dtype)))
+    return relax.op.where(negative, ctx.emit(relax.op.multiply(x, slope)), x)
+
+
+@converter("instance_norm")
+def _instance_norm(ctx: _Ctx, xs: list):
+    """The JAX impl step by step: centre on the plane's mean, divide by the root of the
+    centred squares' mean plus epsilon, then scale and shift per channel."""
+    from tvm import relax
+
+    x, scale, bias = xs
+    shape = _shape_of(x)
+    axis = int(ctx.attrs["axis"]) % len(shape)
+    axes = [a for a in range(1, len(shape)) if a != axis]
+    dtype = _dtype_of(x)
+    acc = _acc_dtype(dtype)
+    xf = ctx.cast(x, acc)
+    centered = ctx.emit(relax.op.subtract(xf, ctx.emit(relax.op.mean(xf, axis=axes, keepdims=True))))
+    var = ctx.emit(relax.op.mean(ctx.emit(relax.op.multiply(centered, centered)), axis=axes, keepdims=True))
+    inv = ctx.emit(relax.op.rsqrt(ctx.emit(relax.op.add(var, ctx.const(ctx.attrs["epsilon"], acc)))))
+    channel = _channel_shape(len(shape), axis, shape[axis])
+    y = ctx.emit(relax.op.multiply(centered, inv))
+    y = ctx.emit(relax.op.multiply(y, ctx.emit(relax.op.reshape(ctx.cast(scale, acc), channel))))
+    y = ctx.emit(relax.op.add(y, ctx.emit(relax.op.reshape(ctx.cast(bias, acc), channel))))
+    return ctx.cast(y, dtype)
+
+
+@converter("lrn")
+def _lrn(ctx: _Ctx, xs: list):
+    a = ctx.attrs
+    x = xs[0]
+    dtype = _dtype_of(x)
+    acc = _acc_dtype(dtype)
+    y = ctx.bb.emit_te(
+        _te_lrn,
+        ctx.cast(x, acc),
+        int(a["size"]),
+        int(a["axis"]) % len(_shape_of(x)),
+        float(a["alpha"]),
+        float(a["beta"]),
+        float(a["bias"]),
+        primfunc_name_hint="lrn",
+        name_hint=relax_name(ctx.node.name),
+    )
+    return ctx.cast(y, dtype)
+
+
+def _te_lrn(data, size: int, axis: int, alpha: float, beta: float, bias: float):
+    """``x / (bias + alpha / size * sum of x^2 over channels c - (size-1)//2 .. c + size//2) ** beta``."""
+    from tvm import te, tirx
+
+    shape = [int(d) for d in data.shape]
+    dtype = str(data.dtype)
+    r = te.reduce_axis((0, size), name="rc")
+
+    def squares(*idx):
+        src = list(idx)
+        src[axis] = idx[axis] + r - (size - 1) // 2
+        value = data[tuple(src)]
+        inside = tirx.all(src[axis] >= 0, src[axis] < shape[axis])
+        return te.sum(tirx.if_then_else(inside, value * value, tirx.const(0, dtype)), axis=r)
+
+    total = te.compute(shape, squares, name="lrn_squares")
+
+    def norm(*idx):
+        base = tirx.const(bias, dtype) + tirx.const(alpha / size, dtype) * total[idx]
+        return data[idx] / tirx.power(base, tirx.const(beta, dtype))
+
+    return te.compute(shape, norm, name="lrn")
