@@ -185,12 +185,41 @@ def test_floor_division_fixup_and_friends_fold():
     assert set(ops_of(graph)) == {"reshape", "add"}
 
 
+@pytest.mark.parametrize("opset", [15, 18])
+def test_shape_start_and_end(opset):
+    """Opset 15's Shape(start, end) slices the shape like Python."""
+    nodes = [
+        node("Shape", ["x"], ["last"], start=-1),
+        node("Shape", ["x"], ["middle"], start=1, end=-1),
+        ints("minus1", [-1]),
+        node("Concat", ["minus1", "middle", "last"], ["target"], axis=0),
+        node("Reshape", ["x", "target"]),
+    ]
+    graph = check(model(nodes, {"x": (2, 3, 4)}, opset=opset))
+    assert ops_of(graph) == ["reshape"] and graph.compute_nodes[0].shape == (2, 3, 4)
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_expand_to_a_computed_shape(opset):
     nodes = [node("Shape", ["x"], ["s"]), node("Expand", ["b", "s"], ["bx"]), node("Add", ["x", "bx"])]
     graph = check(model(nodes, {"x": (2, 3, 4), "b": (3, 1)}, opset=opset))
     assert ops_of(graph) == ["broadcast_to", "add"]
     assert ops_of(run_passes(graph)) == ["add"]  # the broadcast is bypassed
+
+
+@pytest.mark.parametrize("opset", [15, 18])
+def test_cast_like(opset):
+    """The dynamo exporter's ``CastLike(constant, x)`` folds; on a run-time tensor it is a cast."""
+    nodes = [
+        const("one", np.int64(1)),
+        node("CastLike", ["one", "x"], ["one_f"]),
+        node("Add", ["x", "one_f"], ["x1"]),
+        const("half_like", np.float16(0)),
+        node("CastLike", ["x1", "half_like"], ["h"]),
+        node("CastLike", ["h", "x"]),
+    ]
+    graph = check(model(nodes, {"x": (2, 3)}, opset=opset), tol=1e-3)
+    assert ops_of(graph) == ["add", "cast", "cast"] and [n.dtype for n in graph.compute_nodes][1] == "float16"
 
 
 # ====================================================================== indexing ops on run-time tensors
@@ -359,8 +388,9 @@ def test_pow_with_a_computed_exponent():
 # ====================================================================== whole blocks
 def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelProto:
     """torchvision's CNBlock: depthwise 7x7 -> NHWC -> LayerNorm -> Linear -> GELU -> Linear
-    -> layer scale -> NCHW -> residual. LayerNormalization from opset 17 (before, the
-    TorchScript exporter's decomposition), GELU via Erf (the Gelu op from opset 20)."""
+    -> NCHW -> layer scale (a [C, 1, 1] parameter) -> residual. LayerNormalization from
+    opset 17 (before, the TorchScript exporter's decomposition), GELU via Erf (the Gelu op
+    from opset 20)."""
     c, hidden = channels, 4 * channels
     inits = {
         "dw_w": (RNG.standard_normal((c, 1, 7, 7)) * 0.2).astype(np.float32),
@@ -371,7 +401,7 @@ def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelPr
         "b1": (RNG.standard_normal(hidden) * 0.1).astype(np.float32),
         "w2": (RNG.standard_normal((hidden, c)) / np.sqrt(hidden)).astype(np.float32),
         "b2": (RNG.standard_normal(c) * 0.1).astype(np.float32),
-        "gamma": np.full(c, 0.5, np.float32),
+        "gamma": np.full((c, 1, 1), 0.5, np.float32),
     }
     nodes = [
         node("Conv", ["x", "dw_w", "dw_b"], ["dw"], pads=[3, 3, 3, 3], group=c, kernel_shape=[7, 7]),
@@ -401,9 +431,9 @@ def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelPr
     nodes += [
         node("MatMul", ["act", "w2"], ["fc2_mm"]),
         node("Add", ["fc2_mm", "b2"], ["fc2"]),
-        node("Mul", ["fc2", "gamma"], ["scaled_res"]),
-        node("Transpose", ["scaled_res"], ["nchw"], perm=[0, 3, 1, 2]),
-        node("Add", ["x", "nchw"]),
+        node("Transpose", ["fc2"], ["nchw"], perm=[0, 3, 1, 2]),
+        node("Mul", ["gamma", "nchw"], ["scaled_res"]),
+        node("Add", ["scaled_res", "x"]),
     ]
     return model(nodes, {"x": (1, c, size, size)}, inits=inits, opset=opset)
 
@@ -411,8 +441,8 @@ def convnext_block(opset: int, channels: int = 8, size: int = 7) -> onnx.ModelPr
 @pytest.mark.parametrize("opset", [13, 17, 18, 20])
 def test_convnext_block(opset):
     graph = check(convnext_block(opset), passes=True, tol=1e-4)
-    # one node per user-level op: biases and the layer scale fold into the dense layers
-    assert ops_of(graph) == ["conv2d", "transpose", "layer_norm", "dense", "gelu", "dense", "transpose", "add"]
+    # one node per user-level op (the biases fold into the dense layers)
+    assert ops_of(graph) == ["conv2d", "transpose", "layer_norm", "dense", "gelu", "dense", "transpose", "mul", "add"]
 
 
 def layer_norm_decomposed(affine: bool = True, square: str = "Pow") -> list[onnx.NodeProto]:

@@ -188,6 +188,13 @@ class Context:
             return tuple(self.constants[tensor].shape)
         return self.shape(self.input(node, i))
 
+    def static_dtype(self, node: OnnxNode, i: int) -> str:
+        """Dtype of input ``i``, known or computed, without adding a const node for it."""
+        tensor = node.inputs[i]
+        if tensor in self.constants and tensor not in self.tensors:
+            return self.constants[tensor].dtype.name
+        return self.dtype(self.input(node, i))
+
     def dtype(self, ir_name: str) -> str:
         return self.graph.node(ir_name).dtype
 

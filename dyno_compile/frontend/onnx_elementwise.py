@@ -17,6 +17,7 @@ from dyno_compile.frontend.onnx_context import Context, OnnxNode, np_dtype, opti
 __all__ = [
     "binary",
     "cast",
+    "cast_like",
     "clip",
     "constant",
     "dropout",
@@ -114,6 +115,11 @@ def hard_sigmoid(ctx: Context, node: OnnxNode) -> str:
 def cast(ctx: Context, node: OnnxNode) -> str:
     dtype = np_dtype(node.attrs["to"], f"Cast node {node.name!r}", ctx.source)
     return ctx.add("cast", [ctx.input(node)], {"dtype": dtype}, node)
+
+
+def cast_like(ctx: Context, node: OnnxNode) -> str:
+    """CastLike (opset 15; the dynamo exporter casts its constants so): a cast to input 1's dtype."""
+    return ctx.add("cast", [ctx.input(node)], {"dtype": ctx.static_dtype(node, 1)}, node)
 
 
 def identity(ctx: Context, node: OnnxNode) -> str:

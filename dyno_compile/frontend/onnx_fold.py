@@ -37,8 +37,12 @@ Args = list["np.ndarray | None"]
 #: Evaluates a node on its known inputs (None for an absent optional one) with NumPy.
 Folder = Callable[[Context, OnnxNode, Args], "np.ndarray | tuple[np.ndarray, ...]"]
 
-#: Ops that read only their input's static shape, never its value.
-_SHAPE_READERS = frozenset({"Shape", "Size"})
+#: Inputs whose value an op never reads, only their static shape or dtype: they need not be known.
+_TYPE_ONLY_INPUTS: dict[str, frozenset[int]] = {
+    "Shape": frozenset({0}),
+    "Size": frozenset({0}),
+    "CastLike": frozenset({1}),
+}
 
 
 def try_fold(ctx: Context, node: OnnxNode, *, has_ir_form: bool) -> bool:
@@ -47,12 +51,12 @@ def try_fold(ctx: Context, node: OnnxNode, *, has_ir_form: bool) -> bool:
     folder = FOLDERS.get(node.op_type)
     if folder is None:
         return False
-    present = [t for t in node.inputs if t]
-    if node.op_type not in _SHAPE_READERS:
-        if not all(t in ctx.constants for t in present):
-            return False
-        if has_ir_form and not all(_foldable(ctx.constants[t]) for t in present):
-            return False
+    type_only = _TYPE_ONLY_INPUTS.get(node.op_type, frozenset())
+    read = [t for i, t in enumerate(node.inputs) if t and i not in type_only]
+    if not all(t in ctx.constants for t in read):
+        return False
+    if has_ir_form and not all(_foldable(ctx.constants[t]) for t in read):
+        return False
     args: Args = [ctx.constants.get(t) if t else None for t in node.inputs]
     result = folder(ctx, node, args)
     values = result if isinstance(result, tuple) else (result,)
@@ -158,6 +162,10 @@ def _cast(ctx: Context, node: OnnxNode, args: Args) -> np.ndarray:
     return _arg(args, 0).astype(np_dtype(node.attrs["to"], f"Cast node {node.name!r}", ctx.source))
 
 
+def _cast_like(ctx: Context, node: OnnxNode, args: Args) -> np.ndarray:
+    return _arg(args, 0).astype(ctx.static_dtype(node, 1))
+
+
 def _reduce(fn: Callable[..., np.ndarray], ctx: Context, node: OnnxNode, args: Args) -> np.ndarray:
     x = _arg(args, 0)
     axes = reduce_axes(ctx, node, x.ndim)
@@ -234,6 +242,7 @@ FOLDERS: dict[str, Folder] = {
     "Max": partial(_variadic, np.maximum),
     "Min": partial(_variadic, np.minimum),
     "Cast": _cast,
+    "CastLike": _cast_like,
     "Shape": _shape,
     "Size": _size,
     "ConstantOfShape": _constant_of_shape,

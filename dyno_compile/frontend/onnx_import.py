@@ -205,6 +205,7 @@ CONVERTERS: dict[str, Converter] = {
     "Clip": ew.clip,
     "HardSigmoid": ew.hard_sigmoid,
     "Cast": ew.cast,
+    "CastLike": ew.cast_like,
     "Identity": ew.identity,
     "Dropout": ew.dropout,
     "Constant": ew.constant,
