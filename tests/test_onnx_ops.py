@@ -249,9 +249,9 @@ SLICES = {
 }
 
 
-@pytest.mark.parametrize("opset", OPSETS)
-@pytest.mark.parametrize("case", list(SLICES))
+@pytest.mark.parametrize("case,opset", list(zip(SLICES, OPSETS)))
 def test_slice(case, opset):
+    """Slice has one form from opset 10 on, so each case runs at one of the opsets."""
     starts, ends, axes, steps = SLICES[case]
     nodes = [ints("st", starts), ints("en", ends), ints("ax", axes)]
     inputs = ["x", "st", "en", "ax"]
@@ -369,7 +369,7 @@ def test_erf_alone_and_a_shared_erf_stay_as_they_are():
     assert "gelu" not in ops_of(graph) and ops_of(graph).count("erf") == 2
 
 
-@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("opset", [13, 18])  # one form throughout
 @pytest.mark.parametrize(
     "exponent",
     [np.float32(2.0), np.float32(0.5), np.int64(3), np.float64(2.0)],
