@@ -32,6 +32,7 @@ from dyno_compile.errors import FrontendError, GraphError, UnsupportedOpError
 from dyno_compile.frontend import onnx_elementwise as ew
 from dyno_compile.frontend import onnx_layers as layers
 from dyno_compile.frontend import onnx_shape_ops as shape_ops
+from dyno_compile.frontend import onnx_spatial as spatial
 from dyno_compile.frontend.onnx_bind import bind_inputs
 from dyno_compile.frontend.onnx_context import Context, Converter, OnnxNode, display_name, np_dtype, sanitize
 from dyno_compile.frontend.onnx_fold import FOLDERS, fold_only_hint, try_fold
@@ -238,4 +239,11 @@ CONVERTERS: dict[str, Converter] = {
     "ReduceSum": partial(layers.reduce, "reduce_sum"),
     "ReduceMax": partial(layers.reduce, "reduce_max"),
     "ReduceMin": partial(layers.reduce, "reduce_min"),
+    # detection and segmentation backbones, older CNNs
+    "Resize": spatial.resize,
+    "ConvTranspose": spatial.conv_transpose,
+    "PRelu": spatial.prelu,
+    "LeakyRelu": spatial.leaky_relu,
+    "InstanceNormalization": spatial.instance_norm,
+    "LRN": spatial.lrn,
 }

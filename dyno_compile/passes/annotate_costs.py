@@ -1,8 +1,9 @@
 """Annotate each node with its compute and memory cost, for tables and roofline estimates.
 
 Puts in ``node.meta``:
-- ``macs``: multiply-accumulates (conv, dense), or one operation per output element
-  read from each window (pooling) or per element (elementwise, batch norm);
+- ``macs``: multiply-accumulates (conv, dense; a transposed convolution scatters each
+  input pixel's kernel), or one operation per output element read from each window
+  (pooling, LRN's channel window) or per element (elementwise, batch norm, resize);
 - ``weight_bytes``: bytes of the weights the node reads;
 - ``in_bytes``: bytes of the activations it reads; ``out_bytes``: bytes it writes.
 """
@@ -32,10 +33,14 @@ def _macs(graph: Graph, node: Node) -> int:
         w = graph.node(node.inputs[1]).shape
         kh, kw, cin = (w[2], w[3], w[1]) if node.attrs["kernel_layout"] == "OIHW" else (w[0], w[1], w[2])
         return out * cin * kh * kw
+    if node.op == "conv2d_transpose":  # weights [C_in, C_out / groups, kh, kw]
+        return graph.node(node.inputs[0]).type.size * prod(graph.node(node.inputs[1]).shape[1:])
     if node.op == "dense":
         return out * graph.node(node.inputs[1]).shape[1]
     if node.op in ("max_pool2d", "avg_pool2d"):
         return out * prod(node.attrs["kernel"])
+    if node.op == "lrn":
+        return out * node.attrs["size"]
     if node.op == "global_avg_pool2d" or get_op(node.op).kind == "reduce":
         return graph.node(node.inputs[0]).type.size
     if get_op(node.op).kind in ("elementwise", "nn"):

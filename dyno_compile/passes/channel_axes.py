@@ -3,7 +3,8 @@
 Per-channel quantisation at a cut takes one range per channel, so it must know where the
 channels are: axis 1 in an NCHW graph (ONNX, PyTorch), the last axis in an NHWC one (Flax's
 default). The graph states a layout only at its layout-bearing ops — a convolution's
-``data_layout``, a pool's ``layout``, a batch norm's ``axis``, a dense layer's features
+``data_layout`` (NCHW for a transposed one), a pool's or a resize's ``layout``, a batch,
+instance or local response norm's ``axis``, a dense layer's features
 (its last axis), a layer norm over the last axis alone (ConvNeXt's LayerNorm over NHWC
 channels) — and each of those fixes the channel axis of its data input and its
 output. Between them the fact travels through the ops that leave every axis where it is
@@ -53,12 +54,14 @@ def _stated(graph: Graph, node: Node) -> dict[str, int]:
     attrs, data = node.attrs, node.inputs[0]
     if node.op == "conv2d":
         return dict.fromkeys((data, node.name), channel_axis(attrs["data_layout"]))
-    if node.op in ("max_pool2d", "avg_pool2d"):
+    if node.op == "conv2d_transpose":  # NCHW only
+        return dict.fromkeys((data, node.name), DEFAULT_CHANNEL_AXIS)
+    if node.op in ("max_pool2d", "avg_pool2d", "resize2d"):
         return dict.fromkeys((data, node.name), channel_axis(attrs["layout"]))
     if node.op == "global_avg_pool2d":
         axis = channel_axis(attrs["layout"])
         return {data: axis, node.name: axis if attrs["keepdims"] else 1}
-    if node.op == "batch_norm":
+    if node.op in ("batch_norm", "instance_norm", "lrn"):
         return dict.fromkeys((data, node.name), attrs["axis"] % len(node.shape))
     if node.op == "layer_norm" and attrs["axis"] % len(node.shape) == len(node.shape) - 1:
         return dict.fromkeys((data, node.name), len(node.shape) - 1)

@@ -12,14 +12,16 @@ Op classes (what separates the kernels ncnn and XNNPACK run, and their efficienc
 
 * ``conv3x3s1``: dense (``groups == 1``) 3x3 convolutions of stride 1: the ones ncnn runs
   with Winograd, fewer multiplies than their MACs (an efficiency above 1 of the naive roofline);
-* ``conv``: the other dense kxk convolutions, k > 1 (strided, or 5x5, 7x7: im2col + GEMM);
+* ``conv``: the other dense kxk convolutions, k > 1 (strided, or 5x5, 7x7: im2col + GEMM),
+  and transposed convolutions (grouped ones are ``dwconv``);
 * ``conv1x1``: dense 1x1 convolutions (a plain GEMM);
 * ``dwconv``: grouped convolutions (depthwise, one input channel per group): little reuse;
 * ``fc``: dense layers, and 1x1 convolutions on a 1x1 map (squeeze-excite): matrix-vector,
   bound by reading their weights;
 * ``other``: everything else (elementwise, pooling, concat, reshape): memory-bound;
-* ``fused``: an activation (:data:`FUSED_ACTIVATIONS`) that is the only user of a conv or
-  dense layer's output: the layer's epilogue computes it, so it costs nothing itself.
+* ``fused``: an activation (:data:`FUSED_ACTIVATIONS`) that is the only user of a conv
+  (transposed or not) or dense layer's output: the layer's epilogue computes it, so it
+  costs nothing itself.
 
 Bytes are counted as float32 (4 bytes an element) whatever the graph's dtype: the
 published rows are fp32, and SqueezeNet's ONNX file is float16.
@@ -41,7 +43,9 @@ from dyno_compile.ir import Graph, Node
 CLASSES = ("conv3x3s1", "conv", "conv1x1", "dwconv", "fc", "other", "fused")
 #: Activations that ncnn, XNNPACK and our schedule compute in the epilogue of the conv or
 #: dense layer that produces their input (when they are its only user): no kernel of their own.
-FUSED_ACTIVATIONS = frozenset({"relu", "relu6", "clip", "silu", "sigmoid", "hardswish", "hardsigmoid"})
+FUSED_ACTIVATIONS = frozenset(
+    {"relu", "relu6", "clip", "silu", "sigmoid", "hardswish", "hardsigmoid", "leaky_relu", "prelu"}
+)
 FEATURES_FILE = Path(__file__).with_name("device_features.json")
 FEATURES_VERSION = 3
 
@@ -112,13 +116,15 @@ def node_class(graph: Graph, node: Node, within: Container[str] | None = None) -
     if node.op in FUSED_ACTIVATIONS and node.inputs:
         producer = graph.node(node.inputs[0])
         if (
-            producer.op in ("conv2d", "dense")
+            producer.op in ("conv2d", "conv2d_transpose", "dense")
             and len(graph.users(producer.name)) == 1
             and (within is None or producer.name in within)
         ):
             return CLASSES.index("fused")
     if node.op == "dense":
         return CLASSES.index("fc")
+    if node.op == "conv2d_transpose":
+        return CLASSES.index("conv" if node.attrs["groups"] == 1 else "dwconv")
     if node.op == "conv2d":
         w = graph.node(node.inputs[1]).shape
         kh, kw = (w[2], w[3]) if node.attrs["kernel_layout"] == "OIHW" else (w[0], w[1])
