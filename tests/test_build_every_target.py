@@ -93,8 +93,8 @@ def test_batched_squeeze_excite_builds_for_cuda_with_a_recorded_fallback():
     fallbacks = m.describe()["schedule"]["fallbacks"]
     assert len(fallbacks) == 1, fallbacks
     ((name, how),) = fallbacks.items()
-    assert "multiply" in name and how.startswith("dlight Fallback (after: Matmul: AssertionError"), fallbacks
-    assert json.loads(json.dumps(m.describe()))["schedule"]["summary"]
+    assert "multiply" in name and how.startswith("dlight.Fallback (after: Matmul: AssertionError"), fallbacks
+    assert "dlight.Matmul" in json.loads(json.dumps(m.describe()))["schedule"]["summary"]
 
 
 def test_gpu_schedule_binds_every_store_and_skips_a_failing_rule():
@@ -123,7 +123,7 @@ def test_gpu_schedule_binds_every_store_and_skips_a_failing_rule():
     with target:
         new, how = gpu_schedule._schedule_one(funcs[0], target, [Raises(), Unbound(), fallback])
         assert unbound_stores(new) == 0
-        assert how.startswith("dlight Fallback (after: Raises: RuntimeError: boom")
+        assert how.startswith("dlight.Fallback (after: Raises: RuntimeError: boom")
         with pytest.raises(TargetError, match="no GPU schedule applies: Raises: .*Unbound: .*not bound to GPU"):
             gpu_schedule._schedule_one(funcs[0], target, [Raises(), Unbound()])
     scheduled, report = schedule_gpu(mod, target)

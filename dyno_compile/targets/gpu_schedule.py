@@ -13,7 +13,7 @@ threads before it is kept, since an unbound loop is what makes a CUDA build fail
 serial per thread) schedules any function made of ordinary blocks, so it ends the chain.
 
 What each function got goes into a :class:`~dyno_compile.targets.schedule.ScheduleReport`
-(``dlight <Rule>``, or ``dlight <Rule> (after: <failed rule>: <error>)`` for a fallback),
+(``dlight.<Rule>``, or ``dlight.<Rule> (after: <failed rule>: <error>)`` for a fallback),
 which a module's description records.
 """
 
@@ -86,7 +86,7 @@ def _schedule_one(func, target, rules: list[Any]) -> tuple[Any, str]:
         except Exception as exc:  # noqa: BLE001 - any failure of a rule means: try the next, simpler one
             errors.append(f"{name}: {_first_line(exc)}")
             continue
-        return new, f"dlight {name}" + (f" (after: {errors[0]})" if errors else "")
+        return new, f"dlight.{name}" + (f" (after: {errors[0]})" if errors else "")
     raise TargetError("no GPU schedule applies: " + ("; ".join(errors) or "every rule declined"))
 
 
