@@ -197,6 +197,32 @@ def test_conv_transpose(case):
     assert ops_of(g) == ["conv2d_transpose"]
 
 
+@pytest.mark.parametrize("group", [1, 2])
+def test_batch_norm_folds_into_a_transposed_convolution(group):
+    """A decoder's ConvTranspose -> BatchNormalization becomes one conv2d_transpose (the
+    scale applied per output channel of each group's weights) that still equals ONNX Runtime."""
+    from dyno_compile.passes import run_passes
+
+    c_out = 3 * group
+    inits = {
+        "w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "gamma": RNG.uniform(0.5, 2, c_out).astype(np.float32),
+        "beta": RNG.standard_normal(c_out).astype(np.float32),
+        "mean": RNG.standard_normal(c_out).astype(np.float32),
+        "var": RNG.uniform(0.5, 2, c_out).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["up"], strides=[2, 2], pads=[1, 1, 1, 1], group=group),
+        helper.make_node("BatchNormalization", ["up", "gamma", "beta", "mean", "var"], ["y"]),
+    ]
+    proto = model(nodes, (2, 4, 5, 6), inits)
+    x = RNG.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    g = run_passes(from_onnx(proto))
+    assert ops_of(g) == ["conv2d_transpose"]
+    assert rel_err(np.asarray(Interpreter(g)(x)), want) <= 1e-5
+
+
 def test_conv_transpose_output_shape_beyond_the_kernels_reach_is_refused():
     proto = conv_t_model({"w": (4, 3, 2, 2), "strides": [2, 2], "output_shape": [12, 15]}, 13)
     with pytest.raises(FrontendError, match=r"node 'y' \(ConvTranspose\).*output_shape \[12, 15\] is larger"):

@@ -2,8 +2,9 @@
 
 At inference a batch norm is ``y * s + t`` per output channel, and so are the bias adds
 and scales that frontends emit as separate ``add``/``mul``/``sub``/``div`` nodes. When the
-producer is a ``conv2d`` or ``dense`` read by nothing else, the affine op merges into its
-weights (``W * s``) and bias (``b * s + t``), removing a full pass over the activation.
+producer is a ``conv2d``, ``conv2d_transpose`` or ``dense`` read by nothing else, the
+affine op merges into its weights (``W * s``) and bias (``b * s + t``), removing a full
+pass over the activation.
 
 Before: ``%c = conv2d(%x, %w); %y = batch_norm(%c, %g, %b, %m, %v)``
 After:  ``%y = conv2d(%x, %w_folded, %b_folded)``
@@ -19,7 +20,7 @@ import numpy as np
 from dyno_compile.ir import CONST_OP, Graph, Node
 from dyno_compile.ir.ops import channel_axis
 
-_FOLDABLE_PRODUCERS = ("conv2d", "dense")
+_FOLDABLE_PRODUCERS = ("conv2d", "conv2d_transpose", "dense")
 
 
 def fold_bn(graph: Graph) -> Graph:
@@ -68,7 +69,9 @@ def _take_names(graph: Graph, old: tuple[str, ...], new: tuple[str, str], layer:
 
 
 def _out_axis(producer: Node) -> int:
-    return channel_axis(producer.attrs["data_layout"]) if producer.op == "conv2d" else len(producer.shape) - 1
+    if producer.op == "conv2d":
+        return channel_axis(producer.attrs["data_layout"])
+    return 1 if producer.op == "conv2d_transpose" else len(producer.shape) - 1
 
 
 def _channel_vector(graph: Graph, name: str, producer: Node) -> np.ndarray | None:
@@ -111,10 +114,7 @@ def _affine(graph: Graph, node: Node, producer: Node, producer_pos: int) -> tupl
 
 def _fold(graph: Graph, producer: Node, scale: np.ndarray, shift: np.ndarray) -> tuple[str, str]:
     w = graph.params[producer.inputs[1]]
-    out_axis = producer.attrs["kernel_layout"].index("O") if producer.op == "conv2d" else 0
-    shape = [1] * w.ndim
-    shape[out_axis] = -1
-    new_w = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
+    new_w = _scaled_weights(producer, w.astype(np.float64), scale).astype(w.dtype)
     channels = scale.shape[0]
     old_b = (
         np.asarray(graph.params[producer.inputs[2]], dtype=np.float64)
@@ -125,3 +125,17 @@ def _fold(graph: Graph, producer: Node, scale: np.ndarray, shift: np.ndarray) ->
     weight = graph.add_const(f"{producer.name}.weight", new_w, after=producer.inputs[1])
     bias = graph.add_const(f"{producer.name}.bias", new_b, after=producer.inputs[1])
     return weight.name, bias.name
+
+
+def _scaled_weights(producer: Node, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``w`` with each output channel's weights times its ``scale``. A transposed
+    convolution's weights are ``[C_in, C_out / groups, kh, kw]``: output channel ``o`` is
+    column ``o % (C_out / groups)`` of group ``o // (C_out / groups)``'s rows."""
+    if producer.op == "conv2d_transpose":
+        groups = producer.attrs["groups"]
+        c_in, per_group = w.shape[:2]
+        grouped = w.reshape(groups, c_in // groups, per_group, *w.shape[2:])
+        return (grouped * scale.reshape(groups, 1, per_group, 1, 1)).reshape(w.shape)
+    shape = [1] * w.ndim
+    shape[producer.attrs["kernel_layout"].index("O") if producer.op == "conv2d" else 0] = -1
+    return w * scale.reshape(shape)
