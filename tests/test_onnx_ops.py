@@ -185,6 +185,12 @@ def test_floor_division_fixup_and_friends_fold():
     assert set(ops_of(graph)) == {"reshape", "add"}
 
 
+def test_float_range_has_onnx_count():
+    nodes = [const(n, np.float32(v)) for n, v in (("a", 0.0), ("b", 1.0), ("d", 0.1))]
+    graph = check(model([*nodes, node("Range", ["a", "b", "d"], ["r"]), node("Add", ["x", "r"])], {"x": (10,)}))
+    assert ops_of(graph) == ["add"]
+
+
 @pytest.mark.parametrize("opset", [15, 18])
 def test_shape_start_and_end(opset):
     """Opset 15's Shape(start, end) slices the shape like Python."""

@@ -97,10 +97,12 @@ def _constant_of_shape(ctx: Context, node: OnnxNode, args: Args) -> np.ndarray:
 
 
 def _range(ctx: Context, node: OnnxNode, args: Args) -> np.ndarray:
+    """ONNX's count, ``max(ceil((limit - start) / delta), 0)``, then ``start + k * delta``."""
     start, limit, delta = (_arg(args, i).reshape(()).item() for i in range(3))
     if delta == 0:
         raise ValueError("Range with delta 0")
-    return np.arange(start, limit, delta, dtype=_arg(args, 0).dtype)
+    count = max(math.ceil((limit - start) / delta), 0)
+    return (start + np.arange(count) * delta).astype(_arg(args, 0).dtype)
 
 
 def _arg(args: Args, i: int) -> np.ndarray:
