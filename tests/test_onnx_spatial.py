@@ -284,7 +284,9 @@ HOST_BUILDS = {
     "resize_nearest": resize_model(17, (1, 3, 5, 7), scales=[1, 1, 2.0, 2.0], mode="nearest", **NEAREST[0]),
     "resize_bilinear": resize_model(17, (1, 3, 5, 7), sizes=[1, 3, 9, 4], mode="linear"),
     "conv_transpose": conv_t_model(CONV_T["k3_s2_p1_out1"], 17),
-    "conv_transpose_grouped_padded_out": conv_t_model(CONV_T["pads_beyond_kernel"], 17),
+    "conv_transpose_padded_out": conv_t_model(CONV_T["pads_beyond_kernel"], 17),
+    "conv_transpose_grouped_dilated": conv_t_model(CONV_T["groups_dilation"], 17),
+    "conv_transpose_output_shape": conv_t_model(CONV_T["output_shape"], 17),
     "prelu": every_opset_case("PRelu", 17),
     "leaky_relu": every_opset_case("LeakyRelu", 17),
     "instance_norm": every_opset_case("InstanceNormalization", 17),
@@ -295,6 +297,19 @@ HOST_BUILDS = {
 @pytest.mark.parametrize("name", list(HOST_BUILDS))
 def test_host_build_matches_interpreter(name):
     build_and_compare(*_graph(HOST_BUILDS[name]))
+
+
+@pytest.mark.parametrize("groups,dilation", [(1, (1, 1)), (2, (2, 1))])
+def test_host_build_of_end_pads_with_output_padding_beyond_the_stride(groups, dilation):
+    """Relax's transposed convolution takes an output padding below the stride only: the
+    rest of the end comes from the full result where the end pads leave some of it (not
+    zeros), zeros past it."""
+    g = Graph("conv_t")
+    g.add_input("x", (2, 4, 4, 5))
+    g.add_const("w", RNG.standard_normal((4, 2, 2, 4)).astype(np.float32))
+    attrs = {"strides": (2, 1), "padding": ((2, 4), (4, 3)), "output_padding": (0, 2), "dilation": dilation}
+    g.set_outputs([g.add("conv2d_transpose", ["x", "w"], {**attrs, "groups": groups}).name])
+    build_and_compare(g, RNG.standard_normal((2, 4, 4, 5)).astype(np.float32))
 
 
 def test_host_build_of_a_pad_after_a_convolution_writes_the_padding():

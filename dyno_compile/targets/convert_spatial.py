@@ -81,11 +81,15 @@ def _conv2d_transpose(ctx: _Ctx, xs: list):
     w = ctx.cast(xs[1], dtype)
     spans = [d * (k - 1) for k, d in zip(_shape_of(w)[2:], a["dilation"])]
     pads, extra, rest = [], [], [[0, 0], [0, 0]]
-    for (lo, hi), span, stride, out_pad in zip(a["padding"], spans, a["strides"], a["output_padding"]):
-        begin, end, grow = min(max(lo, 0), span), min(max(hi, 0), span), min(max(out_pad, 0), stride - 1)
+    for n, (lo, hi), span, stride, out_pad in zip(
+        _shape_of(x)[2:], a["padding"], spans, a["strides"], a["output_padding"]
+    ):
+        full = (n - 1) * stride + span + 1  # the uncropped result; zeros past it
+        begin, want_end = min(max(lo, 0), span), full - hi + out_pad
+        end, grow = (min(full - want_end, span), 0) if want_end <= full else (0, min(want_end - full, stride - 1))
         pads.append((begin, end))
         extra.append(grow)
-        rest.append([begin - lo, (end - hi) + (out_pad - grow)])  # what Relax's padding could not say
+        rest.append([begin - lo, want_end - (full - end + grow)])  # what Relax's padding could not say
     (top, bottom), (left, right) = pads
     y = ctx.emit(
         relax.op.nn.conv2d_transpose(
