@@ -6,7 +6,8 @@ them exactly, where Relax's defaults differ: max pooling pads with and reduces f
 ``count_include_pad`` says (over dilation holes too, as JAX counts), float16
 convolutions, matmuls, pooling, sums and means accumulate in float32, integer ``div`` is
 true division, integer ``pow`` is JAX's binary exponentiation, ``cast`` to bool is
-``!= 0``, negative pads crop, and negative slice strides work.
+``!= 0``, negative pads crop, and negative slice strides work. ``erf`` and ``gelu`` use
+TOPI's fast erf and tanh (within 5e-7 of JAX's) rather than libm's, 3-14x slower.
 
 The cut ops (``quant_range``, ``quantize``, ``dequantize``, ``bitpack``, ``bitunpack``;
 ``send`` is the identity) call kernels of their own (:mod:`dyno_compile.targets.cut_kernels`,
@@ -135,7 +136,6 @@ for _op, _fn in {
     "rsqrt": "rsqrt",
     "neg": "negative",
     "abs": "abs",
-    "erf": "erf",
 }.items():
     CONVERTERS[_op] = _unary(_fn)
 
@@ -190,12 +190,61 @@ def _silu(ctx, xs):
     return relax.op.multiply(xs[0], ctx.emit(relax.op.sigmoid(xs[0])))
 
 
+#: Float types whose erf and tanh are TOPI's ``fast_erf``/``fast_tanh`` in float32: rational
+#: approximations within 5e-7 of JAX's (measured over [-6, 6] and [-12, 12]) at 14x and
+#: 3x the speed of LLVM's libm calls (1.9 vs 27 and 2.8 vs 7.7 ns an element). The float16
+#: forms are 4e-2 off, so float16 computes in float32.
+_FAST_MATH_DTYPES = ("float32", "float16")
+
+
+@converter("erf")
+def _erf(ctx, xs):
+    from tvm import relax, topi
+
+    return _in_float32(
+        ctx,
+        xs[0],
+        relax.op.erf,
+        lambda x: ctx.bb.emit_te(topi.fast_erf, x, primfunc_name_hint="erf", name_hint=relax_name(ctx.node.name)),
+    )
+
+
 @converter("gelu")
 def _gelu(ctx, xs):
-    """Relax's ``gelu`` is ``0.5 * x * (1 + erf(x / sqrt 2))`` and ``gelu_tanh`` jax.nn's approximation."""
+    """``x * (0.5 + 0.5 * erf(x / sqrt 2))``, or jax.nn's tanh approximation, with the fast
+    erf and tanh (Relax's ``gelu`` calls libm's erf, which made it 17 ms of a 36 ms
+    ConvNeXt block at 56x56x96; under 2 ms with the fast one)."""
     from tvm import relax
 
-    return (relax.op.nn.gelu_tanh if ctx.attrs["approximate"] else relax.op.nn.gelu)(xs[0])
+    approximate = bool(ctx.attrs["approximate"])
+    return _in_float32(
+        ctx,
+        xs[0],
+        relax.op.nn.gelu_tanh if approximate else relax.op.nn.gelu,
+        lambda x: ctx.bb.emit_te(
+            _te_gelu, x, approximate, primfunc_name_hint="gelu", name_hint=relax_name(ctx.node.name)
+        ),
+    )
+
+
+def _in_float32(ctx: _Ctx, x, exact: Callable, fast: Callable):
+    """``fast(x)`` computed in float32 for the ``_FAST_MATH_DTYPES``, else Relax's ``exact(x)``."""
+    dtype = _dtype_of(x)
+    if dtype not in _FAST_MATH_DTYPES:
+        return exact(x)
+    return ctx.cast(fast(ctx.cast(x, "float32")), dtype)
+
+
+def _te_gelu(x, approximate: bool):
+    from tvm import te, tirx, topi
+
+    c = lambda v: tirx.const(v, x.dtype)  # noqa: E731
+    if approximate:  # tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)), as jax.nn.gelu
+        arg = te.compute(x.shape, lambda *i: c(math.sqrt(2 / math.pi)) * (x[i] + c(0.044715) * x[i] * x[i] * x[i]))
+        core = topi.fast_tanh(arg)
+    else:
+        core = topi.fast_erf(te.compute(x.shape, lambda *i: x[i] * c(math.sqrt(0.5))))
+    return te.compute(x.shape, lambda *i: x[i] * (c(0.5) + c(0.5) * core[i]), name="gelu")
 
 
 @converter("identity")
