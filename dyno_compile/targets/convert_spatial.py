@@ -5,9 +5,10 @@ into :data:`dyno_compile.targets.convert.CONVERTERS` on import (the driver,
 Where Relax has the op with the JAX impl's meaning, the converter emits it; where it
 differs, the converter composes Relax ops or a TE compute that follow the JAX impl:
 
-* ``resize2d`` applies the JAX impl's own sample table (``resize_plan``) as ``take`` and a
-  weighted sum: Relax's ``image.resize2d`` places samples by ``input / output size``,
-  not by ONNX's scale, and rounds halfway coordinates without ONNX Runtime's tolerance;
+* ``resize2d`` applies the JAX impl's own sample tables (``resize_plan``) in one TE
+  compute, a gather and a weighted sum per output element: Relax's ``image.resize2d``
+  places samples by ``input / output size``, not by ONNX's scale, and rounds halfway
+  coordinates without ONNX Runtime's tolerance;
 * ``conv2d_transpose`` is Relax's, which takes pads up to the dilated kernel's extent less
   one and an ``output_padding`` below the stride; any pad or output padding beyond that is
   a crop or a zero pad of its result (before the bias, which covers every output pixel);
@@ -38,8 +39,6 @@ __all__: list[str] = []
 
 @converter("resize2d")
 def _resize2d(ctx: _Ctx, xs: list):
-    from tvm import relax
-
     from dyno_compile.ir.ops import spatial_axes
     from dyno_compile.ir.ops.spatial import resize_plan
 
@@ -55,19 +54,60 @@ def _resize2d(ctx: _Ctx, xs: list):
         coordinate_mode=a["coordinate_mode"],
         nearest_mode=a["nearest_mode"],
     )
+    if not plan:
+        return x
     acc = _acc_dtype(_dtype_of(x))
-    for axis, taps in zip(axes, plan):
-        terms = []
-        for tap in taps:
-            term = ctx.emit(relax.op.take(x, ctx.const(tap.index, "int64"), axis=axis))
-            if tap.weight is not None:
-                weight = ctx.const(tap.weight.reshape(_channel_shape(len(shape), axis, len(tap.weight))), acc)
-                term = ctx.emit(relax.op.multiply(ctx.cast(term, acc), weight))
-            terms.append(term)
-        x = terms[0]
-        for term in terms[1:]:
-            x = ctx.emit(relax.op.add(x, term))
-    return ctx.cast(x, ctx.out.dtype)
+    tables = [
+        ctx.const(table, dtype)
+        for taps in plan
+        for tap in taps
+        for table, dtype in ((tap.index, "int64"), (tap.weight, acc))
+        if table is not None
+    ]
+    y = ctx.bb.emit_te(
+        _te_resize,
+        x,
+        *tables,
+        axes=axes,
+        taps=len(plan[0]),
+        acc=acc if plan[0][0].weight is not None else None,
+        primfunc_name_hint="resize2d",
+        name_hint=relax_name(ctx.node.name),
+    )
+    return ctx.cast(y, ctx.out.dtype)
+
+
+def _te_resize(data, *tables, axes: tuple[int, int], taps: int, acc: str | None):
+    """One gather (and weighted sum, when ``acc`` names the dtype to sum in) per output
+    element, in the JAX impl's order: along the height first, then the width. ``tables``:
+    per axis, per tap, the index table (and weight table)."""
+    from tvm import te
+
+    per = 1 if acc is None else 2
+    rows, cols = tables[: taps * per], tables[taps * per :]
+    shape = [int(d) for d in data.shape]
+    shape[axes[0]], shape[axes[1]] = int(rows[0].shape[0]), int(cols[0].shape[0])
+
+    def compute(*i):
+        def at(th: int, tw: int):
+            src = list(i)
+            src[axes[0]] = rows[th * per][i[axes[0]]]
+            src[axes[1]] = cols[tw * per][i[axes[1]]]
+            value = data[tuple(src)]
+            return value if acc is None else value.astype(acc)
+
+        if acc is None:
+            return at(0, 0)
+        out = None
+        for tw in range(taps):
+            column = at(0, tw) * rows[1][i[axes[0]]]
+            for th in range(1, taps):
+                column = column + at(th, tw) * rows[th * per + 1][i[axes[0]]]
+            column = column * cols[tw * per + 1][i[axes[1]]]
+            out = column if out is None else out + column
+        return out
+
+    return te.compute(shape, compute, name="resize2d")
 
 
 @converter("conv2d_transpose")
