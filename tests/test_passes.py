@@ -212,3 +212,29 @@ def test_simplify_keeps_a_clamp_whose_inner_half_has_other_readers():
     g = run_passes(from_jax(fn, {}, X))
     assert [n.op for n in g.compute_nodes] == ["maximum", "minimum", "add"]
     assert rel_err(Interpreter(g)(X), np.asarray(fn({}, X))) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("gelu", "approximate"),
+    [
+        (jax.nn.gelu, True),  # JAX's default: the tanh form
+        (lambda x: jax.nn.gelu(x, approximate=False), False),  # written with erfc
+        (lambda x: x * 0.5 * (1 + jax.lax.erf(x / np.sqrt(2.0))), False),  # the TorchScript spelling
+        (lambda x: 0.5 * x * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))), True),
+    ],
+)
+def test_simplify_makes_one_gelu_of_each_way_jax_and_exporters_write_it(gelu, approximate):
+    g = run_passes(from_jax(lambda p, x: gelu(x * 3.0), {}, X))
+    assert [(n.op, dict(n.attrs)) for n in g.compute_nodes] == [("mul", {}), ("gelu", {"approximate": approximate})]
+    assert rel_err(Interpreter(g)(X), np.asarray(gelu(X * 3.0))) < 1e-6
+
+
+def test_simplify_leaves_a_near_gelu_alone():
+    """A tanh GELU with the wrong cubic coefficient is not a GELU."""
+
+    def near(p, x):
+        return 0.5 * x * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.05 * x**3)))
+
+    g = run_passes(from_jax(near, {}, X))
+    assert "gelu" not in [n.op for n in g.compute_nodes]
+    assert rel_err(Interpreter(g)(X), np.asarray(near({}, X))) < 1e-6

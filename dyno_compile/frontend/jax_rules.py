@@ -124,6 +124,13 @@ def _integer_pow(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[
     return [emit.op("pow", [ins[0], exponent])]
 
 
+def _erfc(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
+    """``1 - erf(x)``: the IR has no erfc; exact ``jax.nn.gelu`` is written with it."""
+    dtype = eqn.outvars[0].aval.dtype  # type: ignore[attr-defined]  # a ShapedArray; typed AbstractValue
+    one = emit.graph.add_const("literal", np.asarray(1, dtype=dtype)).name
+    return [emit.op("sub", [one, emit.op("erf", ins)])]
+
+
 def _convert(emit: Emitter, eqn: jex.core.JaxprEqn, ins: list[str]) -> list[str]:
     dtype = np.dtype(eqn.params["new_dtype"]).name
     if emit.graph.node(ins[0]).dtype == dtype:
@@ -282,6 +289,7 @@ RULES: dict[str, Rule] = {
             "sqrt": "sqrt",
             "rsqrt": "rsqrt",
             "tanh": "tanh",
+            "erf": "erf",
             "logistic": "sigmoid",
             "abs": "abs",
         }.items()
@@ -289,6 +297,7 @@ RULES: dict[str, Rule] = {
     "add_any": _same("add"),
     "max": _max,
     "integer_pow": _integer_pow,
+    "erfc": _erfc,
     "convert_element_type": _convert,
     "stop_gradient": _identity,
     "copy": _identity,

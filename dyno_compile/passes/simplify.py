@@ -19,6 +19,9 @@ match exactly:
 - ``x * 0.5 * (1 + erf(x / sqrt 2))``, factors in any order and grouping, ``/ 2`` for
   ``* 0.5`` and ``* (1 / sqrt 2)`` for ``/ sqrt 2`` -> ``gelu`` (exact): the TorchScript
   exporter spells GELU so, and as five nodes it would offer cuts inside one activation;
+  also ``1 - erf(-x / sqrt 2)`` (exact ``jax.nn.gelu``'s erfc), and
+  ``x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))`` -> ``gelu`` (tanh; JAX's
+  default and torch's ``approximate='tanh'``);
 - ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* scale] [+ bias]`` over trailing
   axes, with constant scale and bias -> ``layer_norm``: the TorchScript exporter's
   LayerNorm before opset 17 (nine nodes, eight places to cut one normalisation).
@@ -214,23 +217,75 @@ def _fuse_gelu(graph: Graph, node: Node) -> bool:
     if product is None or not math.isclose(product[0], 0.5, rel_tol=1e-6) or len(product[1]) != 2:
         return False
     for x, other in (product[1], product[1][::-1]):
-        if graph.node(x).shape == node.shape and _is_one_plus_erf_of_scaled(graph, other, x):
+        approximate = _gelu_form(graph, other, x) if graph.node(x).shape == node.shape else None
+        if approximate is not None:
             scope = node.name.rpartition(".")[0]
             gelu = graph.add(
-                "gelu", [x], {"approximate": False}, name=f"{scope}.gelu" if scope else "gelu", after=node.name
+                "gelu", [x], {"approximate": approximate}, name=f"{scope}.gelu" if scope else "gelu", after=node.name
             )
             return _replace(graph, node, gelu.name)
     return False
 
 
+def _gelu_form(graph: Graph, name: str, x: str) -> bool | None:
+    """Which GELU ``x * 0.5 * name`` is: False (exact) where ``name`` is ``1 + erf(x / sqrt 2)``
+    (or ``1 - erf(-x / sqrt 2)``, how ``jax.nn.gelu``'s erfc imports), True (tanh) where it
+    is ``1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))``; None where it is neither."""
+    node = graph.node(name)
+    if len(graph.users(name)) != 1 or name in graph.outputs or node.op not in ("add", "sub"):
+        return None
+    pairs = [node.inputs, node.inputs[::-1]] if node.op == "add" else [node.inputs]
+    sign = 1.0 if node.op == "add" else -1.0
+    for one, term in pairs:
+        if _scalar(graph, one) != 1.0:
+            continue
+        erf = _sole_input(graph, term, "erf")
+        if erf is not None and _is_close(_linear(graph, erf.inputs[0], x), sign * math.sqrt(0.5)):
+            return False
+        tanh = _sole_input(graph, term, "tanh") if sign > 0 else None
+        if tanh is not None and _is_tanh_gelu_argument(graph, tanh.inputs[0], x):
+            return True
+    return None
+
+
+def _is_tanh_gelu_argument(graph: Graph, name: str, x: str) -> bool:
+    """Whether ``name`` is ``sqrt(2 / pi) * (x + 0.044715 * x^3)``."""
+    outer = _product(graph, name, root=True)
+    if outer is None or not _is_close(outer[0], math.sqrt(2 / math.pi)) or len(outer[1]) != 1:
+        return False
+    total = _sole_input(graph, outer[1][0], "add")
+    for a, cubic in [total.inputs, total.inputs[::-1]] if total is not None else []:
+        inner = _product(graph, cubic) if a == x else None
+        if inner is None or not _is_close(inner[0], 0.044715) or len(inner[1]) != 1:
+            continue
+        power = _sole_input(graph, inner[1][0], "pow")
+        if power is not None and power.inputs[0] == x and _scalar(graph, power.inputs[1]) == 3.0:
+            return True
+    return False
+
+
+def _linear(graph: Graph, name: str, x: str) -> float | None:
+    """``k`` where ``name`` is ``k * x`` by scalar ``mul``/``div``/``neg`` steps, else None."""
+    product = _product(graph, name, root=True)
+    return product[0] if product is not None and product[1] == [x] else None
+
+
+def _is_close(value: float | None, want: float) -> bool:
+    return value is not None and math.isclose(value, want, rel_tol=1e-6)
+
+
 def _product(graph: Graph, name: str, *, root: bool = False) -> tuple[float, list[str]] | None:
-    """``(scale, factors)`` of a tree of ``mul``s (and ``div``s by scalar weights) whose inner
-    nodes only feed the tree: the scalar weights multiplied, the other operands listed."""
+    """``(scale, factors)`` of a tree of ``mul``s (and ``div``s by scalar weights, and ``neg``s)
+    whose inner nodes only feed the tree: the scalar weights multiplied, the other operands
+    listed."""
     value = _scalar(graph, name)
     if value is not None:
         return value, []
     node = graph.node(name)
     inner = root or (len(graph.users(name)) == 1 and name not in graph.outputs)
+    if inner and node.op == "neg":
+        negated = _product(graph, node.inputs[0])
+        return None if negated is None else (-negated[0], negated[1])
     if not inner or node.op not in ("mul", "div"):
         return 1.0, [name]
     divisor = _scalar(graph, node.inputs[1]) if node.op == "div" else None
@@ -249,27 +304,6 @@ def _sole_input(graph: Graph, name: str, op: str) -> Node | None:
     if node.op != op or len(graph.users(name)) != 1 or name in graph.outputs:
         return None
     return node
-
-
-def _is_one_plus_erf_of_scaled(graph: Graph, name: str, x: str) -> bool:
-    """Whether ``name`` is ``1 + erf(x / sqrt 2)`` (or ``erf(x * (1 / sqrt 2)) + 1``)."""
-    plus = _sole_input(graph, name, "add")
-    if plus is None:
-        return False
-    for one, erf_name in (plus.inputs, plus.inputs[::-1]):
-        erf = _sole_input(graph, erf_name, "erf")
-        if _scalar(graph, one) != 1.0 or erf is None:
-            continue
-        for op, factor in (("div", math.sqrt(2)), ("mul", math.sqrt(0.5))):
-            scaled = _sole_input(graph, erf.inputs[0], op)
-            if scaled is None:
-                continue
-            pairs = [scaled.inputs] if op == "div" else [scaled.inputs, scaled.inputs[::-1]]
-            for a, b in pairs:
-                weight = _scalar(graph, b)
-                if a == x and weight is not None and math.isclose(weight, factor, rel_tol=1e-6):
-                    return True
-    return False
 
 
 def _fuse_layer_norm(graph: Graph, node: Node) -> bool:
