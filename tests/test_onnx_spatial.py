@@ -20,7 +20,7 @@ from dyno_compile.ir import Graph, Interpreter
 
 RNG = np.random.default_rng(0)
 OPSETS = range(13, 19)  # what the TorchScript and dynamo exporters write for CNNs
-RESIZE_OPSETS = range(13, 20)  # 18 adds axes and antialias, 19 half_pixel_symmetric
+RESIZE_OPSETS = range(11, 20)  # 11-17 one form; 18 adds axes and antialias, 19 half_pixel_symmetric
 SCHEDULED = {"tiled", "window", "winograd", "parallel"}  # the CPU schedule's first choices
 
 
