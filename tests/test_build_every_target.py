@@ -21,7 +21,14 @@ from dyno_compile.passes import run_passes
 from dyno_compile.targets import CompiledModule, ModuleRunner, TargetError, compile_functions, compile_graph, run
 from dyno_compile.targets.compile import fused_module
 from dyno_compile.targets.gpu_schedule import schedule_gpu, unbound_stores
-from dyno_compile.targets.libraries import JOBS_ENV, LibraryJob, compile_libraries, compile_workers
+from dyno_compile.targets.libraries import (
+    JOBS_ENV,
+    PARALLEL_FROM,
+    LibraryJob,
+    compile_libraries,
+    compile_workers,
+)
+from dyno_compile.targets.spec import host_cpu_count
 from dyno_compile.zoo import densenet, mobilenet_v3, param_specs
 from dyno_compile.zoo.layers import conv2d, init_params
 
@@ -184,15 +191,24 @@ def test_a_dead_worker_leaves_its_libraries_to_this_process(tmp_path, monkeypatc
     assert "a compile worker died" in caplog.text and "compiling the 2 libraries left here" in caplog.text
 
 
-def test_compile_workers_follow_the_environment(monkeypatch):
+def test_compile_workers_follow_the_size_and_the_environment(monkeypatch, tmp_path):
+    """By default small builds compile in this process and big ones in one worker per
+    core; DYNO_COMPILE_JOBS overrides both; never more workers than libraries."""
+
+    def jobs(libraries: int, functions: int) -> list[LibraryJob]:
+        graphs = {f"f{i}": None for i in range(functions)}
+        return [LibraryJob(graphs, "host", tmp_path / f"{k}.so") for k in range(libraries)]
+
     monkeypatch.delenv(JOBS_ENV, raising=False)
-    assert 1 <= compile_workers(4) <= 4 and compile_workers(1) == 1
+    small, big = jobs(4, PARALLEL_FROM // 4 - 1), jobs(4, PARALLEL_FROM // 4)
+    assert compile_workers(small) == 1
+    assert compile_workers(big) == min(4, host_cpu_count()) and compile_workers(big[:1]) == 1
     monkeypatch.setenv(JOBS_ENV, "3")
-    assert compile_workers(2) == 2 and compile_workers(8) == 3
+    assert compile_workers(small) == 3 and compile_workers(small[:2]) == 2
     for bad in ("0", "-1", "two"):
         monkeypatch.setenv(JOBS_ENV, bad)
         with pytest.raises(InputError, match=f"{JOBS_ENV} must be a positive integer"):
-            compile_workers(4)
+            compile_workers(small)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

@@ -11,7 +11,8 @@ and LLVM state, is not safe), each compiles and exports its library and returns 
 JSON description and timings, so nothing but graphs and plain data crosses processes.
 
 ``DYNO_COMPILE_JOBS`` sets the number of workers (``1``: compile here, one library after
-another, as before; default: one per core, at most one per library). Each worker runs
+another, as before; default: one per core, at most one per library, for builds big enough
+to repay starting them, :func:`compile_workers`). Each worker runs
 TVM with ``TVM_NUM_THREADS`` = cores / workers, so the constant folding that executes
 kernels at compile time does not oversubscribe the cores.
 """
@@ -35,9 +36,15 @@ from dyno_compile.targets.spec import host_cpu_count
 if TYPE_CHECKING:
     from dyno_compile.ir import Graph
 
-__all__ = ["JOBS_ENV", "LibraryJob", "LibraryResult", "compile_libraries", "compile_workers"]
+__all__ = ["JOBS_ENV", "PARALLEL_FROM", "LibraryJob", "LibraryResult", "compile_libraries", "compile_workers"]
 
 _log = logging.getLogger(__name__)
+
+#: Functions (all libraries together) from which libraries compile in parallel by default.
+#: Measured on 2 busy cores: resnet20's 232 (24-36 s in one process) gained nothing from
+#: two workers (33-44 s: +5-10 s CPU to start them); densenet121's 1810 went from 1013 s
+#: to 463 s.
+PARALLEL_FROM = 400
 
 #: Environment variable: how many libraries compile at once (1: sequentially, in this process).
 JOBS_ENV = "DYNO_COMPILE_JOBS"
@@ -65,9 +72,11 @@ class LibraryResult:
     seconds: float = 0.0
 
 
-def compile_workers(jobs: int) -> int:
-    """Worker processes for ``jobs`` libraries: ``DYNO_COMPILE_JOBS`` if set, else the cores
-    this process may use; never more than there are libraries."""
+def compile_workers(jobs: Sequence[LibraryJob]) -> int:
+    """Worker processes for ``jobs``: ``DYNO_COMPILE_JOBS`` if set; else one per core this
+    process may use where the libraries hold :data:`PARALLEL_FROM` functions or more, and 1
+    below that (a worker's start, importing TVM and JAX, costs more than it saves there);
+    never more than there are libraries."""
     raw = os.environ.get(JOBS_ENV, "").strip()
     if raw:
         try:
@@ -77,8 +86,8 @@ def compile_workers(jobs: int) -> int:
         if wanted < 1:
             raise InputError(f"{JOBS_ENV} must be a positive integer (1: compile one library at a time), got {raw!r}")
     else:
-        wanted = host_cpu_count()
-    return max(1, min(wanted, jobs))
+        wanted = host_cpu_count() if sum(len(j.functions) for j in jobs) >= PARALLEL_FROM else 1
+    return max(1, min(wanted, len(jobs)))
 
 
 def _compile_one(job: LibraryJob) -> tuple[dict, dict[str, float], float]:
@@ -120,7 +129,7 @@ def compile_libraries(
     (in completion order); with several workers (module docstring) the largest libraries
     start first. ``on_start(job)`` is called as a library starts (for progress). An error
     of any library stops the others and is raised as the compile raised it."""
-    workers = compile_workers(len(jobs))
+    workers = compile_workers(jobs)
     if workers == 1:
         for job in jobs:
             if on_start is not None:
