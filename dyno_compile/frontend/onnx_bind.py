@@ -6,8 +6,9 @@ ways to bind, one rule each:
 
 * ``batch`` sets the first dimension of every input of rank >= 1, dynamic or fixed. Left
   unset, a dynamic first dimension is 1 (one request) and a fixed one stays.
-* ``shapes`` gives inputs their whole shape by ONNX name (``--input-shape x=1x3x224x224``);
-  a dimension the model fixes, other than the first, must be given as it is.
+* ``shapes`` gives inputs their whole shape by ONNX name (``--input-shape x=1x3x224x224``),
+  of the declared rank; it may also change a fixed dimension (a fully convolutional model
+  at another image size: the import then checks every layer against it).
 
 Anything still dynamic is an error naming the option that binds it.
 
@@ -105,13 +106,6 @@ def _static_shape(
             raise FrontendError(
                 f"{source}: the shape given to input {name!r}, {_spelled(given)}, has rank {len(given)}, "
                 f"but the model declares {_spelled(declared)} (rank {len(declared)})"
-            )
-        fixed = [(k, d) for k, d in enumerate(declared or []) if k > 0 and isinstance(d, int) and d != given[k]]
-        if fixed:
-            k, d = fixed[0]
-            raise FrontendError(
-                f"{source}: the shape given to input {name!r}, {_spelled(given)}, has dimension {k} "
-                f"= {given[k]}, but the model fixes it at {d} ({_spelled(declared or [])})"
             )
         if batch is not None and given and given[0] != batch:
             raise FrontendError(
