@@ -4,7 +4,9 @@ at every width from the host libraries, and refuse tampered, mismatched or parti
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -172,10 +174,16 @@ def test_a_failed_or_interrupted_search_keeps_the_compiled_artifact(built, tmp_p
     def interrupted(root):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        build_artifact(plan, tmp_path / "b", device_targets=["host"], cloud_targets=["host"], finish=interrupted)
-    assert load_artifact(tmp_path / "b").manifest["model"] == graph.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging folder left behind
+    def terminated(root):
+        os.kill(os.getpid(), signal.SIGTERM)  # raised as an interrupt while the build runs
+
+    for name, finish, signame in (("b", interrupted, "SIGINT"), ("c", terminated, "SIGTERM")):
+        kept = f"interrupted \\({signame}\\).*kept at {tmp_path / name}"
+        with pytest.raises(SearchIncomplete, match=kept) as info:
+            build_artifact(plan, tmp_path / name, device_targets=["host"], cloud_targets=["host"], finish=finish)
+        assert isinstance(info.value.__cause__, KeyboardInterrupt)
+        assert load_artifact(tmp_path / name).manifest["model"] == graph.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no staging folder left behind
 
     amend(out, lambda root: {"search": {"done": load_artifact(root).manifest["model"]}})
     assert load_artifact(out).manifest["search"] == {"done": graph.name}

@@ -249,6 +249,18 @@ def test_passes_that_never_agree_give_a_profile_marked_unsteady(artifact):
     assert back == profile and back.label == profile.label
 
 
+def test_an_estimate_from_an_unsteady_host_says_so_where_the_search_shows_its_times(artifact):
+    seconds = dict.fromkeys(_functions(artifact, "device"), 1e-3)
+    host, steady = (
+        LibraryProfile("device", "host", "measured:host", seconds, spread=3.0, steady=s) for s in (False, True)
+    )
+    arm = estimate_library(artifact, host, "arm64")
+    shown = pipeline._shown(arm, [host, arm])
+    assert shown == f"{arm.label} (from {host.label})" and "unsteady: timing passes spread 3.00x" in shown
+    assert pipeline._shown(arm, [steady, arm]) == arm.label
+    assert pipeline._shown(host, [host]) == host.label
+
+
 def test_steady_passes_warn_nothing(artifact, recwarn):
     runner = _LoadedRunner(artifact.runner("device", "host"), [1.0, 1.1])
     profile = profile_runner(runner, "device", "measured:host")

@@ -5,20 +5,36 @@ storing the Pareto set; bad input refused with nothing half-written."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from conftest import SEARCHED_EVALUATIONS, host_build_args, shared_data
 from dyno_compile.artifact.load import load_artifact
+from dyno_compile.artifact.store import amend
+from dyno_compile.progress import Progress, Step
+from dyno_compile.search import pipeline
 from dyno_compile.search.accuracy import AccuracySimulator
 from dyno_compile.search.calibration import load_calibration
 from dyno_compile.search.pareto import hypervolume_ratio
-from dyno_compile.search.pipeline import ArtifactEvaluator, SearchOptions, side_profiles, space_of
+from dyno_compile.search.pipeline import (
+    ArtifactEvaluator,
+    SearchInterrupted,
+    SearchOptions,
+    finish_with_search,
+    side_profiles,
+    space_of,
+)
 from dyno_compile.search.study import exhaustive, run_search
 from dyno_compile.search.wire_bytes import WireBytes
 
@@ -176,3 +192,57 @@ def test_simulating_with_the_compiled_host_library_agrees_with_jax(artifact, cal
     for position, bits in ((0, "8"), (17, "4"), (34, "2"), (41, "float16")):
         mismatched = np.sum(jax_sim.predictions(position, bits) != tvm_sim.predictions(position, bits))
         assert mismatched <= 1, (position, bits, mismatched)
+
+
+def test_an_interrupted_search_resumes_from_the_configurations_it_stored(
+    artifact, resnet20_host, calibration, tmp_path, monkeypatch
+):
+    """SIGTERM, then Ctrl-C, stop the study mid-search; each time the artifact is left as it
+    was, the error says where the measured configurations are, and the next search reuses
+    them: over the three runs only the two trials cut short are measured again."""
+    options = SearchOptions(calibration.head(32), evaluations=6, image_codecs=(), seed=0)
+    profiles = {side: side_profiles(artifact, side, "host", options, print) for side in ("device", "cloud")}
+    monkeypatch.setattr(pipeline, "side_profiles", lambda artifact, side, *rest: profiles[side])
+    root = tmp_path / "r20"
+    shutil.copytree(resnet20_host, root)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls: list[int] = []
+    said: list[str] = []
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def stop_at(measured: int, stop: Callable[[], None]) -> Progress:
+        def progress(item: object) -> None:
+            said.append(str(item))
+            if isinstance(item, Step) and item.task == "configurations measured" and item.detail:
+                calls[-1] += 1
+                if calls[-1] == measured:
+                    stop()
+
+        return progress
+
+    def sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    for stop, signame in ((stop_at(3, sigterm), "SIGTERM"), (stop_at(2, ctrl_c), "SIGINT")):
+        calls.append(0)
+        with pytest.raises(
+            SearchInterrupted, match=rf"interrupted \({signame}\).*study .* at {re.escape(storage)}.*resumes it"
+        ):
+            amend(root, finish_with_search(options, default_storage=storage, progress=stop))
+        assert "search" not in load_artifact(root).manifest
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r20")]  # no staging copy left
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back
+    calls.append(0)
+    amend(root, finish_with_search(options, default_storage=storage, progress=stop_at(-1, ctrl_c)))
+    search = load_artifact(root).manifest["search"]
+    assert search["evaluated"] == 6
+    assert calls == [3, 2, 6 - (3 - 1) - (2 - 1)]  # the interrupted trials failed; every other is reused
+    assert [s.split("resuming: ")[1] for s in said if "resuming" in s] == ["2 already measured)", "3 already measured)"]
+    study = optuna.load_study(study_name=search["study"]["name"], storage=storage)
+    measured = [
+        t.user_attrs["config"] for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["measured"]
+    ]
+    assert len(measured) == len(set(measured)) == 6

@@ -15,10 +15,13 @@ The host CPU target is always built for both sides, so every artifact runs local
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +39,29 @@ Finish = Callable[[Path], dict]
 
 
 class SearchIncomplete(ArtifactError):
-    """The artifact compiled and was written, but its ``finish`` step (the search) failed;
-    the cause is ``__cause__``."""
+    """The artifact compiled and was written, but its ``finish`` step (the search) failed
+    or was interrupted; the cause is ``__cause__``."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) raises ``KeyboardInterrupt("SIGTERM")`` here,
+    as Ctrl-C raises ``KeyboardInterrupt``, instead of ending the process on the spot: so
+    either way a half-written staging folder is removed, Optuna records the trial in
+    progress as failed, and what was already done is kept and said so. Only the main
+    thread receives signals; elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -76,14 +100,15 @@ def build_artifact(
     ``finish(root)`` runs once the compiled artifact is published, on a copy (``amend``: it
     opens with ``load_artifact``, may add files and returns manifest entries to add): how
     ``build`` profiles and searches. Compiling is the long part, so a search that fails or
-    is interrupted leaves the compiled artifact in place, and ``search`` completes it (its
-    study resumes from the trials already stored)."""
+    is interrupted (Ctrl-C, or SIGTERM: :func:`sigterm_interrupts`) leaves the compiled
+    artifact in place, and ``search`` completes it (its study resumes from the trials
+    already stored): a :class:`SearchIncomplete` says so."""
     sides = {"device": _with_host(device_targets), "cloud": _with_host(cloud_targets)}
     functions = {"device": plan.device_functions, "cloud": plan.cloud_functions}
     built: list[LibraryBuild] = []
     libraries = {}
     total = sum(len(targets) for targets in sides.values())
-    with staging(out_dir, overwrite=overwrite) as root:
+    with sigterm_interrupts(), staging(out_dir, overwrite=overwrite) as root:
         save(plan.graph, root / "model")
         progress(Step("libraries compiled", 0, total))
         jobs = {}  # path in the artifact -> (side, target, job), in manifest order
@@ -119,10 +144,12 @@ def build_artifact(
         write_manifest(root, manifest)
     if finish is not None:
         try:
-            amend(out_dir, finish)
-        except DynoError as exc:
+            with sigterm_interrupts():
+                amend(out_dir, finish)
+        except (DynoError, KeyboardInterrupt) as exc:
+            why = str(exc) if isinstance(exc, DynoError) else f"the search was interrupted ({str(exc) or 'SIGINT'})"
             raise SearchIncomplete(
-                f"{exc} (the compiled artifact is kept at {out_dir}: "
+                f"{why} (the compiled artifact is kept at {out_dir}: "
                 f"`python -m dyno_compile search {out_dir}` completes it)"
             ) from exc
     return Path(out_dir), built

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dyno_compile.artifact.build import sigterm_interrupts
 from dyno_compile.artifact.load import Artifact, load_artifact
 from dyno_compile.configs import Config, Evaluation
 from dyno_compile.errors import InputError
@@ -51,7 +52,15 @@ from dyno_compile.search.pareto import (
 from dyno_compile.search.plots import plot_pareto, plot_per_cut
 from dyno_compile.search.profile import LibraryProfile, config_times, profile_library
 from dyno_compile.search.rpc import RPCError, profile_library_rpc, tracker_keys
-from dyno_compile.search.study import DEFAULT_SAMPLER, SearchResult, open_storage, run_search
+from dyno_compile.search.study import (
+    DEFAULT_SAMPLER,
+    SearchError,
+    SearchResult,
+    open_storage,
+    run_search,
+    storage_url,
+    stored_evaluations,
+)
 from dyno_compile.search.wire_bytes import DEFAULT_SAMPLES, WireBytes
 from dyno_compile.targets import get_target
 from dyno_compile.targets.runner import gpu_available
@@ -113,6 +122,10 @@ class SearchOptions:
             raise InputError(f"the search time limit must be positive minutes, got {self.minutes!r}")
         if not self.accuracy_budget >= 0:
             raise InputError(f"the accuracy budget is points of top-1 loss >= 0, got {self.accuracy_budget!r}")
+
+
+class SearchInterrupted(SearchError):
+    """Ctrl-C or SIGTERM stopped the study; the configurations it measured stay in its storage."""
 
 
 class ArtifactEvaluator:
@@ -278,30 +291,40 @@ def search(
         f"{artifact.manifest['model']}-{artifact.model_hash[:12]}-{device[-1].target}-"
         f"{cloud[-1].target}-{artifact.manifest['granularity']}"
     )
-    progress(f"searching {budget} of {size} configurations (study {name})")
+    storage = options.storage or default_storage
+    stored = stored_evaluations(storage, name)
+    resumed = f"; resuming: {stored} already measured" if stored else ""
+    progress(f"searching {budget} of {size} configurations (study {name}{resumed})")
     objectives = Objectives(simulator.float_accuracy, options.accuracy_budget)
-    progress(Step("configurations measured", 0, budget))
-    result = run_search(
-        space,
-        _reporting(evaluator, progress, budget, objectives),
-        n_trials=4 * budget,
-        max_evaluations=budget,
-        accuracy_budget=options.accuracy_budget,
-        baseline_accuracy=simulator.float_accuracy,
-        storage=options.storage or default_storage,
-        study_name=name,
-        sampler=options.sampler,
-        seed=options.seed,
-        timeout_s=options.minutes and 60 * options.minutes,
-    )
+    progress(Step("configurations measured", min(stored, budget), budget))
+    try:
+        result = run_search(
+            space,
+            _reporting(evaluator, progress, budget, objectives, stored),
+            n_trials=4 * budget,
+            max_evaluations=budget,
+            accuracy_budget=options.accuracy_budget,
+            baseline_accuracy=simulator.float_accuracy,
+            storage=storage,
+            study_name=name,
+            sampler=options.sampler,
+            seed=options.seed,
+            timeout_s=options.minutes and 60 * options.minutes,
+        )
+    except KeyboardInterrupt as exc:
+        raise SearchInterrupted(
+            f"the search was interrupted ({str(exc) or 'SIGINT'}); the configurations it measured stay in study "
+            f"{name!r} at {_redacted(storage_url(storage))}, and a search with the same options resumes it"
+        ) from exc
     return result, device + cloud, evaluator
 
 
 def _reporting(
-    evaluator: ArtifactEvaluator, progress: Progress, budget: int, objectives: Objectives
+    evaluator: ArtifactEvaluator, progress: Progress, budget: int, objectives: Objectives, stored: int
 ) -> Callable[[Config], Evaluation]:
-    """The evaluator, reporting a :class:`Step` per configuration measured, with the
-    Pareto set found so far (within the accuracy budget) as the best."""
+    """The evaluator, reporting a :class:`Step` per configuration measured (counting on from
+    the ``stored`` ones a resumed study already holds), with the Pareto set found by this
+    run so far (within the accuracy budget) as the best."""
     measured: list[Evaluation] = []
 
     def evaluate(config: Config) -> Evaluation:
@@ -309,7 +332,7 @@ def _reporting(
         measured.append(evaluation)
         pareto = objectives.pareto(measured)
         best = f"{len(pareto)} on the Pareto set" if pareto else "none within the accuracy budget yet"
-        progress(Step("configurations measured", len(measured), budget, config.label, best))
+        progress(Step("configurations measured", stored + len(measured), budget, config.label, best))
         return evaluation
 
     return evaluate
@@ -336,13 +359,24 @@ def write_search(
             "metric": evaluator.metric,
             "simulated_with": evaluator.engine,
             "calibration": {"source": calibration.source, "samples": len(calibration)},
-            "profiles": {"device": evaluator.device.label, "cloud": evaluator.cloud.label},
+            "profiles": {
+                side: _shown(ranked, profiles)
+                for side, ranked in (("device", evaluator.device), ("cloud", evaluator.cloud))
+            },
             "space": space.to_dict(),
             "space_size": len(space.configs()),
             "evaluated": result.n_evaluated,
             "study": {"name": result.study_name, "storage": _redacted(result.storage)},
         }
     }
+
+
+def _shown(ranked: LibraryProfile, profiles: list[LibraryProfile]) -> str:
+    """The label of the profile a side is ranked by, and of any unsteady measurement of that
+    side it was estimated from: an estimate scales the host's figures, so a host timed under
+    load must show through it wherever the search's times are printed."""
+    unsteady = [p.label for p in profiles if p.side == ranked.side and not p.steady and p is not ranked]
+    return ranked.label + "".join(f" (from {label})" for label in unsteady)
 
 
 def _redacted(url: str) -> str:
@@ -373,13 +407,16 @@ def finish_with_search(
 ) -> Callable[[Path], dict[str, Any]]:
     """A ``finish`` step for :func:`~dyno_compile.artifact.build.build_artifact` and
     :func:`~dyno_compile.artifact.store.amend`: search the artifact at ``root`` and add the
-    result. Checks storage and RPC first (:func:`preflight`)."""
+    result. Checks storage and RPC first (:func:`preflight`). SIGTERM stops it as Ctrl-C
+    does (:func:`~dyno_compile.artifact.build.sigterm_interrupts`): a
+    :class:`SearchInterrupted` once the study has begun."""
     preflight(options, default_storage)
 
     def finish(root: Path) -> dict[str, Any]:
-        artifact = load_artifact(root)
-        result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)
-        space = space_of(artifact, options.image_codecs, options.image_qualities)
-        return write_search(root, result, profiles, evaluator, space)
+        with sigterm_interrupts():
+            artifact = load_artifact(root)
+            result, profiles, evaluator = search(artifact, options, default_storage=default_storage, progress=progress)
+            space = space_of(artifact, options.image_codecs, options.image_qualities)
+            return write_search(root, result, profiles, evaluator, space)
 
     return finish

@@ -472,6 +472,19 @@ def run_search(
     return _result(study, url)
 
 
+def stored_evaluations(storage: str | None, study_name: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """Distinct configurations the study already holds (0 where it does not exist yet): what
+    :func:`run_search` resumes from and will not measure again."""
+    url = storage_url(storage)
+    if url == IN_MEMORY:
+        return 0
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url, connect_timeout_s=connect_timeout_s))
+    except KeyError:
+        return 0
+    return _n_distinct(study)
+
+
 def _check_count(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
