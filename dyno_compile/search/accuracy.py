@@ -40,7 +40,7 @@ import numpy as np
 
 from dyno_compile.artifact.plan import candidate_cuts
 from dyno_compile.errors import InputError
-from dyno_compile.ir import Graph, evaluate, get_op
+from dyno_compile.ir import CONST_OP, Graph, evaluate, get_op
 from dyno_compile.ir.ops import DEFAULT_CHANNEL_AXIS
 from dyno_compile.packing import KERNEL_LAYOUT, PackConfig, decode_packed, encode_packed, pack_tensor
 from dyno_compile.packing.vocab import (
@@ -61,8 +61,17 @@ from dyno_compile.search.calibration import CalibrationSet, check_fits
 
 __all__ = ["DEFAULT_CACHE_BYTES", "AccuracySimulator", "decoded", "fewest_bits", "round_trip"]
 
-#: Bound on cached cut activations; one batch in flight comes on top of it.
-DEFAULT_CACHE_BYTES = 1 << 30
+#: Bound on cached cut activations; one batch in flight comes on top of it (a :meth:`head`
+#: for the wire's bytes keeps its own, as large). 512 MB holds mobilenet_v2's first cut at
+#: 224x224 (1.6 MB per image) for 200 images and change; a cut that does not fit costs a
+#: rerun of the segments before it, a fraction of the rest of the model that every
+#: configuration runs anyway.
+DEFAULT_CACHE_BYTES = 512 << 20
+#: Default batch: as many samples as keep the model's largest activation within
+#: :data:`BATCH_BYTES`, at most :data:`MAX_BATCH`. A batch of 64 at 224x224 held some
+#: 300 MB per tensor of mobilenet_v2's early layers, several such at once.
+BATCH_BYTES = 64 << 20
+MAX_BATCH = 64
 Arrays = tuple[np.ndarray, ...]
 SegmentRunner = Callable[[int, tuple], tuple]
 #: What the cloud receives for one batch: ``(tensors at the cut, padded to the batch size;
@@ -126,7 +135,8 @@ class AccuracySimulator:
 
     ``cuts``: the candidate cuts (CutPoints or positions; default the build's
     :func:`candidate_cuts`); cloud-only and device-only are always included. ``batch``:
-    samples per jitted call, and the unit everything streams in. Results are cached, so
+    samples per jitted call, and the unit everything streams in (default: by the size of
+    the model's largest activation, :data:`BATCH_BYTES`). Results are cached, so
     asking twice costs nothing. Memory: the calibration set, at most ``cache_bytes`` of
     cached activations, one batch in flight and one top-1 class per sample and
     configuration, whatever the number of samples; only :meth:`activations` hands out
@@ -145,11 +155,14 @@ class AccuracySimulator:
         calibration: CalibrationSet,
         cuts: Iterable[CutPoint | int] | None = None,
         *,
-        batch: int = 64,
+        batch: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         segments: SegmentRunner | None = None,
     ) -> None:
         _check_graph(graph, calibration)
+        if batch is None:
+            largest = max(n.type.nbytes for n in graph.nodes if n.op != CONST_OP)
+            batch = max(1, min(MAX_BATCH, BATCH_BYTES // largest))
         for name, value, low in (("batch", batch, 1), ("cache_bytes", cache_bytes, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -318,7 +331,8 @@ class AccuracySimulator:
             return tuple(a[: stop - start] for a in self._parent._cache[key])
         begin = max((j for j in range(1, k) if (self.cuts[j].position, start) in self._cache), default=0)
         outs = self._run(begin, k, tuple(_padded(a, self._batch) for a in self._chunk(begin, start)))
-        arrays = tuple(np.asarray(o)[: stop - start] for o in outs)
+        # A short last batch is copied out of its padded buffer, which would stay alive uncounted.
+        arrays = tuple(np.asarray(o) if stop - start == self._batch else np.array(o[: stop - start]) for o in outs)
         self._remember(key, arrays)
         return arrays
 
