@@ -323,7 +323,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _stdout_console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs: no wrapping
+    """Tables at 160 columns in pipes and CI logs; lines of text never wrapped (soft_wrap)."""
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
 
 def _print_report(report: dict[str, Any], *, all_cuts: bool) -> None:
