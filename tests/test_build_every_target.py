@@ -2,7 +2,7 @@
 block whose batched cloud form dlight's GPU ``Matmul`` rule cannot schedule falls back to a
 simpler rule (recorded in the module's description) instead of failing the build; tiny
 MobileNetV3- and DenseNet-style networks build for host, arm64 and cuda, in artifacts
-whose libraries compile in parallel worker processes (``DYNO_COMPILE_JOBS``)."""
+whose libraries compile in parallel worker processes when ``DYNO_COMPILE_JOBS`` asks."""
 
 from __future__ import annotations
 
@@ -21,14 +21,7 @@ from dyno_compile.passes import run_passes
 from dyno_compile.targets import CompiledModule, ModuleRunner, TargetError, compile_functions, compile_graph, run
 from dyno_compile.targets.compile import fused_module
 from dyno_compile.targets.gpu_schedule import schedule_gpu, unbound_stores
-from dyno_compile.targets.libraries import (
-    JOBS_ENV,
-    PARALLEL_FROM,
-    LibraryJob,
-    compile_libraries,
-    compile_workers,
-)
-from dyno_compile.targets.spec import host_cpu_count
+from dyno_compile.targets.libraries import JOBS_ENV, LibraryJob, compile_libraries, compile_workers
 from dyno_compile.zoo import densenet, mobilenet_v3, param_specs
 from dyno_compile.zoo.layers import conv2d, init_params
 
@@ -191,24 +184,17 @@ def test_a_dead_worker_leaves_its_libraries_to_this_process(tmp_path, monkeypatc
     assert "a compile worker died" in caplog.text and "compiling the 2 libraries left here" in caplog.text
 
 
-def test_compile_workers_follow_the_size_and_the_environment(monkeypatch, tmp_path):
-    """By default small builds compile in this process and big ones in one worker per
-    core; DYNO_COMPILE_JOBS overrides both; never more workers than libraries."""
-
-    def jobs(libraries: int, functions: int) -> list[LibraryJob]:
-        graphs = {f"f{i}": None for i in range(functions)}
-        return [LibraryJob(graphs, "host", tmp_path / f"{k}.so") for k in range(libraries)]
-
+def test_compile_workers_follow_the_environment(monkeypatch, tmp_path):
+    """One library at a time unless DYNO_COMPILE_JOBS asks for more; never more workers than libraries."""
+    jobs = [LibraryJob({}, "host", tmp_path / f"{k}.so") for k in range(4)]
     monkeypatch.delenv(JOBS_ENV, raising=False)
-    small, big = jobs(4, PARALLEL_FROM // 4 - 1), jobs(4, PARALLEL_FROM // 4)
-    assert compile_workers(small) == 1
-    assert compile_workers(big) == min(4, host_cpu_count()) and compile_workers(big[:1]) == 1
+    assert compile_workers(jobs) == 1
     monkeypatch.setenv(JOBS_ENV, "3")
-    assert compile_workers(small) == 3 and compile_workers(small[:2]) == 2
+    assert compile_workers(jobs) == 3 and compile_workers(jobs[:2]) == 2
     for bad in ("0", "-1", "two"):
         monkeypatch.setenv(JOBS_ENV, bad)
         with pytest.raises(InputError, match=f"{JOBS_ENV} must be a positive integer"):
-            compile_workers(small)
+            compile_workers(jobs)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

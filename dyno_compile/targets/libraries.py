@@ -1,5 +1,5 @@
-"""Compile several libraries at once: one worker process per library, as many as there are
-cores, so an artifact's device and cloud libraries (each for its targets) build side by side.
+"""Compile several libraries at once: worker processes, one library each, so an artifact's
+device and cloud libraries (each for its targets) can build side by side.
 
 A library is one executable (:func:`~dyno_compile.targets.compile.compile_functions`),
 and TVM's compile of one module runs on one core: its passes, our schedules and dlight
@@ -10,11 +10,14 @@ Workers are separate processes started with ``spawn`` (a forked TVM, with its th
 and LLVM state, is not safe), each compiles and exports its library and returns only the
 JSON description and timings, so nothing but graphs and plain data crosses processes.
 
-``DYNO_COMPILE_JOBS`` sets the number of workers (``1``: compile here, one library after
-another, as before; default: one per core, at most one per library, for builds big enough
-to repay starting them, :func:`compile_workers`). Each worker runs
-TVM with ``TVM_NUM_THREADS`` = cores / workers, so the constant folding that executes
-kernels at compile time does not oversubscribe the cores.
+``DYNO_COMPILE_JOBS`` sets the number of workers; the default, 1, compiles here, one
+library after another. Parallel is opt-in because on the 2-core development machine,
+shared with other work, it did not pay: each worker's start (importing TVM and JAX) adds
+CPU, and a second core was rarely free. Measured back to back, ``build --no-search``:
+densenet121 245 s with 2 workers vs 220 s in one process, and 258 vs 259 s;
+mobilenet_v3_small 103 vs 91 s; resnet20 33-44 vs 24-36 s. On a machine with idle cores
+set it to their number. Each worker runs TVM with ``TVM_NUM_THREADS`` = cores / workers,
+so the constant folding that executes kernels at compile time does not oversubscribe them.
 """
 
 from __future__ import annotations
@@ -36,15 +39,9 @@ from dyno_compile.targets.spec import host_cpu_count
 if TYPE_CHECKING:
     from dyno_compile.ir import Graph
 
-__all__ = ["JOBS_ENV", "PARALLEL_FROM", "LibraryJob", "LibraryResult", "compile_libraries", "compile_workers"]
+__all__ = ["JOBS_ENV", "LibraryJob", "LibraryResult", "compile_libraries", "compile_workers"]
 
 _log = logging.getLogger(__name__)
-
-#: Functions (all libraries together) from which libraries compile in parallel by default.
-#: Measured on 2 busy cores: resnet20's 232 (24-36 s in one process) gained nothing from
-#: two workers (33-44 s: +5-10 s CPU to start them); densenet121's 1810 went from 1013 s
-#: to 463 s.
-PARALLEL_FROM = 400
 
 #: Environment variable: how many libraries compile at once (1: sequentially, in this process).
 JOBS_ENV = "DYNO_COMPILE_JOBS"
@@ -73,21 +70,16 @@ class LibraryResult:
 
 
 def compile_workers(jobs: Sequence[LibraryJob]) -> int:
-    """Worker processes for ``jobs``: ``DYNO_COMPILE_JOBS`` if set; else one per core this
-    process may use where the libraries hold :data:`PARALLEL_FROM` functions or more, and 1
-    below that (a worker's start, importing TVM and JAX, costs more than it saves there);
-    never more than there are libraries."""
-    raw = os.environ.get(JOBS_ENV, "").strip()
-    if raw:
-        try:
-            wanted = int(raw)
-        except ValueError:
-            wanted = 0
-        if wanted < 1:
-            raise InputError(f"{JOBS_ENV} must be a positive integer (1: compile one library at a time), got {raw!r}")
-    else:
-        wanted = host_cpu_count() if sum(len(j.functions) for j in jobs) >= PARALLEL_FROM else 1
-    return max(1, min(wanted, len(jobs)))
+    """Worker processes for ``jobs``: ``DYNO_COMPILE_JOBS`` (default 1: in this process, see
+    the module docstring for why), never more than there are libraries."""
+    raw = os.environ.get(JOBS_ENV, "").strip() or "1"
+    try:
+        wanted = int(raw)
+    except ValueError:
+        wanted = 0
+    if wanted < 1:
+        raise InputError(f"{JOBS_ENV} must be a positive integer (1: compile one library at a time), got {raw!r}")
+    return min(wanted, max(1, len(jobs)))
 
 
 def _compile_one(job: LibraryJob) -> tuple[dict, dict[str, float], float]:
