@@ -2,7 +2,7 @@
 block whose batched cloud form dlight's GPU ``Matmul`` rule cannot schedule falls back to a
 simpler rule (recorded in the module's description) instead of failing the build; tiny
 MobileNetV3- and DenseNet-style networks build for host, arm64 and cuda, in artifacts
-whose libraries compile in parallel worker processes when ``DYNO_COMPILE_JOBS`` asks."""
+whose libraries compile in parallel worker processes (``DYNO_COMPILE_JOBS``)."""
 
 from __future__ import annotations
 
@@ -184,11 +184,19 @@ def test_a_dead_worker_leaves_its_libraries_to_this_process(tmp_path, monkeypatc
     assert "a compile worker died" in caplog.text and "compiling the 2 libraries left here" in caplog.text
 
 
-def test_compile_workers_follow_the_environment(monkeypatch, tmp_path):
-    """One library at a time unless DYNO_COMPILE_JOBS asks for more; never more workers than libraries."""
+def test_compile_workers_follow_the_free_cores_and_the_environment(monkeypatch, tmp_path):
+    """By default one worker per core the load leaves free (this process's own share of
+    the load counted as free), one on a busy machine; DYNO_COMPILE_JOBS overrides; never
+    more workers than libraries."""
+    from dyno_compile.targets import libraries
+
     jobs = [LibraryJob({}, "host", tmp_path / f"{k}.so") for k in range(4)]
     monkeypatch.delenv(JOBS_ENV, raising=False)
-    assert compile_workers(jobs) == 1
+    monkeypatch.setattr(libraries, "host_cpu_count", lambda: 2)
+    for load, workers in ((0.3, 2), (1.0, 2), (1.2, 1), (3.5, 1)):
+        monkeypatch.setattr(libraries.os, "getloadavg", lambda load=load: (load, load, load))
+        assert compile_workers(jobs) == workers, load
+    assert compile_workers(jobs[:1]) == 1
     monkeypatch.setenv(JOBS_ENV, "3")
     assert compile_workers(jobs) == 3 and compile_workers(jobs[:2]) == 2
     for bad in ("0", "-1", "two"):

@@ -18,7 +18,7 @@ The modules, in the order data flows through them:
 ``records``         MetaSchedule tuning records: read, checked, applied;
 ``gpu_schedule``    dlight's GPU rules per function, with a fallback where one fails;
 ``compile``         lower, bind, fuse, schedule, build, export;
-``libraries``       several libraries compiled at once in worker processes (DYNO_COMPILE_JOBS);
+``libraries``       several libraries compiled at once, in worker processes on the free cores;
 ``tune``            MetaSchedule tuning, writing records;
 ``module``          what a build produces (``Compiled``, ``CompiledModule``), JSON-described;
 ``runner``          ``ModuleRunner``: runs a module's functions here or over TVM RPC.

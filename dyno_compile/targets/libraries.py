@@ -10,14 +10,15 @@ Workers are separate processes started with ``spawn`` (a forked TVM, with its th
 and LLVM state, is not safe), each compiles and exports its library and returns only the
 JSON description and timings, so nothing but graphs and plain data crosses processes.
 
-``DYNO_COMPILE_JOBS`` sets the number of workers; the default, 1, compiles here, one
-library after another. Parallel is opt-in because on the 2-core development machine,
-shared with other work, it did not pay: each worker's start (importing TVM and JAX) adds
-CPU, and a second core was rarely free. Measured back to back, ``build --no-search``:
-densenet121 245 s with 2 workers vs 220 s in one process, and 258 vs 259 s;
-mobilenet_v3_small 103 vs 91 s; resnet20 33-44 vs 24-36 s. On a machine with idle cores
-set it to their number. Each worker runs TVM with ``TVM_NUM_THREADS`` = cores / workers,
-so the constant folding that executes kernels at compile time does not oversubscribe them.
+``DYNO_COMPILE_JOBS`` sets the number of workers (1: compile here, one library after
+another); by default there are as many as the load leaves cores free
+(:func:`compile_workers`). Measured back to back on the 2-core development machine,
+``build densenet121 --no-search`` (1810 functions in four libraries): 202 s in one
+process, 128 s with 2 workers when the other core was free (177 % CPU; each worker's start,
+importing TVM and JAX, adds about 10 % CPU); but 245 s with 2 workers vs 220 s in one
+process while another job kept a core busy, hence no second worker on a loaded machine.
+Each worker runs TVM with ``TVM_NUM_THREADS`` = cores / workers, so the constant folding
+that executes kernels at compile time does not oversubscribe them.
 """
 
 from __future__ import annotations
@@ -70,9 +71,14 @@ class LibraryResult:
 
 
 def compile_workers(jobs: Sequence[LibraryJob]) -> int:
-    """Worker processes for ``jobs``: ``DYNO_COMPILE_JOBS`` (default 1: in this process, see
-    the module docstring for why), never more than there are libraries."""
-    raw = os.environ.get(JOBS_ENV, "").strip() or "1"
+    """Worker processes for ``jobs``: ``DYNO_COMPILE_JOBS`` if set, else the cores other
+    processes leave free (the cores this process may use less the 1-minute load average,
+    plus one for this process's own share of it), so a busy machine compiles here, one
+    library at a time (module docstring); never more than there are libraries."""
+    raw = os.environ.get(JOBS_ENV, "").strip()
+    if not raw:
+        free = int(host_cpu_count() - os.getloadavg()[0] + 1)
+        return max(1, min(free, len(jobs)))
     try:
         wanted = int(raw)
     except ValueError:
