@@ -238,3 +238,32 @@ def test_simplify_leaves_a_near_gelu_alone():
     g = run_passes(from_jax(near, {}, X))
     assert "gelu" not in [n.op for n in g.compute_nodes]
     assert rel_err(Interpreter(g)(X), np.asarray(near({}, X))) < 1e-6
+
+
+def test_fold_bn_merges_a_batch_norm_spelt_as_sub_mul_add_after_a_concat(rng):
+    """DenseNet's pre-activation norm follows a concat, so no conv can take it: it stays one
+    layer (a batch_norm), not three nodes a cut could fall between."""
+    g = Graph()
+    g.add_input("x", (2, 4, 8, 8))
+    g.add_input("y", (2, 2, 8, 8))
+    cat = g.add("concat", ["x", "y"], {"axis": 1})
+    mean, scale, shift = (g.add_const(k, rng.normal(size=(1, 6, 1, 1)).astype(np.float32)) for k in "msb")
+    sub = g.add("sub", [cat.name, mean.name])
+    mul = g.add("mul", [sub.name, scale.name])
+    add = g.add("add", [shift.name, mul.name])
+    g.set_outputs([g.add("relu", [add.name]).name])
+    h = fold_bn(g)
+    validate(h)
+    assert _ops(h) == ["concat", "batch_norm", "relu"]
+    y = rng.normal(size=(2, 2, 8, 8)).astype(np.float32)
+    assert rel_err(Interpreter(h)(X, y), Interpreter(g)(X, y)) <= 1e-6
+
+
+def test_fold_bn_keeps_steps_along_different_axes_apart(rng):
+    g = Graph()
+    g.add_input("x", (2, 4, 8, 8))
+    per_channel = g.add_const("c", rng.normal(size=(1, 4, 1, 1)).astype(np.float32))
+    per_row = g.add_const("r", rng.normal(size=(1, 1, 8, 1)).astype(np.float32))
+    a = g.add("mul", ["x", per_channel.name])
+    g.set_outputs([g.add("add", [a.name, per_row.name]).name])
+    assert _ops(fold_bn(g)) == ["mul", "add"]

@@ -11,6 +11,11 @@ After:  ``%y = conv2d(%x, %w_folded, %b_folded)``
 
 Declines (leaves the node) when the producer has other readers, is a graph output, or
 the operand is not a weight that varies only along the output-channel axis.
+
+Where no such producer is there to take them (DenseNet's pre-activation batch norm after a
+concat, spelt ``sub``, ``mul``, ``add`` by the frontend), consecutive per-channel affine
+steps merge into one ``batch_norm`` (``mean`` 0, ``var`` 1, ``epsilon`` 0): one layer, as
+the user wrote it, with no cut between its halves and one pass over the activation.
 """
 
 from __future__ import annotations
@@ -23,11 +28,20 @@ from dyno_compile.ir.ops import channel_axis
 _FOLDABLE_PRODUCERS = ("conv2d", "conv2d_transpose", "dense")
 
 
+_AFFINE_OPS = ("batch_norm", "add", "sub", "mul", "div")
+
+
 def fold_bn(graph: Graph) -> Graph:
     graph = graph.copy()
     changed = True
     while changed:
-        changed = any([_fold_into_producer(graph, node) for node in graph.compute_nodes if node.name in graph])
+        changed = any(
+            [
+                _fold_into_producer(graph, node) or _merge_affine_steps(graph, node)
+                for node in graph.compute_nodes
+                if node.name in graph
+            ]
+        )
     return graph
 
 
@@ -44,7 +58,8 @@ def _fold_into_producer(graph: Graph, node: Node) -> bool:
         or any(graph.node(i).op != CONST_OP for i in producer.inputs[1:])
     ):
         return False
-    affine = _affine(graph, node, producer, producer_pos)
+    axis = _out_axis(producer)
+    affine = _affine(graph, node, producer_pos, axis, producer.shape[axis])
     if affine is None:
         return False
     old_weights = producer.inputs[1:]
@@ -74,34 +89,34 @@ def _out_axis(producer: Node) -> int:
     return 1 if producer.op == "conv2d_transpose" else len(producer.shape) - 1
 
 
-def _channel_vector(graph: Graph, name: str, producer: Node) -> np.ndarray | None:
-    """The weight ``name`` as a per-output-channel float64 vector, or None if it is not one."""
+def _channel_vector(graph: Graph, name: str, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """The weight ``name`` as a float64 vector along ``axis`` of a rank-``rank`` tensor with
+    ``channels`` there, or None if it is not one."""
     if graph.node(name).op != CONST_OP:
         return None
     value = np.asarray(graph.params[name], dtype=np.float64)
-    rank, axis = len(producer.shape), _out_axis(producer)
     if value.ndim > rank:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape
-    if any(d != 1 for i, d in enumerate(shape) if i != axis):
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
-    return np.broadcast_to(value.reshape(-1), (producer.shape[axis],)).copy()
+    return np.broadcast_to(value.reshape(-1), (channels,)).copy()
 
 
-def _affine(graph: Graph, node: Node, producer: Node, producer_pos: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) such that ``node(producer) == producer * scale + shift`` per channel."""
+def _affine(graph: Graph, node: Node, pos: int, axis: int, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) such that ``node(x) == x * scale + shift`` along ``axis``, where x is
+    the node's input ``pos``; None where the node is no such per-channel step."""
     if node.op == "batch_norm":
-        if node.attrs["axis"] % len(node.shape) != _out_axis(producer):
+        if pos != 0 or node.attrs["axis"] % len(node.shape) != axis:
             return None
-        channels = producer.shape[_out_axis(producer)]
         if any(graph.node(n).op != CONST_OP or graph.node(n).shape != (channels,) for n in node.inputs[1:]):
             return None
         gamma, beta, mean, var = (np.asarray(graph.params[n], np.float64) for n in node.inputs[1:])
         scale = gamma / np.sqrt(var + node.attrs["epsilon"])
         return scale, beta - mean * scale
-    if node.op in ("sub", "div") and producer_pos != 0:
+    if node.op in ("sub", "div") and pos != 0:
         return None
-    v = _channel_vector(graph, node.inputs[1 - producer_pos], producer)
+    v = _channel_vector(graph, node.inputs[1 - pos], len(node.shape), axis, channels)
     if v is None or (node.op == "div" and not np.all(v)):
         return None
     ones, zeros = np.ones_like(v), np.zeros_like(v)
@@ -110,6 +125,65 @@ def _affine(graph: Graph, node: Node, producer: Node, producer_pos: int) -> tupl
     if node.op == "sub":
         return ones, -v
     return (v, zeros) if node.op == "mul" else (1.0 / v, zeros)
+
+
+def _merge_affine_steps(graph: Graph, node: Node) -> bool:
+    """``node`` after another per-channel affine step read only by it -> one ``batch_norm``."""
+    pos = _data_input(graph, node)
+    inner = graph.node(node.inputs[pos]) if pos is not None else None
+    if pos is None or inner is None or inner.name in graph.outputs or len(graph.users(inner.name)) != 1:
+        return False
+    inner_pos = _data_input(graph, inner)
+    axis = _channel_axis_of(graph, node, inner)
+    if inner_pos is None or axis is None or graph.node(inner.inputs[inner_pos]).type != node.type:
+        return False
+    channels = node.shape[axis]
+    first = _affine(graph, inner, inner_pos, axis, channels)
+    then = _affine(graph, node, pos, axis, channels)
+    if first is None or then is None:
+        return False
+    dtype = np.dtype(node.dtype)
+    scale, shift = first[0] * then[0], first[1] * then[0] + then[1]
+    params = [
+        graph.add_const(f"{node.name}.{part}", value.astype(dtype), after=node.name).name
+        for part, value in (("weight", scale), ("bias", shift), ("mean", 0 * scale), ("var", 0 * scale + 1))
+    ]
+    name = inner.name if inner.op == "batch_norm" else f"{node.name.rpartition('.')[0] or node.name}.batch_norm"
+    merged = graph.add(
+        "batch_norm", [inner.inputs[inner_pos], *params], {"epsilon": 0.0, "axis": axis}, name=name, after=node.name
+    )
+    graph.replace_all_uses(node.name, merged.name)
+    graph.erase(node.name)
+    for old in [inner.name, *inner.inputs[1:]] if inner.op == "batch_norm" else [inner.name]:
+        if old in graph and not graph.users(old) and old not in graph.outputs:
+            graph.erase(old)
+    return True
+
+
+def _data_input(graph: Graph, node: Node) -> int | None:
+    """Which input of a floating affine op is the activation (the others are weights)."""
+    if node.op not in _AFFINE_OPS or not np.issubdtype(np.dtype(node.dtype), np.floating):
+        return None
+    consts = [graph.node(i).op == CONST_OP for i in node.inputs]
+    if node.op == "batch_norm":
+        return 0 if not consts[0] and all(consts[1:]) else None
+    return consts.index(False) if consts.count(False) == 1 else None
+
+
+def _channel_axis_of(graph: Graph, *nodes: Node) -> int | None:
+    """The one axis the weights of ``nodes`` vary along (scalars go with any), else None."""
+    axes = set()
+    for node in nodes:
+        rank = len(node.shape)
+        if node.op == "batch_norm":
+            axes.add(node.attrs["axis"] % rank)
+            continue
+        for i in node.inputs:
+            if graph.node(i).op == CONST_OP:
+                shape = graph.node(i).shape
+                shape = (1,) * (rank - len(shape)) + tuple(shape)
+                axes.update(k for k, d in enumerate(shape) if d != 1)
+    return axes.pop() if len(axes) == 1 else None
 
 
 def _fold(graph: Graph, producer: Node, scale: np.ndarray, shift: np.ndarray) -> tuple[str, str]:
