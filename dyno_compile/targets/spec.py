@@ -174,11 +174,16 @@ def _board(
     )
 
 
+#: Shared memory a CUDA block may use without opting in, on every architecture since sm_20;
+#: dlight's GPU rules read it from the target (and log its absence once per function).
+_CUDA_SHARED_MEMORY_PER_BLOCK = 48 * 1024
+
+
 def _cuda(arch: str, board: str, gflops: float, gbs: float, source: str, aliases: tuple[str, ...] = ()) -> TargetSpec:
     sm = arch.replace("_", "")
     return TargetSpec(
         name=f"cuda-{sm}",
-        target={"kind": "cuda", "arch": arch},
+        target={"kind": "cuda", "arch": arch, "max_shared_memory_per_block": _CUDA_SHARED_MEMORY_PER_BLOCK},
         host=_CUDA_HOST,
         linker=None,
         threads=1,
