@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DynoError as exc:
             stderr.print(Text.assemble(("error: ", "bold red"), str(exc)))
             return 2
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (artifact.build turns it into this)
+            stderr.print(Text.assemble(("interrupted", "bold red"), ": nothing half-written is left behind"))
+            return 130
 
 
 def _parser() -> argparse.ArgumentParser:

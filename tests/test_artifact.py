@@ -201,6 +201,29 @@ def test_build_cli_refuses_unknown_target(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_mid_compile_leaves_nothing_and_no_worker(tmp_path, jobs):
+    """``kill`` while the libraries compile (in this process, or in two workers): the one
+    line saying so, exit 130, no staging directory, and no worker left compiling into it.
+    (A worker whose start the signal cut short may print its own EOFError.)"""
+    env = {**os.environ, JOBS_ENV: jobs}
+    argv = [sys.executable, "-m", "dyno_compile", "build", "resnet20", "--no-search", "--device", "host"]
+    process = subprocess.Popen(
+        [*argv, "--cloud", "host", "--out", str(tmp_path / "a")], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:  # the first "compiling" line: the compile has started
+        lines.append(line)
+        if line.startswith("compiling"):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, "".join(lines) + rest
+    assert "interrupted: nothing half-written is left behind" in rest.splitlines()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_one_file_archive_opens_like_the_directory(built, tmp_path, monkeypatch):
     import io
     import tarfile

@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,25 +44,45 @@ class SearchIncomplete(ArtifactError):
     or was interrupted; the cause is ``__cause__``."""
 
 
+class Interrupts:
+    """What :func:`sigterm_interrupts` saw. A signal's ``KeyboardInterrupt`` can land in a
+    callback that swallows it (a garbage-collection hook: "Exception ignored in ..."), so
+    a long job also calls :meth:`check` between its steps, which raises it again."""
+
+    def __init__(self) -> None:
+        self.signalled: str | None = None
+
+    def check(self) -> None:
+        if self.signalled is not None:
+            raise KeyboardInterrupt(self.signalled)
+
+
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[Interrupts]:
     """SIGTERM (``kill``, a scheduler's stop) raises ``KeyboardInterrupt("SIGTERM")`` here,
-    as Ctrl-C raises ``KeyboardInterrupt``, instead of ending the process on the spot: so
-    either way a half-written staging folder is removed, Optuna records the trial in
-    progress as failed, and what was already done is kept and said so. Only the main
-    thread receives signals; elsewhere this changes nothing."""
+    as Ctrl-C raises ``KeyboardInterrupt("SIGINT")``, instead of ending the process on the
+    spot: so either way a half-written staging folder is removed, Optuna records the trial
+    in progress as failed, and what was already done is kept and said so. Only the main
+    thread receives signals; elsewhere this changes nothing. A SIGINT that is ignored (a
+    background job) stays ignored."""
+    interrupts = Interrupts()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupts
         return
 
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
+    def interrupt(signum: int, _frame: object) -> None:
+        interrupts.signalled = signal.Signals(signum).name
+        raise KeyboardInterrupt(interrupts.signalled)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    caught = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        caught.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, interrupt) for signum in caught}
     try:
-        yield
+        yield interrupts
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass(frozen=True)
@@ -108,7 +129,7 @@ def build_artifact(
     built: list[LibraryBuild] = []
     libraries = {}
     total = sum(len(targets) for targets in sides.values())
-    with sigterm_interrupts(), staging(out_dir, overwrite=overwrite) as root:
+    with sigterm_interrupts() as interrupts, staging(out_dir, overwrite=overwrite) as root:
         save(plan.graph, root / "model")
         progress(Step("libraries compiled", 0, total))
         jobs = {}  # path in the artifact -> (side, target, job), in manifest order
@@ -123,11 +144,16 @@ def build_artifact(
                     LibraryJob(functions[side], spec.name, root / rel, records if spec.is_host else None),
                 )
         done = {}
-        for result in compile_libraries(
+        # closing: an interrupt between two results stops the compile workers here, before
+        # the staging directory they write into is removed (not when the generator is collected)
+        compiled = compile_libraries(
             [job for *_, job in jobs.values()], on_start=lambda j: progress(_compiling(root, j))
-        ):
-            done[result.job.path.relative_to(root).as_posix()] = result
-            progress(Step("libraries compiled", len(done), total, result.job.path.relative_to(root).as_posix()))
+        )
+        with closing(compiled):
+            for result in compiled:
+                interrupts.check()
+                done[result.job.path.relative_to(root).as_posix()] = result
+                progress(Step("libraries compiled", len(done), total, result.job.path.relative_to(root).as_posix()))
         for rel, (side, spec, job) in jobs.items():
             built.append(LibraryBuild(side, spec.name, rel, done[rel].seconds, len(job.functions)))
             libraries[rel] = {
@@ -141,6 +167,7 @@ def build_artifact(
             shutil.copytree(records, root / "tuning" / "host")
             tuning["host"] = records_fingerprint(records)
         manifest = {**_manifest(plan, libraries), "tuning": tuning}
+        interrupts.check()  # the last moment before the artifact is published
         write_manifest(root, manifest)
     if finish is not None:
         try:

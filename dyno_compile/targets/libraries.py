@@ -24,11 +24,12 @@ that executes kernels at compile time does not oversubscribe them.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,7 +123,7 @@ def _in_worker(job: LibraryJob) -> tuple[dict, dict[str, float], float]:
 
 def compile_libraries(
     jobs: Sequence[LibraryJob], *, on_start: Callable[[LibraryJob], None] | None = None
-) -> Iterator[LibraryResult]:
+) -> Generator[LibraryResult, None, None]:
     """Compile and write every library of ``jobs``, yielding each result as it is written
     (in completion order); with several workers (module docstring) the largest libraries
     start first. ``on_start(job)`` is called as a library starts (for progress). An error
@@ -139,11 +140,10 @@ def compile_libraries(
 
 def _in_pool(
     jobs: Sequence[LibraryJob], workers: int, on_start: Callable[[LibraryJob], None] | None
-) -> Iterator[LibraryResult]:
+) -> Generator[LibraryResult, None, None]:
     """The libraries compiled by ``workers`` processes; should a worker die (killed for
     memory, or a script that starts a build at import time, which ``spawn`` re-runs in the
     worker), the ones not written yet are compiled here, one at a time, with a warning."""
-    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
@@ -197,8 +197,13 @@ def _in_pool(
 def _stop(pool) -> None:
     """Stop ``pool`` now: queued libraries are dropped and the running ones end, rather
     than finishing minutes of work (and writing files) after the build has failed."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):  # CPython keeps its workers there
+    # CPython keeps its workers in _processes, and shutdown() sets that to None: take them
+    # first, and end them before the pool closes its pipes (a worker still starting up would
+    # print an EOFError traceback reading its closed pipe); a worker whose start the
+    # interrupt cut short is not listed there yet, but is a child of this process
+    processes = {*(getattr(pool, "_processes", None) or {}).values(), *multiprocessing.active_children()}
+    for process in processes:
         process.terminate()
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    for process in processes:
         process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
