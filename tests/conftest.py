@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,6 +28,21 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.fail(f"real data {path} is missing; the test suite needs ../shared/data (or DYNO_DATA)")
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: object, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m dyno_compile ARGS`` from the repository root, as a user runs it (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dyno_compile", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def rel_err(a, b) -> float:

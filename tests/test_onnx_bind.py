@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import rel_err
+from conftest import rel_err, run_cli
 from dyno_compile.cli import main
 from dyno_compile.errors import FrontendError
 from dyno_compile.frontend.onnx_bind import parse_input_shape
@@ -139,19 +138,8 @@ def test_parse_input_shape_refuses_malformed_text(text: str) -> None:
 
 
 # ---------------------------------------------------------------------- from the command line
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "80"}  # errors must not wrap at the width
-    return subprocess.run(
-        [sys.executable, "-m", "dyno_compile", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+def cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_cli(*args, timeout=timeout, env={**os.environ, "COLUMNS": "80"})  # errors must not wrap at 80
 
 
 @pytest.fixture(scope="module")

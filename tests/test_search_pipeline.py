@@ -9,17 +9,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SEARCHED_EVALUATIONS, host_build_args, shared_data
+from conftest import SEARCHED_EVALUATIONS, host_build_args, run_cli, shared_data
 from dyno_compile.artifact.load import load_artifact
 from dyno_compile.artifact.store import amend
 from dyno_compile.progress import Progress, Step
@@ -38,7 +35,6 @@ from dyno_compile.search.pipeline import (
 from dyno_compile.search.study import exhaustive, run_search
 from dyno_compile.search.wire_bytes import WireBytes
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Calibration images for the search tests: enough that one image is 0.4 points of top-1.
 SAMPLES = 256
 
@@ -105,13 +101,7 @@ def test_evaluations_add_up_from_their_parts(artifact, evaluator):
 
 
 def _cli(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "dyno_compile", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, timeout=timeout)
 
 
 def test_build_with_search_stores_the_pareto_set_and_search_amends_it(searched_resnet20, tmp_path):

@@ -26,11 +26,11 @@ from dyno_compile.zoo.layers import (
     Params,
     ParamSpec,
     SpecBuilder,
-    conv2d,
     conv_bn,
     dense,
     global_avg_pool,
     same_padding,
+    squeeze_excite,
 )
 
 NUM_CLASSES = 1000
@@ -116,10 +116,7 @@ def _conv_bn_act(x: jax.Array, p: Params, conv: str, bn: str, se: bool, *, strid
 
 
 def _squeeze_excite(p: Params, y: jax.Array, blk: Block) -> jax.Array:
-    s = global_avg_pool(y)[:, :, None, None]
-    s = jax.nn.silu(conv2d(s, p[f"{blk.name}._se_reduce.weight"], p[f"{blk.name}._se_reduce.bias"]))
-    s = jax.nn.sigmoid(conv2d(s, p[f"{blk.name}._se_expand.weight"], p[f"{blk.name}._se_expand.bias"]))
-    return y * s
+    return squeeze_excite(y, p, f"{blk.name}._se_reduce", f"{blk.name}._se_expand", jax.nn.silu, jax.nn.sigmoid)
 
 
 def _mbconv(p: Params, x: jax.Array, blk: Block, se: bool) -> jax.Array:

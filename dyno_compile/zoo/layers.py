@@ -106,6 +106,22 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(2, 3))
 
 
+def squeeze_excite(
+    x: jax.Array,
+    params: Params,
+    reduce: str,
+    expand: str,
+    act: Callable[[jax.Array], jax.Array],
+    gate: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """``x * gate(expand(act(reduce(pool(x)))))``, ``reduce``/``expand`` 1x1 convs with bias:
+    the squeeze-excite block of MobileNetV3 (relu, hard sigmoid) and EfficientNet (silu,
+    sigmoid), which only their weight names and activations tell apart."""
+    s = global_avg_pool(x)[:, :, None, None]
+    s = act(conv2d(s, params[f"{reduce}.weight"], params[f"{reduce}.bias"]))
+    return x * gate(conv2d(s, params[f"{expand}.weight"], params[f"{expand}.bias"]))
+
+
 def conv_bn(
     x: jax.Array,
     params: Params,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import jax
 
-from dyno_compile.zoo.layers import Params, ParamSpec, SpecBuilder, conv2d, conv_bn, dense, global_avg_pool
+from dyno_compile.zoo import layers
+from dyno_compile.zoo.layers import Params, ParamSpec, SpecBuilder, conv_bn, dense, global_avg_pool
 
 NUM_CLASSES = 1000
 INPUT_CHW = (3, 224, 224)
@@ -109,10 +110,7 @@ def param_specs(blocks: Sequence[BlockConfig] = SMALL, num_classes: int = NUM_CL
 
 def squeeze_excite(p: Params, y: jax.Array, name: str) -> jax.Array:
     """torchvision's ``SqueezeExcitation`` with hard-sigmoid: ``y * hsig(fc2(relu(fc1(pool(y)))))``."""
-    s = global_avg_pool(y)[:, :, None, None]
-    s = jax.nn.relu(conv2d(s, p[f"{name}.fc1.weight"], p[f"{name}.fc1.bias"]))
-    s = jax.nn.hard_sigmoid(conv2d(s, p[f"{name}.fc2.weight"], p[f"{name}.fc2.bias"]))
-    return y * s
+    return layers.squeeze_excite(y, p, f"{name}.fc1", f"{name}.fc2", jax.nn.relu, jax.nn.hard_sigmoid)
 
 
 def _block(p: Params, x: jax.Array, index: int, cfg: BlockConfig) -> jax.Array:
