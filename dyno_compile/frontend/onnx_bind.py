@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from dyno_compile.errors import FrontendError
+from dyno_compile.frontend.onnx_context import OnnxNode, constant_value
 from dyno_compile.frontend.onnx_shape_ops import resolve_reshape
 
 __all__ = ["BIND_HINT", "bind_inputs", "parse_input_shape"]
@@ -200,11 +201,8 @@ def _constant(model: onnx.ModelProto, tensor: str) -> np.ndarray | None:
             return numpy_helper.to_array(init).astype(np.int64)
     for node in model.graph.node:
         if node.op_type == "Constant" and tensor in node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t).astype(np.int64)
-                if attr.name == "value_ints":
-                    return np.asarray(attr.ints, dtype=np.int64)
+            value = constant_value(OnnxNode.from_proto(node))
+            return None if value is None else value.astype(np.int64)
     return None
 
 

@@ -100,6 +100,19 @@ class OnnxNode:
         return self.op_type.lower() + (f"_{k}" if k else "")
 
 
+#: The attributes a Constant node may hold its value in (one of them), in the forms we read.
+_CONSTANT_KEYS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+def constant_value(node: OnnxNode) -> np.ndarray | None:
+    """A Constant node's value, or None where it is held in a form not read (sparse, strings)."""
+    keys = [k for k in _CONSTANT_KEYS if k in node.attrs]
+    if len(keys) != 1:
+        return None
+    dtype = np.float32 if keys[0].startswith("value_float") else (np.int64 if keys[0] != "value" else None)
+    return np.asarray(node.attrs[keys[0]], dtype=dtype)
+
+
 def _attr_value(attr: onnx.AttributeProto) -> Any:
     value = helper.get_attribute_value(attr)
     if isinstance(value, bytes):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dyno_compile.frontend.onnx_context import Context, OnnxNode, np_dtype, optional_scalar
+from dyno_compile.frontend.onnx_context import Context, OnnxNode, constant_value, np_dtype, optional_scalar
 
 __all__ = [
     "binary",
@@ -135,10 +135,8 @@ def dropout(ctx: Context, node: OnnxNode) -> str:
 
 def constant(ctx: Context, node: OnnxNode) -> None:
     """Keep the value aside like an initializer; it becomes a const node only if read as a tensor."""
-    keys = [k for k in ("value", "value_float", "value_floats", "value_int", "value_ints") if k in node.attrs]
-    if len(keys) != 1:
+    value = constant_value(node)
+    if value is None:
         raise ctx.unsupported(node, f"only value/value_float(s)/value_int(s) are supported, got {sorted(node.attrs)}")
-    raw = node.attrs[keys[0]]
-    dtype = np.float32 if keys[0].startswith("value_float") else (np.int64 if keys[0] != "value" else None)
-    ctx.constants[node.outputs[0]] = np.asarray(raw, dtype=dtype)
+    ctx.constants[node.outputs[0]] = value
     return None
