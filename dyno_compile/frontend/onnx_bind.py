@@ -60,7 +60,8 @@ def bind_inputs(
     batch: int | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> onnx.ModelProto:
-    """A copy of ``model`` whose real inputs all have static shapes (see the module doc)."""
+    """``model`` with every real input of static shape (see the module doc): a copy where a
+    dimension is bound, ``model`` itself where all already are."""
     if batch is not None and batch < 1:
         raise FrontendError(f"{source}: batch must be at least 1, got {batch}")
     given = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
@@ -72,13 +73,16 @@ def bind_inputs(
             f"{source}: no input named {', '.join(map(repr, unknown))}; "
             f"the model's inputs are {', '.join(repr(i.name) for i in real)}"
         )
+    declared = {info.name: _declared(info, source) for info in real}
+    statics = {name: _static_shape(name, dims, given.get(name), batch, source) for name, dims in declared.items()}
+    if all(declared[name] == list(static) for name, static in statics.items()):
+        return model  # static already: no copy of the weights
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
     rebatched: int | None = None  # the new batch of an export fixed at another one
-    for info in (i for i in bound.graph.input if i.name not in weights):
-        declared = _declared(info, source)
-        static = _static_shape(info.name, declared, given.get(info.name), batch, source)
-        if static and declared and isinstance(declared[0], int) and declared[0] != static[0]:
+    for info in (i for i in bound.graph.input if i.name in statics):
+        old, static = declared[info.name], statics[info.name]
+        if static and old and isinstance(old[0], int) and old[0] != static[0]:
             rebatched = static[0]
         dims = info.type.tensor_type.shape.dim
         del dims[:]
